@@ -1,0 +1,161 @@
+"""The ``vidsift`` command. Heavy imports (Ray, PyAV, torch) happen inside handlers so ``--help`` is instant."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+EXIT_USAGE = 2
+
+
+def _fail(message: str) -> int:
+    print(f"vidsift: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def cmd_curate(args: argparse.Namespace) -> int:
+    from pipeline.recipe import RecipeError, load_recipe
+    from pipeline.runner import run_curate
+
+    try:
+        recipe = load_recipe(args.recipe, args.set)
+        return run_curate(recipe, args.input, args.output, limit=args.limit, address=args.address, quiet=args.quiet)
+    except RecipeError as e:
+        return _fail(str(e))
+
+
+def _default_recipe(overrides: list[str]):
+    from pipeline.recipe import build_recipe
+    from pipeline.registry import STAGES
+
+    return build_recipe({"stage": [{"name": n} for n in STAGES]}, overrides)
+
+
+def scenes_report(path: str, recipe) -> dict:
+    """What ``vidsift scenes --json`` prints for one input."""
+    from pipeline.process import scan_video
+
+    entry: dict = {"path": path, "fps": None, "num_frames": 0, "cuts": [], "scenes": [], "error": None}
+    scan = scan_video(path, recipe)
+    if scan.video["status"] != "ok":
+        entry["error"] = f"{scan.video['reason']}: {scan.video['detail']}"
+        return entry
+    analysis = scan.analysis
+    entry["fps"] = round(scan.fps, 6)
+    entry["num_frames"] = analysis.num_frames
+    entry["cuts"] = [t.frame for t in scan.transitions]
+    entry["transitions"] = [{"frame": t.frame, "first": t.first, "last": t.last, "kind": t.kind} for t in scan.transitions]
+    short = {(s.start_frame, s.end_frame) for s in scan.too_short}
+    for s in sorted(scan.scenes + scan.too_short, key=lambda s: s.start_frame):
+        entry["scenes"].append({
+            "start_frame": s.start_frame,
+            "end_frame": s.end_frame,
+            "start_s": round(float(analysis.times[s.start_frame]), 6),
+            "end_s": round(analysis.end_time(s.end_frame), 6),
+            "kind_start": s.kind_start,
+            "kind_end": s.kind_end,
+            "too_short": (s.start_frame, s.end_frame) in short,
+        })
+    return entry
+
+
+def cmd_scenes(args: argparse.Namespace) -> int:
+    from pipeline.recipe import RecipeError
+
+    try:
+        recipe = _default_recipe(args.set)
+    except RecipeError as e:
+        return _fail(str(e))
+    reports = [scenes_report(p, recipe) for p in args.videos]
+    if args.json:
+        print(json.dumps(reports, indent=1))
+    else:
+        for r in reports:
+            if r["error"]:
+                print(f"{r['path']}: {r['error']}")
+                continue
+            print(f"{r['path']}: {r['num_frames']} frames at {r['fps']} fps, cuts at {r['cuts']}")
+            for s in r["scenes"]:
+                note = "  (too short)" if s["too_short"] else ""
+                print(f"  {s['start_frame']:>7}-{s['end_frame']:<7} {s['start_s']:9.3f}-{s['end_s']:9.3f} s{note}")
+    return 0
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    from pipeline.recipe import RecipeError
+    from pipeline.registry import STAGES
+    from pipeline.stage_preview import preview_stage
+
+    if args.name not in STAGES:
+        return _fail(f"unknown stage {args.name!r}; known: {', '.join(STAGES)}")
+    overrides = [s if "." in s.split("=", 1)[0] else f"{args.name}.{s}" for s in args.set]
+    try:
+        recipe = _default_recipe(overrides)
+        rows = [preview_stage(args.name, path, recipe) for path in args.videos]
+    except RecipeError as e:
+        return _fail(str(e))
+    if args.json:
+        print(json.dumps(rows, indent=1, default=str))
+    else:
+        for r in rows:
+            print(json.dumps(r, default=str))
+    return 0
+
+
+def cmd_not_yet(args: argparse.Namespace) -> int:
+    return _fail(f"`vidsift {args.command}` is not implemented yet")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vidsift", description="Curate raw video into training shards; train a DiT.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("curate", help="run a curation recipe over a folder of videos (Ray)")
+    p.add_argument("recipe", help="recipe TOML, e.g. recipes/curate/default.toml")
+    p.add_argument("--input", required=True, help="a video file or a folder (every file below it is an input)")
+    p.add_argument("--output", required=True, help="run folder; rerun the same command to resume")
+    p.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE", help="override a recipe value")
+    p.add_argument("--limit", type=int, help="only the first N input files (sorted)")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else embedded local Ray)")
+    p.add_argument("--quiet", action="store_true", help="no progress display or summary")
+    p.set_defaults(func=cmd_curate)
+
+    p = sub.add_parser("scenes", help="detect shot boundaries in videos (no Ray)")
+    p.add_argument("videos", nargs="+", metavar="VIDEO")
+    p.add_argument("--json", action="store_true", help="print one JSON list, one object per input")
+    p.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE")
+    p.set_defaults(func=cmd_scenes)
+
+    p = sub.add_parser("stage", help="run one stage (and what it needs) on sample clips, print its columns")
+    p.add_argument("name", help="stage name, e.g. probe, analyze, split_scenes, transcode")
+    p.add_argument("videos", nargs="+", metavar="VIDEO")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.add_argument("--json", action="store_true", help="print one JSON list")
+    p.set_defaults(func=cmd_stage)
+
+    p = sub.add_parser("stats", help="dataset statistics of a run folder (not implemented yet)")
+    p.add_argument("output", nargs="?")
+    p.set_defaults(func=cmd_not_yet)
+
+    try:
+        from model.cli import register
+    except ImportError:
+        register = None
+    if register is not None:
+        register(sub)
+    else:
+        for name in ("train", "sample"):
+            p = sub.add_parser(name, help=f"{name} (not implemented yet)")
+            p.add_argument("args", nargs=argparse.REMAINDER)
+            p.set_defaults(func=cmd_not_yet)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""The per-video part of a curation run: probe -> analyze -> split_scenes -> transcode.
+
+These stages run fused in one task per source video so decoded frames never leave the worker.
+The result is one video row plus one row per candidate clip (accepted, or rejected with
+``reject_stage``/``reject_reason``/``reject_detail``): every input and every candidate is
+accounted for. Per-video failures (a file FFmpeg cannot read) become data; bugs raise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+
+import av
+
+from pipeline.recipe import Recipe
+from pipeline.stages.analyze import Analysis, analyze_video, clip_statistics
+from pipeline.stages.probe import probe_video
+from pipeline.stages.split_scenes import Scene, Transition, detect_transitions, scenes_from_transitions
+from pipeline.stages.transcode import ClipCut, transcode_clips
+
+
+def make_clip_id(video_id: str, start_frame: int, end_frame: int) -> str:
+    return hashlib.blake2b(f"{video_id}:{start_frame}:{end_frame}".encode(), digest_size=16).hexdigest()
+
+
+def _clip_row(video: dict, scene: Scene, index: int, analysis: Analysis, frames_per_clip: int) -> dict:
+    return {
+        "clip_id": make_clip_id(video["video_id"], scene.start_frame, scene.end_frame),
+        "video_id": video["video_id"],
+        "source_uri": video["source_uri"],
+        "group": video["group"],
+        "scene_index": index,
+        "start_frame": scene.start_frame,
+        "end_frame": scene.end_frame,
+        "start_s": float(analysis.times[scene.start_frame]),
+        "end_s": analysis.end_time(scene.end_frame),
+        "cut_kind_start": scene.kind_start,
+        "cut_kind_end": scene.kind_end,
+        **clip_statistics(analysis, scene.start_frame, scene.end_frame, frames_per_clip),
+    }
+
+
+@dataclass
+class Scan:
+    """probe + analyze + split_scenes of one file."""
+
+    video: dict  # video-table columns so far
+    analysis: Analysis | None = None
+    transitions: list[Transition] = field(default_factory=list)
+    scenes: list[Scene] = field(default_factory=list)
+    too_short: list[Scene] = field(default_factory=list)
+
+    @property
+    def fps(self) -> float:
+        if self.analysis is not None and self.analysis.frame_interval > 0:
+            return 1.0 / self.analysis.frame_interval
+        return self.video.get("fps_nominal") or 25.0
+
+
+def scan_video(path: str, recipe: Recipe) -> Scan:
+    """probe + analyze + split_scenes for one file; a bad file is a rejected video, not an exception."""
+    av.logging.set_level(None)  # FFmpeg's own warnings about broken inputs become our reasons instead
+    t0 = time.perf_counter()
+    video = probe_video(path, recipe.stage("probe"))
+    video["time_probe_s"] = time.perf_counter() - t0
+    if video["status"] != "ok":
+        return Scan(video)
+    try:
+        analysis = analyze_video(path, video, recipe.stage("analyze"), recipe.stage("split_scenes"))
+    except av.error.FFmpegError as e:
+        video.update(status="rejected", reason="undecodable", detail=f"decoding failed: {e.strerror or e}")
+        return Scan(video)
+    video.update(analysis.video_columns())
+    if analysis.num_frames == 0:
+        why = analysis.stopped_early or f"{analysis.decode_errors} packets failed to decode"
+        video.update(status="rejected", reason="undecodable", detail=f"no frame could be decoded ({why})")
+        return Scan(video, analysis)
+    if analysis.stopped_early:
+        video["detail"] = f"analysis ended early after {analysis.num_frames} frames: {analysis.stopped_early}"
+    t0 = time.perf_counter()
+    scan = Scan(video, analysis)
+    split = recipe.stage("split_scenes")
+    scan.transitions = detect_transitions(analysis.signals, scan.fps, split)
+    scan.scenes, scan.too_short = scenes_from_transitions(scan.transitions, analysis.num_frames, scan.fps, split)
+    video["time_split_s"] = time.perf_counter() - t0
+    video["num_scenes"] = len(scan.scenes) + len(scan.too_short)
+    return scan
+
+
+def process_video(source_uri: str, group: str, recipe: Recipe) -> tuple[dict, list[dict]]:
+    """One input file to ``(video row, candidate clip rows)``; rejected clips carry reject columns."""
+    scan = scan_video(source_uri, recipe)
+    video, analysis = scan.video, scan.analysis
+    video.update(source_uri=source_uri, group=group, num_clips_accepted=0)
+    if video["status"] != "ok":
+        return video, []
+    frames_per_clip = recipe.stage("analyze").frames_per_clip
+    split = recipe.stage("split_scenes")
+    ordered = sorted(
+        [(s, True) for s in scan.scenes] + [(s, False) for s in scan.too_short], key=lambda p: p[0].start_frame
+    )
+    clips: list[dict] = []
+    for index, (scene, long_enough) in enumerate(ordered):
+        row = _clip_row(video, scene, index, analysis, frames_per_clip)
+        if not long_enough:
+            seconds = row["end_s"] - row["start_s"]
+            row.update(
+                reject_stage="split_scenes",
+                reject_reason="scene_too_short",
+                reject_detail=f"{seconds:.2f} s < min_scene_s {split.min_scene_s}",
+            )
+        clips.append(row)
+    cuts = [
+        ClipCut(r["clip_id"], r["start_frame"], r["end_frame"], r["end_s"] - r["start_s"])
+        for r in clips
+        if not r.get("reject_reason")
+    ]
+    results = transcode_clips(source_uri, video, cuts, recipe.stage("transcode"))
+    video["time_transcode_s"] = sum(r.pop("_seconds", 0.0) for r in results.values())
+    for row in clips:
+        result = results.get(row["clip_id"])
+        if result is None:
+            continue
+        if "reject_reason" in result:
+            row.update(reject_stage="transcode", **result)
+        else:
+            row.update(result)
+            video["num_clips_accepted"] += 1
+    return video, clips

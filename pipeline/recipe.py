@@ -1,0 +1,133 @@
+"""Recipes: TOML files with a ``[run]`` table and an ordered ``[[stage]]`` list.
+
+Constructing a stage's config validates it: unknown keys and bad values are errors that name
+the stage and the key. ``--set stage.key=value`` (or ``run.key=value``) overrides a value; the
+value is parsed as TOML (``3``, ``1.5``, ``true``, ``"text"``) and falls back to a plain string.
+The resolved recipe (every default filled in) is written next to the output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from pipeline.registry import STAGES, Resources
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run, with a message meant for the user."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    group_size: int = 8  # videos per resumable group: one shard file per table and group
+    max_videos_in_flight: int = 0  # 0: 2 x available CPUs; bounds memory held by unfinished groups
+
+    def __post_init__(self) -> None:
+        if self.group_size < 1:
+            raise ValueError(f"run.group_size must be >= 1, got {self.group_size}")
+
+
+@dataclass(frozen=True)
+class StageEntry:
+    name: str
+    config: Any
+    resources: Resources
+
+
+@dataclass(frozen=True)
+class Recipe:
+    run: RunConfig
+    stages: list[StageEntry]
+
+    def stage(self, name: str) -> Any:
+        for s in self.stages:
+            if s.name == name:
+                return s.config
+        raise KeyError(name)
+
+    def to_dict(self) -> dict:
+        stages = []
+        for s in self.stages:
+            entry = {"name": s.name, **dataclasses.asdict(s.config)}
+            if s.resources != STAGES[s.name].resources:
+                entry["resources"] = dataclasses.asdict(s.resources)
+            stages.append(entry)
+        return {"run": dataclasses.asdict(self.run), "stage": stages}
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+
+def parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _build(cls: type, values: dict, where: str) -> Any:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise RecipeError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as e:
+        raise RecipeError(f"{where}: {e}") from None
+
+
+def build_recipe(data: dict, overrides: list[str] = ()) -> Recipe:
+    data = {"run": dict(data.get("run", {})), "stage": [dict(s) for s in data.get("stage", [])]}
+    extra = sorted(set(data) - {"run", "stage"})
+    for key in overrides:
+        if "=" not in key or "." not in key.split("=", 1)[0]:
+            raise RecipeError(f"--set expects stage.key=value, got {key!r}")
+        lhs, value = key.split("=", 1)
+        section, field = lhs.split(".", 1)
+        if section == "run":
+            data["run"][field] = parse_value(value)
+            continue
+        matches = [s for s in data["stage"] if s.get("name") == section]
+        if not matches:
+            raise RecipeError(f"--set {lhs}: the recipe has no stage {section!r}")
+        matches[0][field] = parse_value(value)
+    if extra:
+        raise RecipeError(f"recipe: unknown top-level key(s) {', '.join(extra)}; expected [run] and [[stage]]")
+    run = _build(RunConfig, data["run"], "[run]")
+    entries = []
+    for i, raw in enumerate(data["stage"]):
+        name = raw.pop("name", None)
+        if name not in STAGES:
+            raise RecipeError(f"[[stage]] #{i + 1}: unknown stage {name!r}; known: {', '.join(STAGES)}")
+        spec = STAGES[name]
+        res = raw.pop("resources", None)
+        resources = _build(Resources, res, f"stage {name}.resources") if res is not None else spec.resources
+        entries.append(StageEntry(name, _build(spec.config, raw, f"stage {name}"), resources))
+    names = [e.name for e in entries]
+    if len(set(names)) != len(names):
+        raise RecipeError(f"recipe lists a stage twice: {names}")
+    required = [n for n, s in STAGES.items() if s.required]
+    missing = [n for n in required if n not in names]
+    if missing:
+        raise RecipeError(f"recipe lacks required stage(s): {', '.join(missing)}")
+    order = [n for n in names if n in required]
+    if order != required:
+        raise RecipeError(f"stages must run in the order {' -> '.join(required)}; recipe has {' -> '.join(order)}")
+    return Recipe(run, entries)
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise RecipeError(f"recipe not found: {p}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise RecipeError(f"recipe {p} is not valid TOML: {e}") from None
+    return build_recipe(data, overrides)

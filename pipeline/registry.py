@@ -1,0 +1,63 @@
+"""The one plain registry: stage name -> config class, what the stage is, default resources.
+
+A recipe's ``[[stage]]`` entries name stages from here; nothing else is looked up by string.
+``video`` stages run fused in one Ray task per source video (the decoded frames never leave the
+worker); ``clip`` stages (model stages, added by later features) run as Ray Data operators over
+clip rows with their own resources.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipeline.stages.analyze import AnalyzeConfig
+from pipeline.stages.probe import ProbeConfig
+from pipeline.stages.split_scenes import SplitScenesConfig
+from pipeline.stages.transcode import TranscodeConfig
+from pipeline.stages.write_shards import WriteShardsConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resources:
+    """What one worker of a stage asks Ray for."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    memory_gb: float = 0.0  # 0: no reservation
+    custom: dict[str, float] = field(default_factory=dict)  # e.g. {"gpu_node": 1} on a cluster
+    min_actors: int = 1  # actor pool bounds, for clip stages that load a model
+    max_actors: int = 1
+
+    def __post_init__(self) -> None:
+        if self.num_cpus < 0 or self.num_gpus < 0 or self.memory_gb < 0:
+            raise ValueError("resources must be >= 0")
+        if not 1 <= self.min_actors <= self.max_actors:
+            raise ValueError(f"need 1 <= min_actors <= max_actors, got {self.min_actors}, {self.max_actors}")
+
+    def ray_options(self) -> dict:
+        opts: dict = {"num_cpus": self.num_cpus}
+        if self.num_gpus:
+            opts["num_gpus"] = self.num_gpus
+        if self.memory_gb:
+            opts["memory"] = int(self.memory_gb * 2**30)
+        if self.custom:
+            opts["resources"] = dict(self.custom)
+        return opts
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    config: type
+    kind: str  # "video" (fused per-video task) or "clip" or "sink"
+    required: bool
+    resources: Resources
+    doc: str
+
+
+STAGES: dict[str, StageSpec] = {
+    "probe": StageSpec(ProbeConfig, "video", True, Resources(), "container/stream metadata and content hash"),
+    "analyze": StageSpec(AnalyzeConfig, "video", True, Resources(), "the one decode pass: signals and statistics"),
+    "split_scenes": StageSpec(SplitScenesConfig, "video", True, Resources(), "shot boundaries -> candidate clips"),
+    "transcode": StageSpec(TranscodeConfig, "video", True, Resources(), "frame-accurate H.264 clips + previews"),
+    "write_shards": StageSpec(WriteShardsConfig, "sink", True, Resources(num_cpus=0), "Parquet shards + markers"),
+}

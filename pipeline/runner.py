@@ -1,0 +1,267 @@
+"""``vidsift curate``: run a recipe over a folder of videos on Ray and write the run folder.
+
+Inputs are listed, sorted and cut into deterministic groups of ``run.group_size`` files. Groups
+with a completion marker in ``OUT/_done`` are skipped, so a killed run restarted with the same
+command redoes only unfinished groups and ends with the same rows as an uninterrupted run.
+
+On Ray, the per-video stages run as one task per video (``pipeline.process``), streaming
+through Ray Data; their rows flow back to the driver, which publishes each group as soon as all
+its videos are in (``write_shards``) and finally writes ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.recipe import Recipe, RecipeError
+from pipeline.schema import CLIP_SCHEMA, REJECTED_SCHEMA, SCHEMA_VERSION, VIDEO_SCHEMA
+from pipeline.stages.write_shards import done_groups, write_group, write_manifest, write_text_atomic
+
+VIDEO_PREFIX = "video__"
+# One flat row type travels through Ray Data: a candidate clip (clip + reject columns), or the
+# one row per video that carries the video table's columns (prefixed) and how many rows it sent.
+WORK_SCHEMA = pa.schema(
+    [pa.field("row_kind", pa.string()), pa.field("rows_of_video", pa.int32())]
+    + [pa.field(f.name, f.type) for f in REJECTED_SCHEMA]
+    + [pa.field(VIDEO_PREFIX + f.name, f.type) for f in VIDEO_SCHEMA]
+)
+
+
+def list_inputs(path: str) -> list[str]:
+    """Every regular file under ``path`` (or ``path`` itself), sorted; nothing is filtered by name."""
+    p = Path(path)
+    if p.is_file():
+        return [str(p.resolve())]
+    if not p.is_dir():
+        raise RecipeError(f"input not found: {path}")
+    files = sorted(str(f.resolve()) for f in p.rglob("*") if f.is_file())
+    if not files:
+        raise RecipeError(f"input folder holds no files: {path}")
+    return files
+
+
+def make_groups(inputs: list[str], group_size: int) -> dict[str, list[str]]:
+    return {f"g{i // group_size:06d}": inputs[i : i + group_size] for i in range(0, len(inputs), group_size)}
+
+
+def fingerprint(inputs: list[str], recipe: Recipe) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(recipe.to_toml().encode())
+    for uri in inputs:
+        h.update(uri.encode() + b"\0")
+    return h.hexdigest()
+
+
+def video_task(batch: pa.Table, recipe_dict: dict) -> pa.Table:
+    """Ray Data UDF: one input row (source_uri, group) -> work rows for that video."""
+    from pipeline.process import process_video
+    from pipeline.recipe import build_recipe
+
+    recipe = build_recipe(recipe_dict)
+    rows = []
+    for item in batch.to_pylist():
+        video, clips = process_video(item["source_uri"], item["group"], recipe)
+        n = len(clips) + 1
+        rows.append({"row_kind": "video", "rows_of_video": n, **{VIDEO_PREFIX + k: v for k, v in video.items()}})
+        rows.extend({"row_kind": "clip", "rows_of_video": n, **c} for c in clips)
+    return pa.Table.from_pylist([{n: r.get(n) for n in WORK_SCHEMA.names} for r in rows], schema=WORK_SCHEMA)
+
+
+@dataclass
+class GroupBuffer:
+    expected: set[str]
+    rows_seen: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    rows_due: dict[str, int] = field(default_factory=dict)
+    videos: list[dict] = field(default_factory=list)
+    clips: list[dict] = field(default_factory=list)
+    rejected: list[dict] = field(default_factory=list)
+
+    def add(self, row: dict) -> None:
+        uri = row["source_uri"] or row[VIDEO_PREFIX + "source_uri"]
+        self.rows_seen[uri] += 1
+        self.rows_due[uri] = row["rows_of_video"]
+        if row["row_kind"] == "video":
+            self.videos.append({k[len(VIDEO_PREFIX) :]: v for k, v in row.items() if k.startswith(VIDEO_PREFIX)})
+        elif row["reject_reason"]:
+            self.rejected.append({k: row[k] for k in REJECTED_SCHEMA.names})
+        else:
+            self.clips.append({k: row[k] for k in CLIP_SCHEMA.names})
+
+    def complete(self) -> bool:
+        return all(u in self.rows_due and self.rows_seen[u] == self.rows_due[u] for u in self.expected)
+
+
+def _init_ray(address: str | None) -> None:
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, logging_level="WARNING", log_to_driver=True)
+    else:
+        # embedded local Ray; the working tree is importable by workers on this machine
+        ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
+
+
+def run_curate(recipe: Recipe, input_path: str, output: str, limit: int | None = None,
+               address: str | None = None, quiet: bool = False) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True, quiet=quiet)
+    inputs = list_inputs(input_path)
+    if limit:
+        inputs = inputs[:limit]
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    fp = fingerprint(inputs, recipe)
+    state_path = out / "_run.json"
+    if state_path.exists():
+        earlier = json.loads(state_path.read_text())
+        if earlier.get("fingerprint") != fp:
+            raise RecipeError(
+                f"{out} holds a run over other inputs or another recipe; resume it with the same command, "
+                "or write to a new --output"
+            )
+    write_text_atomic(state_path, json.dumps({"fingerprint": fp, "inputs": len(inputs)}) + "\n")
+    write_text_atomic(out / "recipe.resolved.toml", recipe.to_toml())
+    groups = make_groups(inputs, recipe.run.group_size)
+    finished = done_groups(out)
+    pending = {g: files for g, files in groups.items() if g not in finished}
+    console.print(
+        f"vidsift curate: {len(inputs)} input files in {len(groups)} groups; "
+        f"{len(groups) - len(pending)} groups already done, {len(pending)} to run"
+    )
+    started = time.time()
+    if pending:
+        _run_groups(recipe, pending, out, address, console, Progress, BarColumn, MofNCompleteColumn,
+                    TextColumn, TimeElapsedColumn)
+    manifest = build_manifest(out, recipe, len(inputs), len(groups), time.time() - started)
+    write_manifest(out, manifest)
+    print_summary(console, manifest)
+    return 0
+
+
+def _run_groups(recipe, pending, out, address, console, Progress, BarColumn, MofNCompleteColumn, TextColumn,
+                TimeElapsedColumn) -> None:
+    import ray
+
+    _init_ray(address)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # one progress display: ours
+    ctx.print_on_execution_start = False
+    items = [{"source_uri": uri, "group": g} for g, files in pending.items() for uri in files]
+    video_res = _max_resources([s.resources for s in recipe.stages if s.name != "write_shards"])
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map_batches(
+        video_task, batch_size=1, batch_format="pyarrow", fn_kwargs={"recipe_dict": recipe.to_dict()}, **video_res
+    )
+    buffers = {g: GroupBuffer(expected=set(files)) for g, files in pending.items()}
+    write_cfg = recipe.stage("write_shards")
+    accepted = 0
+    with Progress(TextColumn("[bold]curate"), BarColumn(), MofNCompleteColumn(), TextColumn("videos"),
+                  TextColumn("{task.fields[clips]} clips, {task.fields[groups]} groups written"),
+                  TimeElapsedColumn(), console=console, transient=False) as progress:
+        task = progress.add_task("curate", total=len(items), clips=0, groups=0)
+        written = 0
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for row in batch.to_pylist():
+                buf = buffers[row["group"] or row[VIDEO_PREFIX + "group"]]
+                buf.add(row)
+                if row["row_kind"] == "video":
+                    progress.advance(task)
+                    accepted += row[VIDEO_PREFIX + "num_clips_accepted"] or 0
+            for g in [g for g, b in buffers.items() if b.complete()]:
+                b = buffers.pop(g)
+                write_group(out, g, b.clips, b.rejected, b.videos, write_cfg)
+                written += 1
+            progress.update(task, clips=accepted, groups=written)
+    if buffers:
+        raise RuntimeError(f"groups never completed: {sorted(buffers)}")
+
+
+def _max_resources(resources: list) -> dict:
+    opts: dict = {}
+    for r in resources:
+        for k, v in r.ray_options().items():
+            if k == "resources":
+                merged = opts.setdefault("resources", {})
+                for rk, rv in v.items():
+                    merged[rk] = max(merged.get(rk, 0), rv)
+            else:
+                opts[k] = max(opts.get(k, 0), v)
+    return opts
+
+
+def _read_columns(out: Path, table: str, columns: list[str]) -> pa.Table:
+    files = sorted((out / table).glob("*.parquet"))
+    if not files:
+        return pa.table({c: pa.array([], type=pa.null()) for c in columns})
+    return pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
+
+
+def build_manifest(out: Path, recipe: Recipe, n_inputs: int, n_groups: int, wall_s: float) -> dict:
+    vcols = ["status", "reason", "duration_s", "num_scenes", "num_clips_accepted", "analysis_decode_passes",
+             "time_probe_s", "time_analyze_s", "time_split_s", "time_transcode_s"]
+    videos = _read_columns(out, "videos", vcols).to_pylist()
+    clips = _read_columns(out, "clips", ["duration_s"]).to_pylist()
+    rejected = _read_columns(out, "rejected", ["reject_stage", "reject_reason"]).to_pylist()
+    by_video_reason: dict[str, int] = defaultdict(int)
+    for v in videos:
+        if v["status"] == "rejected":
+            by_video_reason[v["reason"]] += 1
+    by_clip_reason: dict[str, int] = defaultdict(int)
+    for r in rejected:
+        by_clip_reason[f"{r['reject_stage']}/{r['reject_reason']}"] += 1
+    timing = {s: round(sum(v[f"time_{s}_s"] or 0.0 for v in videos), 3) for s in ("probe", "analyze", "split", "transcode")}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "vidsift_command": " ".join(sys.argv[:1] + ["curate"]),
+        "recipe": recipe.to_dict(),
+        "counts": {
+            "input_files": n_inputs,
+            "groups": n_groups,
+            "groups_done": len(done_groups(out)),
+            "videos_ok": sum(v["status"] == "ok" for v in videos),
+            "videos_rejected": sum(v["status"] == "rejected" for v in videos),
+            "videos_rejected_by_reason": dict(sorted(by_video_reason.items())),
+            "input_hours": round(sum(v["duration_s"] or 0.0 for v in videos if v["status"] == "ok") / 3600, 6),
+            "candidate_clips": len(clips) + len(rejected),
+            "clips_accepted": len(clips),
+            "clips_rejected": len(rejected),
+            "clips_rejected_by_reason": dict(sorted(by_clip_reason.items())),
+            "accepted_hours": round(sum(c["duration_s"] or 0.0 for c in clips) / 3600, 6),
+        },
+        "analysis_decode_passes": sum(v["analysis_decode_passes"] or 0 for v in videos),
+        "stage_seconds": timing,
+        "last_run_wall_s": round(wall_s, 3),
+    }
+
+
+def print_summary(console, manifest: dict) -> None:
+    from rich.table import Table
+
+    c = manifest["counts"]
+    t = Table(title="vidsift curate: summary", show_header=False)
+    t.add_row("input files", str(c["input_files"]))
+    t.add_row("videos ok / rejected", f"{c['videos_ok']} / {c['videos_rejected']}")
+    for reason, n in c["videos_rejected_by_reason"].items():
+        t.add_row(f"  video rejected: {reason}", str(n))
+    t.add_row("candidate clips", str(c["candidate_clips"]))
+    t.add_row("clips accepted", f"{c['clips_accepted']} ({c['accepted_hours'] * 60:.2f} min)")
+    for reason, n in c["clips_rejected_by_reason"].items():
+        t.add_row(f"  clip rejected: {reason}", str(n))
+    t.add_row("input hours (readable)", f"{c['input_hours']:.4f}")
+    t.add_row("analysis decode passes", str(manifest["analysis_decode_passes"]))
+    console.print(t)

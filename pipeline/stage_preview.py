@@ -1,0 +1,40 @@
+"""``vidsift stage NAME VIDEO``: run one stage, and the stages it needs, on one file; return its columns.
+
+Binary columns are shown by their size, so the output stays readable and JSON-safe.
+"""
+
+from __future__ import annotations
+
+from pipeline.process import process_video, scan_video
+from pipeline.recipe import Recipe, RecipeError
+from pipeline.stages.probe import probe_video
+
+
+def _printable(row: dict) -> dict:
+    out = {}
+    for k, v in row.items():
+        if isinstance(v, bytes):
+            out[k] = f"<{len(v)} bytes>"
+        elif isinstance(v, list) and v and isinstance(v[0], bytes):
+            out[k] = [f"<{len(b)} bytes>" for b in v]
+        else:
+            out[k] = v
+    return out
+
+
+def preview_stage(name: str, path: str, recipe: Recipe) -> dict:
+    if name == "probe":
+        return {"path": path, **probe_video(path, recipe.stage("probe"))}
+    if name in ("analyze", "split_scenes"):
+        scan = scan_video(path, recipe)
+        result: dict = {"path": path, **scan.video}
+        if name == "split_scenes":
+            result["transitions"] = [vars(t) for t in scan.transitions]
+            result["scenes"] = [vars(s) | {"too_short": False} for s in scan.scenes] + [
+                vars(s) | {"too_short": True} for s in scan.too_short
+            ]
+        return result
+    if name == "transcode":
+        video, clips = process_video(path, "preview", recipe)
+        return {"path": path, **_printable(video), "clips": [_printable(c) for c in clips]}
+    raise RecipeError(f"stage {name!r} writes a run folder; run it with `vidsift curate`")

@@ -1,0 +1,180 @@
+"""analyze: the one decode pass per source video that every later analysis reads from.
+
+Reads: a probed video (``source_uri`` and probe columns). Produces an in-memory ``Analysis``:
+the per-frame scene-detection signals (``split_scenes.SceneSignals``), presentation times of
+every frame (variable frame rate handled by timestamps, not by nominal rate), cheap per-frame
+statistics (luma mean/std, black frames, sharpness, frame difference) and a sparse set of
+mid-resolution frames (rotation applied) for model stages. Nothing later decodes the source
+again for analysis; ``analysis_decode_passes`` records that. Writes the video-table columns
+``num_frames``, ``fps_avg``, ``is_vfr``, ``duration_s``, ``decode_errors``.
+
+Packets the decoder rejects are counted and skipped (a few corrupt packets do not lose the
+video); a container that breaks off mid-file ends the pass with what was decoded.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import av
+import cv2
+import numpy as np
+
+from pipeline.media import DecodeLog, decode_frames
+from pipeline.stages.split_scenes import SceneSignals, SplitScenesConfig
+
+BLACK_LUMA = 16.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnalyzeConfig:
+    detect_width: int = 128  # width of the every-frame analysis image (height follows the aspect)
+    sample_fps: float = 1.0  # mid-resolution frames kept per second for model stages
+    sample_short_side: int = 256  # short side of those frames, display orientation
+    jpeg_quality: int = 90
+    max_decode_errors: int = 200  # more rejected packets than this ends the pass early
+    frames_per_clip: int = 4  # sampled frames stored per clip (frames_jpeg) for model stages
+
+    def __post_init__(self) -> None:
+        if not 16 <= self.detect_width <= 512:
+            raise ValueError(f"analyze.detect_width must be in 16..512, got {self.detect_width}")
+        if self.sample_fps <= 0:
+            raise ValueError(f"analyze.sample_fps must be > 0, got {self.sample_fps}")
+        if not 32 <= self.sample_short_side <= 1024:
+            raise ValueError(f"analyze.sample_short_side must be in 32..1024, got {self.sample_short_side}")
+
+
+@dataclass
+class Analysis:
+    num_frames: int
+    times: np.ndarray  # seconds, one per decoded frame
+    luma_mean: np.ndarray
+    luma_std: np.ndarray
+    sharpness: np.ndarray
+    frame_diff: np.ndarray
+    signals: SceneSignals
+    sample_times: list[float] = field(default_factory=list)
+    sample_jpegs: list[bytes] = field(default_factory=list)
+    decode_errors: int = 0
+    stopped_early: str | None = None  # why the pass ended before the end of the file
+    seconds: float = 0.0
+
+    @property
+    def frame_interval(self) -> float:
+        if self.num_frames < 2:
+            return 0.0
+        return float(np.median(np.diff(self.times)))
+
+    def end_time(self, end_frame: int) -> float:
+        """Presentation time where frame ``end_frame`` starts (one past the last frame allowed)."""
+        if end_frame < self.num_frames:
+            return float(self.times[end_frame])
+        return float(self.times[-1] + (self.frame_interval or 0.0))
+
+    def video_columns(self) -> dict:
+        n = self.num_frames
+        duration = self.end_time(n) - float(self.times[0]) if n else 0.0
+        intervals = np.diff(self.times) if n > 1 else np.zeros(0)
+        median = float(np.median(intervals)) if intervals.size else 0.0
+        vfr = bool(median > 0 and np.mean(np.abs(intervals - median) > 0.1 * median) > 0.05)
+        return {
+            "num_frames": n,
+            "duration_s": duration,
+            "fps_avg": (n / duration) if duration > 0 else None,
+            "is_vfr": vfr,
+            "decode_errors": self.decode_errors,
+            "analysis_decode_passes": 1,
+            "time_analyze_s": self.seconds,
+        }
+
+
+def detect_size(coded_w: int, coded_h: int, sar: float, width: int) -> tuple[int, int]:
+    aspect = coded_h / max(1.0, coded_w * (sar or 1.0))
+    h = int(round(width * aspect / 2)) * 2
+    return width, min(256, max(16, h))
+
+
+def sample_size(display_w: int, display_h: int, rotation: int, short_side: int) -> tuple[int, int]:
+    """Reformat size in coded orientation such that, once rotated, the short side is ``short_side``."""
+    scale = min(1.0, short_side / max(1, min(display_w, display_h)))
+    w = max(2, int(round(display_w * scale / 2)) * 2)
+    h = max(2, int(round(display_h * scale / 2)) * 2)
+    return (h, w) if rotation in (90, 270) else (w, h)
+
+
+def analyze_video(
+    path: str, probe: dict, config: AnalyzeConfig, split_config: SplitScenesConfig
+) -> Analysis:
+    """One decode pass over ``path``. ``probe`` is the probe row (coded size, sar, rotation)."""
+    start = time.perf_counter()
+    dw, dh = detect_size(probe["coded_width"], probe["coded_height"], probe.get("sar") or 1.0, config.detect_width)
+    rotation = probe.get("rotation") or 0
+    sw, sh = sample_size(probe["display_width"], probe["display_height"], rotation, config.sample_short_side)
+    signals = SceneSignals(split_config)
+    times: list[float] = []
+    stats: list[tuple[float, float, float, float]] = []
+    sample_times: list[float] = []
+    sample_jpegs: list[bytes] = []
+    next_sample = None
+    prev_gray = None
+    log = DecodeLog()
+    with av.open(path, metadata_errors="ignore") as container:
+        for _, t, frame in decode_frames(container, log, config.max_decode_errors, probe.get("fps_nominal") or 25.0):
+            times.append(t)
+            bgr = frame.reformat(width=dw, height=dh, format="bgr24").to_ndarray()
+            signals.update(bgr)
+            gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+            mean, std = cv2.meanStdDev(gray)
+            sharp = cv2.Laplacian(gray, cv2.CV_32F).var()
+            diff = float(cv2.absdiff(gray, prev_gray).mean()) if prev_gray is not None else 0.0
+            prev_gray = gray
+            stats.append((float(mean[0, 0]), float(std[0, 0]), float(sharp), diff))
+            if next_sample is None or t >= next_sample:
+                next_sample = t + 1.0 / config.sample_fps
+                img = frame.reformat(width=sw, height=sh, format="bgr24").to_ndarray()
+                if rotation:
+                    img = np.ascontiguousarray(np.rot90(img, k=-rotation // 90))
+                ok, jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality])
+                if ok:
+                    sample_times.append(t)
+                    sample_jpegs.append(jpg.tobytes())
+    arr = np.asarray(stats, dtype=np.float32).reshape(-1, 4)
+    return Analysis(
+        num_frames=len(times),
+        times=np.asarray(times, dtype=np.float64),
+        luma_mean=arr[:, 0],
+        luma_std=arr[:, 1],
+        sharpness=arr[:, 2],
+        frame_diff=arr[:, 3],
+        signals=signals,
+        sample_times=sample_times,
+        sample_jpegs=sample_jpegs,
+        decode_errors=log.errors,
+        stopped_early=log.stopped,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def clip_statistics(analysis: Analysis, start: int, end: int, max_frames: int) -> dict:
+    """Clip-level reductions of the per-frame statistics and the sampled frames inside [start, end)."""
+    sl = slice(start, end)
+    n = max(1, end - start)
+    diffs = analysis.frame_diff[start + 1 : end]  # the first frame's diff looks across the boundary
+    t0, t1 = float(analysis.times[start]), analysis.end_time(end)
+    inside = [i for i, t in enumerate(analysis.sample_times) if t0 <= t < t1]
+    if not inside and analysis.sample_times:
+        mid = (t0 + t1) / 2
+        inside = [int(np.argmin([abs(t - mid) for t in analysis.sample_times]))]
+    if len(inside) > max_frames:
+        pick = np.linspace(0, len(inside) - 1, max_frames).round().astype(int)
+        inside = [inside[i] for i in pick]
+    return {
+        "luma_mean": float(analysis.luma_mean[sl].mean()),
+        "luma_std": float(analysis.luma_std[sl].mean()),
+        "black_ratio": float((analysis.luma_mean[sl] < BLACK_LUMA).sum() / n),
+        "sharpness": float(analysis.sharpness[sl].mean()),
+        "frame_diff": float(diffs.mean()) if diffs.size else 0.0,
+        "frames_jpeg": [analysis.sample_jpegs[i] for i in inside],
+        "frames_s": [analysis.sample_times[i] for i in inside],
+    }

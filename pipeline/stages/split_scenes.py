@@ -1,0 +1,416 @@
+"""Scene detection: shot boundaries (hard cuts, fades through black, dissolves) and candidate scenes.
+
+Reads: the small BGR frames of the analysis pass (one ``SceneSignals.update`` call per decoded frame,
+in decode order) and the stream's frame rate.
+Writes: a list of ``Transition`` (what the shot-boundary detector found) and the candidate scenes
+(``Scene``) between them, split into scenes long enough to keep and ``too_short`` ones (rejected later
+with reason ``scene_too_short``). Frame indices are 0-based decode indices.
+
+How it works, in two passes:
+
+1. ``SceneSignals.update`` stores a few hundred bytes per frame: PySceneDetect's ``ContentDetector``
+   score (the mean HSV change against the previous frame, same definition and weights), a 24x16
+   colour thumbnail, the frame's contrast, mean brightness and the fraction of non-dark pixels.
+   Nothing else is kept, so memory grows by about 1.2 KB per frame.
+2. ``detect_transitions`` runs once over those descriptors:
+
+   - fades: a stretch of dark frames plus the brightness ramps into and out of it is one transition;
+   - hard cuts: peaks of the content score that stand out from their neighbourhood (the
+     ``AdaptiveDetector`` idea), each verified by comparing *every* frame shortly before it with every
+     frame shortly after it: a flash or an occlusion returns to a picture seen before, fast motion
+     is as different from frame to frame inside the shot as across the candidate, and a true cut is
+     neither;
+   - dissolves: the middle frame of a window is a blend of its two ends, while the ends are far apart
+     and the shots on either side are steady.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from scenedetect.detectors import ContentDetector
+
+# Thumbnail kept per frame for frame-pair comparisons. 24x16 blurs away small motion and the
+# compression noise of the 128-px analysis frame, and costs 1152 bytes per frame.
+_THUMB_W, _THUMB_H = 24, 16
+# ContentDetector's default weights (hue, saturation, luma, edges); edges are off by default there too.
+_CD_WEIGHTS = np.array(ContentDetector.DEFAULT_COMPONENT_WEIGHTS[:3], dtype=np.float64)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitScenesConfig:
+    """Recipe key ``split_scenes``."""
+
+    # Scenes shorter than this become rejected candidates (reason scene_too_short), not dropped.
+    min_scene_s: float = 2.0
+    # Scenes longer than this are cut into near-equal chunks no longer than it.
+    max_scene_s: float = 60.0
+    # A hard-cut candidate's content score must exceed the median score of the frames around it
+    # (+-adaptive_window_s) by this factor (PySceneDetect AdaptiveDetector's adaptive_threshold).
+    adaptive_ratio: float = 3.0
+    # Half width of the neighbourhood for adaptive_ratio, in seconds.
+    adaptive_window_s: float = 0.33
+    # Minimum ContentDetector score (0..255 scale) of a hard-cut candidate.
+    min_content_score: float = 8.0
+    # How far back (s) a cut candidate looks for the same picture (flashes, occlusions, overlays).
+    lookback_s: float = 1.0
+    # How far ahead (s) a cut candidate looks for the picture from before it to come back.
+    lookahead_s: float = 0.5
+    # Minimum contrast-normalised distance between every frame before and every frame after a cut.
+    min_cut_distance: float = 0.35
+    # That distance must also exceed this many times the typical frame-to-frame change around it.
+    motion_ratio: float = 2.5
+    # A pixel brighter than this (0..255, HSV value) is not dark.
+    dark_level: int = 32
+    # A frame with at most this fraction of non-dark pixels is black (ffmpeg blackdetect's idea).
+    dark_max_fraction: float = 0.02
+    # Longest fade ramp into or out of black that is counted as part of the fade, in seconds.
+    max_fade_s: float = 3.0
+    # Dissolve window (s): a dissolve is found when the frame in the middle of this window is a blend
+    # of its two ends.
+    dissolve_window_s: float = 0.5
+    # The ends of a dissolve window must be at least this far apart (contrast-normalised distance).
+    min_dissolve_distance: float = 0.6
+    # Largest blend residual, as a fraction of the distance between the window's ends.
+    max_blend_residual: float = 0.35
+    # Boundaries closer than this to the first or last frame are not reported (leaders, priming frames).
+    edge_s: float = 0.1
+
+    def __post_init__(self) -> None:
+        positive = (
+            "min_scene_s", "max_scene_s", "adaptive_ratio", "adaptive_window_s", "lookback_s",
+            "lookahead_s", "min_cut_distance", "motion_ratio", "max_fade_s", "dissolve_window_s",
+            "min_dissolve_distance", "max_blend_residual",
+        )  # fmt: skip
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"split_scenes.{name} must be > 0, got {getattr(self, name)!r}")
+        if self.max_scene_s < self.min_scene_s:
+            raise ValueError(
+                f"split_scenes.max_scene_s ({self.max_scene_s}) must be >= min_scene_s ({self.min_scene_s})"
+            )
+        if self.min_content_score < 0:
+            raise ValueError(f"split_scenes.min_content_score must be >= 0, got {self.min_content_score}")
+        if not 0 <= self.dark_level <= 255:
+            raise ValueError(f"split_scenes.dark_level must be in [0, 255], got {self.dark_level}")
+        if not 0 <= self.dark_max_fraction < 1:
+            raise ValueError(f"split_scenes.dark_max_fraction must be in [0, 1), got {self.dark_max_fraction}")
+        if self.edge_s < 0:
+            raise ValueError(f"split_scenes.edge_s must be >= 0, got {self.edge_s}")
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One shot boundary.
+
+    Frames ``first..last`` (inclusive) belong to the transition and are trimmed from both neighbouring
+    scenes; for a hard cut ``first == frame`` and ``last == frame - 1``, an empty range. ``frame`` is
+    the reported boundary: the first frame of the new shot, and for a fade or dissolve a frame inside
+    it (``first <= frame <= last + 1``).
+    """
+
+    frame: int
+    first: int
+    last: int
+    kind: str  # "cut" | "fade" | "dissolve"
+
+
+@dataclass(frozen=True)
+class Scene:
+    start_frame: int  # inclusive
+    end_frame: int  # exclusive
+    kind_start: str  # "start" | "cut" | "fade" | "dissolve" | "chunk"
+    kind_end: str  # "end" | "cut" | "fade" | "dissolve" | "chunk"
+
+
+class _Growable:
+    """An array that grows by doubling along axis 0, so per-frame appends stay O(1) and compact."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: type) -> None:
+        self._data = np.empty((256, *shape), dtype=dtype)
+        self.size = 0
+
+    def append(self, value: np.ndarray | float) -> None:
+        if self.size == len(self._data):
+            self._data = np.concatenate([self._data, np.empty_like(self._data)])
+        self._data[self.size] = value
+        self.size += 1
+
+    def view(self) -> np.ndarray:
+        return self._data[: self.size]
+
+
+class SceneSignals:
+    """Per-frame descriptors for scene detection, accumulated one decoded frame at a time."""
+
+    def __init__(self, config: SplitScenesConfig) -> None:
+        self.config = config
+        self._prev_hsv: np.ndarray | None = None
+        self._content = _Growable((), np.float32)  # ContentDetector score vs the previous frame
+        self._thumb = _Growable((_THUMB_H, _THUMB_W, 3), np.uint8)
+        self._luma = _Growable((), np.float32)  # mean HSV value
+        self._lit = _Growable((), np.float32)  # fraction of pixels brighter than dark_level
+
+    def update(self, bgr: np.ndarray) -> None:
+        hsv = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)
+        if self._prev_hsv is None or self._prev_hsv.shape != hsv.shape:
+            score = 0.0
+        else:
+            # ContentDetector's content_val: mean absolute change of H, S and V, weighted.
+            delta = cv2.mean(cv2.absdiff(hsv, self._prev_hsv))[:3]
+            score = float(np.dot(delta, _CD_WEIGHTS) / _CD_WEIGHTS.sum())
+        self._prev_hsv = hsv
+        value = hsv[:, :, 2]
+        self._content.append(score)
+        self._thumb.append(cv2.resize(bgr, (_THUMB_W, _THUMB_H), interpolation=cv2.INTER_AREA))
+        self._luma.append(cv2.mean(value)[0])
+        self._lit.append(np.count_nonzero(value > self.config.dark_level) / value.size)
+
+    @property
+    def num_frames(self) -> int:
+        return self._content.size
+
+    # Read-only views for detect_transitions.
+    @property
+    def content(self) -> np.ndarray:
+        return self._content.view()
+
+    @property
+    def thumbs(self) -> np.ndarray:
+        return self._thumb.view()
+
+    @property
+    def luma(self) -> np.ndarray:
+        return self._luma.view()
+
+    @property
+    def lit_fraction(self) -> np.ndarray:
+        return self._lit.view()
+
+
+class _Thumbs:
+    """Contrast-normalised distances between frame thumbnails.
+
+    The mean absolute difference of two thumbnails is divided by their mean contrast (mean absolute
+    deviation from the thumbnail's mean), so a cut between two dim shots scores like a cut between
+    two bright ones, and a global exposure change counts for less than a change of picture.
+    """
+
+    # Contrast floor (0..255) so that near-flat frames (black, white) do not blow the ratio up.
+    CONTRAST_FLOOR = 8.0
+
+    def __init__(self, thumbs: np.ndarray) -> None:
+        self.t = thumbs.reshape(len(thumbs), -1).astype(np.float32)
+        self.contrast = np.abs(self.t - self.t.mean(axis=1, keepdims=True)).mean(axis=1)
+
+    def dist(self, a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:
+        a, b = np.asarray(a), np.asarray(b)
+        d = np.abs(self.t[a] - self.t[b]).mean(axis=-1)
+        return d / np.maximum(0.5 * (self.contrast[a] + self.contrast[b]), self.CONTRAST_FLOOR)
+
+    def cross_min(self, pre: np.ndarray, post: np.ndarray) -> float:
+        """Smallest distance between any frame of ``pre`` and any frame of ``post``."""
+        d = np.abs(self.t[pre][:, None, :] - self.t[post][None, :, :]).mean(axis=-1)
+        scale = np.maximum(0.5 * (self.contrast[pre][:, None] + self.contrast[post][None, :]), self.CONTRAST_FLOOR)
+        return float((d / scale).min())
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """Inclusive (start, end) of each run of True in a 1-D boolean array."""
+    padded = np.concatenate([[False], mask, [False]]).astype(np.int8)
+    edges = np.flatnonzero(np.diff(padded))
+    return [(int(s), int(e) - 1) for s, e in zip(edges[::2], edges[1::2], strict=True)]
+
+
+def _detect_fades(signals: SceneSignals, fps: float, config: SplitScenesConfig) -> list[Transition]:
+    """Each stretch of black frames, with the brightness ramps into and out of it, is one fade."""
+    n = signals.num_frames
+    luma = signals.luma
+    dark = signals.lit_fraction <= config.dark_max_fraction
+    if dark.all():
+        return []
+    max_ramp = max(1, round(config.max_fade_s * fps))
+    fades = []
+    for s, e in _runs(dark):
+        # Walk back over the fade-out while the picture keeps getting darker, and forward over the
+        # fade-in while it keeps getting brighter; a hard cut into or out of black has no ramp.
+        first = s
+        while first > 0 and s - first < max_ramp and luma[first - 1] > luma[first] + 0.2:
+            first -= 1
+        last = e
+        while last + 1 < n and last - e < max_ramp and luma[last + 1] > luma[last] + 0.2:
+            last += 1
+        if e == n - 1:
+            # Black until the end: the boundary is where the black begins.
+            frame, kind = s, "fade" if first < s else "cut"
+        elif s == 0:
+            frame, kind = e + 1, "fade" if last > e else "cut"
+        else:
+            frame, kind = e + 1, "fade"
+        fades.append(Transition(frame=frame, first=first, last=last, kind=kind))
+    return fades
+
+
+def _cut_candidates(signals: SceneSignals, fps: float, config: SplitScenesConfig) -> np.ndarray:
+    """Frames whose content score is a local peak well above the scores around it."""
+    c = signals.content.astype(np.float64)
+    n = len(c)
+    w = max(2, round(config.adaptive_window_s * fps))
+    cands = []
+    for i in np.flatnonzero(c >= config.min_content_score):
+        if i == 0:
+            continue
+        lo, hi = max(1, i - w), min(n, i + w + 1)
+        window = c[lo:hi]
+        if c[i] < window.max():
+            continue
+        # The median of the neighbourhood without the candidate and its direct neighbours, which a
+        # cut that straddles two frames (a field-blended cut) would otherwise inflate.
+        keep = np.ones(hi - lo, bool)
+        keep[max(0, i - 1 - lo) : i + 2 - lo] = False
+        base = float(np.median(window[keep])) if keep.any() else 0.0
+        if c[i] >= config.adaptive_ratio * (base + 1.0):
+            cands.append(int(i))
+    return np.asarray(cands, dtype=np.int64)
+
+
+def _verify_cuts(
+    candidates: np.ndarray, thumbs: _Thumbs, n: int, fps: float, config: SplitScenesConfig
+) -> list[Transition]:
+    """Keep candidates whose before and after frames never meet again (see the module docstring)."""
+    back = max(2, round(config.lookback_s * fps))
+    ahead = max(2, round(config.lookahead_s * fps))
+    cuts: list[Transition] = []
+    last_cut = 0
+    for i in candidates:
+        # Look back only as far as the last accepted cut: the shot before it may legitimately return
+        # (shot / reverse shot), but the current shot repeating itself is not a new shot.
+        pre = np.arange(max(last_cut, i - back), i)
+        post = np.arange(i, min(n, i + ahead + 1))
+        if len(pre) == 0:
+            continue
+        cross = thumbs.cross_min(pre, post)
+        # Typical frame-to-frame change on both sides, the candidate pair excluded.
+        near = np.arange(max(1, i - ahead), min(n, i + ahead + 1))
+        near = near[near != i]
+        motion = float(np.median(thumbs.dist(near - 1, near))) if len(near) else 0.0
+        if cross >= config.min_cut_distance and cross >= config.motion_ratio * motion:
+            cuts.append(Transition(frame=int(i), first=int(i), last=int(i) - 1, kind="cut"))
+            last_cut = int(i)
+    return cuts
+
+
+def _detect_dissolves(
+    thumbs: _Thumbs, busy: np.ndarray, content: np.ndarray, fps: float, config: SplitScenesConfig
+) -> list[Transition]:
+    """Windows whose middle frame is a blend of its ends while the ends are far apart."""
+    n = len(thumbs.t)
+    k = max(2, round(config.dissolve_window_s * fps / 2))
+    if n < 4 * k + 1:
+        return []
+    centre = np.arange(2 * k, n - 2 * k)
+    a, b = centre - k, centre + k
+    span = thumbs.dist(a, b)
+    # Steady shots on both sides: the change over a window before and after is small.
+    before = thumbs.dist(a - k, a)
+    after = thumbs.dist(b, b + k)
+    ok = (span >= config.min_dissolve_distance) & (span >= config.motion_ratio * np.maximum(before, after))
+    found: list[Transition] = []
+    for i in np.flatnonzero(ok):
+        m = int(centre[i])
+        if busy[a[i] : b[i] + 1].any():
+            continue
+        # A dissolve spreads its change over the window; one frame pair holding most of it is a cut.
+        steps = content[a[i] + 1 : b[i] + 1]
+        if steps.max() > 0.5 * steps.sum():
+            continue
+        x, y, z = thumbs.t[a[i]], thumbs.t[b[i]], thumbs.t[m]
+        diff = x - y
+        alpha = float(np.dot(z - y, diff) / max(float(np.dot(diff, diff)), 1e-6))
+        if not 0.2 <= alpha <= 0.8:
+            continue
+        residual = np.abs(z - y - alpha * diff).mean() / max(np.abs(diff).mean(), 1e-6)
+        if residual > config.max_blend_residual:
+            continue
+        if found and m - found[-1].frame <= 2 * k:
+            if span[i] > span[found[-1].frame - 2 * k]:
+                found[-1] = Transition(frame=m, first=int(a[i]) + 1, last=int(b[i]) - 1, kind="dissolve")
+            continue
+        found.append(Transition(frame=m, first=int(a[i]) + 1, last=int(b[i]) - 1, kind="dissolve"))
+    return found
+
+
+def detect_transitions(signals: SceneSignals, fps: float, config: SplitScenesConfig) -> list[Transition]:
+    """All shot boundaries of one video, sorted, at most one per transition."""
+    n = signals.num_frames
+    if n < 2:
+        return []
+    if not fps > 0 or not math.isfinite(fps):
+        raise ValueError(f"fps must be a positive number, got {fps!r}")
+    thumbs = _Thumbs(signals.thumbs)
+    fades = _detect_fades(signals, fps, config)
+    busy = np.zeros(n, bool)
+    for t in fades:
+        # A cut into or out of the black, or a flicker of the ramp, is part of the fade.
+        busy[max(0, t.first - 2) : t.last + 3] = True
+    candidates = _cut_candidates(signals, fps, config)
+    candidates = candidates[~busy[candidates]] if len(candidates) else candidates
+    cuts = _verify_cuts(candidates, thumbs, n, fps, config)
+    for t in cuts:
+        busy[max(0, t.frame - 2) : t.frame + 2] = True
+    dissolves = _detect_dissolves(thumbs, busy, signals.content, fps, config)
+    edge = round(config.edge_s * fps)
+    found = sorted(fades + cuts + dissolves, key=lambda t: t.frame)
+    return [t for t in found if edge <= t.frame < n - edge]
+
+
+def scenes_from_transitions(
+    transitions: list[Transition], num_frames: int, fps: float, config: SplitScenesConfig
+) -> tuple[list[Scene], list[Scene]]:
+    """Candidate scenes between transitions: ``(scenes, too_short)``.
+
+    Transition frames are trimmed from both neighbours; every other frame is in exactly one scene of
+    either list. Scenes longer than ``max_scene_s`` are cut into near-equal chunks.
+    """
+    min_len = max(1, round(config.min_scene_s * fps))
+    max_len = max(min_len, math.floor(config.max_scene_s * fps))
+    scenes: list[Scene] = []
+    too_short: list[Scene] = []
+    start, kind_start = 0, "start"
+    for t in sorted(transitions, key=lambda t: t.first):
+        _add_scene(scenes, too_short, start, max(start, t.first), kind_start, t.kind, min_len, max_len)
+        start, kind_start = max(start, t.last + 1), t.kind
+    _add_scene(scenes, too_short, start, num_frames, kind_start, "end", min_len, max_len)
+    return scenes, too_short
+
+
+def _add_scene(
+    scenes: list[Scene],
+    too_short: list[Scene],
+    start: int,
+    end: int,
+    kind_start: str,
+    kind_end: str,
+    min_len: int,
+    max_len: int,
+) -> None:
+    length = end - start
+    if length <= 0:
+        return
+    if length < min_len:
+        too_short.append(Scene(start, end, kind_start, kind_end))
+        return
+    pieces = math.ceil(length / max_len)
+    bounds = [start + round(j * length / pieces) for j in range(pieces + 1)]
+    for j in range(pieces):
+        scenes.append(
+            Scene(
+                bounds[j],
+                bounds[j + 1],
+                kind_start if j == 0 else "chunk",
+                kind_end if j == pieces - 1 else "chunk",
+            )
+        )

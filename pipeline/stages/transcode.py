@@ -1,0 +1,183 @@
+"""transcode: cut each accepted clip frame-accurately from its source and encode it as H.264 MP4.
+
+Reads: the source file and the accepted candidate clips of one video (``clip_id``,
+``start_frame``, ``end_frame``, frame times from the analysis). Writes ``width``, ``height``,
+``fps``, ``num_frames``, ``duration_s``, ``clip_mp4`` and ``preview_jpeg``.
+
+Frames are addressed by their decode index, the same index the analysis pass assigned (both
+walk the source with ``pipeline.media.decode_frames``), so a cut lands on exactly the frame
+scene detection chose, whatever the keyframe layout, edit lists or timestamps of the source.
+One sequential decode serves all clips of a video; frames outside every clip are decoded but
+not converted. The display rotation and sample aspect are applied, the short side is scaled down
+to at most ``max_short_side`` with even dimensions, and the encoded frame count is verified.
+A clip whose encoding fails or whose frame count does not verify is rejected with a reason.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+
+import av
+import cv2
+import numpy as np
+
+from pipeline.media import DecodeLog, decode_frames
+from pipeline.stages.probe import as_fraction
+
+
+@dataclass(frozen=True, kw_only=True)
+class TranscodeConfig:
+    max_short_side: int = 480  # the clip's short side is scaled down to at most this (never up)
+    crf: int = 23  # x264 constant rate factor: lower is better quality and larger
+    preset: str = "veryfast"  # x264 speed/size trade-off
+    preview_short_side: int = 128  # short side of preview_jpeg
+    max_decode_errors: int = 200  # as analyze: the same packets must be skipped for indices to agree
+
+    def __post_init__(self) -> None:
+        if not 16 <= self.max_short_side <= 4320:
+            raise ValueError(f"transcode.max_short_side must be in 16..4320, got {self.max_short_side}")
+        if not 0 <= self.crf <= 51:
+            raise ValueError(f"transcode.crf must be in 0..51, got {self.crf}")
+        presets = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+        if self.preset not in presets:
+            raise ValueError(f"transcode.preset must be one of {', '.join(presets)}; got {self.preset!r}")
+
+
+@dataclass(frozen=True)
+class ClipCut:
+    clip_id: str
+    start_frame: int
+    end_frame: int  # exclusive
+    seconds: float  # presentation span of the clip in the source
+
+
+def output_size(display_w: int, display_h: int, max_short_side: int) -> tuple[int, int]:
+    """Display size scaled so the short side is at most ``max_short_side``; both even, aspect kept."""
+    scale = min(1.0, max_short_side / max(1, min(display_w, display_h)))
+    return max(2, int(round(display_w * scale / 2)) * 2), max(2, int(round(display_h * scale / 2)) * 2)
+
+
+class _ClipEncoder:
+    """One open MP4 output: frames in display orientation at the output size, CFR timestamps."""
+
+    def __init__(self, cut: ClipCut, size: tuple[int, int], rotation: int, config: TranscodeConfig, tmp: str):
+        self.cut = cut
+        self.path = os.path.join(tmp, f"{cut.clip_id}.mp4")
+        self.rotation = rotation
+        self.size = size
+        n = cut.end_frame - cut.start_frame
+        self.rate = as_fraction(n / cut.seconds if cut.seconds > 0 else 25.0)
+        self.out = av.open(self.path, "w", format="mp4", options={"movflags": "+faststart"})
+        self.stream = self.out.add_stream("libx264", rate=self.rate)
+        self.stream.width, self.stream.height = size
+        self.stream.pix_fmt = "yuv420p"
+        self.stream.options = {"crf": str(config.crf), "preset": config.preset}
+        self.stream.codec_context.time_base = 1 / self.rate
+        self.count = 0
+        self.preview: np.ndarray | None = None
+        self.preview_at = n // 2
+
+    def add(self, frame: av.VideoFrame) -> None:
+        w, h = self.size
+        if self.rotation:
+            # rotate in numpy: swscale cannot rotate, and a filter graph per clip costs more setup
+            coded = (h, w) if self.rotation in (90, 270) else (w, h)
+            rgb = frame.reformat(width=coded[0], height=coded[1], format="rgb24").to_ndarray()
+            rgb = np.ascontiguousarray(np.rot90(rgb, k=-self.rotation // 90))
+            out = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+        else:
+            out = frame.reformat(width=w, height=h, format="yuv420p")
+            rgb = None
+        if self.count == self.preview_at:
+            self.preview = rgb if rgb is not None else out.to_ndarray(format="rgb24")
+        out.pts = self.count
+        out.time_base = 1 / self.rate
+        self.out.mux(self.stream.encode(out))
+        self.count += 1
+
+    def finish(self) -> None:
+        self.out.mux(self.stream.encode(None))
+        self.out.close()
+
+
+def _count_video_packets(path: str) -> int:
+    with av.open(path) as c:
+        return sum(1 for p in c.demux(c.streams.video[0]) if p.size)
+
+
+def _preview_jpeg(rgb: np.ndarray, short_side: int) -> bytes:
+    h, w = rgb.shape[:2]
+    scale = min(1.0, short_side / min(h, w))
+    small = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+    return jpg.tobytes() if ok else b""
+
+
+def transcode_clips(path: str, probe: dict, cuts: list[ClipCut], config: TranscodeConfig) -> dict[str, dict]:
+    """Encode every cut of one source in one sequential decode.
+
+    Returns ``{clip_id: columns}``; a failed clip maps to ``{"reject_reason": ..., "reject_detail": ...}``.
+    """
+    results: dict[str, dict] = {}
+    if not cuts:
+        return results
+    cuts = sorted(cuts, key=lambda c: c.start_frame)
+    size = output_size(probe["display_width"], probe["display_height"], config.max_short_side)
+    rotation = probe.get("rotation") or 0
+    started = time.perf_counter()
+    log = DecodeLog()
+    pending = list(cuts)
+    current: _ClipEncoder | None = None
+    with tempfile.TemporaryDirectory(prefix="vidsift-transcode-") as tmp:
+        with av.open(path, metadata_errors="ignore") as container:
+            frames = decode_frames(container, log, config.max_decode_errors, probe.get("fps_nominal") or 25.0)
+            for index, _, frame in frames:
+                if current is None and pending and index == pending[0].start_frame:
+                    current = _ClipEncoder(pending.pop(0), size, rotation, config, tmp)
+                if current is not None:
+                    current.add(frame)
+                    if index + 1 == current.cut.end_frame:
+                        results[current.cut.clip_id] = _finish(current, config)
+                        current = None
+                if current is None and not pending:
+                    break  # nothing left to cut: stop decoding here
+        if current is not None:  # the source ended (or broke off) inside a clip
+            current.finish()
+            pending.insert(0, current.cut)
+        for cut in pending:
+            results[cut.clip_id] = {
+                "reject_reason": "transcode_source_short",
+                "reject_detail": f"source ended before frame {cut.end_frame} ({log.stopped or 'end of stream'})",
+            }
+    elapsed = time.perf_counter() - started
+    for r in results.values():
+        r["_seconds"] = elapsed / len(results)
+    return results
+
+
+def _finish(enc: _ClipEncoder, config: TranscodeConfig) -> dict:
+    try:
+        enc.finish()
+        packets = _count_video_packets(enc.path)
+    except av.error.FFmpegError as e:
+        return {"reject_reason": "transcode_failed", "reject_detail": f"encoder error: {e.strerror or e}"}
+    expected = enc.cut.end_frame - enc.cut.start_frame
+    if packets != expected:
+        return {
+            "reject_reason": "transcode_frame_mismatch",
+            "reject_detail": f"encoded {packets} frames, expected {expected}",
+        }
+    with open(enc.path, "rb") as f:
+        data = f.read()
+    return {
+        "width": enc.size[0],
+        "height": enc.size[1],
+        "fps": float(enc.rate),
+        "num_frames": expected,
+        "duration_s": expected / float(enc.rate),
+        "clip_mp4": data,
+        "preview_jpeg": _preview_jpeg(enc.preview, config.preview_short_side) if enc.preview is not None else None,
+    }
