@@ -1,4 +1,7 @@
-"""The ``vidsift`` command. Heavy imports (Ray, PyAV, torch) happen inside handlers so ``--help`` is instant."""
+"""The ``vidsift`` command.
+
+Heavy imports (Ray, PyAV, torch) happen inside handlers, so ``--help`` is instant.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +23,9 @@ def cmd_curate(args: argparse.Namespace) -> int:
 
     try:
         recipe = load_recipe(args.recipe, args.set)
-        return run_curate(recipe, args.input, args.output, limit=args.limit, address=args.address, quiet=args.quiet)
+        return run_curate(
+            recipe, args.input, args.output, limit=args.limit, address=args.address, quiet=args.quiet
+        )
     except RecipeError as e:
         return _fail(str(e))
 
@@ -44,19 +49,24 @@ def scenes_report(path: str, recipe) -> dict:
     analysis = scan.analysis
     entry["fps"] = round(scan.fps, 6)
     entry["num_frames"] = analysis.num_frames
-    entry["cuts"] = [t.frame for t in scan.transitions]
-    entry["transitions"] = [{"frame": t.frame, "first": t.first, "last": t.last, "kind": t.kind} for t in scan.transitions]
+    # a fade-out that runs to the end is trimmed but starts no shot: its frame is num_frames
+    entry["cuts"] = [t.frame for t in scan.transitions if t.frame < analysis.num_frames]
+    entry["transitions"] = [
+        {"frame": t.frame, "first": t.first, "last": t.last, "kind": t.kind} for t in scan.transitions
+    ]
     short = {(s.start_frame, s.end_frame) for s in scan.too_short}
     for s in sorted(scan.scenes + scan.too_short, key=lambda s: s.start_frame):
-        entry["scenes"].append({
-            "start_frame": s.start_frame,
-            "end_frame": s.end_frame,
-            "start_s": round(float(analysis.times[s.start_frame]), 6),
-            "end_s": round(analysis.end_time(s.end_frame), 6),
-            "kind_start": s.kind_start,
-            "kind_end": s.kind_end,
-            "too_short": (s.start_frame, s.end_frame) in short,
-        })
+        entry["scenes"].append(
+            {
+                "start_frame": s.start_frame,
+                "end_frame": s.end_frame,
+                "start_s": round(float(analysis.times[s.start_frame]), 6),
+                "end_s": round(analysis.end_time(s.end_frame), 6),
+                "kind_start": s.kind_start,
+                "kind_end": s.kind_end,
+                "too_short": (s.start_frame, s.end_frame) in short,
+            }
+        )
     return entry
 
 
@@ -78,7 +88,10 @@ def cmd_scenes(args: argparse.Namespace) -> int:
             print(f"{r['path']}: {r['num_frames']} frames at {r['fps']} fps, cuts at {r['cuts']}")
             for s in r["scenes"]:
                 note = "  (too short)" if s["too_short"] else ""
-                print(f"  {s['start_frame']:>7}-{s['end_frame']:<7} {s['start_s']:9.3f}-{s['end_s']:9.3f} s{note}")
+                print(
+                    f"  {s['start_frame']:>7}-{s['end_frame']:<7} "
+                    f"{s['start_s']:9.3f}-{s['end_s']:9.3f} s{note}"
+                )
     return 0
 
 
@@ -108,14 +121,20 @@ def cmd_not_yet(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vidsift", description="Curate raw video into training shards; train a DiT.")
+    parser = argparse.ArgumentParser(
+        prog="vidsift", description="Curate raw video into training shards; train a DiT."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("curate", help="run a curation recipe over a folder of videos (Ray)")
     p.add_argument("recipe", help="recipe TOML, e.g. recipes/curate/default.toml")
-    p.add_argument("--input", required=True, help="a video file or a folder (every file below it is an input)")
+    p.add_argument(
+        "--input", required=True, help="a video file or a folder (every file below it is an input)"
+    )
     p.add_argument("--output", required=True, help="run folder; rerun the same command to resume")
-    p.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE", help="override a recipe value")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="STAGE.KEY=VALUE", help="override a recipe value"
+    )
     p.add_argument("--limit", type=int, help="only the first N input files (sorted)")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else embedded local Ray)")
     p.add_argument("--quiet", action="store_true", help="no progress display or summary")

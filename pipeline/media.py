@@ -14,7 +14,9 @@ import av
 
 def video_stream(container: av.container.InputContainer) -> av.video.VideoStream:
     """The first real video stream (cover images in audio files are not video)."""
-    return next(s for s in container.streams.video if not (s.disposition & av.stream.Disposition.attached_pic))
+    return next(
+        s for s in container.streams.video if not (s.disposition & av.stream.Disposition.attached_pic)
+    )
 
 
 @dataclass
@@ -58,3 +60,8 @@ def decode_frames(
             last = t
             yield index, t, frame
             index += 1
+
+
+def even(x: float) -> int:
+    """Nearest even integer >= 2 (halves round up): codecs with 4:2:0 chroma need even sizes."""
+    return max(2, int(x / 2 + 0.5) * 2)

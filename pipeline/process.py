@@ -83,14 +83,33 @@ def scan_video(path: str, recipe: Recipe) -> Scan:
     scan = Scan(video, analysis)
     split = recipe.stage("split_scenes")
     scan.transitions = detect_transitions(analysis.signals, scan.fps, split)
-    scan.scenes, scan.too_short = scenes_from_transitions(scan.transitions, analysis.num_frames, scan.fps, split)
+    scan.scenes, scan.too_short = scenes_from_transitions(
+        scan.transitions, analysis.num_frames, scan.fps, split
+    )
     video["time_split_s"] = time.perf_counter() - t0
     video["num_scenes"] = len(scan.scenes) + len(scan.too_short)
     return scan
 
 
-def process_video(source_uri: str, group: str, recipe: Recipe) -> tuple[dict, list[dict]]:
-    """One input file to ``(video row, candidate clip rows)``; rejected clips carry reject columns."""
+def process_video(
+    source_uri: str, group: str, recipe: Recipe, duplicate_of: str | None = None
+) -> tuple[dict, list[dict]]:
+    """One input file to ``(video row, candidate clip rows)``; rejected clips carry reject columns.
+
+    ``duplicate_of`` names an earlier input with the same bytes: this one is rejected unread, since
+    its clips would repeat (with the same clip ids) the clips of the first.
+    """
+    if duplicate_of is not None:
+        video = probe_video(source_uri, recipe.stage("probe"))
+        video.update(
+            source_uri=source_uri,
+            group=group,
+            num_clips_accepted=0,
+            status="rejected",
+            reason="duplicate_file",
+            detail=f"same bytes as {duplicate_of}",
+        )
+        return video, []
     scan = scan_video(source_uri, recipe)
     video, analysis = scan.video, scan.analysis
     video.update(source_uri=source_uri, group=group, num_clips_accepted=0)
@@ -99,7 +118,8 @@ def process_video(source_uri: str, group: str, recipe: Recipe) -> tuple[dict, li
     frames_per_clip = recipe.stage("analyze").frames_per_clip
     split = recipe.stage("split_scenes")
     ordered = sorted(
-        [(s, True) for s in scan.scenes] + [(s, False) for s in scan.too_short], key=lambda p: p[0].start_frame
+        [(s, True) for s in scan.scenes] + [(s, False) for s in scan.too_short],
+        key=lambda p: p[0].start_frame,
     )
     clips: list[dict] = []
     for index, (scene, long_enough) in enumerate(ordered):

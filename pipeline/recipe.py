@@ -98,7 +98,9 @@ def build_recipe(data: dict, overrides: list[str] = ()) -> Recipe:
             raise RecipeError(f"--set {lhs}: the recipe has no stage {section!r}")
         matches[0][field] = parse_value(value)
     if extra:
-        raise RecipeError(f"recipe: unknown top-level key(s) {', '.join(extra)}; expected [run] and [[stage]]")
+        raise RecipeError(
+            f"recipe: unknown top-level key(s) {', '.join(extra)}; expected [run] and [[stage]]"
+        )
     run = _build(RunConfig, data["run"], "[run]")
     entries = []
     for i, raw in enumerate(data["stage"]):
@@ -118,7 +120,9 @@ def build_recipe(data: dict, overrides: list[str] = ()) -> Recipe:
         raise RecipeError(f"recipe lacks required stage(s): {', '.join(missing)}")
     order = [n for n in names if n in required]
     if order != required:
-        raise RecipeError(f"stages must run in the order {' -> '.join(required)}; recipe has {' -> '.join(order)}")
+        raise RecipeError(
+            f"stages must run in the order {' -> '.join(required)}; recipe has {' -> '.join(order)}"
+        )
     return Recipe(run, entries)
 
 

@@ -56,8 +56,16 @@ class StageSpec:
 
 STAGES: dict[str, StageSpec] = {
     "probe": StageSpec(ProbeConfig, "video", True, Resources(), "container/stream metadata and content hash"),
-    "analyze": StageSpec(AnalyzeConfig, "video", True, Resources(), "the one decode pass: signals and statistics"),
-    "split_scenes": StageSpec(SplitScenesConfig, "video", True, Resources(), "shot boundaries -> candidate clips"),
-    "transcode": StageSpec(TranscodeConfig, "video", True, Resources(), "frame-accurate H.264 clips + previews"),
-    "write_shards": StageSpec(WriteShardsConfig, "sink", True, Resources(num_cpus=0), "Parquet shards + markers"),
+    "analyze": StageSpec(
+        AnalyzeConfig, "video", True, Resources(), "the one decode pass: signals and statistics"
+    ),
+    "split_scenes": StageSpec(
+        SplitScenesConfig, "video", True, Resources(), "shot boundaries -> candidate clips"
+    ),
+    "transcode": StageSpec(
+        TranscodeConfig, "video", True, Resources(), "frame-accurate H.264 clips + previews"
+    ),
+    "write_shards": StageSpec(
+        WriteShardsConfig, "sink", True, Resources(num_cpus=0), "Parquet shards + markers"
+    ),
 }

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -41,13 +41,45 @@ def list_inputs(path: str) -> list[str]:
     """Every regular file under ``path`` (or ``path`` itself), sorted; nothing is filtered by name."""
     p = Path(path)
     if p.is_file():
-        return [str(p.resolve())]
+        return [str(p.absolute())]
     if not p.is_dir():
         raise RecipeError(f"input not found: {path}")
-    files = sorted(str(f.resolve()) for f in p.rglob("*") if f.is_file())
+    # absolute, not resolved: a symlink keeps the name the user gave it
+    files = sorted(str(f.absolute()) for f in p.rglob("*") if f.is_file())
     if not files:
         raise RecipeError(f"input folder holds no files: {path}")
     return files
+
+
+def find_duplicates(inputs: list[str], hash_full_file: bool) -> dict[str, str]:
+    """``{uri: first uri with the same bytes}`` for every input that repeats an earlier one (sorted order).
+
+    Only files whose sizes collide are hashed, so this costs nothing on typical inputs; the
+    decision depends on the input list alone, so a resumed run makes the same one.
+    """
+    from pipeline.stages.probe import content_hash
+
+    by_size: dict[int, list[str]] = defaultdict(list)
+    for uri in inputs:
+        try:
+            by_size[os.path.getsize(uri)].append(uri)
+        except OSError:
+            continue  # probe reports it
+    duplicates: dict[str, str] = {}
+    for size, same_size in by_size.items():
+        if size == 0 or len(same_size) < 2:
+            continue
+        first_by_hash: dict[str, str] = {}
+        for uri in same_size:
+            try:
+                h = content_hash(uri, hash_full_file)
+            except OSError:
+                continue
+            if h in first_by_hash:
+                duplicates[uri] = first_by_hash[h]
+            else:
+                first_by_hash[h] = uri
+    return duplicates
 
 
 def make_groups(inputs: list[str], group_size: int) -> dict[str, list[str]]:
@@ -70,9 +102,11 @@ def video_task(batch: pa.Table, recipe_dict: dict) -> pa.Table:
     recipe = build_recipe(recipe_dict)
     rows = []
     for item in batch.to_pylist():
-        video, clips = process_video(item["source_uri"], item["group"], recipe)
+        video, clips = process_video(item["source_uri"], item["group"], recipe, item["duplicate_of"])
         n = len(clips) + 1
-        rows.append({"row_kind": "video", "rows_of_video": n, **{VIDEO_PREFIX + k: v for k, v in video.items()}})
+        rows.append(
+            {"row_kind": "video", "rows_of_video": n, **{VIDEO_PREFIX + k: v for k, v in video.items()}}
+        )
         rows.extend({"row_kind": "clip", "rows_of_video": n, **c} for c in clips)
     return pa.Table.from_pylist([{n: r.get(n) for n in WORK_SCHEMA.names} for r in rows], schema=WORK_SCHEMA)
 
@@ -91,7 +125,9 @@ class GroupBuffer:
         self.rows_seen[uri] += 1
         self.rows_due[uri] = row["rows_of_video"]
         if row["row_kind"] == "video":
-            self.videos.append({k[len(VIDEO_PREFIX) :]: v for k, v in row.items() if k.startswith(VIDEO_PREFIX)})
+            self.videos.append(
+                {k[len(VIDEO_PREFIX) :]: v for k, v in row.items() if k.startswith(VIDEO_PREFIX)}
+            )
         elif row["reject_reason"]:
             self.rejected.append({k: row[k] for k in REJECTED_SCHEMA.names})
         else:
@@ -108,16 +144,21 @@ def _init_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address, logging_level="WARNING", log_to_driver=True)
+        ray.init(address=address, logging_level="ERROR")
     else:
-        # embedded local Ray; the working tree is importable by workers on this machine
-        ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
+        # embedded local Ray; workers import vidsift from the same environment as the driver
+        ray.init(include_dashboard=False, logging_level="ERROR")
 
 
-def run_curate(recipe: Recipe, input_path: str, output: str, limit: int | None = None,
-               address: str | None = None, quiet: bool = False) -> int:
+def run_curate(
+    recipe: Recipe,
+    input_path: str,
+    output: str,
+    limit: int | None = None,
+    address: str | None = None,
+    quiet: bool = False,
+) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True, quiet=quiet)
     inputs = list_inputs(input_path)
@@ -145,34 +186,57 @@ def run_curate(recipe: Recipe, input_path: str, output: str, limit: int | None =
     )
     started = time.time()
     if pending:
-        _run_groups(recipe, pending, out, address, console, Progress, BarColumn, MofNCompleteColumn,
-                    TextColumn, TimeElapsedColumn)
+        duplicates = find_duplicates(inputs, recipe.stage("probe").hash_full_file)
+        _run_groups(recipe, pending, duplicates, out, address, console)
     manifest = build_manifest(out, recipe, len(inputs), len(groups), time.time() - started)
     write_manifest(out, manifest)
     print_summary(console, manifest)
     return 0
 
 
-def _run_groups(recipe, pending, out, address, console, Progress, BarColumn, MofNCompleteColumn, TextColumn,
-                TimeElapsedColumn) -> None:
+def _run_groups(
+    recipe: Recipe,
+    pending: dict[str, list[str]],
+    duplicates: dict[str, str],
+    out: Path,
+    address: str | None,
+    console,
+) -> None:
     import ray
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     _init_ray(address)
     ctx = ray.data.DataContext.get_current()
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     ctx.enable_progress_bars = False  # one progress display: ours
     ctx.print_on_execution_start = False
-    items = [{"source_uri": uri, "group": g} for g, files in pending.items() for uri in files]
+    items = [
+        {"source_uri": uri, "group": g, "duplicate_of": duplicates.get(uri)}
+        for g, files in pending.items()
+        for uri in files
+    ]
     video_res = _max_resources([s.resources for s in recipe.stages if s.name != "write_shards"])
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(
-        video_task, batch_size=1, batch_format="pyarrow", fn_kwargs={"recipe_dict": recipe.to_dict()}, **video_res
+        video_task,
+        batch_size=1,
+        batch_format="pyarrow",
+        fn_kwargs={"recipe_dict": recipe.to_dict()},
+        **video_res,
     )
     buffers = {g: GroupBuffer(expected=set(files)) for g, files in pending.items()}
     write_cfg = recipe.stage("write_shards")
     accepted = 0
-    with Progress(TextColumn("[bold]curate"), BarColumn(), MofNCompleteColumn(), TextColumn("videos"),
-                  TextColumn("{task.fields[clips]} clips, {task.fields[groups]} groups written"),
-                  TimeElapsedColumn(), console=console, transient=False) as progress:
+    with Progress(
+        TextColumn("[bold]curate"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("videos"),
+        TextColumn("{task.fields[clips]} clips, {task.fields[groups]} groups written"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
         task = progress.add_task("curate", total=len(items), clips=0, groups=0)
         written = 0
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -212,8 +276,18 @@ def _read_columns(out: Path, table: str, columns: list[str]) -> pa.Table:
 
 
 def build_manifest(out: Path, recipe: Recipe, n_inputs: int, n_groups: int, wall_s: float) -> dict:
-    vcols = ["status", "reason", "duration_s", "num_scenes", "num_clips_accepted", "analysis_decode_passes",
-             "time_probe_s", "time_analyze_s", "time_split_s", "time_transcode_s"]
+    vcols = [
+        "status",
+        "reason",
+        "duration_s",
+        "num_scenes",
+        "num_clips_accepted",
+        "analysis_decode_passes",
+        "time_probe_s",
+        "time_analyze_s",
+        "time_split_s",
+        "time_transcode_s",
+    ]
     videos = _read_columns(out, "videos", vcols).to_pylist()
     clips = _read_columns(out, "clips", ["duration_s"]).to_pylist()
     rejected = _read_columns(out, "rejected", ["reject_stage", "reject_reason"]).to_pylist()
@@ -224,10 +298,12 @@ def build_manifest(out: Path, recipe: Recipe, n_inputs: int, n_groups: int, wall
     by_clip_reason: dict[str, int] = defaultdict(int)
     for r in rejected:
         by_clip_reason[f"{r['reject_stage']}/{r['reject_reason']}"] += 1
-    timing = {s: round(sum(v[f"time_{s}_s"] or 0.0 for v in videos), 3) for s in ("probe", "analyze", "split", "transcode")}
+    timing = {
+        s: round(sum(v[f"time_{s}_s"] or 0.0 for v in videos), 3)
+        for s in ("probe", "analyze", "split", "transcode")
+    }
     return {
         "schema_version": SCHEMA_VERSION,
-        "vidsift_command": " ".join(sys.argv[:1] + ["curate"]),
         "recipe": recipe.to_dict(),
         "counts": {
             "input_files": n_inputs,
@@ -236,7 +312,9 @@ def build_manifest(out: Path, recipe: Recipe, n_inputs: int, n_groups: int, wall
             "videos_ok": sum(v["status"] == "ok" for v in videos),
             "videos_rejected": sum(v["status"] == "rejected" for v in videos),
             "videos_rejected_by_reason": dict(sorted(by_video_reason.items())),
-            "input_hours": round(sum(v["duration_s"] or 0.0 for v in videos if v["status"] == "ok") / 3600, 6),
+            "input_hours": round(
+                sum(v["duration_s"] or 0.0 for v in videos if v["status"] == "ok") / 3600, 6
+            ),
             "candidate_clips": len(clips) + len(rejected),
             "clips_accepted": len(clips),
             "clips_rejected": len(rejected),

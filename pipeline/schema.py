@@ -60,7 +60,9 @@ VIDEO_COLUMNS: list[Column] = [
     Column("audio_codec", pa.string(), "probe", "codec of the first audio stream"),
     Column("bitrate", pa.int64(), "probe", "overall bit rate in bit/s"),
     Column("decode_errors", pa.int32(), "analyze", "packets the decoder rejected during analysis"),
-    Column("analysis_decode_passes", pa.int32(), "analyze", "decode passes spent on analysis (always 0 or 1)"),
+    Column(
+        "analysis_decode_passes", pa.int32(), "analyze", "decode passes spent on analysis (always 0 or 1)"
+    ),
     Column("num_scenes", pa.int32(), "split_scenes", "candidate clips after scene splitting"),
     Column("num_clips_accepted", pa.int32(), "runner", "clips of this video in the clips table"),
     Column("time_probe_s", pa.float64(), "probe", "wall time of the probe stage"),
@@ -71,7 +73,9 @@ VIDEO_COLUMNS: list[Column] = [
 
 CLIP_COLUMNS: list[Column] = [
     # identity
-    Column("clip_id", pa.string(), "split_scenes", "blake2b of video_id + frame range (32 hex)", nullable=False),
+    Column(
+        "clip_id", pa.string(), "split_scenes", "blake2b of video_id + frame range (32 hex)", nullable=False
+    ),
     Column("video_id", pa.string(), "probe", "the source's content id", nullable=False),
     Column("source_uri", pa.string(), "runner", "input path or URI", nullable=False),
     Column("group", pa.string(), "runner", "input group", nullable=False),
@@ -80,15 +84,24 @@ CLIP_COLUMNS: list[Column] = [
     Column("end_frame", pa.int64(), "split_scenes", "one past the last source frame"),
     Column("start_s", pa.float64(), "split_scenes", "presentation time of start_frame"),
     Column("end_s", pa.float64(), "split_scenes", "presentation time of end_frame (end of the clip)"),
-    Column("cut_kind_start", pa.string(), "split_scenes", "what starts the clip: start, cut, fade, dissolve, chunk"),
-    Column("cut_kind_end", pa.string(), "split_scenes", "what ends the clip: end, cut, fade, dissolve, chunk"),
+    Column(
+        "cut_kind_start",
+        pa.string(),
+        "split_scenes",
+        "what starts the clip: start, cut, fade, dissolve, chunk",
+    ),
+    Column(
+        "cut_kind_end", pa.string(), "split_scenes", "what ends the clip: end, cut, fade, dissolve, chunk"
+    ),
     # cheap per-frame statistics from the analysis pass, reduced over the clip's frames
     Column("luma_mean", pa.float32(), "analyze", "mean luma, 0..255"),
     Column("luma_std", pa.float32(), "analyze", "mean over frames of the spatial luma standard deviation"),
     Column("black_ratio", pa.float32(), "analyze", "share of frames whose mean luma is below 16"),
     Column("sharpness", pa.float32(), "analyze", "mean variance of the Laplacian on the analysis frames"),
     Column("frame_diff", pa.float32(), "analyze", "mean absolute luma difference between consecutive frames"),
-    Column("frames_jpeg", pa.list_(pa.binary()), "analyze", "a few frames (rotation applied, short side 256)"),
+    Column(
+        "frames_jpeg", pa.list_(pa.binary()), "analyze", "a few frames (rotation applied, short side 256)"
+    ),
     Column("frames_s", pa.list_(pa.float64()), "analyze", "presentation times of frames_jpeg"),
     # media
     Column("width", pa.int32(), "transcode", "clip width (even, display orientation)"),
@@ -111,7 +124,13 @@ CLIP_COLUMNS: list[Column] = [
 
 REJECT_COLUMNS: list[Column] = [
     Column("reject_stage", pa.string(), "drop_rejected", "stage that rejected the clip", nullable=False),
-    Column("reject_reason", pa.string(), "drop_rejected", "short reason key, e.g. scene_too_short", nullable=False),
+    Column(
+        "reject_reason",
+        pa.string(),
+        "drop_rejected",
+        "short reason key, e.g. scene_too_short",
+        nullable=False,
+    ),
     Column("reject_detail", pa.string(), "drop_rejected", "human-readable detail with the measured value"),
 ]
 

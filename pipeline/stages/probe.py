@@ -108,7 +108,9 @@ def probe_video(path: str, config: ProbeConfig = ProbeConfig()) -> dict:
         stream = videos[0]
         ctx = stream.codec_context
         if ctx is None:
-            return row | _rejected("unsupported_codec", "no decoder for the video stream in this FFmpeg build")
+            return row | _rejected(
+                "unsupported_codec", "no decoder for the video stream in this FFmpeg build"
+            )
         row["vcodec"] = stream.codec.name if stream.codec else ctx.name
         row["pix_fmt"] = ctx.pix_fmt
         row["coded_width"], row["coded_height"] = stream.width, stream.height

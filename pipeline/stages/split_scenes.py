@@ -37,6 +37,9 @@ from scenedetect.detectors import ContentDetector
 # compression noise of the 128-px analysis frame, and costs 1152 bytes per frame.
 _THUMB_W, _THUMB_H = 24, 16
 # ContentDetector's default weights (hue, saturation, luma, edges); edges are off by default there too.
+# Largest change of mean brightness (0..255) per frame that still counts as a fade step; one bigger
+# step is a cut into or out of black.
+_MAX_FADE_STEP = 40.0
 _CD_WEIGHTS = np.array(ContentDetector.DEFAULT_COMPONENT_WEIGHTS[:3], dtype=np.float64)
 
 
@@ -69,13 +72,13 @@ class SplitScenesConfig:
     dark_max_fraction: float = 0.02
     # Longest fade ramp into or out of black that is counted as part of the fade, in seconds.
     max_fade_s: float = 3.0
-    # Dissolve window (s): a dissolve is found when the frame in the middle of this window is a blend
-    # of its two ends.
+    # Shortest dissolve window (s); 2x and 4x are tried too. A dissolve is found when the frames inside a
+    # window are blends of its two ends.
     dissolve_window_s: float = 0.5
     # The ends of a dissolve window must be at least this far apart (contrast-normalised distance).
     min_dissolve_distance: float = 0.6
     # Largest blend residual, as a fraction of the distance between the window's ends.
-    max_blend_residual: float = 0.35
+    max_blend_residual: float = 0.22
     # Boundaries closer than this to the first or last frame are not reported (leaders, priming frames).
     edge_s: float = 0.1
 
@@ -97,7 +100,9 @@ class SplitScenesConfig:
         if not 0 <= self.dark_level <= 255:
             raise ValueError(f"split_scenes.dark_level must be in [0, 255], got {self.dark_level}")
         if not 0 <= self.dark_max_fraction < 1:
-            raise ValueError(f"split_scenes.dark_max_fraction must be in [0, 1), got {self.dark_max_fraction}")
+            raise ValueError(
+                f"split_scenes.dark_max_fraction must be in [0, 1), got {self.dark_max_fraction}"
+            )
         if self.edge_s < 0:
             raise ValueError(f"split_scenes.edge_s must be >= 0, got {self.edge_s}")
 
@@ -107,9 +112,11 @@ class Transition:
     """One shot boundary.
 
     Frames ``first..last`` (inclusive) belong to the transition and are trimmed from both neighbouring
-    scenes; for a hard cut ``first == frame`` and ``last == frame - 1``, an empty range. ``frame`` is
-    the reported boundary: the first frame of the new shot, and for a fade or dissolve a frame inside
-    it (``first <= frame <= last + 1``).
+    scenes. For a hard cut between two shots ``first == frame`` and ``last == frame - 1``, an empty
+    range; a cut into black that lasts to the end also covers the black (``last == num_frames - 1``).
+    ``frame`` is the reported boundary: the first frame of the new shot, and for a fade or dissolve a
+    frame inside it (``first <= frame <= last + 1``). A fade-out that runs to the end of the video has
+    ``frame == num_frames``: its frames are trimmed, but no new shot starts, so it is not a cut.
     """
 
     frame: int
@@ -202,19 +209,46 @@ class _Thumbs:
     # Contrast floor (0..255) so that near-flat frames (black, white) do not blow the ratio up.
     CONTRAST_FLOOR = 8.0
 
+    # Frames per block when computing distances for a whole video, so that an hour of video never
+    # needs more than a few MB of float temporaries.
+    BLOCK = 4096
+
     def __init__(self, thumbs: np.ndarray) -> None:
-        self.t = thumbs.reshape(len(thumbs), -1).astype(np.float32)
-        self.contrast = np.abs(self.t - self.t.mean(axis=1, keepdims=True)).mean(axis=1)
+        self.t = thumbs.reshape(len(thumbs), -1)  # uint8 view; rows are converted to float on use
+        self.contrast = (
+            np.concatenate(
+                [self._contrast(self.t[i : i + self.BLOCK]) for i in range(0, len(self.t), self.BLOCK)]
+            )
+            if len(self.t)
+            else np.zeros(0, np.float32)
+        )
+
+    @staticmethod
+    def _contrast(rows: np.ndarray) -> np.ndarray:
+        rows = rows.astype(np.float32)
+        return np.abs(rows - rows.mean(axis=1, keepdims=True)).mean(axis=1)
+
+    def row(self, i: int) -> np.ndarray:
+        return self.t[i].astype(np.float32)
 
     def dist(self, a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:
-        a, b = np.asarray(a), np.asarray(b)
-        d = np.abs(self.t[a] - self.t[b]).mean(axis=-1)
-        return d / np.maximum(0.5 * (self.contrast[a] + self.contrast[b]), self.CONTRAST_FLOOR)
+        a, b = np.broadcast_arrays(np.asarray(a), np.asarray(b))
+        out = np.empty(a.shape, np.float32)
+        fa, fb, fo = a.ravel(), b.ravel(), out.reshape(-1)
+        for i in range(0, len(fa), self.BLOCK):
+            ia, ib = fa[i : i + self.BLOCK], fb[i : i + self.BLOCK]
+            d = np.abs(self.t[ia].astype(np.int16) - self.t[ib].astype(np.int16)).mean(axis=-1)
+            fo[i : i + self.BLOCK] = d / np.maximum(
+                0.5 * (self.contrast[ia] + self.contrast[ib]), self.CONTRAST_FLOOR
+            )
+        return out
 
     def cross_min(self, pre: np.ndarray, post: np.ndarray) -> float:
         """Smallest distance between any frame of ``pre`` and any frame of ``post``."""
-        d = np.abs(self.t[pre][:, None, :] - self.t[post][None, :, :]).mean(axis=-1)
-        scale = np.maximum(0.5 * (self.contrast[pre][:, None] + self.contrast[post][None, :]), self.CONTRAST_FLOOR)
+        d = np.abs(self.t[pre][:, None, :].astype(np.int16) - self.t[post][None, :, :]).mean(axis=-1)
+        scale = np.maximum(
+            0.5 * (self.contrast[pre][:, None] + self.contrast[post][None, :]), self.CONTRAST_FLOOR
+        )
         return float((d / scale).min())
 
 
@@ -235,18 +269,21 @@ def _detect_fades(signals: SceneSignals, fps: float, config: SplitScenesConfig) 
     max_ramp = max(1, round(config.max_fade_s * fps))
     fades = []
     for s, e in _runs(dark):
-        # Walk back over the fade-out while the picture keeps getting darker, and forward over the
-        # fade-in while it keeps getting brighter; a hard cut into or out of black has no ramp.
+        # Walk back over the fade-out while the picture keeps getting darker in small steps, and
+        # forward over the fade-in while it keeps getting brighter; a cut into or out of black (one
+        # big step) has no ramp.
         first = s
-        while first > 0 and s - first < max_ramp and luma[first - 1] > luma[first] + 0.2:
+        while first > 0 and s - first < max_ramp and 0.2 < luma[first - 1] - luma[first] < _MAX_FADE_STEP:
             first -= 1
         last = e
-        while last + 1 < n and last - e < max_ramp and luma[last + 1] > luma[last] + 0.2:
+        while last + 1 < n and last - e < max_ramp and 0.2 < luma[last + 1] - luma[last] < _MAX_FADE_STEP:
             last += 1
         if e == n - 1:
-            # Black until the end: the boundary is where the black begins.
-            frame, kind = s, "fade" if first < s else "cut"
+            # Black until the end. A cut to black is a boundary (the black is a shot of its own); a
+            # fade-out is the end of the last shot: its frames are trimmed, but no new shot starts.
+            frame, kind = (n, "fade") if first < s else (s, "cut")
         elif s == 0:
+            # Black from the start: the first shot begins where the picture comes up.
             frame, kind = e + 1, "fade" if last > e else "cut"
         else:
             frame, kind = e + 1, "fade"
@@ -303,44 +340,61 @@ def _verify_cuts(
     return cuts
 
 
+def _blend_residual(thumbs: _Thumbs, a: int, b: int, m: int) -> tuple[float, float]:
+    """Fit frame ``m`` as ``alpha * a + (1 - alpha) * b``; return alpha and the relative residual."""
+    x, y, z = thumbs.row(a), thumbs.row(b), thumbs.row(m)
+    diff = x - y
+    alpha = float(np.dot(z - y, diff) / max(float(np.dot(diff, diff)), 1e-6))
+    residual = float(np.abs(z - y - alpha * diff).mean() / max(float(np.abs(diff).mean()), 1e-6))
+    return alpha, residual
+
+
 def _detect_dissolves(
     thumbs: _Thumbs, busy: np.ndarray, content: np.ndarray, fps: float, config: SplitScenesConfig
 ) -> list[Transition]:
-    """Windows whose middle frame is a blend of its ends while the ends are far apart."""
+    """Windows whose inner frames are blends of the window's ends while the ends are far apart.
+
+    Tried at window lengths of 1x, 2x and 4x ``dissolve_window_s``; overlapping finds keep the one
+    whose ends differ most.
+    """
     n = len(thumbs.t)
-    k = max(2, round(config.dissolve_window_s * fps / 2))
-    if n < 4 * k + 1:
-        return []
-    centre = np.arange(2 * k, n - 2 * k)
-    a, b = centre - k, centre + k
-    span = thumbs.dist(a, b)
-    # Steady shots on both sides: the change over a window before and after is small.
-    before = thumbs.dist(a - k, a)
-    after = thumbs.dist(b, b + k)
-    ok = (span >= config.min_dissolve_distance) & (span >= config.motion_ratio * np.maximum(before, after))
-    found: list[Transition] = []
-    for i in np.flatnonzero(ok):
-        m = int(centre[i])
-        if busy[a[i] : b[i] + 1].any():
-            continue
-        # A dissolve spreads its change over the window; one frame pair holding most of it is a cut.
-        steps = content[a[i] + 1 : b[i] + 1]
-        if steps.max() > 0.5 * steps.sum():
-            continue
-        x, y, z = thumbs.t[a[i]], thumbs.t[b[i]], thumbs.t[m]
-        diff = x - y
-        alpha = float(np.dot(z - y, diff) / max(float(np.dot(diff, diff)), 1e-6))
-        if not 0.2 <= alpha <= 0.8:
-            continue
-        residual = np.abs(z - y - alpha * diff).mean() / max(np.abs(diff).mean(), 1e-6)
-        if residual > config.max_blend_residual:
-            continue
-        if found and m - found[-1].frame <= 2 * k:
-            if span[i] > span[found[-1].frame - 2 * k]:
-                found[-1] = Transition(frame=m, first=int(a[i]) + 1, last=int(b[i]) - 1, kind="dissolve")
-            continue
-        found.append(Transition(frame=m, first=int(a[i]) + 1, last=int(b[i]) - 1, kind="dissolve"))
-    return found
+    found: list[tuple[float, Transition]] = []
+    for scale in (1, 2, 4):
+        k = max(2, round(scale * config.dissolve_window_s * fps / 2))
+        if n < 4 * k + 1:
+            break
+        centre = np.arange(2 * k, n - 2 * k)
+        a, b = centre - k, centre + k
+        span = thumbs.dist(a, b)
+        # Steady shots on both sides: the change over a window just before and just after is small.
+        steady = np.maximum(thumbs.dist(a - k, a), thumbs.dist(b, b + k))
+        ok = (span >= config.min_dissolve_distance) & (span >= config.motion_ratio * steady)
+        for i in np.flatnonzero(ok):
+            m, lo, hi = int(centre[i]), int(a[i]), int(b[i])
+            if busy[lo : hi + 1].any():
+                continue
+            # A dissolve spreads its change over the window; one frame pair holding most of it is a cut.
+            steps = content[lo + 1 : hi + 1]
+            if steps.max() > 0.5 * steps.sum():
+                continue
+            # The quarter, middle and three-quarter frames must all be blends of the ends, with the
+            # weight of the first shot falling through the window: motion and lighting changes are
+            # not blends, or not monotone ones.
+            fits = [_blend_residual(thumbs, lo, hi, q) for q in (m - k // 2, m, m + k // 2)]
+            alphas = [f[0] for f in fits]
+            if max(f[1] for f in fits) > config.max_blend_residual:
+                continue
+            if not (
+                alphas[0] > alphas[1] > alphas[2] and alphas[0] - alphas[2] >= 0.3 and 0.2 <= alphas[1] <= 0.8
+            ):
+                continue
+            found.append((float(span[i]), Transition(frame=m, first=lo + 1, last=hi - 1, kind="dissolve")))
+    # Strongest first; drop finds overlapping a stronger one.
+    kept: list[Transition] = []
+    for _, t in sorted(found, key=lambda f: -f[0]):
+        if all(t.last < o.first or t.first > o.last for o in kept):
+            kept.append(t)
+    return kept
 
 
 def detect_transitions(signals: SceneSignals, fps: float, config: SplitScenesConfig) -> list[Transition]:
@@ -364,7 +418,8 @@ def detect_transitions(signals: SceneSignals, fps: float, config: SplitScenesCon
     dissolves = _detect_dissolves(thumbs, busy, signals.content, fps, config)
     edge = round(config.edge_s * fps)
     found = sorted(fades + cuts + dissolves, key=lambda t: t.frame)
-    return [t for t in found if edge <= t.frame < n - edge]
+    # frame == n (a fade-out that runs to the end) is kept: it trims the last scene.
+    return [t for t in found if edge <= t.frame and (t.frame == n or t.frame < n - edge)]
 
 
 def scenes_from_transitions(

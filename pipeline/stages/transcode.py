@@ -24,7 +24,7 @@ import av
 import cv2
 import numpy as np
 
-from pipeline.media import DecodeLog, decode_frames
+from pipeline.media import DecodeLog, decode_frames, even
 from pipeline.stages.probe import as_fraction
 
 
@@ -41,7 +41,17 @@ class TranscodeConfig:
             raise ValueError(f"transcode.max_short_side must be in 16..4320, got {self.max_short_side}")
         if not 0 <= self.crf <= 51:
             raise ValueError(f"transcode.crf must be in 0..51, got {self.crf}")
-        presets = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+        presets = (
+            "ultrafast",
+            "superfast",
+            "veryfast",
+            "faster",
+            "fast",
+            "medium",
+            "slow",
+            "slower",
+            "veryslow",
+        )
         if self.preset not in presets:
             raise ValueError(f"transcode.preset must be one of {', '.join(presets)}; got {self.preset!r}")
 
@@ -57,7 +67,7 @@ class ClipCut:
 def output_size(display_w: int, display_h: int, max_short_side: int) -> tuple[int, int]:
     """Display size scaled so the short side is at most ``max_short_side``; both even, aspect kept."""
     scale = min(1.0, max_short_side / max(1, min(display_w, display_h)))
-    return max(2, int(round(display_w * scale / 2)) * 2), max(2, int(round(display_h * scale / 2)) * 2)
+    return even(display_w * scale), even(display_h * scale)
 
 
 class _ClipEncoder:
@@ -111,7 +121,9 @@ def _count_video_packets(path: str) -> int:
 def _preview_jpeg(rgb: np.ndarray, short_side: int) -> bytes:
     h, w = rgb.shape[:2]
     scale = min(1.0, short_side / min(h, w))
-    small = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(
+        rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
+    )
     ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
     return jpg.tobytes() if ok else b""
 
@@ -150,7 +162,8 @@ def transcode_clips(path: str, probe: dict, cuts: list[ClipCut], config: Transco
         for cut in pending:
             results[cut.clip_id] = {
                 "reject_reason": "transcode_source_short",
-                "reject_detail": f"source ended before frame {cut.end_frame} ({log.stopped or 'end of stream'})",
+                "reject_detail": f"source ended before frame {cut.end_frame} "
+                f"({log.stopped or 'end of stream'})",
             }
     elapsed = time.perf_counter() - started
     for r in results.values():
@@ -179,5 +192,7 @@ def _finish(enc: _ClipEncoder, config: TranscodeConfig) -> dict:
         "num_frames": expected,
         "duration_s": expected / float(enc.rate),
         "clip_mp4": data,
-        "preview_jpeg": _preview_jpeg(enc.preview, config.preview_short_side) if enc.preview is not None else None,
+        "preview_jpeg": _preview_jpeg(enc.preview, config.preview_short_side)
+        if enc.preview is not None
+        else None,
     }

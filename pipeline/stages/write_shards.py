@@ -33,7 +33,9 @@ class WriteShardsConfig:
         if self.row_group_rows < 1:
             raise ValueError(f"write_shards.row_group_rows must be >= 1, got {self.row_group_rows}")
         if self.compression not in ("zstd", "snappy", "gzip", "none"):
-            raise ValueError(f"write_shards.compression must be zstd, snappy, gzip or none; got {self.compression!r}")
+            raise ValueError(
+                f"write_shards.compression must be zstd, snappy, gzip or none; got {self.compression!r}"
+            )
 
 
 def _atomic_write_table(table: pa.Table, path: Path, config: WriteShardsConfig) -> None:
@@ -48,8 +50,14 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_group(out: Path, group: str, clips: list[dict], rejected: list[dict], videos: list[dict],
-                config: WriteShardsConfig) -> None:
+def write_group(
+    out: Path,
+    group: str,
+    clips: list[dict],
+    rejected: list[dict],
+    videos: list[dict],
+    config: WriteShardsConfig,
+) -> None:
     clip_key = lambda r: (r["source_uri"], r["start_frame"] or 0, r["clip_id"])  # noqa: E731
     rows = {
         "clips": sorted(clips, key=clip_key),

@@ -1,0 +1,101 @@
+"""Shared fixtures: the sample clips in ../shared/videos and tiny clips generated with ffmpeg."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+VIDEOS = REPO.parent / "shared" / "videos"
+
+
+@pytest.fixture(scope="session")
+def videos() -> Path:
+    if not (VIDEOS / "catalog.json").exists():
+        pytest.skip(f"sample videos not found at {VIDEOS}")
+    return VIDEOS
+
+
+@pytest.fixture(scope="session")
+def catalog(videos: Path) -> dict:
+    return json.loads((videos / "catalog.json").read_text())["files"]
+
+
+@pytest.fixture(scope="session")
+def ffmpeg() -> str:
+    exe = shutil.which("ffmpeg")
+    if exe is None:
+        pytest.fail("ffmpeg is required (apt-get install -y ffmpeg)")
+    return exe
+
+
+def make_numbered_clip(
+    path: Path,
+    frames: int,
+    fps: int = 25,
+    size: tuple[int, int] = (96, 64),
+    gop: int = 50,
+    cut_every: int = 0,
+) -> Path:
+    """An H.264 clip whose frame i shows its own index as a 8-bit binary bar code (one bar per bit).
+
+    ``cut_every`` > 0 changes the background colour every that many frames (hard cuts).
+    Long GOPs make frame-accurate cutting non-trivial: most cuts fall between keyframes.
+    """
+    import av
+    import numpy as np
+
+    w, h = size
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"g": str(gop), "crf": "12", "bf": "2"}
+        for i in range(frames):
+            img = np.zeros((h, w, 3), np.uint8)
+            if cut_every:
+                rng = np.random.default_rng(i // cut_every)
+                img[:] = rng.integers(0, 255, 3, dtype=np.uint8)
+            for bit in range(8):
+                img[: h // 2, bit * (w // 8) : (bit + 1) * (w // 8)] = 255 if (i >> bit) & 1 else 0
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def read_numbers(mp4: bytes | Path) -> list[int]:
+    """Decode a clip made by ``make_numbered_clip`` (possibly rescaled) back to frame indices."""
+    import io
+
+    import av
+
+    src = io.BytesIO(mp4) if isinstance(mp4, bytes) else str(mp4)
+    numbers = []
+    with av.open(src) as c:
+        for frame in c.decode(video=0):
+            img = frame.to_ndarray(format="gray")
+            h, w = img.shape
+            bars = [
+                img[h // 8 : h // 2 - h // 8, b * w // 8 + w // 32 : (b + 1) * w // 8 - w // 32].mean()
+                for b in range(8)
+            ]
+            numbers.append(sum(1 << b for b, v in enumerate(bars) if v > 128))
+    return numbers
+
+
+def vidsift_exe() -> str:
+    """The console script of the environment running the tests (the venv need not be activated)."""
+    beside = Path(sys.executable).parent / "vidsift"
+    exe = str(beside) if beside.exists() else shutil.which("vidsift")
+    assert exe, "the vidsift console script is not installed (pip install -e .)"
+    return exe
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    exe = vidsift_exe()
+    return subprocess.run([exe, *args], capture_output=True, text=True, cwd=cwd or REPO, timeout=timeout)

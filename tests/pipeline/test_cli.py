@@ -1,0 +1,66 @@
+import json
+
+from pipeline.cli import main
+from tests.conftest import REPO, run_cli
+
+
+def test_help_lists_every_command():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("curate", "scenes", "stage", "stats", "train", "sample"):
+        assert command in result.stdout
+
+
+def test_scenes_json_shape(videos, capsys):
+    assert main(["scenes", str(videos / "cuts/test.mp4"), str(videos / "bad/crunching.mp3"), "--json"]) == 0
+    good, bad = json.loads(capsys.readouterr().out)
+    assert good["path"] == str(videos / "cuts/test.mp4")
+    assert good["fps"] == 25.0 and good["num_frames"] == 168 and good["error"] is None
+    assert len(good["cuts"]) == 2
+    assert [abs(c - t) <= 2 for c, t in zip(good["cuts"], [64, 140], strict=True)] == [True, True]
+    assert good["scenes"][0]["start_frame"] == 0 and good["scenes"][-1]["end_frame"] <= 168
+    for s in good["scenes"]:
+        assert set(s) >= {"start_frame", "end_frame", "start_s", "end_s"}
+        assert s["end_s"] > s["start_s"]
+    assert bad["error"].startswith("no_video_stream") and bad["cuts"] == [] and bad["scenes"] == []
+
+
+def test_stage_prints_columns(videos, capsys):
+    assert main(["stage", "probe", str(videos / "bad/video_90.mov"), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["rotation"] == 90 and row["display_height"] == 568
+    assert (
+        main(["stage", "transcode", str(videos / "cuts/test.mp4"), "--set", "max_short_side=120", "--json"])
+        == 0
+    )
+    (row,) = json.loads(capsys.readouterr().out)
+    accepted = [c for c in row["clips"] if not c.get("reject_reason")]
+    assert accepted and all(min(c["width"], c["height"]) <= 120 for c in accepted)
+    assert accepted[0]["clip_mp4"].endswith("bytes>")
+
+
+def test_user_errors_exit_2_without_traceback(tmp_path, videos):
+    r = run_cli("stage", "sharpen", str(videos / "cuts/test.mp4"))
+    assert r.returncode == 2 and "unknown stage 'sharpen'" in r.stderr
+    r = run_cli(
+        "curate",
+        str(REPO / "recipes/curate/quickstart.toml"),
+        "--input",
+        str(tmp_path / "none"),
+        "--output",
+        str(tmp_path / "o"),
+    )
+    assert r.returncode == 2 and "input not found" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("curate", str(tmp_path / "missing.toml"), "--input", ".", "--output", str(tmp_path / "o"))
+    assert r.returncode == 2 and "recipe not found" in r.stderr
+    r = run_cli(
+        "curate",
+        str(REPO / "recipes/curate/quickstart.toml"),
+        "--input",
+        str(videos / "cuts"),
+        "--output",
+        str(tmp_path / "o"),
+        "--set",
+        "transcode.crf=x",
+    )
+    assert r.returncode == 2 and "stage transcode" in r.stderr

@@ -1,0 +1,189 @@
+"""End to end: ``vidsift curate`` on embedded local Ray, bad inputs, determinism, resume after SIGKILL."""
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import av
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import REPO, run_cli, vidsift_exe
+
+RECIPE = str(REPO / "recipes/curate/quickstart.toml")
+HOSTILE_NAMES = [
+    "with space.mp4",
+    'quote\'s "double".mp4',
+    "$(touch PWNED).mp4",
+    "-leading-dash.mp4",
+    "ünïcødé 视频.mp4",
+    "semi;colon`tick`.ivf",
+]
+
+
+def read(out: Path, table: str):
+    files = sorted((out / table).glob("*.parquet"))
+    return [row for f in files for row in pq.read_table(f).to_pylist()]
+
+
+@pytest.fixture(scope="module")
+def bad_run(videos, tmp_path_factory):
+    """The whole bad/ folder plus hostile file names, curated once."""
+    src = tmp_path_factory.mktemp("inputs")
+    for f in (videos / "bad").iterdir():
+        shutil.copy(f, src / f.name)
+    for i, name in enumerate(HOSTILE_NAMES):
+        shutil.copy(videos / ("bad/av1.ivf" if i % 2 else "quality/realshort.mp4"), src / name)
+    out = tmp_path_factory.mktemp("run") / "out"
+    result = run_cli(
+        "curate",
+        RECIPE,
+        "--input",
+        str(src),
+        "--output",
+        str(out),
+        "--set",
+        "split_scenes.min_scene_s=0.5",
+        cwd=src,
+    )
+    return src, out, result
+
+
+def test_every_bad_input_ends_accepted_or_rejected_with_a_reason(bad_run):
+    src, out, result = bad_run
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (src / "PWNED").exists() and not Path("PWNED").exists()
+    videos = read(out, "videos")
+    inputs = sorted(str(p.absolute()) for p in src.iterdir() if p.is_file())
+    assert sorted(v["source_uri"] for v in videos) == inputs  # one row per input, names kept
+    for v in videos:
+        assert v["status"] in ("ok", "rejected")
+        if v["status"] == "rejected":
+            assert v["reason"] and v["detail"], v
+    by_name = {Path(v["source_uri"]).name: v for v in videos}
+    assert by_name["empty_result.webm"]["reason"] == "empty_file"
+    assert by_name["crunching.mp3"]["reason"] == "no_video_stream"
+    assert by_name["with-attached-pic.mp3"]["reason"] == "no_video_stream"
+    assert by_name["unknown_sized_non_master_element.mkv"]["reason"] == "invalid_container"
+    assert by_name["vvc_400kbps_2s.mp4"]["status"] == "ok"  # PyAV's FFmpeg decodes VVC
+    # the hostile names are copies: the first of each content (sorted by path) is curated, the rest
+    # are rejected as duplicates of it
+    hostile = sorted(str(src / n) for n in HOSTILE_NAMES)
+    firsts = {}
+    for uri in sorted(inputs):
+        v = by_name[Path(uri).name]
+        if v["content_hash"] and v["content_hash"] not in firsts:
+            firsts[v["content_hash"]] = uri
+    for uri in hostile:
+        v = by_name[Path(uri).name]
+        if firsts[v["content_hash"]] == uri:
+            assert v["status"] == "ok" and v["num_clips_accepted"] >= 1, v
+        else:
+            assert v["reason"] == "duplicate_file" and firsts[v["content_hash"]] in v["detail"], v
+    assert by_name["av1.ivf"]["status"] == "ok" or by_name["av1.ivf"]["reason"] == "duplicate_file"
+
+
+def test_accounting_adds_up_and_clips_are_real(bad_run):
+    _, out, _ = bad_run
+    videos, clips, rejected = read(out, "videos"), read(out, "clips"), read(out, "rejected")
+    assert sum(v["num_clips_accepted"] or 0 for v in videos) == len(clips)
+    assert sum(v["num_scenes"] or 0 for v in videos) == len(clips) + len(rejected)
+    assert len({c["clip_id"] for c in clips + rejected}) == len(clips) + len(rejected)
+    for r in rejected:
+        assert r["reject_stage"] and r["reject_reason"] and r["reject_detail"]
+    for c in clips:
+        with av.open(__import__("io").BytesIO(c["clip_mp4"])) as container:
+            frames = sum(1 for _ in container.decode(video=0))
+        assert frames == c["num_frames"] == c["end_frame"] - c["start_frame"]
+        assert c["width"] % 2 == 0 and c["height"] % 2 == 0
+    manifest = __import__("json").loads((out / "manifest.json").read_text())
+    counts = manifest["counts"]
+    assert counts["clips_accepted"] == len(clips) and counts["clips_rejected"] == len(rejected)
+    assert counts["videos_ok"] + counts["videos_rejected"] == counts["input_files"] == len(videos)
+    assert manifest["analysis_decode_passes"] == counts["videos_ok"]  # exactly one pass per readable video
+    assert (out / "recipe.resolved.toml").exists()
+    assert sorted(p.name for p in (out / "_done").iterdir()) == sorted({v["group"] for v in videos})
+
+
+@pytest.fixture(scope="module")
+def resume_inputs(videos, tmp_path_factory):
+    src = tmp_path_factory.mktemp("resume_inputs")
+    for name in [
+        "cuts/test.mp4",
+        "quality/realshort.mp4",
+        "bad/corrupted.mp4",
+        "bad/av1.ivf",
+        "cuts/video-1080p-60fps-2s.mp4",
+        "bad/edit-list-discard.mp4",
+    ]:
+        shutil.copy(videos / name, src / name.replace("/", "_"))
+    return src
+
+
+def _curate_args(src, out):
+    return [
+        "curate",
+        RECIPE,
+        "--input",
+        str(src),
+        "--output",
+        str(out),
+        "--set",
+        "run.group_size=1",
+        "--set",
+        "split_scenes.min_scene_s=0.5",
+    ]
+
+
+def _clip_ids(out):
+    return sorted((c["clip_id"], c["num_frames"]) for c in read(out, "clips"))
+
+
+def test_sigkill_then_rerun_gives_the_rows_of_an_uninterrupted_run(resume_inputs, tmp_path):
+    whole = tmp_path / "whole"
+    assert run_cli(*_curate_args(resume_inputs, whole)).returncode == 0
+    expected = _clip_ids(whole)
+    assert len(expected) >= 6
+
+    killed = tmp_path / "killed"
+    exe = vidsift_exe()
+    proc = subprocess.Popen(
+        [exe, *_curate_args(resume_inputs, killed)],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        done = killed / "_done"
+        if done.is_dir() and len(list(done.iterdir())) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+    proc.wait()
+    done_before = len(list((killed / "_done").iterdir()))
+    assert done_before < 6
+
+    again = run_cli(*_curate_args(resume_inputs, killed))
+    assert again.returncode == 0, again.stderr
+    assert f"{done_before} groups already done" in again.stderr
+    assert _clip_ids(killed) == expected
+    # a third run finds everything done and changes nothing
+    third = run_cli(*_curate_args(resume_inputs, killed))
+    assert "6 groups already done, 0 to run" in third.stderr
+    assert _clip_ids(killed) == expected
+    assert not list(killed.rglob(".tmp-*"))  # no half-written file was published
+
+
+def test_resuming_with_other_inputs_is_refused(resume_inputs, tmp_path, videos):
+    out = tmp_path / "out"
+    first = run_cli(*_curate_args(resume_inputs, out), "--limit", "1")
+    assert first.returncode == 0, first.stderr
+    second = run_cli(*_curate_args(resume_inputs, out), "--limit", "2")
+    assert second.returncode == 2
+    assert "holds a run over other inputs" in second.stderr and "Traceback" not in second.stderr
