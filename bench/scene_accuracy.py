@@ -2,7 +2,7 @@
 
 Reads the clips of ``../shared/videos`` that carry cut ground truth (catalog.json), runs
 
-- (a) vidsift: ``pipeline.stages.split_scenes`` over our own decode of the 128-px analysis frames,
+- (a) vidsift: exactly what ``vidsift scenes --json`` reports (probe, the one analysis pass, split_scenes),
 - (b) PySceneDetect ``ContentDetector()`` defaults and (c) ``AdaptiveDetector()`` defaults, through
   scenedetect's own PyAV backend (cut frames = scene start frames except 0),
 
@@ -21,18 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-import av
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.stages.split_scenes import (  # noqa: E402
-    SceneSignals,
-    SplitScenesConfig,
-    detect_transitions,
-)
-
-ANALYSIS_WIDTH = 128
+from pipeline.cli import _default_recipe, scenes_report  # noqa: E402
 
 
 def _load_scorer(videos: Path):
@@ -45,28 +37,9 @@ def _load_scorer(videos: Path):
     return module
 
 
-def analysis_size(width: int, height: int) -> tuple[int, int]:
-    """The analysis pass's frame size: width 128, height by the aspect ratio, even, in [16, 256]."""
-    h = round(ANALYSIS_WIDTH * height / width / 2) * 2
-    return ANALYSIS_WIDTH, min(256, max(16, h))
-
-
-def vidsift_cuts(path: Path, config: SplitScenesConfig | None = None) -> list[int]:
-    """Cut frames found by vidsift's detector (first frame of each new shot)."""
-    # TODO(lead): switch this to pipeline.stages.analyze (the one decode pass) once it exists, so the
-    # bench measures exactly the frames the pipeline feeds the detector.
-    config = config or SplitScenesConfig()
-    signals = SceneSignals(config)
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        w, h = analysis_size(stream.codec_context.width, stream.codec_context.height)
-        fps = float(stream.average_rate or stream.guessed_rate or 25.0)
-        for frame in container.decode(stream):
-            signals.update(frame.reformat(width=w, height=h, format="bgr24").to_ndarray())
-    transitions = detect_transitions(signals, fps, config)
-    # A fade-out that runs to the end of the video has frame == num_frames: no new shot starts.
-    return [t.frame for t in transitions if t.frame < signals.num_frames]
+def vidsift_cuts(path: Path) -> list[int]:
+    """Cut frames as ``vidsift scenes --json`` reports them: probe + the one analysis pass + split_scenes."""
+    return scenes_report(str(path), _default_recipe([]))["cuts"]
 
 
 def scenedetect_cuts(path: Path, detector_name: str) -> list[int]:
