@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import av
@@ -148,4 +149,12 @@ def process_video(
         else:
             row.update(result)
             video["num_clips_accepted"] += 1
+    if not video["num_clips_accepted"]:
+        reasons = Counter(f"{r['reject_stage']}/{r['reject_reason']}" for r in clips)
+        summary = ", ".join(f"{k} x{n}" for k, n in sorted(reasons.items())) or "no scene found"
+        video.update(
+            status="rejected",
+            reason="no_clip_accepted",
+            detail=f"all {len(clips)} candidate clips rejected: {summary}",
+        )
     return video, clips

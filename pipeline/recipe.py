@@ -26,7 +26,6 @@ class RecipeError(ValueError):
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
     group_size: int = 8  # videos per resumable group: one shard file per table and group
-    max_videos_in_flight: int = 0  # 0: 2 x available CPUs; bounds memory held by unfinished groups
 
     def __post_init__(self) -> None:
         if self.group_size < 1:

@@ -32,7 +32,7 @@ class AnalyzeConfig:
     detect_width: int = 128  # width of the every-frame analysis image (height follows the aspect)
     sample_fps: float = 1.0  # mid-resolution frames kept per second for model stages
     sample_short_side: int = 256  # short side of those frames, display orientation
-    jpeg_quality: int = 90
+    jpeg_quality: int = 90  # JPEG quality of the sampled frames (frames_jpeg)
     max_decode_errors: int = 200  # more rejected packets than this ends the pass early
     frames_per_clip: int = 4  # sampled frames stored per clip (frames_jpeg) for model stages
 

@@ -104,7 +104,16 @@ def test_accounting_adds_up_and_clips_are_real(bad_run):
     counts = manifest["counts"]
     assert counts["clips_accepted"] == len(clips) and counts["clips_rejected"] == len(rejected)
     assert counts["videos_ok"] + counts["videos_rejected"] == counts["input_files"] == len(videos)
-    assert manifest["analysis_decode_passes"] == counts["videos_ok"]  # exactly one pass per readable video
+    # exactly one analysis pass per decodable video
+    analysed = [
+        v for v in videos if v["status"] == "ok" or v["reason"] in ("no_clip_accepted", "undecodable")
+    ]
+    assert all(v["analysis_decode_passes"] == 1 for v in analysed)
+    assert manifest["analysis_decode_passes"] == len(analysed)
+    assert all(not v["analysis_decode_passes"] for v in videos if v["reason"] == "duplicate_file")
+    for v in videos:
+        if v["reason"] == "no_clip_accepted":
+            assert v["num_scenes"] >= 1 and "scene_too_short" in v["detail"]
     assert (out / "recipe.resolved.toml").exists()
     assert sorted(p.name for p in (out / "_done").iterdir()) == sorted({v["group"] for v in videos})
 

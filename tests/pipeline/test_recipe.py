@@ -51,3 +51,19 @@ def test_missing_and_invalid_files(tmp_path):
     bad.write_text("[[stage]\nname=")
     with pytest.raises(RecipeError, match="not valid TOML"):
         load_recipe(bad)
+
+
+def test_every_stage_key_is_documented():
+    import dataclasses
+
+    from pipeline.recipe import RunConfig
+    from pipeline.registry import STAGES, Resources
+
+    doc = (REPO / "docs" / "recipes.md").read_text()
+    for name, spec in STAGES.items():
+        assert f"### `{name}`" in doc
+        for f in dataclasses.fields(spec.config):
+            assert f"| `{f.name}` |" in doc, f"{name}.{f.name} undocumented"
+    for cls in (RunConfig, Resources):
+        for f in dataclasses.fields(cls):
+            assert f"| `{f.name}` |" in doc
