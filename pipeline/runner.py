@@ -25,7 +25,13 @@ import pyarrow.parquet as pq
 
 from pipeline.recipe import Recipe, RecipeError
 from pipeline.schema import CLIP_SCHEMA, REJECTED_SCHEMA, SCHEMA_VERSION, VIDEO_SCHEMA
-from pipeline.stages.write_shards import done_groups, write_group, write_manifest, write_text_atomic
+from pipeline.stages.write_shards import (
+    done_groups,
+    remove_partial_files,
+    write_group,
+    write_manifest,
+    write_text_atomic,
+)
 
 VIDEO_PREFIX = "video__"
 # One flat row type travels through Ray Data: a candidate clip (clip + reject columns), or the
@@ -175,6 +181,7 @@ def run_curate(
                 f"{out} holds a run over other inputs or another recipe; resume it with the same command, "
                 "or write to a new --output"
             )
+    remove_partial_files(out)  # left by a run that was killed while writing; one run per output at a time
     write_text_atomic(state_path, json.dumps({"fingerprint": fp, "inputs": len(inputs)}) + "\n")
     write_text_atomic(out / "recipe.resolved.toml", recipe.to_toml())
     groups = make_groups(inputs, recipe.run.group_size)

@@ -38,14 +38,27 @@ class WriteShardsConfig:
             )
 
 
+def _tmp_name(path: Path) -> Path:
+    # hidden and not ending in .parquet: no reader (glob or pyarrow dataset) picks up a partial file
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def remove_partial_files(out: Path) -> int:
+    """Delete temporary files a killed run left behind; returns how many."""
+    stale = [p for p in out.glob("**/.*.tmp-*") if p.is_file()]
+    for p in stale:
+        p.unlink()
+    return len(stale)
+
+
 def _atomic_write_table(table: pa.Table, path: Path, config: WriteShardsConfig) -> None:
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    tmp = _tmp_name(path)
     pq.write_table(table, tmp, compression=config.compression, row_group_size=config.row_group_rows)
     os.replace(tmp, path)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    tmp = _tmp_name(path)
     tmp.write_text(text)
     os.replace(tmp, path)
 

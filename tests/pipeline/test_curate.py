@@ -186,7 +186,7 @@ def test_sigkill_then_rerun_gives_the_rows_of_an_uninterrupted_run(resume_inputs
     third = run_cli(*_curate_args(resume_inputs, killed))
     assert "6 groups already done, 0 to run" in third.stderr
     assert _clip_ids(killed) == expected
-    assert not list(killed.rglob(".tmp-*"))  # no half-written file was published
+    assert not list(killed.rglob(".*.tmp-*"))  # partial files of the killed run were cleaned up
 
 
 def test_resuming_with_other_inputs_is_refused(resume_inputs, tmp_path, videos):
