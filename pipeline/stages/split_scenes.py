@@ -40,6 +40,9 @@ _THUMB_W, _THUMB_H = 24, 16
 # Largest change of mean brightness (0..255) per frame that still counts as a fade step; one bigger
 # step is a cut into or out of black.
 _MAX_FADE_STEP = 40.0
+# A black stretch at least this long, entered or left by a cut, is a shot boundary on each side
+# (a cut into black, then a fade-in, is two boundaries); a shorter one is a single transition.
+_MIN_BLACK_SHOT_S = 0.25
 _CD_WEIGHTS = np.array(ContentDetector.DEFAULT_COMPONENT_WEIGHTS[:3], dtype=np.float64)
 
 
@@ -285,6 +288,18 @@ def _detect_fades(signals: SceneSignals, fps: float, config: SplitScenesConfig) 
         elif s == 0:
             # Black from the start: the first shot begins where the picture comes up.
             frame, kind = e + 1, "fade" if last > e else "cut"
+        elif (first == s or last == e) and e - s + 1 >= _MIN_BLACK_SHOT_S * fps:
+            # Entered or left abruptly: report each side where it happens, so a cut into black
+            # followed by a fade-in is a cut at the first black frame and a fade after it.
+            # The black frames s..e are trimmed once, by the first of the two transitions that is a cut.
+            if first == s:
+                fades.append(Transition(frame=s, first=s, last=e, kind="cut"))
+                out = "cut" if last == e else "fade"
+                fades.append(Transition(frame=e + 1, first=e + 1, last=last, kind=out))
+            else:
+                fades.append(Transition(frame=s, first=first, last=s - 1, kind="fade"))
+                fades.append(Transition(frame=e + 1, first=s, last=e, kind="cut"))
+            continue
         else:
             frame, kind = e + 1, "fade"
         fades.append(Transition(frame=frame, first=first, last=last, kind=kind))

@@ -137,6 +137,25 @@ def test_fade_to_black_and_back_is_one_fade() -> None:
     assert 46 <= t[0].first <= 50 and 79 <= t[0].last <= 83 and t[0].first <= t[0].frame <= t[0].last + 1
 
 
+def test_cut_into_black_then_fade_in_is_two_boundaries() -> None:
+    a, b = _textured(5, 60).astype(np.float32), _textured(6, 60).astype(np.float32)
+    ramp = np.linspace(0, 1, 12)[:, None, None, None]
+    frames = np.concatenate([a, np.zeros((15, 72, 128, 3)), b[:12] * ramp, b[12:]])  # black 60..74
+    t = _transitions(frames.astype(np.uint8))
+    assert [(x.frame, x.kind) for x in t][:1] == [(60, "cut")]
+    assert len(t) == 2 and t[1].kind == "fade" and 74 <= t[1].frame <= 78, t
+    scenes, _ = scenes_from_transitions(t, len(frames), FPS, SplitScenesConfig(min_scene_s=0.1))
+    # the black is trimmed once; the scenes are the shot before it and the shot after the fade-in
+    assert scenes[0].end_frame == 60 and scenes[-1].end_frame == len(frames)
+    assert all(s.start_frame >= 75 for s in scenes[1:])
+
+
+def test_short_black_between_shots_is_one_transition() -> None:
+    frames = np.concatenate([_textured(7, 60), np.zeros((3, 72, 128, 3), np.uint8), _textured(8, 60)])
+    t = _transitions(frames)
+    assert len(t) == 1, t
+
+
 def test_dissolve_is_one_transition() -> None:
     a, b = _textured(7, 70).astype(np.float32), _textured(8, 70).astype(np.float32)
     w = np.linspace(0, 1, 14)[1:-1, None, None, None]  # 12 blended frames, 50..61
