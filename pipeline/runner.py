@@ -298,6 +298,7 @@ def build_manifest(out: Path, recipe: Recipe, n_inputs: int, n_groups: int, wall
     videos = _read_columns(out, "videos", vcols).to_pylist()
     clips = _read_columns(out, "clips", ["duration_s"]).to_pylist()
     rejected = _read_columns(out, "rejected", ["reject_stage", "reject_reason"]).to_pylist()
+    analysed = [v for v in videos if v["analysis_decode_passes"]]  # readable: decoded once for analysis
     by_video_reason: dict[str, int] = defaultdict(int)
     for v in videos:
         if v["status"] == "rejected":
@@ -319,9 +320,8 @@ def build_manifest(out: Path, recipe: Recipe, n_inputs: int, n_groups: int, wall
             "videos_ok": sum(v["status"] == "ok" for v in videos),
             "videos_rejected": sum(v["status"] == "rejected" for v in videos),
             "videos_rejected_by_reason": dict(sorted(by_video_reason.items())),
-            "input_hours": round(
-                sum(v["duration_s"] or 0.0 for v in videos if v["status"] == "ok") / 3600, 6
-            ),
+            "videos_analysed": len(analysed),
+            "input_hours": round(sum(v["duration_s"] or 0.0 for v in analysed) / 3600, 6),
             "candidate_clips": len(clips) + len(rejected),
             "clips_accepted": len(clips),
             "clips_rejected": len(rejected),
@@ -347,6 +347,6 @@ def print_summary(console, manifest: dict) -> None:
     t.add_row("clips accepted", f"{c['clips_accepted']} ({c['accepted_hours'] * 60:.2f} min)")
     for reason, n in c["clips_rejected_by_reason"].items():
         t.add_row(f"  clip rejected: {reason}", str(n))
-    t.add_row("input hours (readable)", f"{c['input_hours']:.4f}")
+    t.add_row("videos analysed", f"{c['videos_analysed']} ({c['input_hours'] * 60:.2f} min)")
     t.add_row("analysis decode passes", str(manifest["analysis_decode_passes"]))
     console.print(t)

@@ -196,3 +196,29 @@ def test_resuming_with_other_inputs_is_refused(resume_inputs, tmp_path, videos):
     second = run_cli(*_curate_args(resume_inputs, out), "--limit", "2")
     assert second.returncode == 2
     assert "holds a run over other inputs" in second.stderr and "Traceback" not in second.stderr
+
+
+def test_quickstart_on_sample_clips(videos, tmp_path):
+    out = tmp_path / "qs"
+    result = run_cli(
+        "curate", RECIPE, "--input", str(videos / "quality"), "--output", str(out), "--limit", "4"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "4/4 videos" in result.stderr and "clips accepted" in result.stderr
+    import cv2
+    import numpy as np
+    import pyarrow.dataset as ds
+
+    clips = ds.dataset(out / "clips", format="parquet").to_table().to_pylist()
+    assert len(clips) >= 4
+    for c in clips:
+        preview = cv2.imdecode(np.frombuffer(c["preview_jpeg"], np.uint8), cv2.IMREAD_COLOR)
+        assert min(preview.shape[:2]) <= 128
+        assert 1 <= len(c["frames_jpeg"]) <= 4 and len(c["frames_s"]) == len(c["frames_jpeg"])
+        assert c["start_s"] <= c["frames_s"][0] < c["end_s"]
+        assert min(c["width"], c["height"]) <= 360  # quickstart's max_short_side
+        assert c["end_s"] - c["start_s"] >= 1.0  # quickstart's min_scene_s
+    manifest = __import__("json").loads((out / "manifest.json").read_text())
+    assert manifest["schema_version"] == 1 and manifest["recipe"]["run"]["group_size"] == 2
+    assert set(manifest["stage_seconds"]) == {"probe", "analyze", "split", "transcode"}
+    assert manifest["counts"]["input_hours"] > manifest["counts"]["accepted_hours"] > 0
