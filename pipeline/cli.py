@@ -153,9 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON list")
     p.set_defaults(func=cmd_stage)
 
-    p = sub.add_parser("stats", help="dataset statistics of a run folder (not implemented yet)")
-    p.add_argument("output", nargs="?")
-    p.set_defaults(func=cmd_not_yet)
+    try:
+        from pipeline.stats_cli import register as register_stats
+    except ImportError:
+        p = sub.add_parser("stats", help="dataset statistics of a run folder (not implemented yet)")
+        p.add_argument("output", nargs="?")
+        p.set_defaults(func=cmd_not_yet)
+    else:
+        register_stats(sub)
 
     try:
         from model.cli import register
