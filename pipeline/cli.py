@@ -30,11 +30,16 @@ def cmd_curate(args: argparse.Namespace) -> int:
         return _fail(str(e))
 
 
-def _default_recipe(overrides: list[str]):
+def _default_recipe(overrides: list[str], optional: tuple[str, ...] = ()):
+    """The required stages with their defaults, plus ``optional`` stages and what they need."""
     from pipeline.recipe import build_recipe
     from pipeline.registry import STAGES
 
-    return build_recipe({"stage": [{"name": n} for n in STAGES]}, overrides)
+    wanted = set(optional)
+    for name in optional:
+        wanted.update(STAGES[name].needs)
+    names = [n for n, spec in STAGES.items() if spec.required or n in wanted]
+    return build_recipe({"stage": [{"name": n} for n in names]}, overrides)
 
 
 def scenes_report(path: str, recipe) -> dict:
@@ -104,7 +109,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
         return _fail(f"unknown stage {args.name!r}; known: {', '.join(STAGES)}")
     overrides = [s if "." in s.split("=", 1)[0] else f"{args.name}.{s}" for s in args.set]
     try:
-        recipe = _default_recipe(overrides)
+        recipe = _default_recipe(overrides, optional=() if STAGES[args.name].required else (args.name,))
         rows = [preview_stage(args.name, path, recipe) for path in args.videos]
     except RecipeError as e:
         return _fail(str(e))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import av
 
 from pipeline.recipe import Recipe
+from pipeline.registry import STAGES
 from pipeline.stages.analyze import Analysis, analyze_video, clip_statistics
 from pipeline.stages.probe import probe_video
 from pipeline.stages.split_scenes import Scene, Transition, detect_transitions, scenes_from_transitions
@@ -133,6 +134,9 @@ def process_video(
                 reject_detail=f"{seconds:.2f} s < min_scene_s {split.min_scene_s}",
             )
         clips.append(row)
+    for entry in recipe.stages_of_kind("video_filter"):
+        # filters score every candidate from the analysis pass and mark (never drop) rejects
+        clips = STAGES[entry.name].impl(entry.config, video, analysis, clips)
     cuts = [
         ClipCut(r["clip_id"], r["start_frame"], r["end_frame"], r["end_s"] - r["start_s"])
         for r in clips
@@ -148,13 +152,37 @@ def process_video(
             row.update(reject_stage="transcode", **result)
         else:
             row.update(result)
-            video["num_clips_accepted"] += 1
-    if not video["num_clips_accepted"]:
-        reasons = Counter(f"{r['reject_stage']}/{r['reject_reason']}" for r in clips)
-        summary = ", ".join(f"{k} x{n}" for k, n in sorted(reasons.items())) or "no scene found"
-        video.update(
-            status="rejected",
-            reason="no_clip_accepted",
-            detail=f"all {len(clips)} candidate clips rejected: {summary}",
-        )
     return video, clips
+
+
+def account_video(video: dict, clips: list[dict]) -> dict:
+    """The video row once all its clips are final: accepted count, and ``no_clip_accepted`` if none."""
+    video = dict(video)
+    if video["status"] != "ok" and video.get("reason") != "no_clip_accepted":
+        return video
+    video["num_clips_accepted"] = sum(1 for c in clips if not c.get("reject_reason"))
+    if video["num_clips_accepted"]:
+        video.update(status="ok", reason=None)
+        return video
+    reasons = Counter(f"{r['reject_stage']}/{r['reject_reason']}" for r in clips)
+    summary = ", ".join(f"{k} x{n}" for k, n in sorted(reasons.items())) or "no scene found"
+    video.update(
+        status="rejected",
+        reason="no_clip_accepted",
+        detail=f"all {len(clips)} candidate clips rejected: {summary}",
+    )
+    return video
+
+
+def apply_clip_stage(stage, rows: list[dict]) -> list[dict]:
+    """Run a clip stage (a loaded callable) on the accepted clip rows of ``rows``; others pass through."""
+    todo = [i for i, r in enumerate(rows) if r.get("clip_id") and not r.get("reject_reason")]
+    if not todo:
+        return rows
+    done = stage([rows[i] for i in todo])
+    if len(done) != len(todo):
+        raise RuntimeError(f"{type(stage).__name__} returned {len(done)} rows for {len(todo)}")
+    out = list(rows)
+    for i, row in zip(todo, done, strict=True):
+        out[i] = row
+    return out

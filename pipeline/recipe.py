@@ -44,6 +44,9 @@ class Recipe:
     run: RunConfig
     stages: list[StageEntry]
 
+    def stages_of_kind(self, kind: str) -> list[StageEntry]:
+        return [s for s in self.stages if STAGES[s.name].kind == kind]
+
     def stage(self, name: str) -> Any:
         for s in self.stages:
             if s.name == name:
@@ -122,6 +125,14 @@ def build_recipe(data: dict, overrides: list[str] = ()) -> Recipe:
         raise RecipeError(
             f"stages must run in the order {' -> '.join(required)}; recipe has {' -> '.join(order)}"
         )
+    # optional stages sit where their kind runs: filters before transcode, clip stages after it
+    window = {"video_filter": ("split_scenes", "transcode"), "clip": ("transcode", "write_shards")}
+    for i, name in enumerate(names):
+        kind = STAGES[name].kind
+        if kind in window:
+            after, before = window[kind]
+            if not names.index(after) < i < names.index(before):
+                raise RecipeError(f"stage {name} ({kind}) must come after {after} and before {before}")
     return Recipe(run, entries)
 
 

@@ -1,13 +1,22 @@
 """The one plain registry: stage name -> config class, what the stage is, default resources.
 
 A recipe's ``[[stage]]`` entries name stages from here; nothing else is looked up by string.
-``video`` stages run fused in one Ray task per source video (the decoded frames never leave the
-worker); ``clip`` stages (model stages, added by later features) run as Ray Data operators over
-clip rows with their own resources.
+Kinds:
+
+- ``video``: the core per-video stages, run fused in one Ray task per source video (decoded
+  frames never leave the worker), always in the order probe, analyze, split_scenes, transcode;
+- ``video_filter``: ``impl(config, video, analysis, clips) -> clips``, run in that same task
+  between split_scenes and transcode; scores every candidate from the analysis pass and marks
+  rejects, so rejected clips are never transcoded;
+- ``clip``: ``impl(config)`` is a callable class that loads its model once and maps a list of
+  accepted clip rows to rows with its columns filled; run as a Ray Data actor pool with the
+  stage's resources, between transcode and write_shards;
+- ``sink``: write_shards, on the driver.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pipeline.stages.analyze import AnalyzeConfig
@@ -48,10 +57,12 @@ class Resources:
 @dataclass(frozen=True)
 class StageSpec:
     config: type
-    kind: str  # "video" (fused per-video task) or "clip" or "sink"
+    kind: str  # "video" | "video_filter" | "clip" | "sink"
     required: bool
     resources: Resources
     doc: str
+    impl: Callable | None = None  # video_filter: function; clip: callable class; core stages: None
+    needs: tuple[str, ...] = ()  # optional stages this one reads the columns of
 
 
 STAGES: dict[str, StageSpec] = {

@@ -11,6 +11,7 @@ its videos are in (``write_shards``) and finally writes ``manifest.json``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -117,6 +118,22 @@ def video_task(batch: pa.Table, recipe_dict: dict) -> pa.Table:
     return pa.Table.from_pylist([{n: r.get(n) for n in WORK_SCHEMA.names} for r in rows], schema=WORK_SCHEMA)
 
 
+class ClipStageTask:
+    """Ray Data actor for one clip stage: loads the stage (its model) once, then maps batches."""
+
+    def __init__(self, name: str, config: dict) -> None:
+        from pipeline.registry import STAGES
+
+        spec = STAGES[name]
+        self.stage = spec.impl(spec.config(**config))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from pipeline.process import apply_clip_stage
+
+        rows = apply_clip_stage(self.stage, batch.to_pylist())
+        return pa.Table.from_pylist(rows, schema=WORK_SCHEMA)
+
+
 @dataclass
 class GroupBuffer:
     expected: set[str]
@@ -141,6 +158,15 @@ class GroupBuffer:
 
     def complete(self) -> bool:
         return all(u in self.rows_due and self.rows_seen[u] == self.rows_due[u] for u in self.expected)
+
+    def accounted_videos(self) -> list[dict]:
+        """Video rows with their final accepted-clip counts (clip stages may have rejected some)."""
+        from pipeline.process import account_video
+
+        by_uri: dict[str, list[dict]] = defaultdict(list)
+        for c in self.clips + self.rejected:
+            by_uri[c["source_uri"]].append(c)
+        return [account_video(v, by_uri[v["source_uri"]]) for v in self.videos]
 
 
 def _init_ray(address: str | None) -> None:
@@ -222,7 +248,8 @@ def _run_groups(
         for g, files in pending.items()
         for uri in files
     ]
-    video_res = _max_resources([s.resources for s in recipe.stages if s.name != "write_shards"])
+    per_video = [s for s in recipe.stages if s.name in ("probe", "analyze", "split_scenes", "transcode")]
+    video_res = _max_resources([s.resources for s in per_video + recipe.stages_of_kind("video_filter")])
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(
         video_task,
@@ -231,6 +258,16 @@ def _run_groups(
         fn_kwargs={"recipe_dict": recipe.to_dict()},
         **video_res,
     )
+    for entry in recipe.stages_of_kind("clip"):
+        res = entry.resources
+        ds = ds.map_batches(
+            ClipStageTask,
+            fn_constructor_kwargs={"name": entry.name, "config": dataclasses.asdict(entry.config)},
+            batch_size=getattr(entry.config, "batch_size", 8),
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors),
+            **res.ray_options(),
+        )
     buffers = {g: GroupBuffer(expected=set(files)) for g, files in pending.items()}
     write_cfg = recipe.stage("write_shards")
     accepted = 0
@@ -252,10 +289,11 @@ def _run_groups(
                 buf.add(row)
                 if row["row_kind"] == "video":
                     progress.advance(task)
-                    accepted += row[VIDEO_PREFIX + "num_clips_accepted"] or 0
+                elif not row["reject_reason"]:
+                    accepted += 1
             for g in [g for g, b in buffers.items() if b.complete()]:
                 b = buffers.pop(g)
-                write_group(out, g, b.clips, b.rejected, b.videos, write_cfg)
+                write_group(out, g, b.clips, b.rejected, b.accounted_videos(), write_cfg)
                 written += 1
             progress.update(task, clips=accepted, groups=written)
     if buffers:

@@ -5,8 +5,9 @@ Binary columns are shown by their size, so the output stays readable and JSON-sa
 
 from __future__ import annotations
 
-from pipeline.process import process_video, scan_video
+from pipeline.process import account_video, apply_clip_stage, process_video, scan_video
 from pipeline.recipe import Recipe, RecipeError
+from pipeline.registry import STAGES
 from pipeline.stages.probe import probe_video
 
 
@@ -34,7 +35,11 @@ def preview_stage(name: str, path: str, recipe: Recipe) -> dict:
                 vars(s) | {"too_short": True} for s in scan.too_short
             ]
         return result
-    if name == "transcode":
-        video, clips = process_video(path, "preview", recipe)
-        return {"path": path, **_printable(video), "clips": [_printable(c) for c in clips]}
-    raise RecipeError(f"stage {name!r} writes a run folder; run it with `vidsift curate`")
+    if STAGES[name].kind == "sink":
+        raise RecipeError(f"stage {name!r} writes a run folder; run it with `vidsift curate`")
+    # transcode, filters and clip stages: the whole per-video part, then the clip stages in-process
+    video, clips = process_video(path, "preview", recipe)
+    for entry in recipe.stages_of_kind("clip"):
+        clips = apply_clip_stage(STAGES[entry.name].impl(entry.config), clips)
+    video = account_video(video, clips) if video["status"] == "ok" else video
+    return {"path": path, **_printable(video), "clips": [_printable(c) for c in clips]}
