@@ -121,6 +121,19 @@ def cmd_stage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_select(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipeline.select import SelectError, select_run
+
+    try:
+        moves = select_run(Path(args.run), args.where, Path(args.output))
+    except SelectError as e:
+        return _fail(str(e))
+    print(json.dumps({"output": args.output, "where": args.where, "moves": moves}, indent=1))
+    return 0
+
+
 def cmd_not_yet(args: argparse.Namespace) -> int:
     return _fail(f"`vidsift {args.command}` is not implemented yet")
 
@@ -157,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     p.add_argument("--json", action="store_true", help="print one JSON list")
     p.set_defaults(func=cmd_stage)
+
+    p = sub.add_parser("select", help="decide a finished run again from its stored scores, into a new folder")
+    p.add_argument("run", metavar="OUT", help="a finished vidsift curate output")
+    p.add_argument("--where", required=True, help='e.g. "motion_score > 0.3 and text_score < 0.1"')
+    p.add_argument("--output", required=True, help="new run folder (must not exist or be empty)")
+    p.set_defaults(func=cmd_select)
 
     try:
         from pipeline.stats_cli import register as register_stats

@@ -138,7 +138,7 @@ def process_video(
         # filters score every candidate from the analysis pass and mark (never drop) rejects
         clips = STAGES[entry.name].impl(entry.config, video, analysis, clips)
     cuts = [
-        ClipCut(r["clip_id"], r["start_frame"], r["end_frame"], r["end_s"] - r["start_s"])
+        ClipCut(r["clip_id"], r["start_frame"], r["end_frame"], r["end_s"] - r["start_s"], _crop(r))
         for r in clips
         if not r.get("reject_reason")
     ]
@@ -153,6 +153,12 @@ def process_video(
         else:
             row.update(result)
     return video, clips
+
+
+def _crop(row: dict) -> tuple[int, int, int, int] | None:
+    if row.get("crop_w") is None:
+        return None
+    return row["crop_x"], row["crop_y"], row["crop_w"], row["crop_h"]
 
 
 def account_video(video: dict, clips: list[dict]) -> dict:

@@ -20,8 +20,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pipeline.stages.analyze import AnalyzeConfig
+from pipeline.stages.caption_expand import CaptionExpand, CaptionExpandConfig
+from pipeline.stages.caption_qa import CaptionQa, CaptionQaConfig
+from pipeline.stages.caption_vlm import CaptionVlm, CaptionVlmConfig
+from pipeline.stages.dedup import DedupConfig, hash_clips
 from pipeline.stages.probe import ProbeConfig
+from pipeline.stages.score_bars import ScoreBarsConfig, score_bars
+from pipeline.stages.score_blockiness import ScoreBlockinessConfig, score_blockiness
+from pipeline.stages.score_bounds import ScoreBoundsConfig, score_bounds
+from pipeline.stages.score_brightness import ScoreBrightnessConfig, score_brightness
+from pipeline.stages.score_motion import ScoreMotionConfig, score_motion
+from pipeline.stages.score_sharpness import ScoreSharpnessConfig, score_sharpness
+from pipeline.stages.score_text import ScoreTextConfig, score_text
 from pipeline.stages.split_scenes import SplitScenesConfig
+from pipeline.stages.text_embed import TextEmbed, TextEmbedConfig
 from pipeline.stages.transcode import TranscodeConfig
 from pipeline.stages.write_shards import WriteShardsConfig
 
@@ -73,8 +85,73 @@ STAGES: dict[str, StageSpec] = {
     "split_scenes": StageSpec(
         SplitScenesConfig, "video", True, Resources(), "shot boundaries -> candidate clips"
     ),
+    # weight-free filters: scores from the analysis pass, run before transcode (docs/filters.md)
+    "score_bars": StageSpec(
+        ScoreBarsConfig, "video_filter", False, Resources(), "letterbox crop box", score_bars
+    ),
+    "score_bounds": StageSpec(
+        ScoreBoundsConfig, "video_filter", False, Resources(), "duration, resolution, aspect", score_bounds
+    ),
+    "score_brightness": StageSpec(
+        ScoreBrightnessConfig, "video_filter", False, Resources(), "dark, washed out, black", score_brightness
+    ),
+    "score_sharpness": StageSpec(
+        ScoreSharpnessConfig, "video_filter", False, Resources(), "focus and blur", score_sharpness
+    ),
+    "score_motion": StageSpec(
+        ScoreMotionConfig, "video_filter", False, Resources(), "flow, static, frozen, shake", score_motion
+    ),
+    "score_text": StageSpec(
+        ScoreTextConfig, "video_filter", False, Resources(), "burned-in text", score_text
+    ),
+    "score_blockiness": StageSpec(
+        ScoreBlockinessConfig, "video_filter", False, Resources(), "compression blocking", score_blockiness
+    ),
+    "dedup": StageSpec(
+        DedupConfig,
+        "video_filter",
+        False,
+        Resources(),
+        "near-duplicate hashes; decided over the run",
+        hash_clips,
+    ),
     "transcode": StageSpec(
         TranscodeConfig, "video", True, Resources(), "frame-accurate H.264 clips + previews"
+    ),
+    # captioning (clip stages; model code is imported inside each impl's __init__)
+    "caption_vlm": StageSpec(
+        CaptionVlmConfig,
+        "clip",
+        False,
+        Resources(num_cpus=1, memory_gb=2),
+        "VLM dense caption + structured fields from uniformly sampled frames",
+        impl=CaptionVlm,
+    ),
+    "caption_expand": StageSpec(
+        CaptionExpandConfig,
+        "clip",
+        False,
+        Resources(num_cpus=1, memory_gb=2),
+        "LLM rewrite of the VLM caption into the final long caption + a short prompt",
+        impl=CaptionExpand,
+        needs=("caption_vlm",),
+    ),
+    "caption_qa": StageSpec(
+        CaptionQaConfig,
+        "clip",
+        False,
+        Resources(num_cpus=1, memory_gb=1),
+        "caption cleaning, QA flags, MiniLM faithfulness; fallback or reject",
+        impl=CaptionQa,
+        needs=("caption_vlm", "caption_expand"),
+    ),
+    "text_embed": StageSpec(
+        TextEmbedConfig,
+        "clip",
+        False,
+        Resources(num_cpus=1, memory_gb=1),
+        "caption token embeddings for the trainer (text_emb)",
+        impl=TextEmbed,
     ),
     "write_shards": StageSpec(
         WriteShardsConfig, "sink", True, Resources(num_cpus=0), "Parquet shards + markers"

@@ -221,6 +221,14 @@ def run_curate(
     if pending:
         duplicates = find_duplicates(inputs, recipe.stage("probe").hash_full_file)
         _run_groups(recipe, pending, duplicates, out, address, console)
+    if any(s.name == "dedup" for s in recipe.stages):
+        from pipeline.select import apply_dedup
+        from pipeline.stages.dedup import find_duplicates as find_near_duplicates
+
+        cfg = recipe.stage("dedup")
+        moved = apply_dedup(out, lambda rows: find_near_duplicates(rows, cfg), recipe.stage("write_shards"))
+        if moved:
+            console.print(f"dedup: {moved} near-duplicate clips moved to the rejected table")
     manifest = build_manifest(out, recipe, len(inputs), len(groups), time.time() - started)
     write_manifest(out, manifest)
     print_summary(console, manifest)

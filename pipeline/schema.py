@@ -103,6 +103,41 @@ CLIP_COLUMNS: list[Column] = [
         "frames_jpeg", pa.list_(pa.binary()), "analyze", "a few frames (rotation applied, short side 256)"
     ),
     Column("frames_s", pa.list_(pa.float64()), "analyze", "presentation times of frames_jpeg"),
+    # quality scores (docs/filters.md): every score is stored; thresholds only decide reject reasons
+    Column("duration_score", pa.float64(), "score_bounds", "clip duration in seconds"),
+    Column(
+        "resolution_score", pa.float64(), "score_bounds", "short side of the source picture (after crop), px"
+    ),
+    Column("aspect_score", pa.float64(), "score_bounds", "long side / short side of the picture"),
+    Column("brightness_score", pa.float32(), "score_brightness", "mean luma, 0..255"),
+    Column("contrast_score", pa.float32(), "score_brightness", "mean spatial luma standard deviation"),
+    Column("black_frame_score", pa.float32(), "score_brightness", "share of black frames (mean luma < 16)"),
+    Column("sharpness_score", pa.float32(), "score_sharpness", "median Laplacian variance / contrast^2"),
+    Column("motion_score", pa.float32(), "score_motion", "mean optical-flow speed, % of width per second"),
+    Column("static_score", pa.float32(), "score_motion", "share of flow samples slower than static_speed"),
+    Column("frozen_score", pa.float32(), "score_motion", "share of frames repeating the previous frame"),
+    Column("shake_score", pa.float32(), "score_motion", "mean jitter of the global motion vector, % width/s"),
+    Column("text_score", pa.float32(), "score_text", "share of the picture covered by text (estimate)"),
+    Column("blockiness_score", pa.float32(), "score_blockiness", "excess of 8-px grid steps (0 = none)"),
+    Column(
+        "bars_score", pa.float32(), "score_bars", "share of the picture covered by letterbox/pillarbox bars"
+    ),
+    Column(
+        "crop_x", pa.int32(), "score_bars", "left of the picture inside the bars (display px); null: no bars"
+    ),
+    Column("crop_y", pa.int32(), "score_bars", "top of the picture inside the bars"),
+    Column(
+        "crop_w", pa.int32(), "score_bars", "width of the picture inside the bars (transcode crops to it)"
+    ),
+    Column("crop_h", pa.int32(), "score_bars", "height of the picture inside the bars"),
+    Column("dedup_hashes", pa.list_(pa.int64()), "dedup", "dHashes of sampled frames at 3 centre crops"),
+    Column(
+        "dedup_curve",
+        pa.list_(pa.float32()),
+        "dedup",
+        "mean luma, then frame difference, over the clip at 32 points each",
+    ),
+    Column("dup_of", pa.string(), "dedup", "clip_id of the representative this clip duplicates"),
     # media
     Column("width", pa.int32(), "transcode", "clip width (even, display orientation)"),
     Column("height", pa.int32(), "transcode", "clip height (even, display orientation)"),
@@ -113,13 +148,62 @@ CLIP_COLUMNS: list[Column] = [
     Column("preview_jpeg", pa.binary(), "transcode", "middle frame, short side 128"),
     # captions (filled by the captioning stages when a recipe has them)
     Column("caption", pa.string(), "caption_expand", "final long caption the trainer conditions on"),
+    Column(
+        "caption_vlm", pa.string(), "caption_vlm", "the VLM's dense description (boilerplate stripped by QA)"
+    ),
+    Column("caption_short", pa.string(), "caption_expand", "short user-style prompt for the same clip"),
+    Column(
+        "caption_json", pa.string(), "caption_vlm", "the VLM's structured answer: a JSON object of the fields"
+    ),
+    Column("caption_subject", pa.string(), "caption_vlm", "structured field: the main subjects"),
+    Column("caption_action", pa.string(), "caption_vlm", "structured field: what happens"),
+    Column("caption_scene", pa.string(), "caption_vlm", "structured field: the setting"),
+    Column("caption_camera", pa.string(), "caption_vlm", "structured field: shot size, angle, camera motion"),
+    Column("caption_style", pa.string(), "caption_vlm", "structured field: visual style"),
+    Column("caption_lighting", pa.string(), "caption_vlm", "structured field: lighting"),
+    Column("caption_vlm_model", pa.string(), "caption_vlm", "model name or path that wrote caption_vlm"),
+    Column(
+        "caption_vlm_backend", pa.string(), "caption_vlm", "backend that ran it: transformers, vllm, openai"
+    ),
+    Column("caption_vlm_tokens", pa.int32(), "caption_vlm", "tokens the VLM generated for this clip"),
+    Column(
+        "caption_model", pa.string(), "caption_expand", "model name or path that wrote caption, caption_short"
+    ),
+    Column(
+        "caption_backend", pa.string(), "caption_expand", "backend that ran it: transformers, vllm, openai"
+    ),
+    Column(
+        "caption_error", pa.string(), "caption_expand", "why a caption_expand request failed (null: none did)"
+    ),
+    Column("caption_source", pa.string(), "caption_qa", "who wrote caption: expand, or vlm (QA fallback)"),
+    Column(
+        "caption_faithfulness", pa.float32(), "caption_qa", "MiniLM cosine of the expansion to caption_vlm"
+    ),
+    Column(
+        "caption_support_min",
+        pa.float32(),
+        "caption_qa",
+        "lowest best-match MiniLM cosine of an expansion sentence to caption_vlm",
+    ),
+    Column("caption_qa_flags", pa.list_(pa.string()), "caption_qa", "caption problems and decisions found"),
+    Column(
+        "caption_random_weights",
+        pa.bool_(),
+        "caption_vlm",
+        "a model that wrote this row's captions has random weights (test model): not a real caption",
+    ),
     # cached model inputs (filled by `vidsift encode`, so training never runs the VAE per step)
     Column("latent", pa.binary(), "encode", "VAE latent of the clip, float16 C-order bytes"),
     Column("latent_shape", pa.list_(pa.int32()), "encode", "shape of latent: [C, T, H, W]"),
     Column("latent_model", pa.string(), "encode", "VAE checkpoint (path or name) that wrote latent"),
-    Column("text_emb", pa.binary(), "encode", "text-encoder token embeddings of caption, float16 bytes"),
-    Column("text_emb_shape", pa.list_(pa.int32()), "encode", "shape of text_emb: [tokens, dim]"),
-    Column("text_model", pa.string(), "encode", "text encoder that wrote text_emb"),
+    Column(
+        "text_emb",
+        pa.binary(),
+        "encode/text_embed",
+        "text-encoder token embeddings of caption, float16 bytes",
+    ),
+    Column("text_emb_shape", pa.list_(pa.int32()), "encode/text_embed", "shape of text_emb: [tokens, dim]"),
+    Column("text_model", pa.string(), "encode/text_embed", "text encoder that wrote text_emb"),
 ]
 
 REJECT_COLUMNS: list[Column] = [

@@ -21,6 +21,7 @@ import av
 import cv2
 import numpy as np
 
+from pipeline import measures
 from pipeline.media import DecodeLog, decode_frames, even
 from pipeline.stages.split_scenes import SceneSignals, SplitScenesConfig
 
@@ -35,14 +36,30 @@ class AnalyzeConfig:
     jpeg_quality: int = 90  # JPEG quality of the sampled frames (frames_jpeg)
     max_decode_errors: int = 200  # more rejected packets than this ends the pass early
     frames_per_clip: int = 4  # sampled frames stored per clip (frames_jpeg) for model stages
+    motion_fps: float = 4.0  # optical-flow samples per second (on the analysis image)
 
     def __post_init__(self) -> None:
         if not 16 <= self.detect_width <= 512:
             raise ValueError(f"analyze.detect_width must be in 16..512, got {self.detect_width}")
         if self.sample_fps <= 0:
             raise ValueError(f"analyze.sample_fps must be > 0, got {self.sample_fps}")
+        if not 0 < self.motion_fps <= 60:
+            raise ValueError(f"analyze.motion_fps must be in (0, 60], got {self.motion_fps}")
         if not 32 <= self.sample_short_side <= 1024:
             raise ValueError(f"analyze.sample_short_side must be in 32..1024, got {self.sample_short_side}")
+
+
+@dataclass
+class SampleMeasures:
+    """Measurements of one mid-resolution sample frame (display orientation)."""
+
+    sharpness: float
+    text_area: float
+    blockiness: float
+    height: int  # of the sample frame
+    width: int
+    lines: np.ndarray  # measures.line_profiles: row means, row stds, column means, column stds
+    hashes: list[int]
 
 
 @dataclass
@@ -56,6 +73,10 @@ class Analysis:
     signals: SceneSignals
     sample_times: list[float] = field(default_factory=list)
     sample_jpegs: list[bytes] = field(default_factory=list)
+    samples: list[SampleMeasures] = field(default_factory=list)  # one per sample_jpegs entry
+    # optical flow between analysis images 1/motion_fps apart; rows: time, interval, magnitude, dx, dy (px)
+    motion: np.ndarray = field(default_factory=lambda: np.zeros((0, 5)))
+    detect_width: int = 128  # width of the analysis image the flow was measured on
     decode_errors: int = 0
     stopped_early: str | None = None  # why the pass ended before the end of the file
     seconds: float = 0.0
@@ -130,6 +151,23 @@ def small_bgr(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
     return frame.reformat(width=width, height=height, format="bgr24").to_ndarray()
 
 
+def _measure_sample(bgr: np.ndarray, frame: av.VideoFrame) -> SampleMeasures:
+    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    if frame.format.name in FAST_FORMATS:
+        luma = _plane(frame, 0, frame.width, frame.height)
+    else:
+        luma = frame.reformat(format="gray").to_ndarray()
+    return SampleMeasures(
+        sharpness=measures.sharpness(gray),
+        text_area=measures.text_area(gray),
+        blockiness=measures.blockiness(luma),
+        height=gray.shape[0],
+        width=gray.shape[1],
+        lines=measures.line_profiles(gray),
+        hashes=measures.dhashes(gray),
+    )
+
+
 def analyze_video(path: str, probe: dict, config: AnalyzeConfig, split_config: SplitScenesConfig) -> Analysis:
     """One decode pass over ``path``. ``probe`` is the probe row (coded size, sar, rotation)."""
     start = time.perf_counter()
@@ -143,8 +181,11 @@ def analyze_video(path: str, probe: dict, config: AnalyzeConfig, split_config: S
     stats: list[tuple[float, float, float, float]] = []
     sample_times: list[float] = []
     sample_jpegs: list[bytes] = []
-    next_sample = None
-    prev_gray = None
+    samples: list[SampleMeasures] = []
+    motion: list[tuple[float, ...]] = []
+    motion_t = 0.0
+    next_sample = next_motion = None
+    prev_gray = motion_gray = None
     log = DecodeLog()
     with av.open(path, metadata_errors="ignore") as container:
         for _, t, frame in decode_frames(
@@ -159,6 +200,11 @@ def analyze_video(path: str, probe: dict, config: AnalyzeConfig, split_config: S
             diff = float(cv2.absdiff(gray, prev_gray).mean()) if prev_gray is not None else 0.0
             prev_gray = gray
             stats.append((float(mean[0, 0]), float(std[0, 0]), float(sharp), diff))
+            if next_motion is None or t >= next_motion:
+                next_motion = t + 1.0 / config.motion_fps
+                if motion_gray is not None:
+                    motion.append((t, t - motion_t, *measures.flow(motion_gray, gray)))
+                motion_gray, motion_t = gray, t
             if next_sample is None or t >= next_sample:
                 next_sample = t + 1.0 / config.sample_fps
                 img = frame.reformat(width=sw, height=sh, format="bgr24").to_ndarray()
@@ -168,6 +214,7 @@ def analyze_video(path: str, probe: dict, config: AnalyzeConfig, split_config: S
                 if ok:
                     sample_times.append(t)
                     sample_jpegs.append(jpg.tobytes())
+                    samples.append(_measure_sample(img, frame))
     arr = np.asarray(stats, dtype=np.float32).reshape(-1, 4)
     return Analysis(
         num_frames=len(times),
@@ -179,6 +226,9 @@ def analyze_video(path: str, probe: dict, config: AnalyzeConfig, split_config: S
         signals=signals,
         sample_times=sample_times,
         sample_jpegs=sample_jpegs,
+        samples=samples,
+        motion=np.asarray(motion, dtype=np.float64).reshape(-1, 5),
+        detect_width=dw,
         decode_errors=log.errors,
         stopped_early=log.stopped,
         seconds=time.perf_counter() - start,

@@ -281,24 +281,35 @@ def _detect_fades(signals: SceneSignals, fps: float, config: SplitScenesConfig) 
         last = e
         while last + 1 < n and last - e < max_ramp and 0.2 < luma[last + 1] - luma[last] < _MAX_FADE_STEP:
             last += 1
+        # A black stretch entered or left by a cut is a shot of its own: it stays a candidate scene
+        # (the brightness filter rejects it as black_frames, so it is accounted for, not lost).
         if e == n - 1:
-            # Black until the end. A cut to black is a boundary (the black is a shot of its own); a
-            # fade-out is the end of the last shot: its frames are trimmed, but no new shot starts.
-            frame, kind = (n, "fade") if first < s else (s, "cut")
+            # Black until the end: after a cut, a black shot; after a fade-out, the end of the last
+            # shot, whose fade frames are trimmed, with no new shot starting (frame == n).
+            if first < s:
+                fades.append(Transition(frame=n, first=first, last=last, kind="fade"))
+            else:
+                fades.append(Transition(frame=s, first=s, last=s - 1, kind="cut"))
+            continue
         elif s == 0:
             # Black from the start: the first shot begins where the picture comes up.
-            frame, kind = e + 1, "fade" if last > e else "cut"
+            if last > e:
+                fades.append(Transition(frame=e + 1, first=first, last=last, kind="fade"))
+            else:
+                fades.append(Transition(frame=e + 1, first=e + 1, last=e, kind="cut"))
+            continue
         elif (first == s or last == e) and e - s + 1 >= _MIN_BLACK_SHOT_S * fps:
             # Entered or left abruptly: report each side where it happens, so a cut into black
             # followed by a fade-in is a cut at the first black frame and a fade after it.
-            # The black frames s..e are trimmed once, by the first of the two transitions that is a cut.
+            # The ramps are trimmed; the black frames s..e stay a (black) scene between them.
             if first == s:
-                fades.append(Transition(frame=s, first=s, last=e, kind="cut"))
-                out = "cut" if last == e else "fade"
-                fades.append(Transition(frame=e + 1, first=e + 1, last=last, kind=out))
+                fades.append(Transition(frame=s, first=s, last=s - 1, kind="cut"))
             else:
                 fades.append(Transition(frame=s, first=first, last=s - 1, kind="fade"))
-                fades.append(Transition(frame=e + 1, first=s, last=e, kind="cut"))
+            if last == e:
+                fades.append(Transition(frame=e + 1, first=e + 1, last=e, kind="cut"))
+            else:
+                fades.append(Transition(frame=e + 1, first=e + 1, last=last, kind="fade"))
             continue
         else:
             frame, kind = e + 1, "fade"

@@ -62,6 +62,31 @@ class ClipCut:
     start_frame: int
     end_frame: int  # exclusive
     seconds: float  # presentation span of the clip in the source
+    crop: tuple[int, int, int, int] | None = None  # (x, y, w, h) in display pixels: the picture without bars
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How one clip's frames are turned into output frames."""
+
+    size: tuple[int, int]  # output width, height (display orientation, even)
+    full: tuple[int, int]  # the whole display picture scaled by the output scale
+    offset: tuple[int, int]  # top-left of the output window inside ``full``
+    rotation: int  # clockwise degrees
+
+    @staticmethod
+    def of(display: tuple[int, int], rotation: int, crop: tuple[int, int, int, int] | None, max_short: int):
+        dw, dh = display
+        x, y, cw, ch = crop or (0, 0, dw, dh)
+        w, h = output_size(cw, ch, max_short)
+        sx, sy = w / cw, h / ch
+        full = (max(w, round(dw * sx)), max(h, round(dh * sy)))
+        offset = (min(round(x * sx), full[0] - w), min(round(y * sy), full[1] - h))
+        return Geometry((w, h), full, offset, rotation)
+
+    @property
+    def simple(self) -> bool:
+        return not self.rotation and self.full == self.size
 
 
 def output_size(display_w: int, display_h: int, max_short_side: int) -> tuple[int, int]:
@@ -73,11 +98,11 @@ def output_size(display_w: int, display_h: int, max_short_side: int) -> tuple[in
 class _ClipEncoder:
     """One open MP4 output: frames in display orientation at the output size, CFR timestamps."""
 
-    def __init__(self, cut: ClipCut, size: tuple[int, int], rotation: int, config: TranscodeConfig, tmp: str):
+    def __init__(self, cut: ClipCut, geometry: Geometry, config: TranscodeConfig, tmp: str):
         self.cut = cut
         self.path = os.path.join(tmp, f"{cut.clip_id}.mp4")
-        self.rotation = rotation
-        self.size = size
+        self.geometry = geometry
+        self.size = size = geometry.size
         n = cut.end_frame - cut.start_frame
         self.rate = as_fraction(n / cut.seconds if cut.seconds > 0 else 25.0)
         self.out = av.open(self.path, "w", format="mp4", options={"movflags": "+faststart"})
@@ -91,16 +116,21 @@ class _ClipEncoder:
         self.preview_at = n // 2
 
     def add(self, frame: av.VideoFrame) -> None:
-        w, h = self.size
-        if self.rotation:
-            # rotate in numpy: swscale cannot rotate, and a filter graph per clip costs more setup
-            coded = (h, w) if self.rotation in (90, 270) else (w, h)
-            rgb = frame.reformat(width=coded[0], height=coded[1], format="rgb24").to_ndarray()
-            rgb = np.ascontiguousarray(np.rot90(rgb, k=-self.rotation // 90))
-            out = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
-        else:
+        g = self.geometry
+        w, h = g.size
+        if g.simple:
             out = frame.reformat(width=w, height=h, format="yuv420p")
             rgb = None
+        else:
+            # rotate and crop in numpy: swscale does neither, and a filter graph per clip costs more setup
+            fw, fh = g.full
+            coded = (fh, fw) if g.rotation in (90, 270) else (fw, fh)
+            rgb = frame.reformat(width=coded[0], height=coded[1], format="rgb24").to_ndarray()
+            if g.rotation:
+                rgb = np.rot90(rgb, k=-g.rotation // 90)
+            x, y = g.offset
+            rgb = np.ascontiguousarray(rgb[y : y + h, x : x + w])
+            out = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
         if self.count == self.preview_at:
             self.preview = rgb if rgb is not None else out.to_ndarray(format="rgb24")
         out.pts = self.count
@@ -137,7 +167,7 @@ def transcode_clips(path: str, probe: dict, cuts: list[ClipCut], config: Transco
     if not cuts:
         return results
     cuts = sorted(cuts, key=lambda c: c.start_frame)
-    size = output_size(probe["display_width"], probe["display_height"], config.max_short_side)
+    display = (probe["display_width"], probe["display_height"])
     rotation = probe.get("rotation") or 0
     started = time.perf_counter()
     log = DecodeLog()
@@ -148,7 +178,9 @@ def transcode_clips(path: str, probe: dict, cuts: list[ClipCut], config: Transco
             frames = decode_frames(container, log, config.max_decode_errors, probe.get("fps_nominal") or 25.0)
             for index, _, frame in frames:
                 if current is None and pending and index == pending[0].start_frame:
-                    current = _ClipEncoder(pending.pop(0), size, rotation, config, tmp)
+                    cut = pending.pop(0)
+                    geometry = Geometry.of(display, rotation, cut.crop, config.max_short_side)
+                    current = _ClipEncoder(cut, geometry, config, tmp)
                 if current is not None:
                     current.add(frame)
                     if index + 1 == current.cut.end_frame:

@@ -21,7 +21,10 @@ import pyarrow.parquet as pq
 
 from pipeline.schema import CLIP_SCHEMA, REJECTED_SCHEMA, VIDEO_SCHEMA, table_from_rows
 
-TABLES = {"clips": CLIP_SCHEMA, "rejected": REJECTED_SCHEMA, "videos": VIDEO_SCHEMA}
+# Written in this order: when a finished group is rewritten (dedup, select) and the writer dies
+# between two files, a moved row is in both tables rather than in neither; the rewrite that
+# follows merges it by clip_id.
+TABLES = {"rejected": REJECTED_SCHEMA, "videos": VIDEO_SCHEMA, "clips": CLIP_SCHEMA}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -69,7 +69,7 @@ def test_every_bad_input_ends_accepted_or_rejected_with_a_reason(bad_run):
     assert by_name["crunching.mp3"]["reason"] == "no_video_stream"
     assert by_name["with-attached-pic.mp3"]["reason"] == "no_video_stream"
     assert by_name["unknown_sized_non_master_element.mkv"]["reason"] == "invalid_container"
-    assert by_name["vvc_400kbps_2s.mp4"]["status"] == "ok"  # PyAV's FFmpeg decodes VVC
+    assert by_name["vvc_400kbps_2s.mp4"]["num_frames"] == 50  # PyAV's FFmpeg decodes VVC
     # the hostile names are copies: the first of each content (sorted by path) is curated, the rest
     # are rejected as duplicates of it
     hostile = sorted(str(src / n) for n in HOSTILE_NAMES)
@@ -113,7 +113,9 @@ def test_accounting_adds_up_and_clips_are_real(bad_run):
     assert all(not v["analysis_decode_passes"] for v in videos if v["reason"] == "duplicate_file")
     for v in videos:
         if v["reason"] == "no_clip_accepted":
-            assert v["num_scenes"] >= 1 and "scene_too_short" in v["detail"]
+            assert v["num_scenes"] >= 1 and v["detail"].startswith(
+                f"all {v['num_scenes']} candidate clips rejected"
+            )
     assert (out / "recipe.resolved.toml").exists()
     assert sorted(p.name for p in (out / "_done").iterdir()) == sorted({v["group"] for v in videos})
 
@@ -156,7 +158,7 @@ def test_sigkill_then_rerun_gives_the_rows_of_an_uninterrupted_run(resume_inputs
     whole = tmp_path / "whole"
     assert run_cli(*_curate_args(resume_inputs, whole)).returncode == 0
     expected = _clip_ids(whole)
-    assert len(expected) >= 6
+    assert len(expected) >= 4
 
     killed = tmp_path / "killed"
     exe = vidsift_exe()
@@ -210,7 +212,7 @@ def test_quickstart_on_sample_clips(videos, tmp_path):
     import pyarrow.dataset as ds
 
     clips = ds.dataset(out / "clips", format="parquet").to_table().to_pylist()
-    assert len(clips) >= 4
+    assert len(clips) >= 2
     for c in clips:
         preview = cv2.imdecode(np.frombuffer(c["preview_jpeg"], np.uint8), cv2.IMREAD_COLOR)
         assert min(preview.shape[:2]) <= 128

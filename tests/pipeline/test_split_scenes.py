@@ -145,9 +145,9 @@ def test_cut_into_black_then_fade_in_is_two_boundaries() -> None:
     assert [(x.frame, x.kind) for x in t][:1] == [(60, "cut")]
     assert len(t) == 2 and t[1].kind == "fade" and 74 <= t[1].frame <= 78, t
     scenes, _ = scenes_from_transitions(t, len(frames), FPS, SplitScenesConfig(min_scene_s=0.1))
-    # the black is trimmed once; the scenes are the shot before it and the shot after the fade-in
-    assert scenes[0].end_frame == 60 and scenes[-1].end_frame == len(frames)
-    assert all(s.start_frame >= 75 for s in scenes[1:])
+    # the shot before, the black shot (kept, for the brightness filter to reject), the shot after
+    assert [(s.start_frame, s.end_frame) for s in scenes[:2]] == [(0, 60), (60, t[1].frame)]
+    assert scenes[-1].end_frame == len(frames) and scenes[2].start_frame > t[1].frame
 
 
 def test_short_black_between_shots_is_one_transition() -> None:

@@ -1,0 +1,37 @@
+"""score_sharpness: focus and blur of each candidate clip.
+
+Reads: the sharpness measured on the analysis sample frames (variance of the Laplacian over the
+squared contrast, at short side 256, so resolution- and exposure-normalised; see
+``pipeline.measures.sharpness``). Writes ``sharpness_score`` (median over the clip's samples).
+Rejects ``blurry``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.rows import reject, sample_indices
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScoreSharpnessConfig:
+    min_sharpness: float = 0.01  # below: defocused or heavily motion-blurred throughout
+
+    def __post_init__(self) -> None:
+        if self.min_sharpness < 0:
+            raise ValueError(f"score_sharpness.min_sharpness must be >= 0, got {self.min_sharpness}")
+
+
+def score_sharpness(config: ScoreSharpnessConfig, video: dict, analysis, clips: list[dict]) -> list[dict]:
+    out = []
+    for clip in clips:
+        row = dict(clip)
+        idx = sample_indices(analysis, row)
+        s = float(np.median([analysis.samples[i].sharpness for i in idx])) if idx else None
+        row["sharpness_score"] = s
+        if s is not None and s < config.min_sharpness:
+            reject(row, "score_sharpness", "blurry", f"sharpness {s:.4f} < {config.min_sharpness}")
+        out.append(row)
+    return out
