@@ -70,7 +70,8 @@ def scan_video(path: str, recipe: Recipe) -> Scan:
     if video["status"] != "ok":
         return Scan(video)
     try:
-        analysis = analyze_video(path, video, recipe.stage("analyze"), recipe.stage("split_scenes"))
+        quality = bool(recipe.stages_of_kind("video_filter"))
+        analysis = analyze_video(path, video, recipe.stage("analyze"), recipe.stage("split_scenes"), quality)
     except av.error.FFmpegError as e:
         video.update(status="rejected", reason="undecodable", detail=f"decoding failed: {e.strerror or e}")
         return Scan(video)

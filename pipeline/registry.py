@@ -25,10 +25,12 @@ from pipeline.stages.caption_qa import CaptionQa, CaptionQaConfig
 from pipeline.stages.caption_vlm import CaptionVlm, CaptionVlmConfig
 from pipeline.stages.dedup import DedupConfig, hash_clips
 from pipeline.stages.probe import ProbeConfig
+from pipeline.stages.score_aesthetic import ScoreAesthetic, ScoreAestheticConfig
 from pipeline.stages.score_bars import ScoreBarsConfig, score_bars
 from pipeline.stages.score_blockiness import ScoreBlockinessConfig, score_blockiness
 from pipeline.stages.score_bounds import ScoreBoundsConfig, score_bounds
 from pipeline.stages.score_brightness import ScoreBrightnessConfig, score_brightness
+from pipeline.stages.score_clip_text import ScoreClipText, ScoreClipTextConfig
 from pipeline.stages.score_motion import ScoreMotionConfig, score_motion
 from pipeline.stages.score_sharpness import ScoreSharpnessConfig, score_sharpness
 from pipeline.stages.score_text import ScoreTextConfig, score_text
@@ -118,6 +120,15 @@ STAGES: dict[str, StageSpec] = {
     "transcode": StageSpec(
         TranscodeConfig, "video", True, Resources(), "frame-accurate H.264 clips + previews"
     ),
+    # model-based filters (clip stages, open_clip; docs/filters.md): CPU here, num_gpus=1 on a cluster
+    "score_aesthetic": StageSpec(
+        ScoreAestheticConfig,
+        "clip",
+        False,
+        Resources(num_cpus=1, memory_gb=3),
+        "LAION aesthetic score (open_clip ViT-L/14 + MLP head), mean and worst frame",
+        impl=ScoreAesthetic,
+    ),
     # captioning (clip stages; model code is imported inside each impl's __init__)
     "caption_vlm": StageSpec(
         CaptionVlmConfig,
@@ -144,6 +155,14 @@ STAGES: dict[str, StageSpec] = {
         "caption cleaning, QA flags, MiniLM faithfulness; fallback or reject",
         impl=CaptionQa,
         needs=("caption_vlm", "caption_expand"),
+    ),
+    "score_clip_text": StageSpec(
+        ScoreClipTextConfig,
+        "clip",
+        False,
+        Resources(num_cpus=1, memory_gb=3),
+        "CLIP frame-caption cosine (reads captions when present)",
+        impl=ScoreClipText,
     ),
     "text_embed": StageSpec(
         TextEmbedConfig,

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -352,6 +352,7 @@ def build_manifest(out: Path, recipe: Recipe, n_inputs: int, n_groups: int, wall
     by_clip_reason: dict[str, int] = defaultdict(int)
     for r in rejected:
         by_clip_reason[f"{r['reject_stage']}/{r['reject_reason']}"] += 1
+    captions = _caption_summary(out)
     timing = {
         s: round(sum(v[f"time_{s}_s"] or 0.0 for v in videos), 3)
         for s in ("probe", "analyze", "split", "transcode")
@@ -374,9 +375,36 @@ def build_manifest(out: Path, recipe: Recipe, n_inputs: int, n_groups: int, wall
             "clips_rejected_by_reason": dict(sorted(by_clip_reason.items())),
             "accepted_hours": round(sum(c["duration_s"] or 0.0 for c in clips) / 3600, 6),
         },
+        "captions": captions,
         "analysis_decode_passes": sum(v["analysis_decode_passes"] or 0 for v in videos),
         "stage_seconds": timing,
         "last_run_wall_s": round(wall_s, 3),
+    }
+
+
+def _caption_summary(out: Path) -> dict:
+    """Which models wrote the accepted clips' captions, and whether any had random weights."""
+    cols = ["caption_vlm_model", "caption_vlm_backend", "caption_model", "caption_backend",
+            "caption_random_weights", "caption_source", "caption_qa_flags"]  # fmt: skip
+    rows = _read_columns(out, "clips", cols).to_pylist()
+    writers: dict[str, Counter] = {c: Counter() for c in cols[:4]}
+    sources, flags = Counter(), Counter()
+    random_rows = 0
+    for r in rows:
+        for c in writers:
+            if r.get(c):
+                writers[c][r[c]] += 1
+        random_rows += bool(r.get("caption_random_weights"))
+        if r.get("caption_source"):
+            sources[r["caption_source"]] += 1
+        flags.update(r.get("caption_qa_flags") or [])
+    return {
+        "writers": {c: dict(v) for c, v in writers.items() if v},
+        # rows written by random-weight test models are not real captions, and say so here
+        "random_weights": random_rows > 0,
+        "random_weights_rows": random_rows,
+        "caption_source": dict(sources),
+        "qa_flags": dict(sorted(flags.items())),
     }
 
 
@@ -396,3 +424,9 @@ def print_summary(console, manifest: dict) -> None:
     t.add_row("videos analysed", f"{c['videos_analysed']} ({c['input_hours'] * 60:.2f} min)")
     t.add_row("analysis decode passes", str(manifest["analysis_decode_passes"]))
     console.print(t)
+    caps = manifest.get("captions") or {}
+    if caps.get("random_weights"):
+        console.print(
+            f"[bold yellow]warning:[/] captions of {caps['random_weights_rows']} clips were written by "
+            "random-weight test models: they are NOT real captions"
+        )

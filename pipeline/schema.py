@@ -117,7 +117,12 @@ CLIP_COLUMNS: list[Column] = [
     Column("static_score", pa.float32(), "score_motion", "share of flow samples slower than static_speed"),
     Column("frozen_score", pa.float32(), "score_motion", "share of frames repeating the previous frame"),
     Column("shake_score", pa.float32(), "score_motion", "mean jitter of the global motion vector, % width/s"),
-    Column("text_score", pa.float32(), "score_text", "share of the picture covered by text (estimate)"),
+    Column(
+        "text_score",
+        pa.float32(),
+        "score_text",
+        "share of the picture that is text, weighted by size (estimate)",
+    ),
     Column("blockiness_score", pa.float32(), "score_blockiness", "excess of 8-px grid steps (0 = none)"),
     Column(
         "bars_score", pa.float32(), "score_bars", "share of the picture covered by letterbox/pillarbox bars"
@@ -138,6 +143,42 @@ CLIP_COLUMNS: list[Column] = [
         "mean luma, then frame difference, over the clip at 32 points each",
     ),
     Column("dup_of", pa.string(), "dedup", "clip_id of the representative this clip duplicates"),
+    # model-based scores (open_clip on frames_jpeg); *_random_weights: test weights, not a real score
+    Column(
+        "aesthetic_score",
+        pa.float32(),
+        "score_aesthetic",
+        "LAION aesthetic predictor, mean over frames (~1..10)",
+    ),
+    Column("aesthetic_min_score", pa.float32(), "score_aesthetic", "LAION aesthetic predictor, worst frame"),
+    Column(
+        "aesthetic_model",
+        pa.string(),
+        "score_aesthetic",
+        "CLIP model:weights+head that wrote aesthetic_score",
+    ),
+    Column(
+        "aesthetic_random_weights",
+        pa.bool_(),
+        "score_aesthetic",
+        "the aesthetic model has random (test) weights: not a real score",
+    ),
+    Column(
+        "clip_text_score",
+        pa.float32(),
+        "score_clip_text",
+        "CLIP cosine of frames to the caption, mean over frames (raw cosine, -1..1)",
+    ),
+    Column("clip_text_source", pa.string(), "score_clip_text", "caption column scored: caption, caption_vlm"),
+    Column(
+        "clip_text_model", pa.string(), "score_clip_text", "CLIP model:weights that wrote clip_text_score"
+    ),
+    Column(
+        "clip_text_random_weights",
+        pa.bool_(),
+        "score_clip_text",
+        "the CLIP model has random (test) weights: not a real score",
+    ),
     # media
     Column("width", pa.int32(), "transcode", "clip width (even, display orientation)"),
     Column("height", pa.int32(), "transcode", "clip height (even, display orientation)"),

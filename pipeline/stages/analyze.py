@@ -168,8 +168,14 @@ def _measure_sample(bgr: np.ndarray, frame: av.VideoFrame) -> SampleMeasures:
     )
 
 
-def analyze_video(path: str, probe: dict, config: AnalyzeConfig, split_config: SplitScenesConfig) -> Analysis:
-    """One decode pass over ``path``. ``probe`` is the probe row (coded size, sar, rotation)."""
+def analyze_video(
+    path: str, probe: dict, config: AnalyzeConfig, split_config: SplitScenesConfig, quality: bool = True
+) -> Analysis:
+    """One decode pass over ``path``. ``probe`` is the probe row (coded size, sar, rotation).
+
+    ``quality``: also take the measurements the quality filters read (optical flow, and per
+    sample frame sharpness, text, blockiness, bar profiles, hashes); off when no filter runs.
+    """
     start = time.perf_counter()
     dw, dh = detect_size(
         probe["coded_width"], probe["coded_height"], probe.get("sar") or 1.0, config.detect_width
@@ -196,25 +202,26 @@ def analyze_video(path: str, probe: dict, config: AnalyzeConfig, split_config: S
             signals.update(bgr)
             gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
             mean, std = cv2.meanStdDev(gray)
-            sharp = cv2.Laplacian(gray, cv2.CV_32F).var()
+            sharp = cv2.meanStdDev(cv2.Laplacian(gray, cv2.CV_32F))[1][0, 0] ** 2
             diff = float(cv2.absdiff(gray, prev_gray).mean()) if prev_gray is not None else 0.0
             prev_gray = gray
             stats.append((float(mean[0, 0]), float(std[0, 0]), float(sharp), diff))
-            if next_motion is None or t >= next_motion:
+            if quality and (next_motion is None or t >= next_motion):
                 next_motion = t + 1.0 / config.motion_fps
                 if motion_gray is not None:
                     motion.append((t, t - motion_t, *measures.flow(motion_gray, gray)))
                 motion_gray, motion_t = gray, t
             if next_sample is None or t >= next_sample:
                 next_sample = t + 1.0 / config.sample_fps
-                img = frame.reformat(width=sw, height=sh, format="bgr24").to_ndarray()
+                img = small_bgr(frame, sw, sh)
                 if rotation:
                     img = np.ascontiguousarray(np.rot90(img, k=-rotation // 90))
                 ok, jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality])
                 if ok:
                     sample_times.append(t)
                     sample_jpegs.append(jpg.tobytes())
-                    samples.append(_measure_sample(img, frame))
+                    if quality:
+                        samples.append(_measure_sample(img, frame))
     arr = np.asarray(stats, dtype=np.float32).reshape(-1, 4)
     return Analysis(
         num_frames=len(times),

@@ -13,7 +13,8 @@ import pytest
 
 from tests.conftest import REPO, run_cli, vidsift_exe
 
-RECIPE = str(REPO / "recipes/curate/quickstart.toml")
+# the production defaults (the quick start adds caption models, tested in test_caption_models.py)
+RECIPE = str(REPO / "recipes/curate/default.toml")
 HOSTILE_NAMES = [
     "with space.mp4",
     'quote\'s "double".mp4',
@@ -200,11 +201,12 @@ def test_resuming_with_other_inputs_is_refused(resume_inputs, tmp_path, videos):
     assert "holds a run over other inputs" in second.stderr and "Traceback" not in second.stderr
 
 
-def test_quickstart_on_sample_clips(videos, tmp_path):
+def test_default_recipe_on_sample_clips(videos, tmp_path):
     out = tmp_path / "qs"
     result = run_cli(
-        "curate", RECIPE, "--input", str(videos / "quality"), "--output", str(out), "--limit", "4"
-    )
+        "curate", RECIPE, "--input", str(videos / "quality"), "--output", str(out), "--limit", "4",
+        "--set", "run.group_size=2", "--set", "split_scenes.min_scene_s=1.0",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "4/4 videos" in result.stderr and "clips accepted" in result.stderr
     import cv2
@@ -218,8 +220,8 @@ def test_quickstart_on_sample_clips(videos, tmp_path):
         assert min(preview.shape[:2]) <= 128
         assert 1 <= len(c["frames_jpeg"]) <= 4 and len(c["frames_s"]) == len(c["frames_jpeg"])
         assert c["start_s"] <= c["frames_s"][0] < c["end_s"]
-        assert min(c["width"], c["height"]) <= 360  # quickstart's max_short_side
-        assert c["end_s"] - c["start_s"] >= 1.0  # quickstart's min_scene_s
+        assert min(c["width"], c["height"]) <= 480  # transcode.max_short_side
+        assert c["end_s"] - c["start_s"] >= 1.0  # split_scenes.min_scene_s as set
     manifest = __import__("json").loads((out / "manifest.json").read_text())
     assert manifest["schema_version"] == 1 and manifest["recipe"]["run"]["group_size"] == 2
     assert set(manifest["stage_seconds"]) == {"probe", "analyze", "split", "transcode"}

@@ -1,0 +1,152 @@
+"""Training throughput of our DiT against diffusers' WanTransformer3DModel at matched shape, same run.
+
+    python bench/train_throughput.py [--dim 256 --depth 4 --heads 4 --frames 4 --size 16 --batch 4 --threads 1]
+    python bench/train_throughput.py --preset small --gpu      # ~120M preset, bf16, tokens/s and MFU
+
+Both models get the same width, depth, heads, MLP width (4x), patch (1, 2, 2), latent channels, text tokens
+and text width, and the same input, and run full training steps (forward, MSE loss, backward, AdamW).
+Prints tokens/s for each and the ratio ours / Wan. Skips the comparison if diffusers is not installed.
+The two models are timed in alternating rounds and each keeps its best round, so load from other processes
+on a shared machine affects both alike. On CPU it also prints the ratio of process CPU time per step
+(all threads), which other processes' load barely changes: the fairer number on a busy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from model.dit import PRESETS, DiT, DiTConfig  # noqa: E402
+from model.train import flops_per_token, peak_flops  # noqa: E402
+
+
+def time_steps(step, iters: int, device: torch.device) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) per step over ``iters`` steps."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t, c = time.perf_counter(), time.process_time()
+    for _ in range(iters):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t) / iters, (time.process_time() - c) / iters
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--preset", choices=list(PRESETS), help="take dim/depth/heads from a DiT preset")
+    p.add_argument("--dim", type=int, default=256)
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--channels", type=int, default=16, help="latent channels")
+    p.add_argument("--frames", type=int, default=4, help="latent frames")
+    p.add_argument("--size", type=int, default=16, help="latent height and width")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--text-tokens", type=int, default=32)
+    p.add_argument("--text-dim", type=int, default=384)
+    p.add_argument("--iters", type=int, default=3, help="steps per timed round")
+    p.add_argument("--rounds", type=int, default=3, help="alternating timed rounds; the best one counts")
+    p.add_argument("--gpu", action="store_true", help="CUDA + bf16 autocast")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = p.parse_args()
+    if args.preset:
+        args.dim, args.depth, args.heads = (PRESETS[args.preset][k] for k in ("dim", "depth", "heads"))
+    device = torch.device("cuda" if args.gpu else "cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.gpu)
+    torch.manual_seed(0)
+    b, c, f, s = args.batch, args.channels, args.frames, args.size
+    x = torch.randn(b, c, f, s, s, device=device)
+    text = torch.randn(b, args.text_tokens, args.text_dim, device=device)
+    mask = torch.ones(b, args.text_tokens, dtype=torch.bool, device=device)
+    t = torch.rand(b, device=device)
+    tokens = b * f * (s // 2) * (s // 2)
+    print(
+        f"shape: dim {args.dim}, depth {args.depth}, heads {args.heads}, batch {b}, latent {c}x{f}x{s}x{s}, "
+        f"{tokens // b} tokens per clip, device {device}, threads {torch.get_num_threads()}"
+    )
+
+    ours = DiT(
+        DiTConfig(
+            in_channels=c,
+            patch=(1, 2, 2),
+            dim=args.dim,
+            depth=args.depth,
+            heads=args.heads,
+            text_dim=args.text_dim,
+        )
+    ).to(device)
+    run_ours = torch.compile(ours) if args.compile else ours
+    opt = torch.optim.AdamW(ours.parameters(), lr=1e-4)
+
+    def step_ours() -> None:
+        with autocast:
+            loss = (run_ours(x, t, text, mask) - x).float().pow(2).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    try:
+        from diffusers import WanTransformer3DModel
+    except ImportError:
+        print("diffusers is not installed: timing our model alone")
+        step_ours()
+        best = min(time_steps(step_ours, args.iters, device)[0] for _ in range(args.rounds))
+        report("ours", ours.num_params(), best, tokens)
+        return
+    wan = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=args.heads,
+        attention_head_dim=args.dim // args.heads,
+        in_channels=c,
+        out_channels=c,
+        text_dim=args.text_dim,
+        ffn_dim=4 * args.dim,
+        num_layers=args.depth,
+    ).to(device)
+    run_wan = torch.compile(wan) if args.compile else wan
+    wopt = torch.optim.AdamW(wan.parameters(), lr=1e-4)
+    timestep = (t * 1000).long()
+
+    def step_wan() -> None:
+        with autocast:
+            out = run_wan(x, timestep, text, return_dict=False)[0]
+            loss = (out - x).float().pow(2).mean()
+        loss.backward()
+        wopt.step()
+        wopt.zero_grad(set_to_none=True)
+
+    for step in (step_ours, step_wan, step_ours, step_wan):  # warm-up (allocator, kernels, compile)
+        step()
+    ours_t, wan_t = [], []
+    for _ in range(args.rounds):
+        ours_t.append(time_steps(step_ours, args.iters, device))
+        wan_t.append(time_steps(step_wan, args.iters, device))
+    best_ours, best_wan = min(w for w, _ in ours_t), min(w for w, _ in wan_t)
+    report("ours", ours.num_params(), best_ours, tokens)
+    report("wan ", sum(p.numel() for p in wan.parameters()), best_wan, tokens)
+    print(f"ratio ours / wan: {best_wan / best_ours:.2f}x tokens/s (wall clock)")
+    if device.type == "cpu":
+        cpu_ours, cpu_wan = min(c for _, c in ours_t), min(c for _, c in wan_t)
+        print(f"CPU s/step: ours {cpu_ours:.2f}, wan {cpu_wan:.2f}; ratio {cpu_wan / cpu_ours:.2f}x")
+    peak = peak_flops(device)
+    if peak:
+        mfu = flops_per_token(ours, tokens // b) * tokens / best_ours / peak
+        print(f"ours: MFU {mfu:.1%} (peak bf16 {peak / 1e12:.0f} TFLOP/s)")
+
+
+def report(name: str, params: int, seconds: float, tokens: int) -> None:
+    ms, tps = seconds * 1000, tokens / seconds
+    print(f"{name}: {params / 1e6:.1f}M params, {ms:.0f} ms/step, {tps:,.0f} tokens/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""``vidsift train | train-vae | sample | encode``: argparse sub-commands for the trainer.
+
+``register(subparsers)`` is called by pipeline/cli.py. Handlers import torch lazily so ``vidsift --help``
+stays instant, and turn bad inputs (missing data, no clips, unreadable clips, bad checkpoints, bad recipe
+keys) into a one-line ``error: ...`` and exit code 2 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EXIT_BAD_INPUT = 2
+
+
+def _bad_input_types() -> tuple[type[Exception], ...]:
+    from model.data import DataError
+    from model.sample import CheckpointError
+    from model.train import RecipeError
+
+    return DataError, CheckpointError, RecipeError
+
+
+def _guard(handler):
+    """Run a handler; known bad-input errors become one line on stderr and exit code 2."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except _bad_input_types() as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+
+    return run
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="training recipe (TOML), e.g. recipes/train/tiny.toml")
+    p.add_argument("--data", required=True, help="curation run folder holding clips/*.parquet")
+    p.add_argument("--out", help="run folder (default: the recipe's `out`)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in the run folder")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from model.train import load_recipe, train
+
+    cfg = load_recipe(args.recipe, args.set)
+    cfg.data = args.data
+    if args.out:
+        cfg.out = args.out
+    train(cfg, resume=args.resume)
+    return 0
+
+
+def run_train_vae(args: argparse.Namespace) -> int:
+    from model.train import load_recipe
+    from model.train_vae import VAETrainConfig, train_vae
+
+    cfg = load_recipe(args.recipe, args.set, cls=VAETrainConfig)
+    cfg.data = args.data
+    if args.out:
+        cfg.out = args.out
+    train_vae(cfg)
+    return 0
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    from model.sample import generate, write_video
+
+    video, meta = generate(
+        args.ckpt,
+        [args.prompt],
+        args.frames,
+        args.height,
+        args.width,
+        args.steps,
+        args.cfg,
+        args.seed,
+        args.device,
+    )
+    write_video(video[0], args.out, fps=args.fps or meta.get("fps", 12.0))
+    f, h, w = video.shape[2:]
+    print(f"wrote {args.out} ({f} frames, {w}x{h})")
+    return 0
+
+
+def run_encode(args: argparse.Namespace) -> int:
+    from model.encode import encode_shards
+
+    summary = encode_shards(
+        args.data,
+        args.vae,
+        args.text_model,
+        args.frames,
+        args.height,
+        args.width,
+        args.frame_stride,
+        args.text_tokens,
+        args.workers,
+    )
+    print(f"encoded {sum(s['rows'] for s in summary)} clips in {len(summary)} shard files")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train the DiT on curated shards")
+    add_train_args(p)
+    p.set_defaults(func=_guard(run_train))
+
+    p = subparsers.add_parser("train-vae", help="train the causal video VAE on curated shards")
+    add_train_args(p)
+    p.set_defaults(func=_guard(run_train_vae))
+
+    p = subparsers.add_parser("sample", help="generate a video from a DiT checkpoint")
+    p.add_argument("ckpt", help="training run folder or a *.safetensors checkpoint")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--out", "--output", dest="out", default="sample.mp4", help="MP4 to write (GIF beside it)")
+    p.add_argument("--frames", type=int, help="default: the training size")
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--steps", type=int, default=30, help="Euler steps")
+    p.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fps", type=float, help="default: the training frame rate")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_guard(run_sample))
+
+    p = subparsers.add_parser("encode", help="add cached VAE latents and text embeddings to shards (Ray)")
+    p.add_argument("data", help="curation run folder holding clips/*.parquet (rewritten in place)")
+    p.add_argument("--vae", required=True, help="VAE checkpoint from `vidsift train-vae`")
+    p.add_argument("--text-model", default="", help="text encoder name or path (default: bundled MiniLM)")
+    p.add_argument("--text-tokens", type=int, default=32)
+    p.add_argument("--frames", type=int, default=17, help="frames per clip to encode (1 + 4k)")
+    p.add_argument("--height", type=int, default=128)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--frame-stride", type=int, default=2)
+    p.add_argument("--workers", type=int, default=1, help="actors, each loading the models once")
+    p.set_defaults(func=_guard(run_encode))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry (``python -m model.cli``) until pipeline/cli.py wires ``register``."""
+    parser = argparse.ArgumentParser(prog="vidsift")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,137 @@
+"""``vidsift encode OUT --vae CKPT``: fill the cached-input columns of every clip shard, as a Ray Data job.
+
+One task per shard file runs on an actor pool whose actors load the VAE and the text encoder once
+(``__init__``) and then, per file: decode each clip (the middle window at the requested size), encode it,
+embed its caption, and write the file again with ``latent``, ``latent_shape``, ``latent_model``,
+``text_emb``, ``text_emb_shape`` and ``text_model`` filled. The new file is written beside the old one and
+moved over it with ``os.replace``, so a crash never leaves a half-written shard. Ray starts embedded on
+this machine unless RAY_ADDRESS points at a cluster.
+
+Text embeddings keep only the caption's real tokens ([tokens, dim], float16); the trainer pads them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+
+class EncodeShards:
+    """Ray actor: models loaded once, then one shard file per call."""
+
+    def __init__(
+        self, vae: str, text_model: str, frames: int, height: int, width: int, stride: int, text_tokens: int
+    ) -> None:
+        import torch
+
+        from model.text import TextEncoder
+        from model.vae import load_vae
+
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.vae_path = vae
+        self.vae = load_vae(vae, self.device)
+        self.text = TextEncoder(text_model, text_tokens, self.device)
+        self.size = (frames, height, width, stride)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        out: dict[str, list] = {"path": [], "rows": [], "seconds": []}
+        for path in batch["path"]:
+            t0 = time.time()
+            out["rows"].append(self.encode_file(str(path)))
+            out["path"].append(str(path))
+            out["seconds"].append(time.time() - t0)
+        return out
+
+    def encode_file(self, path: str) -> int:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        import torch
+
+        from model.data import ClipSource, DataError
+
+        table = pq.read_table(path)
+        frames, height, width, stride = self.size
+        source = ClipSource(frames, height, width, stride)
+        latents, latent_shapes, embs, emb_shapes = [], [], [], []
+        for row in table.select(["clip_id", "clip_mp4", "caption"]).to_pylist():
+            try:
+                x = source.sample(row, 0.5).x[None].to(self.device)
+            except DataError:
+                latents.append(None)  # an unreadable clip keeps null latents; training reports it by clip id
+                latent_shapes.append(None)
+            else:
+                z = self.vae.encode(x)[0].to(torch.float16).cpu().numpy()
+                latents.append(np.ascontiguousarray(z).tobytes())
+                latent_shapes.append(list(z.shape))
+            emb, mask = self.text([(row["caption"] or "").strip()])
+            e = emb[0][mask[0]].to(torch.float16).cpu().numpy()
+            embs.append(np.ascontiguousarray(e).tobytes())
+            emb_shapes.append(list(e.shape))
+        n = table.num_rows
+        values = {
+            "latent": pa.array(latents, pa.binary()),
+            "latent_shape": pa.array(latent_shapes, pa.list_(pa.int32())),
+            "latent_model": pa.array([self.vae_path] * n, pa.string()),
+            "text_emb": pa.array(embs, pa.binary()),
+            "text_emb_shape": pa.array(emb_shapes, pa.list_(pa.int32())),
+            "text_model": pa.array([self.text.name] * n, pa.string()),
+        }
+        for name, arr in values.items():
+            i = table.schema.get_field_index(name)
+            field = table.schema.field(name) if i >= 0 else pa.field(name, arr.type)
+            table = table.set_column(i, field, arr) if i >= 0 else table.append_column(field, arr)
+        tmp = path + ".encoding.tmp"
+        pq.write_table(table, tmp, compression="zstd", row_group_size=_row_group_size(path))
+        os.replace(tmp, path)
+        return n
+
+
+def _row_group_size(path: str) -> int:
+    import pyarrow.parquet as pq
+
+    md = pq.ParquetFile(path).metadata
+    return max((md.row_group(i).num_rows for i in range(md.num_row_groups)), default=1) or 1
+
+
+def encode_shards(
+    data: str,
+    vae: str,
+    text_model: str = "",
+    frames: int = 17,
+    height: int = 128,
+    width: int = 128,
+    stride: int = 2,
+    text_tokens: int = 32,
+    workers: int = 1,
+) -> list[dict]:
+    """Encode every shard of a run folder in place; returns one summary row per file."""
+    import ray
+
+    from model.data import shard_files
+    from model.sample import CheckpointError
+
+    files = shard_files(data)
+    if not os.path.isfile(vae):
+        raise CheckpointError(f"VAE checkpoint not found: {vae}")
+    vae = os.path.abspath(vae)
+    if not ray.is_initialized():
+        ray.init(log_to_driver=False)  # joins RAY_ADDRESS when set, else starts a local Ray
+    ds = ray.data.from_items([{"path": os.path.abspath(p)} for p in files])
+    ds = ds.map_batches(
+        EncodeShards,
+        fn_constructor_kwargs=dict(
+            vae=vae,
+            text_model=text_model,
+            frames=frames,
+            height=height,
+            width=width,
+            stride=stride,
+            text_tokens=text_tokens,
+        ),
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=max(1, min(workers, len(files)))),
+    )
+    return ds.take_all()

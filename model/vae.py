@@ -1,0 +1,308 @@
+"""A compact causal 3D convolutional VAE that compresses video 4x in time and 8x8 in space.
+
+Causal means a latent frame only sees the current and earlier video frames: every convolution pads
+time on the left (with copies of the first frame) and never on the right, and normalisation is per
+frame. The first frame is therefore encoded on its own: a clip of 1 + 4k frames gives 1 + k latent
+frames, and an image is just a one-frame video (latent T = 1), the layout of MAGVIT-v2, CogVideoX and Wan.
+
+Training (``vidsift train-vae``, model/train_vae.py) is reconstruction (L1) + a small KL term; adversarial
+and perceptual losses are left out because their usual networks need pretrained weights. ``encode``
+returns latents normalised to roughly zero mean and unit variance per channel (statistics measured after
+training and stored as buffers), which is the scale the diffusion model expects; ``decode`` undoes it.
+
+``DiffusersVAE`` wraps a pretrained video VAE from diffusers (e.g. Wan 2.1's ``AutoencoderKLWan``) behind
+the same ``encode``/``decode`` interface, for users who have its weights locally.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class VAEConfig:
+    channels: int = 3  # RGB
+    base: int = 32  # width of the first (full-resolution) stage
+    mults: tuple[int, ...] = (1, 2, 4, 4)  # width multiplier per stage; len - 1 spatial halvings (8x)
+    temporal: tuple[bool, ...] = (False, True, True)  # which halvings also halve time (two: 4x)
+    res_blocks: int = 1  # residual blocks per stage
+    z_channels: int = 8  # latent channels
+
+    def __post_init__(self) -> None:
+        self.mults = tuple(int(m) for m in self.mults)
+        self.temporal = tuple(bool(t) for t in self.temporal)
+        if len(self.temporal) != len(self.mults) - 1:
+            raise ValueError("temporal needs one flag per downsampling (len(mults) - 1)")
+
+    @property
+    def factors(self) -> tuple[int, int, int]:
+        """(time, height, width) compression."""
+        return 2 ** sum(self.temporal), 2 ** (len(self.mults) - 1), 2 ** (len(self.mults) - 1)
+
+
+PRESETS: dict[str, dict] = {
+    "tiny": dict(base=16, mults=(1, 2, 2, 4), z_channels=4),  # ~0.5M: CPU tests and the learning check
+    "base": dict(base=64, mults=(1, 2, 4, 4), z_channels=16, res_blocks=2),  # ~13M: one GPU
+}
+
+
+def latent_frames(frames: int, cfg: VAEConfig) -> int:
+    ft = cfg.factors[0]
+    if (frames - 1) % ft:
+        raise ValueError(f"frames must be 1 + {ft}k for this VAE, got {frames}")
+    return 1 + (frames - 1) // ft
+
+
+class CausalConv3d(nn.Module):
+    """3D convolution that pads time only on the left, by repeating the first frame."""
+
+    def __init__(self, cin: int, cout: int, k: int = 3, stride: tuple[int, int, int] = (1, 1, 1)) -> None:
+        super().__init__()
+        self.tpad = k - 1
+        self.conv = nn.Conv3d(cin, cout, k, stride=stride, padding=(0, k // 2, k // 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tpad:
+            x = torch.cat([x[:, :, :1].expand(-1, -1, self.tpad, -1, -1), x], dim=2)
+        return self.conv(x)
+
+
+class FrameNorm(nn.GroupNorm):
+    """GroupNorm over each frame separately: statistics across time would leak the future."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = x.shape
+        y = super().forward(x.transpose(1, 2).reshape(b * t, c, h, w))
+        return y.view(b, t, c, h, w).transpose(1, 2)
+
+
+def norm(c: int) -> nn.Module:
+    return FrameNorm(min(32, c // 4) if c >= 8 else 1, c, eps=1e-6)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            norm(cin), nn.SiLU(), CausalConv3d(cin, cout), norm(cout), nn.SiLU(), CausalConv3d(cout, cout)
+        )
+        self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.skip(x) + self.body(x)
+
+
+class Downsample(nn.Module):
+    """Stride-2 causal conv. In time, left padding of 2 maps 1 + 2m frames to 1 + m: output frame j sees
+    input frames 2j-2..2j, so output frame 0 sees only input frame 0."""
+
+    def __init__(self, c: int, temporal: bool) -> None:
+        super().__init__()
+        self.conv = CausalConv3d(c, c, 3, stride=(2 if temporal else 1, 2, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest 2x in space and, if temporal, 1 + m -> 1 + 2m frames in time (every latent frame but the
+    first becomes two), followed by a causal conv."""
+
+    def __init__(self, c: int, temporal: bool) -> None:
+        super().__init__()
+        self.temporal = temporal
+        self.conv = CausalConv3d(c, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.temporal:
+            x = x.repeat_interleave(2, dim=2)[:, :, 1:]
+        b, c, t, h, w = x.shape
+        x = F.interpolate(x.transpose(1, 2).reshape(b * t, c, h, w), scale_factor=2, mode="nearest")
+        return self.conv(x.view(b, t, c, 2 * h, 2 * w).transpose(1, 2))
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        widths = [cfg.base * m for m in cfg.mults]
+        layers: list[nn.Module] = [CausalConv3d(cfg.channels, widths[0])]
+        cin = widths[0]
+        for i, w in enumerate(widths):
+            for _ in range(cfg.res_blocks):
+                layers.append(ResBlock(cin, w))
+                cin = w
+            if i < len(widths) - 1:
+                layers.append(Downsample(w, cfg.temporal[i]))
+        layers += [ResBlock(cin, cin), norm(cin), nn.SiLU(), CausalConv3d(cin, 2 * cfg.z_channels)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        widths = [cfg.base * m for m in cfg.mults][::-1]
+        temporal = cfg.temporal[::-1]
+        cin = widths[0]
+        layers: list[nn.Module] = [CausalConv3d(cfg.z_channels, cin), ResBlock(cin, cin)]
+        for i, w in enumerate(widths):
+            for _ in range(cfg.res_blocks):
+                layers.append(ResBlock(cin, w))
+                cin = w
+            if i < len(widths) - 1:
+                layers.append(Upsample(w, temporal[i]))
+        layers += [norm(cin), nn.SiLU(), CausalConv3d(cin, cfg.channels)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class VideoVAE(nn.Module):
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        # Per-channel latent statistics, measured after training (see train_vae.py); identity until then.
+        self.register_buffer("latent_mean", torch.zeros(cfg.z_channels))
+        self.register_buffer("latent_std", torch.ones(cfg.z_channels))
+
+    @property
+    def z_channels(self) -> int:
+        return self.cfg.z_channels
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        _, fh, fw = self.cfg.factors
+        if height % fh or width % fw:
+            raise ValueError(f"height and width must be multiples of {fh}, got {height}x{width}")
+        return self.cfg.z_channels, latent_frames(frames, self.cfg), height // fh, width // fw
+
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance of q(z | x) for x in [-1, 1], [B, 3, 1 + 4k, H, W]."""
+        latent_frames(x.shape[2], self.cfg)
+        mean, logvar = self.encoder(x).chunk(2, dim=1)
+        return mean, logvar.clamp(-30.0, 20.0)
+
+    def _stats(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (1, -1, 1, 1, 1)
+        return self.latent_mean.view(shape).to(z.dtype), self.latent_std.view(shape).to(z.dtype)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised latent (posterior mean) of pixels x in [-1, 1]."""
+        mean, _ = self.posterior(x)
+        m, s = self._stats(mean)
+        return (mean - m) / s
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Pixels in [-1, 1] from a normalised latent."""
+        m, s = self._stats(z)
+        return self.decoder(z * s + m).clamp(-1, 1)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
+        """Training pass: reconstruction and the KL divergence to N(0, I) per latent element."""
+        mean, logvar = self.posterior(x)
+        eps = torch.randn(mean.shape, generator=generator).to(mean)
+        z = mean + torch.exp(0.5 * logvar) * eps
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
+        return self.decoder(z), kl
+
+
+def vae_loss(model: VideoVAE, x: torch.Tensor, kl_weight: float, generator=None):
+    recon, kl = model(x, generator)
+    l1 = (recon - x).abs().mean()
+    return l1 + kl_weight * kl, {"l1": l1.item(), "kl": kl.item()}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# checkpoints: one safetensors file whose metadata rebuilds the model
+
+
+def save_vae(model: VideoVAE, path: str, extra: dict | None = None) -> None:
+    from safetensors.torch import save_file
+
+    meta = {"kind": "vidsift-vae", "config": json.dumps(asdict(model.cfg)), **(extra or {})}
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path, metadata=meta)
+
+
+def load_vae(path: str, device: str | torch.device = "cpu") -> VideoVAE:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(path, framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("kind") != "vidsift-vae":
+        raise ValueError(f"{path} is not a vidsift VAE checkpoint (metadata kind={meta.get('kind')!r})")
+    model = VideoVAE(VAEConfig(**json.loads(meta["config"])))
+    model.load_state_dict(load_file(path, device=str(device)))
+    return model.to(device).eval()
+
+
+class DiffusersVAE(nn.Module):
+    """A pretrained diffusers video VAE (``AutoencoderKLWan`` by default) with our encode/decode interface.
+    Needs ``diffusers`` and the weights on local disk; never downloads."""
+
+    def __init__(self, path: str, class_name: str = "AutoencoderKLWan") -> None:
+        super().__init__()
+        import diffusers
+
+        self.vae = getattr(diffusers, class_name).from_pretrained(path, local_files_only=True)
+        cfg = self.vae.config
+        self.z_channels = cfg.z_dim
+        mean = torch.tensor(getattr(cfg, "latents_mean", None) or [0.0] * cfg.z_dim)
+        std = torch.tensor(getattr(cfg, "latents_std", None) or [1.0] * cfg.z_dim)
+        self.register_buffer("latent_mean", mean)
+        self.register_buffer("latent_std", std)
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        return self.z_channels, 1 + (frames - 1) // 4, height // 8, width // 8
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.vae.encode(x).latent_dist.mode()
+        return (z - self.latent_mean.view(1, -1, 1, 1, 1)) / self.latent_std.view(1, -1, 1, 1, 1)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        z = z * self.latent_std.view(1, -1, 1, 1, 1) + self.latent_mean.view(1, -1, 1, 1, 1)
+        return self.vae.decode(z).sample.clamp(-1, 1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# metrics, on videos in [-1, 1] shaped [B, C, T, H, W]
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio in dB over the whole batch (data range 2)."""
+    mse = ((x.float() - y.float()) ** 2).mean().item()
+    return float("inf") if mse == 0 else 10 * math.log10(4.0 / mse)
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5) over channels and frames."""
+    b, c, t, h, w = x.shape
+    x = (x.float().transpose(1, 2).reshape(b * t * c, 1, h, w) + 1) / 2
+    y = (y.float().transpose(1, 2).reshape(b * t * c, 1, h, w) + 1) / 2
+    size = min(11, h, w) // 2 * 2 + 1
+    g = torch.exp(-((torch.arange(size) - size // 2) ** 2) / (2 * 1.5**2))
+    win = (g[:, None] * g[None]) / g.sum() ** 2
+    win = win[None, None].to(x)
+
+    def blur(z: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(z, win)
+
+    mx, my = blur(x), blur(y)
+    sxx, syy, sxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
+    return s.mean().item()

@@ -1,0 +1,669 @@
+"""Dataset statistics of a curation run folder, computed by streaming over its Parquet files.
+
+Reads ``OUT/{videos,clips,rejected}/*.parquet`` and ``OUT/manifest.json``; writes nothing. Every
+statistic is a DuckDB aggregate over ``read_parquet`` views, so only the columns a query names are
+read, row group by row group, and memory stays flat as the run grows: quantiles are exact
+(``quantile_cont``) up to ``EXACT_QUANTILE_ROWS`` rows and t-digest sketches
+(``approx_quantile``) above, histograms use bins fixed by the first pass.
+
+Columns are discovered from the files, not assumed: every numeric ``*_score`` column (plus the
+analysis and media columns in ``SCORE_COLUMNS``) gets quantiles and a histogram, ``caption`` and
+``caption_*`` text columns get length statistics, boolean columns count as flags, ``*_model`` and
+``*_backend`` columns say which model wrote what. A column a run lacks is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.schema import CLIP_COLUMNS, SCHEMA_VERSION
+
+TABLES = ("videos", "clips", "rejected")
+QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+# histogram range: the tails beyond these quantiles are clamped into the edge bins, so one absurd
+# sharpness value does not squash every other clip into a single bar
+HIST_RANGE = (0.005, 0.995)
+HIST_BINS = 40
+# below this many rows exact quantiles cost at most a few MB; above it a sketch keeps memory flat
+EXACT_QUANTILE_ROWS = 200_000
+TOP_N = 10
+MAX_CATEGORIES = 30  # a string column with more distinct values is free text, not a category
+
+# analysis-pass signals (from the schema, so a new cheap signal shows up here) and media columns
+SCORE_COLUMNS = tuple(
+    c.name for c in CLIP_COLUMNS if c.stage == "analyze" and pa.types.is_floating(c.type)
+) + ("duration_s", "fps", "width", "height")
+IDENTITY_COLUMNS = {"clip_id", "video_id", "source_uri", "group", "dup_of"}
+REJECT_TEXT_COLUMNS = {"reject_stage", "reject_reason", "reject_detail"}
+
+
+class RunError(Exception):
+    """The folder is not a readable vidsift run (missing, not a run, unreadable Parquet)."""
+
+
+@dataclass
+class RunFolder:
+    path: Path
+    manifest: dict | None
+    files: dict[str, list[Path]]
+    columns: dict[str, dict[str, pa.DataType]]  # table -> column -> Arrow type, union over files
+    rows: dict[str, int]
+    groups_done: int
+    mixed_schemas: set[str] = field(default_factory=set)  # tables whose files differ in columns
+
+
+def open_run(path: str | Path) -> RunFolder:
+    """Check that ``path`` is a vidsift run folder and read its Parquet footers (not its data)."""
+    out = Path(path)
+    if not out.is_dir():
+        raise RunError(f"{out}: no such run folder")
+    manifest = None
+    if (out / "manifest.json").is_file():
+        try:
+            manifest = json.loads((out / "manifest.json").read_text())
+        except (OSError, ValueError) as e:
+            raise RunError(f"{out / 'manifest.json'}: unreadable manifest ({e})") from None
+        if not isinstance(manifest, dict):
+            raise RunError(f"{out / 'manifest.json'}: not a vidsift manifest")
+    # a run still in progress has no manifest yet, but it has its fingerprint and table folders
+    if manifest is None and not (out / "_run.json").is_file():
+        raise RunError(f"{out}: not a vidsift run folder (no manifest.json or _run.json)")
+    files: dict[str, list[Path]] = {}
+    columns: dict[str, dict[str, pa.DataType]] = {}
+    rows: dict[str, int] = {}
+    mixed: set[str] = set()
+    for table in TABLES:
+        files[table] = sorted((out / table).glob("*.parquet")) if (out / table).is_dir() else []
+        columns[table], rows[table] = {}, 0
+        for f in files[table]:
+            try:
+                meta = pq.read_metadata(f)
+                schema = meta.schema.to_arrow_schema()
+            except (OSError, pa.ArrowException) as e:
+                raise RunError(f"{f}: unreadable Parquet file ({e})") from None
+            rows[table] += meta.num_rows
+            if columns[table] and list(columns[table]) != schema.names:
+                mixed.add(table)
+            for fld in schema:
+                columns[table].setdefault(fld.name, fld.type)
+    if not any(files.values()) and manifest is None:
+        raise RunError(f"{out}: not a vidsift run folder (no Parquet tables and no manifest.json)")
+    done = sum(1 for _ in (out / "_done").iterdir()) if (out / "_done").is_dir() else 0
+    return RunFolder(out, manifest, files, columns, rows, done, mixed)
+
+
+# ---------------------------------------------------------------- SQL helpers
+
+
+def _q(name: str) -> str:
+    """A quoted SQL identifier (column names come from the files)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _num(x: Any, digits: int = 6) -> float | int | None:
+    """JSON-safe number: NaN and infinities become None, floats are rounded."""
+    if x is None:
+        return None
+    if isinstance(x, bool | int):
+        return int(x)
+    x = float(x)
+    if not math.isfinite(x):
+        return None
+    return round(x, digits) if abs(x) >= 1 else float(f"{x:.{digits}g}")
+
+
+def _is_numeric(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t)
+
+
+def _is_str(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+class RunDb:
+    """One DuckDB connection with a view per non-empty table of the run."""
+
+    def __init__(self, run: RunFolder, memory_limit: str = "1GB") -> None:
+        self.run = run
+        self.con = duckdb.connect(config={"memory_limit": memory_limit})
+        # every statistic is a query over the same files: parse each Parquet footer once, not once per
+        # query (with 64-row row groups the footers are large; without the cache they dominate at scale)
+        for setting in ("parquet_metadata_cache", "enable_object_cache"):  # DuckDB 2 name, older name
+            try:
+                self.con.execute(f"SET {setting} = true")
+                break
+            except duckdb.Error:
+                continue
+        for table in TABLES:
+            if run.files[table]:
+                self.con.execute(f"CREATE VIEW {table} AS SELECT * FROM {self.source(table)}")
+
+    def source(self, table: str, virtual: bool = False) -> str:
+        """The ``read_parquet`` call over a table's files; ``virtual`` adds filename and file_row_number."""
+        paths = ", ".join(_lit(str(p)) for p in self.run.files[table])
+        extra = ", filename = true, file_row_number = true" if virtual else ""
+        # union_by_name reads every file's schema at every bind: only when the files differ
+        if table in self.run.mixed_schemas:
+            extra += ", union_by_name = true"
+        return f"read_parquet([{paths}]{extra})"
+
+    def has(self, table: str, *cols: str) -> bool:
+        return bool(self.run.files[table]) and all(c in self.run.columns[table] for c in cols)
+
+    def rows(self, sql: str) -> list[tuple]:
+        try:
+            return self.con.execute(sql).fetchall()
+        except duckdb.Error as e:
+            raise RunError(
+                f"{self.run.path}: cannot read the Parquet tables ({str(e).splitlines()[0]})"
+            ) from None
+
+    def aggregate(self, table: str, exprs: dict[str, str]) -> dict[str, Any]:
+        """One scan computing every named expression; {} for an empty or missing table."""
+        if not exprs or not self.run.files[table]:
+            return {}
+        sql = ", ".join(f"{e} AS {_q(k)}" for k, e in exprs.items())
+        (row,) = self.rows(f"SELECT {sql} FROM {table}")
+        return dict(zip(exprs, row, strict=True))
+
+
+# ---------------------------------------------------------------- column discovery
+
+
+def score_columns(types: dict[str, pa.DataType]) -> list[str]:
+    """Numeric columns that get quantiles and a histogram, in a stable order."""
+    named = [c for c in SCORE_COLUMNS if c in types]
+    scores = sorted(c for c in types if c.endswith("_score"))
+    return [c for c in scores + named if _is_numeric(types[c])]
+
+
+def caption_columns(types: dict[str, pa.DataType]) -> list[str]:
+    return [
+        c
+        for c in types
+        if (c == "caption" or c.startswith("caption_"))
+        and not c.endswith(("_model", "_backend"))
+        and _is_str(types[c])
+    ]
+
+
+def model_columns(types: dict[str, pa.DataType]) -> list[str]:
+    return [c for c in types if c.endswith(("_model", "_backend")) and _is_str(types[c])]
+
+
+def flag_columns(types: dict[str, pa.DataType]) -> tuple[list[str], list[str]]:
+    """Boolean columns (one flag each) and list-of-string columns of flags (``qa_flags`` style)."""
+    bools = [c for c in types if pa.types.is_boolean(types[c])]
+    lists = [c for c in types if "flag" in c and pa.types.is_list(types[c]) and _is_str(types[c].value_type)]
+    return bools, lists
+
+
+def category_columns(types: dict[str, pa.DataType]) -> list[str]:
+    """String columns that may be categorical (cut kinds, structured caption fields, ...)."""
+    skip = IDENTITY_COLUMNS | REJECT_TEXT_COLUMNS | set(caption_columns(types)) | set(model_columns(types))
+    return [c for c in types if _is_str(types[c]) and c not in skip]
+
+
+# ---------------------------------------------------------------- statistics
+
+
+_ASPECTS = {
+    "16:9": 16 / 9,
+    "9:16": 9 / 16,
+    "4:3": 4 / 3,
+    "3:4": 3 / 4,
+    "1:1": 1.0,
+    "21:9": 64 / 27,
+    "3:2": 1.5,
+}
+
+
+class _Scan:
+    """Aggregate expressions collected from several statistics and computed in one scan of a table."""
+
+    def __init__(self) -> None:
+        self.exprs: dict[str, str] = {}
+
+    def add(self, key: str, sql: str) -> str:
+        self.exprs[key] = sql
+        return key
+
+
+def _add_quantiles(scan: _Scan, rows: int, named: dict[str, str], prefix: str) -> None:
+    fn = "quantile_cont" if rows <= EXACT_QUANTILE_ROWS else "approx_quantile"
+    qs = "[" + ", ".join(str(q) for q in (HIST_RANGE[0], *QUANTILES, HIST_RANGE[1])) + "]"
+    for i, e in enumerate(named.values()):
+        x = f"{prefix}{i}"
+        scan.add(f"{x}_n", f"count({e})")
+        scan.add(f"{x}_mean", f"avg({e})")
+        scan.add(f"{x}_min", f"min({e})")
+        scan.add(f"{x}_max", f"max({e})")
+        scan.add(f"{x}_q", f"{fn}(({e})::DOUBLE, {qs})")
+
+
+def _bin_expr(col_sql: str, lo: float, hi: float, bins: int) -> str:
+    width = (hi - lo) / bins if hi > lo else 1.0
+    bin_of = f"floor((({col_sql})::DOUBLE - {lo!r}) / {width!r})"
+    return f"least(greatest({bin_of}, 0), {bins - 1})::INTEGER"
+
+
+def _summaries(agg: dict, named: dict[str, str], prefix: str, total: int, scan2: _Scan) -> dict[str, dict]:
+    """First-pass results to summaries; each summary's histogram is added to the second scan."""
+    out = {}
+    for i, (name, e) in enumerate(named.items()):
+        x = f"{prefix}{i}"
+        n = agg.get(f"{x}_n") or 0
+        if not n:  # all null: nothing to summarise
+            continue
+        q = agg[f"{x}_q"]
+        lo, hi = float(q[0]), float(q[-1])
+        if hi <= lo:  # (nearly) constant: one bin over [min, max]
+            lo, hi = float(agg[f"{x}_min"]), float(agg[f"{x}_max"])
+        out[name] = {
+            "count": n,
+            "nulls": total - n,
+            "mean": _num(agg[f"{x}_mean"]),
+            "min": _num(agg[f"{x}_min"]),
+            **{f"p{round(p * 100)}": _num(v) for p, v in zip(QUANTILES, q[1:-1], strict=True)},
+            "max": _num(agg[f"{x}_max"]),
+            "hist": {"lo": _num(lo), "hi": _num(hi), "bins": HIST_BINS, "counts": [0] * HIST_BINS},
+        }
+        scan2.add(f"{x}_h", _bin_expr(e, lo, hi, HIST_BINS))
+    return out
+
+
+def _top(counts: dict | None, n: int = TOP_N) -> list[dict]:
+    items = sorted((counts or {}).items(), key=lambda kv: (-kv[1], str(kv[0])))
+    return [{"value": k, "clips": v} for k, v in items[:n]]
+
+
+def _grouped_counts(
+    db: RunDb, table: str, keys: dict[str, tuple[str, int, bool]], dur: str
+) -> dict[str, dict]:
+    """Value counts of several key expressions in ONE scan (``GROUP BY GROUPING SETS``).
+
+    ``keys``: name -> (SQL expression, most values to return, rank by summed ``dur`` instead of rows).
+    Returns name -> {"values": {value: (rows, sum of dur)}, "distinct": non-null distinct values}.
+    Histograms (the key is a bin number), sources, categories and rejection reasons all come from
+    this one scan: every extra scan re-parses every Parquet footer, which dominates at scale."""
+    if not keys:
+        return {}
+    names = list(keys)
+    m = len(names)
+    ks = [f"k{i}" for i in range(m)]
+    # grouping(k0, ..., km) has a 1 bit for every key NOT in the row's grouping set, k0 the highest
+    gid = {n: (1 << m) - 1 - (1 << (m - 1 - i)) for i, n in enumerate(names)}
+    name_of = {g: n for n, g in gid.items()}
+    limit = " ".join(f"WHEN {gid[n]} THEN {keys[n][1]}" for n in names)
+    by_dur = ", ".join(str(gid[n]) for n in names if keys[n][2]) or "-1"
+    cols = ", ".join(f"{keys[n][0]} AS {k}" for n, k in zip(names, ks, strict=True))
+    klist = ", ".join(ks)
+    sql = (
+        f"SELECT g, {klist}, n, d, count(*) OVER (PARTITION BY g) FROM ("
+        f"SELECT grouping({klist}) AS g, {klist}, count(*) AS n, sum(_d) AS d "
+        f"FROM (SELECT {cols}, {dur} AS _d FROM {table}) "
+        f"GROUP BY GROUPING SETS ({', '.join(f'({k})' for k in ks)}) "
+        f"HAVING {' OR '.join(f'{k} IS NOT NULL' for k in ks)}) "  # drop each key's group of nulls
+        f"QUALIFY row_number() OVER (PARTITION BY g ORDER BY CASE WHEN g IN ({by_dur}) THEN d ELSE n END "
+        f"DESC NULLS LAST, n DESC) <= CASE g {limit} END"
+    )
+    out: dict[str, dict] = {n: {"values": {}, "distinct": 0} for n in names}
+    for row in db.rows(sql):
+        name = name_of[row[0]]
+        value = row[1 + names.index(name)]
+        out[name]["distinct"] = row[-1]
+        out[name]["values"][tuple(value) if isinstance(value, list) else value] = (row[-3], row[-2])
+    return out
+
+
+def _counts(grouped: dict) -> dict:
+    return {k: n for k, (n, _) in grouped["values"].items()}
+
+
+def _table_stats(db: RunDb, table: str, details: bool) -> dict:
+    """Scores (and with ``details`` captions, flags, categories, models, media, sources) of a clip
+    table, plus rejection reasons for the rejected table, in two scans: the first computes counts,
+    quantiles and distinct counts, the second (``_grouped_counts``) histograms with bins from the
+    first and the value counts."""
+    run = db.run
+    types, total = run.columns[table], run.rows[table]
+    out: dict[str, Any] = {"scores": {}, "captions": {}, "flags": {}, "categories": {}, "models": {}}
+    out |= {"media": {}, "sources": {}, "reasons": []}
+    if not run.files[table]:
+        return out
+    scores = {c: _q(c) for c in score_columns(types)}
+    captions = caption_columns(types) if details else []
+    words = {}
+    for c in captions:
+        t = f"trim({_q(c)})"
+        # words = spaces + 1: captions are single-spaced prose, and this is far cheaper than a regex split
+        words[c] = f"CASE WHEN {t} = '' THEN 0 ELSE length({t}) - length(replace({t}, ' ', '')) + 1 END"
+    bools, flag_lists = flag_columns(types) if details else ([], [])
+    cats = category_columns(types) if details else []
+    models = model_columns(types) if details else []
+    s1 = _Scan()
+    _add_quantiles(s1, total, scores, "s")
+    for c in captions:
+        s1.add(f"{c}:count", f"count({_q(c)})")
+    for c in bools:
+        s1.add(f"{c}:t", f"count(*) FILTER (WHERE {_q(c)})")
+        s1.add(f"{c}:f", f"count(*) FILTER (WHERE NOT {_q(c)})")
+    for c in cats:
+        s1.add(f"{c}:distinct", f"approx_count_distinct({_q(c)})")
+    if "dup_of" in types:
+        s1.add("dup_of", "count(dup_of)")
+    if "reject_reason" in types:
+        s1.add("rejected_as_duplicate", "count(*) FILTER (WHERE reject_reason ILIKE '%dup%')")
+    if "duration_s" in types:
+        s1.add("hours", "coalesce(sum(duration_s), 0) / 3600")
+    agg = db.aggregate(table, s1.exprs)
+    # caption text gets its own scan, and only columns with any text: in one query with the numeric
+    # sketches DuckDB took three times as long as the two queries apart (1M rows, bench/stats_scale.py)
+    captions = [c for c in captions if agg.get(f"{c}:count")]
+    words = {c: words[c] for c in captions}
+    s1b = _Scan()
+    _add_quantiles(s1b, total, words, "w")
+    for c in captions:
+        s1b.add(f"{c}:present", f"count({_q(c)}) FILTER (WHERE trim({_q(c)}) <> '')")
+        s1b.add(f"{c}:chars", f"avg(length({_q(c)}))")
+    agg |= db.aggregate(table, s1b.exprs)
+
+    s2 = _Scan()
+    out["scores"] = _summaries(agg, scores, "s", total, s2)
+    word_stats = _summaries(agg, words, "w", total, s2)
+    keys: dict[str, tuple[str, int, bool]] = {k: (e, HIST_BINS, False) for k, e in s2.exprs.items()}
+    for c in cats:
+        if 0 < (agg.get(f"{c}:distinct") or 0) <= MAX_CATEGORIES:
+            keys[f"cat:{c}"] = (_q(c), TOP_N, False)
+    for c in models:
+        keys[f"model:{c}"] = (_q(c), TOP_N, False)
+    for c in flag_lists:
+        keys[f"flags:{c}"] = (f"list_sort({_q(c)})", 10_000, False)
+    if details and "width" in types and "height" in types:
+        # every resolution comes back (the aspect ratios sum over all of them); there are few in practice
+        keys["res"] = ("CASE WHEN width > 0 AND height > 0 THEN [width, height] END", 100_000, False)
+    if details and "fps" in types:
+        keys["fps"] = ("round(fps, 3)", TOP_N, False)
+    if details and "source_uri" in types:
+        keys["sources"] = ("source_uri", TOP_N, True)
+    if "reject_stage" in types and "reject_reason" in types:
+        keys["reasons"] = ("[reject_stage, reject_reason]", 10_000, True)
+    if table == "rejected" and "start_s" in types and "end_s" in types:
+        dur = "end_s - start_s"
+    else:
+        dur = "duration_s" if "duration_s" in types else "NULL::DOUBLE"
+    grouped = _grouped_counts(db, table, keys, dur)
+    for summaries, named, prefix in ((out["scores"], scores, "s"), (word_stats, words, "w")):
+        for i, name in enumerate(named):
+            if name in summaries:
+                counts = summaries[name]["hist"]["counts"]
+                for b, n in _counts(grouped[f"{prefix}{i}_h"]).items():
+                    counts[int(b)] += n
+    for key in ("dup_of", "hours", "rejected_as_duplicate"):
+        if key in agg:
+            out[key] = agg[key]
+    if "reasons" in grouped:
+        out["reasons"] = [
+            {"stage": k[0], "reason": k[1], "clips": n, "hours": _num((d or 0.0) / 3600)}
+            for k, (n, d) in sorted(grouped["reasons"]["values"].items(), key=lambda kv: (-kv[1][0], kv[0]))
+        ]
+    if not details:
+        return out
+
+    out["captions"] = {
+        c: {"present": 0, "missing_or_empty": total, "mean_chars": None, "words": None}
+        for c in caption_columns(types)
+    }
+    out["captions"] |= {
+        c: {
+            "present": agg[f"{c}:present"] or 0,
+            "missing_or_empty": total - (agg[f"{c}:present"] or 0),
+            "mean_chars": _num(agg[f"{c}:chars"]),
+            "words": word_stats.get(c),
+        }
+        for c in captions
+    }
+    for c in bools:
+        t, f = agg[f"{c}:t"] or 0, agg[f"{c}:f"] or 0
+        out["flags"][c] = {"true": t, "false": f, "null": total - t - f}
+    for c in flag_lists:
+        per_flag: dict[str, int] = {}
+        for flags, n in _counts(grouped[f"flags:{c}"]).items():
+            for flag in flags:
+                per_flag[str(flag)] = per_flag.get(str(flag), 0) + n
+        out["flags"][c] = dict(sorted(per_flag.items(), key=lambda kv: (-kv[1], kv[0])))
+    for prefix, dest in (("cat", "categories"), ("model", "models")):
+        for c in cats if prefix == "cat" else models:
+            g = grouped.get(f"{prefix}:{c}")
+            if g and g["values"]:
+                out[dest][c] = {"distinct": g["distinct"], "top": _top(_counts(g))}
+    if "res" in grouped:
+        out["media"] |= _resolutions(_counts(grouped["res"]))
+    if "fps" in grouped:
+        out["media"]["fps"] = [
+            {"value": _num(x["value"], 3), "clips": x["clips"]} for x in _top(_counts(grouped["fps"]))
+        ]
+    if "sources" in grouped:
+        g = grouped["sources"]
+        top = sorted(g["values"].items(), key=lambda kv: (-(kv[1][1] or 0.0), -kv[1][0], kv[0]))
+        out["sources"] = {
+            "sources": g["distinct"],
+            "top": [{"source_uri": s, "clips": n, "hours": _num((d or 0.0) / 3600)} for s, (n, d) in top],
+        }
+    return out
+
+
+def aspect_name(width: int, height: int) -> str:
+    """The nearest common aspect ratio within 3%, else the ratio itself."""
+    r = width / height
+    name, ref = min(_ASPECTS.items(), key=lambda kv: abs(math.log(r / kv[1])))
+    return name if abs(math.log(r / ref)) < 0.03 else f"{r:.2f}:1"
+
+
+def _resolutions(res: dict[tuple[int, int], int]) -> dict:
+    out = {"resolution": [{"value": f"{w}x{h}", "clips": x} for (w, h), x in _top_items(res, TOP_N)]}
+    aspects: dict[str, int] = {}
+    shorts: dict[str, int] = {}
+    for (w, h), n in res.items():
+        a = aspect_name(w, h)
+        aspects[a] = aspects.get(a, 0) + n
+        s = min(w, h)
+        b = next((f"<={x}p" for x in (240, 360, 480, 720, 1080, 2160) if s <= x), ">2160p")
+        shorts[b] = shorts.get(b, 0) + n
+    out["aspect"] = _top(aspects, len(aspects))
+    out["short_side"] = _top(shorts, len(shorts))
+    return out
+
+
+def _top_items(counts: dict, n: int) -> list[tuple]:
+    return sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))[:n]
+
+
+def _videos(db: RunDb, run: RunFolder) -> tuple[dict, list[dict], int | None]:
+    """(funnel counts from the video table, rejected videos by reason, duplicate files): one scan."""
+    v = run.columns["videos"]
+    readable = "analysis_decode_passes > 0" if "analysis_decode_passes" in v else "status = 'ok'"
+    exprs = {"input_videos": "count(*)"}
+    if "status" in v:
+        exprs["videos_with_clips"] = "count(*) FILTER (WHERE status = 'ok')"
+    if "analysis_decode_passes" in v or "status" in v:
+        exprs["readable_videos"] = f"count(*) FILTER (WHERE {readable})"
+        if "duration_s" in v:
+            exprs["input_hours"] = f"coalesce(sum(duration_s) FILTER (WHERE {readable}), 0) / 3600"
+    if "num_scenes" in v:
+        exprs["scenes"] = "coalesce(sum(num_scenes), 0)"
+    if "num_clips_accepted" in v:
+        exprs["clips_accepted_per_videos"] = "coalesce(sum(num_clips_accepted), 0)"
+    if "size_bytes" in v:
+        exprs["input_bytes"] = "coalesce(sum(size_bytes), 0)"
+    if "status" in v and "reason" in v:
+        exprs["_reasons"] = "histogram(reason) FILTER (WHERE status = 'rejected')"
+    if "reason" in v:
+        exprs["_duplicates"] = "count(*) FILTER (WHERE reason = 'duplicate_file')"
+    agg = db.aggregate("videos", exprs)
+    reasons = [{"reason": x["value"], "videos": x["clips"]} for x in _top(agg.pop("_reasons", None), 10**6)]
+    dups = agg.pop("_duplicates", None)
+    funnel = {k: _num(x) for k, x in agg.items()}
+    funnel.setdefault("input_videos", 0)
+    return funnel, reasons, dups
+
+
+def _manifest_models(manifest: dict | None) -> dict:
+    """Model names a run recorded: a ``models`` block and any ``*model*`` key of a recipe stage."""
+    if not manifest:
+        return {}
+    out: dict[str, Any] = {}
+    if isinstance(manifest.get("models"), dict):
+        out.update({str(k): v for k, v in manifest["models"].items()})
+    recipe = manifest.get("recipe")
+    stages = recipe.get("stage", []) if isinstance(recipe, dict) else []
+    for s in stages if isinstance(stages, list) else []:
+        if isinstance(s, dict):
+            for k, v in s.items():
+                if ("model" in k or k == "backend") and v not in (None, ""):
+                    out[f"{s.get('name', '?')}.{k}"] = v
+    return out
+
+
+def compute_stats(path: str | Path) -> dict:
+    """Every statistic ``vidsift stats`` shows, as one JSON-ready dict."""
+    run = open_run(path)
+    db = RunDb(run)
+    try:
+        funnel, video_reasons, dup_files = _videos(db, run)
+        acc = _table_stats(db, "clips", details=True)
+        rej = _table_stats(db, "rejected", details=False)
+    finally:
+        db.con.close()
+    funnel["candidate_clips"] = run.rows["clips"] + run.rows["rejected"]
+    funnel["accepted_clips"] = run.rows["clips"]
+    funnel["rejected_clips"] = run.rows["rejected"]
+    funnel["accepted_hours"] = _num(acc.get("hours", 0.0))
+    duplicates = {} if dup_files is None else {"duplicate_files": dup_files}
+    for key, table_stats in (("clips_with_dup_of", acc), ("rejected_with_dup_of", rej)):
+        if "dup_of" in table_stats:
+            duplicates[key] = table_stats["dup_of"]
+    if "rejected_as_duplicate" in rej:
+        duplicates["rejected_as_duplicate"] = rej["rejected_as_duplicate"]
+    schema_version = (run.manifest or {}).get("schema_version")
+    return {
+        "run": {
+            "path": str(run.path),
+            "schema_version": schema_version,
+            "schema_version_known": schema_version in (None, SCHEMA_VERSION),
+            "files": {t: len(run.files[t]) for t in TABLES},
+            "rows": dict(run.rows),
+            "groups_done": run.groups_done,
+            "quantiles": "exact" if max(run.rows.values()) <= EXACT_QUANTILE_ROWS else "approx",
+        },
+        "funnel": funnel,
+        "checks": _checks(run, funnel),
+        "rejections": {"videos": video_reasons, "clips": rej["reasons"]},
+        "scores": {"accepted": acc["scores"], "rejected": rej["scores"]},
+        "media": acc["media"],
+        "captions": acc["captions"],
+        "flags": acc["flags"],
+        "categories": acc["categories"],
+        "duplicates": duplicates,
+        "sources": acc["sources"],
+        "models": {"columns": acc["models"], "manifest": _manifest_models(run.manifest)},
+        "stage_seconds": (run.manifest or {}).get("stage_seconds", {}),
+    }
+
+
+def _checks(run: RunFolder, funnel: dict) -> list[dict]:
+    """The counts must add up (DESIGN: nothing is lost); each check says whether they do."""
+    checks = []
+    if "scenes" in funnel:
+        checks.append(
+            {
+                "check": "candidate clips = accepted + rejected",
+                "ok": funnel["scenes"] == funnel["candidate_clips"],
+                "detail": f"{funnel['scenes']} scenes in videos/, "
+                f"{funnel['accepted_clips']} + {funnel['rejected_clips']} rows in clips/ + rejected/",
+            }
+        )
+    if "clips_accepted_per_videos" in funnel:
+        checks.append(
+            {
+                "check": "videos' num_clips_accepted = clip rows",
+                "ok": funnel["clips_accepted_per_videos"] == funnel["accepted_clips"],
+                "detail": f"{funnel['clips_accepted_per_videos']} vs {funnel['accepted_clips']}",
+            }
+        )
+    counts = (run.manifest or {}).get("counts")
+    if isinstance(counts, dict):
+        if "groups" in counts:
+            checks.append(
+                {
+                    "check": "every group finished",
+                    "ok": run.groups_done >= counts["groups"],
+                    "detail": f"{run.groups_done} of {counts['groups']} groups done",
+                }
+            )
+        for key, ours in (("clips_accepted", "accepted_clips"), ("clips_rejected", "rejected_clips")):
+            if key in counts:
+                checks.append(
+                    {
+                        "check": f"manifest {key} = rows",
+                        "ok": counts[key] == funnel[ours],
+                        "detail": f"manifest {counts[key]}, tables {funnel[ours]}",
+                    }
+                )
+    return checks
+
+
+# ---------------------------------------------------------------- comparing two runs
+
+
+def compare_stats(a: dict, b: dict) -> dict:
+    """What changed from run A to run B: funnel counts, rejection reasons, score medians and means."""
+    counts = []
+    for k in dict.fromkeys([*a["funnel"], *b["funnel"]]):
+        va, vb = a["funnel"].get(k), b["funnel"].get(k)
+        delta = _num(vb - va) if isinstance(va, int | float) and isinstance(vb, int | float) else None
+        counts.append({"name": k, "a": va, "b": vb, "delta": delta})
+
+    def reasons(s: dict) -> dict[str, int]:
+        r = {f"video/{x['reason']}": x["videos"] for x in s["rejections"]["videos"]}
+        r |= {f"clip/{x['stage']}/{x['reason']}": x["clips"] for x in s["rejections"]["clips"]}
+        return r
+
+    ra, rb = reasons(a), reasons(b)
+    reason_rows = [
+        {"reason": k, "a": ra.get(k, 0), "b": rb.get(k, 0), "delta": rb.get(k, 0) - ra.get(k, 0)}
+        for k in sorted(set(ra) | set(rb))
+    ]
+    sa, sb = a["scores"]["accepted"], b["scores"]["accepted"]
+    score_rows = []
+    for c in [*sa, *(c for c in sb if c not in sa)]:
+        da, dbb = sa.get(c), sb.get(c)
+        row: dict[str, Any] = {"column": c}
+        for key in ("count", "p50", "mean"):
+            row[f"a_{key}"] = da[key] if da else None
+            row[f"b_{key}"] = dbb[key] if dbb else None
+        both = da is not None and dbb is not None
+        row["median_shift"] = _num(dbb["p50"] - da["p50"]) if both else None
+        row["mean_shift"] = _num(dbb["mean"] - da["mean"]) if both and da["mean"] is not None else None
+        score_rows.append(row)
+    return {
+        "a": a["run"]["path"],
+        "b": b["run"]["path"],
+        "counts": counts,
+        "reasons": reason_rows,
+        "scores": score_rows,
+        "columns_only_in_a": sorted(set(sa) - set(sb)),
+        "columns_only_in_b": sorted(set(sb) - set(sa)),
+    }
