@@ -175,11 +175,15 @@ def _init_ray(address: str | None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
         return
+    # Ray's C++ core logs warnings (e.g. about actor constructor arguments) straight to stderr
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     if address:
         ray.init(address=address, logging_level="ERROR")
     else:
-        # embedded local Ray; workers import vidsift from the same environment as the driver
-        ray.init(include_dashboard=False, logging_level="ERROR")
+        # Embedded local Ray; workers import vidsift from the same environment as the driver. Their
+        # output (model-loading progress bars, library warnings) stays in Ray's log files
+        # (/tmp/ray/session_latest/logs): errors still reach the driver as exceptions.
+        ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
 
 
 def run_curate(
