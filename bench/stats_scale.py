@@ -109,7 +109,9 @@ def build(out: Path, rows: int, rows_per_file: int, row_group_rows: int) -> None
 
 def baseline_query(out: Path) -> str:
     """The hand-written DuckDB equivalent of the main numbers ``vidsift stats`` reports."""
-    cols = score_columns({f.name: f.type for f in CLIP_SCHEMA})
+    # the folder's own columns: it may have been built under an older schema
+    schema = pq.read_schema(next((out / "clips").glob("*.parquet")))
+    cols = score_columns({f.name: f.type for f in schema})
     qs = "[0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99]"
     aggs = ", ".join(
         f'count("{c}"), avg("{c}"), min("{c}"), max("{c}"), approx_quantile("{c}"::DOUBLE, {qs})'

@@ -25,7 +25,9 @@ import torch
 class FlowConfig:
     t_mean: float = 0.0  # logit-normal mean of training timesteps
     t_std: float = 1.0  # logit-normal std
-    shift_base_tokens: int = 256  # latent elements / channels at which the shift is 1 (no shift)
+    # Positions (T*H*W of the model input) at which the shift is 1. 4096 gives ~5.7 for a 480p Wan latent
+    # (21x60x104), close to the 5.0 Wan samples with; a 8x32x32 pixel clip gets 1.4.
+    shift_base_tokens: int = 4096
     shift: float = 0.0  # fixed shift; 0 = resolution-dependent sqrt(tokens / shift_base_tokens)
     caption_dropout: float = 0.1  # probability of training a sample without its caption
 

@@ -50,7 +50,7 @@ class TrainConfig:
     t_mean: float = 0.0  # logit-normal timestep mean
     t_std: float = 1.0  # logit-normal timestep std
     shift: float = 0.0  # timestep shift; 0 = resolution-dependent
-    shift_base_tokens: int = 256  # positions (T*H*W of the model input) at which the shift is 1
+    shift_base_tokens: int = 4096  # positions (T*H*W of the model input) at which the shift is 1
     # optimisation
     steps: int = 300  # optimizer steps
     lr: float = 1e-3  # peak learning rate

@@ -128,11 +128,14 @@ def process_video(
     for index, (scene, long_enough) in enumerate(ordered):
         row = _clip_row(video, scene, index, analysis, frames_per_clip)
         if not long_enough:
-            seconds = row["end_s"] - row["start_s"]
+            # split_scenes counts frames at the stream's typical rate; say both, so a VFR clip
+            # whose timestamps span more than that does not read as a contradiction
+            frames = row["end_frame"] - row["start_frame"]
             row.update(
                 reject_stage="split_scenes",
                 reject_reason="scene_too_short",
-                reject_detail=f"{seconds:.2f} s < min_scene_s {split.min_scene_s}",
+                reject_detail=f"{frames} frames ({row['end_s'] - row['start_s']:.2f} s) < min_scene_s "
+                f"{split.min_scene_s} at {scan.fps:.2f} fps",
             )
         clips.append(row)
     for entry in recipe.stages_of_kind("video_filter"):

@@ -352,6 +352,9 @@ def _card(i: int, r: dict, status: str, scores: list[str], captions: list[str], 
             f'<span class="badge rej">rejected</span> <span class="reason">'
             f"{esc(r.get('reject_stage'))}/{esc(r.get('reject_reason'))}</span>"
         )
+    fake = [c[: -len("_random_weights")] for c, v in r.items() if c.endswith("_random_weights") and v is True]
+    if fake:  # DESIGN: output of random-weight test models is never presented as the real thing
+        badge += f' <span class="badge rej">random-weight {esc(", ".join(fake))}</span>'
     dims = " · ".join(
         x
         for x in (
@@ -523,6 +526,8 @@ def _sections(s: dict, comparison: dict | None) -> list[tuple[str, str, str]]:
     ]
     rows += [[f"manifest: {k}", v if isinstance(v, str) else json.dumps(v)] for k, v in m["manifest"].items()]
     body = table(["column", "written by"], rows) if rows else "<p>No model wrote any column of this run.</p>"
+    if any(k.endswith("random_weights") and v is True for k, v in m["manifest"].items()):
+        body = '<p class="warn">Some columns were written by random-weight test models.</p>' + body
     if s["stage_seconds"]:
         body += table(["stage", "seconds (sum over videos)"], [[k, v] for k, v in s["stage_seconds"].items()])
     out.append(("models", "Models and timing", body))
@@ -594,6 +599,7 @@ table{border-collapse:collapse;margin:8px 0;font-size:12px}
 td,th{border:1px solid #e3e3e3;padding:2px 6px;text-align:right}
 td:first-child,th:first-child{text-align:left}.checks td:nth-child(2){font-weight:bold}
 img.chart{max-width:100%;display:block;margin:8px 0}.note{color:#666;font-size:12px}
+.warn{color:#fff;background:#b03a2e;padding:4px 8px;border-radius:4px;display:inline-block}
 .tiles{display:flex;gap:12px;flex-wrap:wrap}.tile{background:#f0f4fa;border-radius:6px;padding:8px 14px}
 .tile b{display:block;font-size:20px}.tile span{color:#555;font-size:12px}
 .controls{position:sticky;top:0;background:#fff;padding:6px 0;z-index:1}

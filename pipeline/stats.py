@@ -138,14 +138,9 @@ class RunDb:
     def __init__(self, run: RunFolder, memory_limit: str = "1GB") -> None:
         self.run = run
         self.con = duckdb.connect(config={"memory_limit": memory_limit})
-        # every statistic is a query over the same files: parse each Parquet footer once, not once per
-        # query (with 64-row row groups the footers are large; without the cache they dominate at scale)
-        for setting in ("parquet_metadata_cache", "enable_object_cache"):  # DuckDB 2 name, older name
-            try:
-                self.con.execute(f"SET {setting} = true")
-                break
-            except duckdb.Error:
-                continue
+        # DuckDB's parquet_metadata_cache would parse each footer once instead of once per query
+        # (about 15% faster on bench/stats_scale.py) but holds every footer of the run in memory,
+        # about 0.7 GB per million clips at 64-row row groups: memory that grows with the run
         for table in TABLES:
             if run.files[table]:
                 self.con.execute(f"CREATE VIEW {table} AS SELECT * FROM {self.source(table)}")
@@ -334,9 +329,11 @@ def _counts(grouped: dict) -> dict:
 
 def _table_stats(db: RunDb, table: str, details: bool) -> dict:
     """Scores (and with ``details`` captions, flags, categories, models, media, sources) of a clip
-    table, plus rejection reasons for the rejected table, in two scans: the first computes counts,
-    quantiles and distinct counts, the second (``_grouped_counts``) histograms with bins from the
-    first and the value counts."""
+    table, plus rejection reasons for the rejected table.
+
+    At most four scans: numeric aggregates (counts, quantiles, distinct counts); caption text (only
+    columns that have any); score histograms with bins from the first; and one ``_grouped_counts``
+    scan for caption-length histograms and every value count."""
     run = db.run
     types, total = run.columns[table], run.rows[table]
     out: dict[str, Any] = {"scores": {}, "captions": {}, "flags": {}, "categories": {}, "models": {}}
@@ -382,6 +379,9 @@ def _table_stats(db: RunDb, table: str, details: bool) -> dict:
 
     s2 = _Scan()
     out["scores"] = _summaries(agg, scores, "s", total, s2)
+    # score histograms: a numeric scan of their own is cheaper than one grouping set each below
+    score_hist = db.aggregate(table, {k: f"histogram({e})" for k, e in s2.exprs.items()})
+    s2 = _Scan()
     word_stats = _summaries(agg, words, "w", total, s2)
     keys: dict[str, tuple[str, int, bool]] = {k: (e, HIST_BINS, False) for k, e in s2.exprs.items()}
     for c in cats:
@@ -405,12 +405,16 @@ def _table_stats(db: RunDb, table: str, details: bool) -> dict:
     else:
         dur = "duration_s" if "duration_s" in types else "NULL::DOUBLE"
     grouped = _grouped_counts(db, table, keys, dur)
-    for summaries, named, prefix in ((out["scores"], scores, "s"), (word_stats, words, "w")):
-        for i, name in enumerate(named):
-            if name in summaries:
-                counts = summaries[name]["hist"]["counts"]
-                for b, n in _counts(grouped[f"{prefix}{i}_h"]).items():
-                    counts[int(b)] += n
+    for i, name in enumerate(scores):
+        if name in out["scores"]:
+            counts = out["scores"][name]["hist"]["counts"]
+            for b, n in (score_hist.get(f"s{i}_h") or {}).items():
+                counts[int(b)] += n
+    for i, name in enumerate(words):
+        if name in word_stats:
+            counts = word_stats[name]["hist"]["counts"]
+            for b, n in _counts(grouped[f"w{i}_h"]).items():
+                counts[int(b)] += n
     for key in ("dup_of", "hours", "rejected_as_duplicate"):
         if key in agg:
             out[key] = agg[key]
@@ -527,12 +531,15 @@ def _manifest_models(manifest: dict | None) -> dict:
     out: dict[str, Any] = {}
     if isinstance(manifest.get("models"), dict):
         out.update({str(k): v for k, v in manifest["models"].items()})
+    for k, v in manifest.items():  # e.g. "captions": {"random_weights": true, ...}
+        if isinstance(v, dict) and "random_weights" in v:
+            out[f"{k}.random_weights"] = v["random_weights"]
     recipe = manifest.get("recipe")
     stages = recipe.get("stage", []) if isinstance(recipe, dict) else []
     for s in stages if isinstance(stages, list) else []:
         if isinstance(s, dict):
             for k, v in s.items():
-                if ("model" in k or k == "backend") and v not in (None, ""):
+                if (k in ("model", "backend") or k.endswith(("_model", "_backend"))) and v not in (None, ""):
                     out[f"{s.get('name', '?')}.{k}"] = v
     return out
 

@@ -68,7 +68,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
     else:
         from rich.console import Console
 
-        console = Console()
+        # a score table needs about 110 columns: narrower terminals (and pipes, 80 by default) get
+        # lines that wrap rather than numbers squeezed out of their columns
+        console = Console(width=max(Console().width, 110))
         print_stats(console, stats)
         if comparison is not None:
             print_comparison(console, comparison)
@@ -99,9 +101,9 @@ def _table(title: str, headers: list[str], rows: list[list[Any]], digits: int = 
 
     t = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, padding=(0, 1))
     for i, h in enumerate(headers):
-        t.add_column(
-            h, justify="left" if i == 0 else "right", overflow="fold", min_width=len(h), no_wrap=i > 0
-        )
+        # numbers never wrap (a number folded over two lines misreads); names and long text do
+        numeric = i > 0 and all(isinstance(r[i], int | float | None) for r in rows)
+        t.add_column(h, justify="left" if i == 0 else "right", overflow="fold", no_wrap=numeric)
     for r in rows:
         # Text(), not str: data may contain rich markup like "[bold]" and must print as it is
         t.add_row(*(Text(fmt(c, digits)) for c in r))
@@ -199,6 +201,8 @@ def print_stats(console, s: dict) -> None:
     ]
     if rows:
         console.print(_table("Models", ["column", "written by"], rows))
+        if random_weights(m["manifest"]):
+            console.print("[bold red]Some columns were written by random-weight test models[/bold red]")
     else:
         console.print("Models: no model wrote any column of this run")
     if s["stage_seconds"]:
@@ -209,6 +213,10 @@ def print_stats(console, s: dict) -> None:
                 [[k, v] for k, v in s["stage_seconds"].items()],
             )
         )
+
+
+def random_weights(manifest_models: dict) -> bool:
+    return any(k.endswith("random_weights") and v is True for k, v in manifest_models.items())
 
 
 def _esc(text: str) -> str:

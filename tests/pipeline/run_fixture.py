@@ -179,11 +179,13 @@ def real_run(videos: Path, base: Path) -> Path:
         shutil.copy(videos / rel, src / Path(rel).name)
     result = run_cli(
         "curate",
-        str(REPO / "recipes/curate/quickstart.toml"),
+        str(REPO / "recipes/curate/default.toml"),  # no caption models needed (the quick start's are built)
         "--input",
         str(src),
         "--output",
         str(out),
+        "--set",
+        "split_scenes.min_scene_s=0.5",
         "--quiet",
         timeout=300,
     )

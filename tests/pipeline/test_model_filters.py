@@ -110,6 +110,16 @@ def test_weights_come_from_the_saved_checkpoint(tiny, aesthetic):
     assert aesthetic.clip.arch == "tiny-clip" and aesthetic.clip.embed_dim == 64
 
 
+def test_batched_preprocessing_is_the_models_own_transform(aesthetic):
+    from PIL import Image
+
+    jpegs = [picture(k, size) for k, size in enumerate([(320, 256), (256, 456), (300, 300), (64, 40)])]
+    assert aesthetic.clip.normalize is not None  # ToTensor + Normalize run once per batch
+    ours = aesthetic.clip.model_input(aesthetic.clip.decode_jpegs(jpegs))
+    own = torch.stack([aesthetic.clip.preprocess(Image.open(io.BytesIO(j))) for j in jpegs])
+    assert torch.equal(ours, own)
+
+
 def test_mean_and_min_over_each_clips_frames(aesthetic):
     # 1, 3, 0 and 2 frames with 2 frames per forward pass: passes straddle clips
     rows = rows_with_frames([1, 3, 0, 2])
