@@ -35,7 +35,11 @@ def test_training_on_curated_quickstart_shards_lowers_validation_loss(tmp_path):
         str(out),
         "--quiet",
     ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    # the quick start's caption stages read the tiny models the README command builds first
+    from tests.make_tiny_models import build_all
+
+    build_all(tmp_path / "out" / "tiny-models")
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     cfg = load_recipe(
         os.path.join(ROOT, "recipes", "train", "tiny.toml"),
