@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import av
@@ -182,6 +182,14 @@ def account_video(video: dict, clips: list[dict]) -> dict:
         detail=f"all {len(clips)} candidate clips rejected: {summary}",
     )
     return video
+
+
+def account_group(videos: list[dict], clips: list[dict], rejected: list[dict]) -> list[dict]:
+    """``account_video`` for every video of a group, from the group's final clip and rejected rows."""
+    by_uri: dict[str, list[dict]] = defaultdict(list)
+    for c in clips + rejected:
+        by_uri[c["source_uri"]].append(c)
+    return [account_video(v, by_uri[v["source_uri"]]) for v in videos]
 
 
 def apply_clip_stage(stage, rows: list[dict]) -> list[dict]:

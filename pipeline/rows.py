@@ -11,6 +11,12 @@ def reject(row: dict, stage: str, reason: str, detail: str) -> None:
         row.update(reject_stage=stage, reject_reason=reason, reject_detail=detail)
 
 
+def sample_mean(analysis, row: dict, field: str, reduce=np.mean) -> float | None:
+    """``reduce`` (mean by default) of one ``SampleMeasures`` field over the clip's sample frames."""
+    idx = sample_indices(analysis, row)
+    return float(reduce([getattr(analysis.samples[i], field) for i in idx])) if idx else None
+
+
 def sample_indices(analysis, row: dict) -> list[int]:
     """Indices of the analysis sample frames that fall inside the clip (nearest one if none)."""
     t0, t1 = row["start_s"], row["end_s"]

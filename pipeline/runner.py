@@ -161,12 +161,9 @@ class GroupBuffer:
 
     def accounted_videos(self) -> list[dict]:
         """Video rows with their final accepted-clip counts (clip stages may have rejected some)."""
-        from pipeline.process import account_video
+        from pipeline.process import account_group
 
-        by_uri: dict[str, list[dict]] = defaultdict(list)
-        for c in self.clips + self.rejected:
-            by_uri[c["source_uri"]].append(c)
-        return [account_video(v, by_uri[v["source_uri"]]) for v in self.videos]
+        return account_group(self.videos, self.clips, self.rejected)
 
 
 def _init_ray(address: str | None) -> None:

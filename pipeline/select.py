@@ -16,13 +16,13 @@ import ast
 import json
 import operator
 import shutil
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipeline.process import account_video
+from pipeline.process import account_group
 from pipeline.schema import CLIP_SCHEMA, REJECTED_SCHEMA
 from pipeline.stages.write_shards import WriteShardsConfig, done_groups, write_group, write_manifest
 
@@ -105,19 +105,9 @@ def read_group(out: Path, group: str) -> tuple[list[dict], list[dict], list[dict
     return read("clips"), read("rejected"), read("videos")
 
 
-def _publish(
-    out: Path,
-    group: str,
-    clips: list[dict],
-    rejected: list[dict],
-    videos: list[dict],
-    config: WriteShardsConfig,
-) -> None:
-    by_uri: dict[str, list[dict]] = defaultdict(list)
-    for r in clips + rejected:
-        by_uri[r["source_uri"]].append(r)
-    videos = [account_video(v, by_uri[v["source_uri"]]) for v in videos]
-    write_group(out, group, clips, rejected, videos, config)
+def _publish(out: Path, group: str, clips: list[dict], rejected: list[dict], videos: list[dict],
+             config: WriteShardsConfig) -> None:  # fmt: skip
+    write_group(out, group, clips, rejected, account_group(videos, clips, rejected), config)
 
 
 def _is_filter_reject(row: dict) -> bool:

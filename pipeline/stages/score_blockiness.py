@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
-from pipeline.rows import reject, sample_indices
+from pipeline.rows import reject, sample_mean
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,8 +25,7 @@ def score_blockiness(config: ScoreBlockinessConfig, video: dict, analysis, clips
     out = []
     for clip in clips:
         row = dict(clip)
-        idx = sample_indices(analysis, row)
-        b = float(np.mean([analysis.samples[i].blockiness for i in idx])) if idx else None
+        b = sample_mean(analysis, row, "blockiness")
         row["blockiness_score"] = b
         if b is not None and b > config.max_blockiness:
             reject(row, "score_blockiness", "blocky", f"blockiness {b:.2f} > {config.max_blockiness}")

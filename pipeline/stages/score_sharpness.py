@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.rows import reject, sample_indices
+from pipeline.rows import reject, sample_mean
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,8 +28,7 @@ def score_sharpness(config: ScoreSharpnessConfig, video: dict, analysis, clips: 
     out = []
     for clip in clips:
         row = dict(clip)
-        idx = sample_indices(analysis, row)
-        s = float(np.median([analysis.samples[i].sharpness for i in idx])) if idx else None
+        s = sample_mean(analysis, row, "sharpness", reduce=np.median)
         row["sharpness_score"] = s
         if s is not None and s < config.min_sharpness:
             reject(row, "score_sharpness", "blurry", f"sharpness {s:.4f} < {config.min_sharpness}")

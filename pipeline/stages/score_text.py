@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
-from pipeline.rows import reject, sample_indices
+from pipeline.rows import reject, sample_mean
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,8 +26,7 @@ def score_text(config: ScoreTextConfig, video: dict, analysis, clips: list[dict]
     out = []
     for clip in clips:
         row = dict(clip)
-        idx = sample_indices(analysis, row)
-        area = float(np.mean([analysis.samples[i].text_area for i in idx])) if idx else None
+        area = sample_mean(analysis, row, "text_area")
         row["text_score"] = area
         if area is not None and area > config.max_text_area:
             reject(row, "score_text", "text_overlay", f"text covers {area:.1%} > {config.max_text_area:.0%}")
