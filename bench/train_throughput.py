@@ -1,6 +1,6 @@
 """Training throughput of our DiT against diffusers' WanTransformer3DModel at matched shape, same run.
 
-    python bench/train_throughput.py [--dim 256 --depth 4 --heads 4 --frames 4 --size 16 --batch 4 --threads 1]
+    python bench/train_throughput.py [--dim 256 --depth 4 --heads 4 --size 16 --batch 4 --threads 1]
     python bench/train_throughput.py --preset small --gpu      # ~120M preset, bf16, tokens/s and MFU
 
 Both models get the same width, depth, heads, MLP width (4x), patch (1, 2, 2), latent channels, text tokens

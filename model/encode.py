@@ -117,21 +117,26 @@ def encode_shards(
     if not os.path.isfile(vae):
         raise CheckpointError(f"VAE checkpoint not found: {vae}")
     vae = os.path.abspath(vae)
-    if not ray.is_initialized():
+    started = not ray.is_initialized()
+    if started:
         ray.init(log_to_driver=False)  # joins RAY_ADDRESS when set, else starts a local Ray
-    ds = ray.data.from_items([{"path": os.path.abspath(p)} for p in files])
-    ds = ds.map_batches(
-        EncodeShards,
-        fn_constructor_kwargs=dict(
-            vae=vae,
-            text_model=text_model,
-            frames=frames,
-            height=height,
-            width=width,
-            stride=stride,
-            text_tokens=text_tokens,
-        ),
-        batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=max(1, min(workers, len(files)))),
-    )
-    return ds.take_all()
+    try:
+        ds = ray.data.from_items([{"path": os.path.abspath(p)} for p in files])
+        ds = ds.map_batches(
+            EncodeShards,
+            fn_constructor_kwargs=dict(
+                vae=vae,
+                text_model=text_model,
+                frames=frames,
+                height=height,
+                width=width,
+                stride=stride,
+                text_tokens=text_tokens,
+            ),
+            batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=max(1, min(workers, len(files)))),
+        )
+        return ds.take_all()
+    finally:
+        if started:  # a Ray we started must not outlive the job (tests, notebooks call this in-process)
+            ray.shutdown()

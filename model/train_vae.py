@@ -3,7 +3,8 @@
 A short loop (AdamW, warmup, grad clip; L1 + KL), reading clips with the same readers as the DiT trainer.
 At the end it measures per-channel latent statistics on training clips (stored in the checkpoint so
 ``encode`` returns unit-scale latents) and reports PSNR/SSIM on the held-out clips next to a trivial
-baseline: 8x8 average-pool down, nearest up (a 64x compression; the default VAE compresses 96-192x).
+baseline at the same (time, height, width) factors: averages of 4 frames and 8x8 pixels, repeated back.
+That keeps 3 numbers per 4x8x8 block where the VAE keeps z_channels (tiny: 4, base: 16).
 Writes OUT/vae.safetensors and OUT/vae_metrics.json.
 """
 
@@ -39,12 +40,16 @@ class VAETrainConfig:
     log_every: int = 50
 
 
-def baseline_recon(x: torch.Tensor, factor: int = 8) -> torch.Tensor:
-    """Average-pool by ``factor`` in space, then nearest upsample: the trivial compressor to beat."""
+def baseline_recon(x: torch.Tensor, factors: tuple[int, int, int]) -> torch.Tensor:
+    """The trivial compressor at the VAE's own (time, height, width) factors: average the first frame alone
+    and then each group of ``ft`` frames, average-pool ``fh`` x ``fw`` in space, and repeat back (nearest)."""
+    ft, fh, fw = factors
     b, c, t, h, w = x.shape
-    y = torch.nn.functional.avg_pool2d(x.transpose(1, 2).reshape(b * t, c, h, w), factor)
-    y = torch.nn.functional.interpolate(y, scale_factor=factor, mode="nearest")
-    return y.view(b, t, c, h, w).transpose(1, 2)
+    groups = [x[:, :, :1]] + [x[:, :, i : i + ft] for i in range(1, t, ft)]
+    pooled = [g.mean(dim=2, keepdim=True) for g in groups]  # causal groups, like the VAE's latent frames
+    y = torch.cat([p.expand(-1, -1, g.shape[2], -1, -1) for p, g in zip(pooled, groups, strict=True)], 2)
+    y = torch.nn.functional.avg_pool3d(y, (1, fh, fw))
+    return y.repeat_interleave(fh, dim=3).repeat_interleave(fw, dim=4)
 
 
 def evaluate(vae, x: torch.Tensor) -> dict:
@@ -54,7 +59,7 @@ def evaluate(vae, x: torch.Tensor) -> dict:
     with torch.no_grad():
         recon = vae.decode(vae.encode(x))
     vae.train()
-    base = baseline_recon(x, vae.cfg.factors[1])
+    base = baseline_recon(x, vae.cfg.factors)
     return {
         "psnr": psnr(recon, x),
         "ssim": ssim(recon, x),

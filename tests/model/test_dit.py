@@ -102,3 +102,15 @@ def test_config_validation():
         DiTConfig(dim=100, heads=3)
     with pytest.raises(ValueError, match="unknown DiT preset"):
         config_from_preset("huge")
+
+
+def test_patch_tokens_are_time_major_like_the_rotary_grid():
+    model = DiT(config_from_preset("tiny", patch=(2, 4, 4), text_dim=8))
+    x = torch.randn(2, 3, 4, 16, 24)
+    tokens = model.patchify(x)
+    assert tokens.shape == (2, 2 * 4 * 6, 3 * 2 * 4 * 4)
+    assert torch.equal(model.unpatchify(tokens, model.grid(x.shape)), x)
+    # token 1 is (t=0, h=0, w=1), token 6 is (t=0, h=1, w=0), token 24 is (t=1, h=0, w=0)
+    assert torch.equal(tokens[0, 1].view(3, 2, 4, 4), x[0, :, 0:2, 0:4, 4:8])
+    assert torch.equal(tokens[0, 6].view(3, 2, 4, 4), x[0, :, 0:2, 4:8, 0:4])
+    assert torch.equal(tokens[0, 24].view(3, 2, 4, 4), x[0, :, 2:4, 0:4, 0:4])

@@ -94,3 +94,24 @@ def test_diffusers_adapter_on_a_tiny_random_wan_vae(tmp_path):
     raw = wan.encode(x).latent_dist.mode()
     assert torch.allclose(z, (raw - 0.5) / 2.0, atol=1e-5)  # normalised with the config's statistics
     assert vae.decode(z).shape == x.shape
+
+
+def test_baseline_compresses_at_the_vae_factors():
+    from model.train_vae import baseline_recon
+
+    ramp = torch.arange(9.0).view(1, 1, 9, 1, 1).expand(1, 1, 9, 8, 8)
+    # First frame alone, then groups of 4 frames, like the causal latent frames.
+    assert baseline_recon(ramp, (4, 8, 8))[0, 0, :, 0, 0].tolist() == [
+        0,
+        2.5,
+        2.5,
+        2.5,
+        2.5,
+        6.5,
+        6.5,
+        6.5,
+        6.5,
+    ]
+    x = torch.rand(1, 3, 5, 16, 16)
+    assert torch.equal(baseline_recon(x, (1, 1, 1)), x)
+    assert baseline_recon(x, (4, 8, 8)).unique().numel() <= 3 * 2 * 2 * 2
