@@ -113,6 +113,8 @@ def cmd_stage(args: argparse.Namespace) -> int:
         rows = [preview_stage(args.name, path, recipe) for path in args.videos]
     except RecipeError as e:
         return _fail(str(e))
+    except (OSError, ValueError) as e:  # a model stage that cannot load its weights names the path
+        return _fail(f"stage {args.name}: {e}")
     if args.json:
         print(json.dumps(rows, indent=1, default=str))
     else:
