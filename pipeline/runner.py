@@ -354,6 +354,10 @@ def build_manifest(out: Path, recipe: Recipe, n_inputs: int, n_groups: int, wall
     for r in rejected:
         by_clip_reason[f"{r['reject_stage']}/{r['reject_reason']}"] += 1
     captions = _caption_summary(out)
+    # every column a random-weight test model wrote: such scores and captions are not real
+    flags = [c for c in CLIP_SCHEMA.names if c.endswith("_random_weights")]
+    flagged = _read_columns(out, "clips", flags).to_pylist()
+    random_weights = {c: n for c in flags if (n := sum(bool(r.get(c)) for r in flagged))}
     timing = {
         s: round(sum(v[f"time_{s}_s"] or 0.0 for v in videos), 3)
         for s in ("probe", "analyze", "split", "transcode")
@@ -377,6 +381,7 @@ def build_manifest(out: Path, recipe: Recipe, n_inputs: int, n_groups: int, wall
             "accepted_hours": round(sum(c["duration_s"] or 0.0 for c in clips) / 3600, 6),
         },
         "captions": captions,
+        "random_weights": random_weights,
         "analysis_decode_passes": sum(v["analysis_decode_passes"] or 0 for v in videos),
         "stage_seconds": timing,
         "last_run_wall_s": round(wall_s, 3),

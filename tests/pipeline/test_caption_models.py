@@ -118,6 +118,7 @@ def test_quickstart_with_captions_fills_every_caption_column(workdir, videos):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["captions"]["random_weights"] is True  # the run says its captions are not real
     assert manifest["captions"]["random_weights_rows"] == len(clips)
+    assert manifest["random_weights"]["caption_random_weights"] == len(clips)
     assert "random-weight test models" in result.stderr
     resolved = (out / "recipe.resolved.toml").read_text()
     assert "caption_qa" in resolved and "tiny-qwen2_5-vl" in resolved

@@ -9,7 +9,7 @@ REPO = Path(__file__).resolve().parents[2]
 STAGES = [{"name": n} for n in ("probe", "analyze", "split_scenes", "transcode", "write_shards")]
 
 
-@pytest.mark.parametrize("name", ["quickstart", "default"])
+@pytest.mark.parametrize("name", ["quickstart", "default", "cluster"])
 def test_shipped_recipes_load_and_round_trip(name):
     recipe = load_recipe(REPO / "recipes/curate" / f"{name}.toml")
     again = build_recipe(tomllib.loads(recipe.to_toml()))
