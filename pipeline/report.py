@@ -32,7 +32,17 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.stats import RunDb, RunError, _q, caption_columns, model_columns, open_run, score_columns
+from pipeline.stats import (
+    SCORE_SHIFT_HEADER,
+    RunDb,
+    RunError,
+    _q,
+    caption_columns,
+    model_columns,
+    open_run,
+    score_columns,
+    score_shift_rows,
+)
 
 SPRITE_HEIGHT = 96  # px per frame in the gallery
 SPRITE_MAX_FRAMES = 8
@@ -542,19 +552,8 @@ def _sections(s: dict, comparison: dict | None) -> list[tuple[str, str, str]]:
             [[x["reason"], x["a"], x["b"], x["delta"]] for x in c["reasons"]],
         )
         body += table(
-            ["score", "median A", "median B", "shift", "mean A", "mean B", "shift"],
-            [
-                [
-                    x["column"],
-                    x["a_p50"],
-                    x["b_p50"],
-                    x["median_shift"],
-                    x["a_mean"],
-                    x["b_mean"],
-                    x["mean_shift"],
-                ]
-                for x in c["scores"]
-            ],
+            SCORE_SHIFT_HEADER,
+            score_shift_rows(c),
         )
         out.append(("compare", "Comparison", body))
     return out

@@ -674,3 +674,12 @@ def compare_stats(a: dict, b: dict) -> dict:
         "columns_only_in_a": sorted(set(sa) - set(sb)),
         "columns_only_in_b": sorted(set(sb) - set(sa)),
     }
+
+
+SCORE_SHIFT_HEADER = ["score", "median A", "median B", "shift", "mean A", "mean B", "shift"]
+
+
+def score_shift_rows(comparison: dict) -> list[list]:
+    """Rows of the score-shift table of ``compare_stats`` (terminal and HTML show the same)."""
+    keys = ("column", "a_p50", "b_p50", "median_shift", "a_mean", "b_mean", "mean_shift")
+    return [[x[k] for k in keys] for x in comparison["scores"]]

@@ -243,6 +243,8 @@ def _print_media(console, media: dict) -> None:
 
 
 def print_comparison(console, c: dict) -> None:
+    from pipeline.stats import SCORE_SHIFT_HEADER, score_shift_rows
+
     console.print(f"[bold]compare[/bold] A = {_esc(c['a'])}  B = {_esc(c['b'])}")
     console.print(
         _table(
@@ -260,22 +262,4 @@ def print_comparison(console, c: dict) -> None:
             )
         )
     if c["scores"]:
-        rows = [
-            [
-                x["column"],
-                x["a_p50"],
-                x["b_p50"],
-                x["median_shift"],
-                x["a_mean"],
-                x["b_mean"],
-                x["mean_shift"],
-            ]
-            for x in c["scores"]
-        ]
-        console.print(
-            _table(
-                "Score shifts (accepted clips)",
-                ["column", "median A", "median B", "shift", "mean A", "mean B", "shift"],
-                rows,
-            )
-        )
+        console.print(_table("Score shifts (accepted clips)", SCORE_SHIFT_HEADER, score_shift_rows(c)))
