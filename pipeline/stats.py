@@ -1,10 +1,12 @@
 """Dataset statistics of a curation run folder, computed by streaming over its Parquet files.
 
-Reads ``OUT/{videos,clips,rejected}/*.parquet`` and ``OUT/manifest.json``; writes nothing. Every
-statistic is a DuckDB aggregate over ``read_parquet`` views, so only the columns a query names are
-read, row group by row group, and memory stays flat as the run grows: quantiles are exact
-(``quantile_cont``) up to ``EXACT_QUANTILE_ROWS`` rows and t-digest sketches
-(``approx_quantile``) above, histograms use bins fixed by the first pass.
+Reads ``OUT/{videos,clips,rejected}/*.parquet`` and ``OUT/manifest.json``; writes nothing. DuckDB
+reads the ``read_parquet`` views, so only the columns a query names are read, row group by row group,
+and memory stays flat as the run grows. A clip table costs two scans: one streams every numeric column
+(and caption word counts, booleans) into numpy, where counts, means, quantiles and histograms come from
+one pass; one ``GROUP BY GROUPING SETS`` query counts every categorical value. Quantiles are exact
+(every value kept, as ``quantile_cont``) up to ``EXACT_QUANTILE_ROWS`` rows and come from a log-bucket
+sketch (0.1% relative error, constant memory) above.
 
 Columns are discovered from the files, not assumed: every numeric ``*_score`` column (plus the
 analysis and media columns in ``SCORE_COLUMNS``) gets quantiles and a histogram, ``caption`` and
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -34,6 +37,10 @@ HIST_RANGE = (0.005, 0.995)
 HIST_BINS = 40
 # below this many rows exact quantiles cost at most a few MB; above it a sketch keeps memory flat
 EXACT_QUANTILE_ROWS = 200_000
+# the sketch's buckets: neighbours differ by 0.1%, magnitudes 1e-12..1e12 (1.8 MB per column)
+SKETCH_GAMMA = 1.001
+SKETCH_RANGE = (1e-12, 1e12)
+STREAM_BATCH_ROWS = 65_536  # rows numpy sees at once: its per-call cost is paid per batch, not per row
 TOP_N = 10
 MAX_CATEGORIES = 30  # a string column with more distinct values is free text, not a category
 
@@ -137,7 +144,9 @@ class RunDb:
 
     def __init__(self, run: RunFolder, memory_limit: str = "1GB") -> None:
         self.run = run
-        self.con = duckdb.connect(config={"memory_limit": memory_limit})
+        # insertion order is never needed (aggregates, and a stream into order-free sums and counts);
+        # without it DuckDB hands the stream over in large batches from both threads
+        self.con = duckdb.connect(config={"memory_limit": memory_limit, "preserve_insertion_order": False})
         # DuckDB's parquet_metadata_cache would parse each footer once instead of once per query
         # (about 15% faster on bench/stats_scale.py) but holds every footer of the run in memory,
         # about 0.7 GB per million clips at 64-row row groups: memory that grows with the run
@@ -225,58 +234,209 @@ _ASPECTS = {
 }
 
 
-class _Scan:
-    """Aggregate expressions collected from several statistics and computed in one scan of a table."""
+class _Distribution:
+    """Count, sum, min and max of one numeric column, fed a batch of non-null values at a time.
+
+    Subclasses keep what quantiles and histograms are computed from, handed out by ``points()`` as
+    ascending values with a count each."""
 
     def __init__(self) -> None:
-        self.exprs: dict[str, str] = {}
+        self.n = 0
+        self.sum = 0.0
+        self.min = math.nan
+        self.max = -math.inf
 
-    def add(self, key: str, sql: str) -> str:
-        self.exprs[key] = sql
-        return key
+    def add(self, v: np.ndarray) -> None:
+        if not len(v):
+            return
+        # DuckDB orders NaN above every number: min skips NaN (fmin), max is NaN if any value is
+        self.min = float(np.fmin(self.min, np.fmin.reduce(v)))
+        self.max = float(np.maximum(self.max, v.max()))
+        self.n += len(v)
+        self.sum += float(v.sum())
+        self._keep(v)
+
+    def _keep(self, v: np.ndarray) -> None:
+        pass  # count, sum, min and max only
+
+    def points(self) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError(f"{type(self).__name__} keeps no values")
 
 
-def _add_quantiles(scan: _Scan, rows: int, named: dict[str, str], prefix: str) -> None:
-    fn = "quantile_cont" if rows <= EXACT_QUANTILE_ROWS else "approx_quantile"
-    qs = "[" + ", ".join(str(q) for q in (HIST_RANGE[0], *QUANTILES, HIST_RANGE[1])) + "]"
-    for i, e in enumerate(named.values()):
-        x = f"{prefix}{i}"
-        scan.add(f"{x}_n", f"count({e})")
-        scan.add(f"{x}_mean", f"avg({e})")
-        scan.add(f"{x}_min", f"min({e})")
-        scan.add(f"{x}_max", f"max({e})")
-        scan.add(f"{x}_q", f"{fn}(({e})::DOUBLE, {qs})")
+class _ExactValues(_Distribution):
+    """Every value: for tables up to ``EXACT_QUANTILE_ROWS`` rows (8 bytes a value, as ``quantile_cont``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chunks: list[np.ndarray] = []
+
+    def _keep(self, v: np.ndarray) -> None:
+        self.chunks.append(v.astype(np.float64, copy=False))
+
+    def points(self) -> tuple[np.ndarray, np.ndarray]:
+        values = np.sort(np.concatenate(self.chunks))  # NaN sorts last, as in DuckDB
+        return values, np.ones(len(values), np.int64)
 
 
-def _bin_expr(col_sql: str, lo: float, hi: float, bins: int) -> str:
+class _IntCounts(_Distribution):
+    """Exact counts of small non-negative integers (caption word counts): one counter per value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts = np.zeros(0, np.int64)
+
+    def _keep(self, v: np.ndarray) -> None:
+        c = np.bincount(v.astype(np.int64))
+        if len(c) > len(self.counts):
+            self.counts = np.pad(self.counts, (0, len(c) - len(self.counts)))
+        self.counts[: len(c)] += c
+
+    def points(self) -> tuple[np.ndarray, np.ndarray]:
+        (values,) = np.nonzero(self.counts)
+        return values.astype(np.float64), self.counts[values]
+
+
+class _LogSketch(_Distribution):
+    """Counts and sums in log-spaced buckets (the DDSketch idea): constant memory, any row count.
+
+    A value v > 0 falls in bucket ``ceil(log(v) / log(SKETCH_GAMMA))``, negatives mirror that and 0 and
+    NaN have a bucket each; a bucket stands for the mean of its values, which is within
+    ``SKETCH_GAMMA - 1`` (0.1%) of each of them, and exact when they are all equal (integers, repeated
+    values). Magnitudes outside ``SKETCH_RANGE`` share the edge buckets."""
+
+    _LN = math.log(SKETCH_GAMMA)
+    _LO = math.floor(math.log(SKETCH_RANGE[0]) / _LN)
+    _SIDE = math.ceil(math.log(SKETCH_RANGE[1]) / _LN) - _LO + 1  # buckets per sign
+
+    def __init__(self) -> None:
+        super().__init__()
+        # [negatives, most negative first | 0 | positives | NaN]
+        self.counts = np.zeros(2 * self._SIDE + 2, np.int64)
+        self.sums = np.zeros(2 * self._SIDE + 2)
+
+    def _keep(self, v: np.ndarray) -> None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            k = np.ceil(np.log(np.abs(v)) / self._LN) - self._LO
+        k = np.clip(np.nan_to_num(k, nan=0.0, posinf=self._SIDE - 1, neginf=0.0), 0, self._SIDE - 1)
+        k = k.astype(np.int64)
+        k = np.where(v > 0, self._SIDE + 1 + k, self._SIDE - 1 - k)
+        k[v == 0] = self._SIDE
+        k[np.isnan(v)] = 2 * self._SIDE + 1
+        self.counts += np.bincount(k, minlength=len(self.counts))
+        self.sums += np.bincount(k, weights=v, minlength=len(self.sums))
+
+    def points(self) -> tuple[np.ndarray, np.ndarray]:
+        (idx,) = np.nonzero(self.counts)
+        with np.errstate(invalid="ignore"):
+            return self.sums[idx] / self.counts[idx], self.counts[idx]
+
+
+def _quantiles(values: np.ndarray, counts: np.ndarray, qs: tuple[float, ...]) -> np.ndarray:
+    """``quantile_cont`` over values that each occur ``counts`` times: interpolate between the two
+    values around position (n - 1) * q of the sorted data."""
+    cum = np.cumsum(counts)
+    pos = (cum[-1] - 1) * np.asarray(qs)
+    below = np.floor(pos)
+    a = values[np.searchsorted(cum, below, side="right")]
+    b = values[np.searchsorted(cum, np.minimum(below + 1, cum[-1] - 1), side="right")]
+    frac = pos - below
+    with np.errstate(invalid="ignore"):
+        return np.where(frac == 0, a, a + (b - a) * frac)
+
+
+def _histogram(values: np.ndarray, counts: np.ndarray, lo: float, hi: float, bins: int) -> list[int]:
+    """Counts in ``bins`` equal bins over [lo, hi]; values beyond (and NaN, last) go in the edge bins."""
     width = (hi - lo) / bins if hi > lo else 1.0
-    bin_of = f"floor((({col_sql})::DOUBLE - {lo!r}) / {width!r})"
-    return f"least(greatest({bin_of}, 0), {bins - 1})::INTEGER"
+    with np.errstate(invalid="ignore"):
+        b = np.floor((values - lo) / width)
+    b = np.where(np.isnan(b), bins - 1, np.clip(b, 0, bins - 1)).astype(np.int64)
+    return [int(x) for x in np.bincount(b, weights=counts, minlength=bins)]
 
 
-def _summaries(agg: dict, named: dict[str, str], prefix: str, total: int, scan2: _Scan) -> dict[str, dict]:
-    """First-pass results to summaries; each summary's histogram is added to the second scan."""
-    out = {}
-    for i, (name, e) in enumerate(named.items()):
-        x = f"{prefix}{i}"
-        n = agg.get(f"{x}_n") or 0
-        if not n:  # all null: nothing to summarise
-            continue
-        q = agg[f"{x}_q"]
-        lo, hi = float(q[0]), float(q[-1])
-        if hi <= lo:  # (nearly) constant: one bin over [min, max]
-            lo, hi = float(agg[f"{x}_min"]), float(agg[f"{x}_max"])
-        out[name] = {
-            "count": n,
-            "nulls": total - n,
-            "mean": _num(agg[f"{x}_mean"]),
-            "min": _num(agg[f"{x}_min"]),
-            **{f"p{round(p * 100)}": _num(v) for p, v in zip(QUANTILES, q[1:-1], strict=True)},
-            "max": _num(agg[f"{x}_max"]),
-            "hist": {"lo": _num(lo), "hi": _num(hi), "bins": HIST_BINS, "counts": [0] * HIST_BINS},
-        }
-        scan2.add(f"{x}_h", _bin_expr(e, lo, hi, HIST_BINS))
-    return out
+def _summary(d: _Distribution, total: int, integer: bool) -> dict | None:
+    """Count, nulls, mean, min, quantiles, max and histogram of a distribution; None if it is empty."""
+    if not d.n:
+        return None
+    values, counts = d.points()
+    q = _quantiles(values, counts, (HIST_RANGE[0], *QUANTILES, HIST_RANGE[1]))
+    lo, hi = float(q[0]), float(q[-1])
+    if hi <= lo:  # (nearly) constant: one bin over [min, max]
+        lo, hi = d.min, d.max
+    ext = (int(d.min), int(d.max)) if integer else (d.min, d.max)
+    return {
+        "count": d.n,
+        "nulls": total - d.n,
+        "mean": _num(d.sum / d.n),
+        "min": _num(ext[0]),
+        **{f"p{round(p * 100)}": _num(v) for p, v in zip(QUANTILES, q[1:-1], strict=True)},
+        "max": _num(ext[1]),
+        "hist": {
+            "lo": _num(lo),
+            "hi": _num(hi),
+            "bins": HIST_BINS,
+            "counts": _histogram(values, counts, lo, hi, HIST_BINS),
+        },
+    }
+
+
+def _words_sql(col: str) -> str:
+    """Words of a caption: spaces + 1 of the trimmed text (captions are single-spaced prose; far cheaper
+    than a regex split). Only text with a space at either end pays for ``trim``."""
+    c, t = _q(col), f"trim({_q(col)})"
+
+    def spaces(x: str) -> str:
+        return f"strlen({x}) - strlen(replace({x}, ' ', ''))"
+
+    return (
+        f"CASE WHEN {c} = '' THEN 0 "
+        f"WHEN NOT (starts_with({c}, ' ') OR suffix({c}, ' ')) THEN {spaces(c)} + 1 "
+        f"WHEN {t} = '' THEN 0 ELSE {spaces(t)} + 1 END"
+    )
+
+
+def _stream(db: RunDb, table: str, columns: dict[str, tuple[str, _Distribution | None]]) -> dict[str, int]:
+    """ONE scan of ``table`` feeding every column expression to its distribution, in batches.
+
+    ``columns``: name -> (SQL expression, distribution; None for a boolean whose true and false rows are
+    counted). Returns the boolean counts as {"name:t": n, "name:f": n}."""
+    if not columns:
+        return {}
+    names = list(columns)
+    sql = ", ".join(f"{e} AS {_q(n)}" for n, (e, _) in columns.items())
+    bools = {n: [0, 0] for n, (_, d) in columns.items() if d is None}
+    pending: list[pa.RecordBatch] = []
+
+    def consume() -> None:
+        batch = pa.Table.from_batches(pending)
+        pending.clear()
+        for i, name in enumerate(names):
+            col = batch.column(i)
+            if col.null_count == len(col):
+                continue
+            v = col.drop_null().to_numpy() if col.null_count else col.to_numpy()
+            d = columns[name][1]
+            if d is None:
+                t = int(np.count_nonzero(v))
+                bools[name][0] += t
+                bools[name][1] += len(v) - t
+            else:
+                d.add(v)
+
+    try:
+        # batches may follow the Parquet row groups (64 rows as write_shards writes them): numpy
+        # gets them gathered into STREAM_BATCH_ROWS
+        rows = 0
+        for b in db.con.sql(f"SELECT {sql} FROM {table}").to_arrow_reader(STREAM_BATCH_ROWS):
+            pending.append(b)
+            rows += b.num_rows
+            if rows >= STREAM_BATCH_ROWS:
+                consume()
+                rows = 0
+        if pending:
+            consume()
+    except duckdb.Error as e:
+        raise RunError(f"{db.run.path}: cannot read the Parquet tables ({str(e).splitlines()[0]})") from None
+    return {f"{n}:{k}": c[i] for n, c in bools.items() for i, k in enumerate("tf")}
 
 
 def _top(counts: dict | None, n: int = TOP_N) -> list[dict]:
@@ -331,62 +491,52 @@ def _table_stats(db: RunDb, table: str, details: bool) -> dict:
     """Scores (and with ``details`` captions, flags, categories, models, media, sources) of a clip
     table, plus rejection reasons for the rejected table.
 
-    At most four scans: numeric aggregates (counts, quantiles, distinct counts); caption text (only
-    columns that have any); score histograms with bins from the first; and one ``_grouped_counts``
-    scan for caption-length histograms and every value count."""
+    Two scans: one stream of every numeric column, caption word and character counts and boolean into
+    numpy (counts, means, quantiles, histograms: no second pass for the histograms' bins), and one
+    ``_grouped_counts`` scan for every value count."""
     run = db.run
     types, total = run.columns[table], run.rows[table]
     out: dict[str, Any] = {"scores": {}, "captions": {}, "flags": {}, "categories": {}, "models": {}}
     out |= {"media": {}, "sources": {}, "reasons": []}
     if not run.files[table]:
         return out
-    scores = {c: _q(c) for c in score_columns(types)}
+    dist = _ExactValues if total <= EXACT_QUANTILE_ROWS else _LogSketch
+    scores = {c: dist() for c in score_columns(types)}
     captions = caption_columns(types) if details else []
-    words = {}
-    for c in captions:
-        t = f"trim({_q(c)})"
-        # words = spaces + 1: captions are single-spaced prose, and this is far cheaper than a regex split
-        words[c] = f"CASE WHEN {t} = '' THEN 0 ELSE length({t}) - length(replace({t}, ' ', '')) + 1 END"
     bools, flag_lists = flag_columns(types) if details else ([], [])
     cats = category_columns(types) if details else []
     models = model_columns(types) if details else []
-    s1 = _Scan()
-    _add_quantiles(s1, total, scores, "s")
+    stream: dict[str, tuple[str, _Distribution | None]] = {
+        f"s:{c}": (f"{_q(c)}::DOUBLE", d) for c, d in scores.items()
+    }
+    words = {c: _IntCounts() for c in captions}
+    chars = {c: _Distribution() for c in captions}
     for c in captions:
-        s1.add(f"{c}:count", f"count({_q(c)})")
+        stream[f"w:{c}"] = (_words_sql(c), words[c])
+        stream[f"c:{c}"] = (f"length({_q(c)})", chars[c])
     for c in bools:
-        s1.add(f"{c}:t", f"count(*) FILTER (WHERE {_q(c)})")
-        s1.add(f"{c}:f", f"count(*) FILTER (WHERE NOT {_q(c)})")
-    for c in cats:
-        s1.add(f"{c}:distinct", f"approx_count_distinct({_q(c)})")
+        stream[f"b:{c}"] = (_q(c), None)
     if "dup_of" in types:
-        s1.add("dup_of", "count(dup_of)")
+        stream["dup_of"] = ("dup_of IS NOT NULL", None)
     if "reject_reason" in types:
-        s1.add("rejected_as_duplicate", "count(*) FILTER (WHERE reject_reason ILIKE '%dup%')")
-    if "duration_s" in types:
-        s1.add("hours", "coalesce(sum(duration_s), 0) / 3600")
-    agg = db.aggregate(table, s1.exprs)
-    # caption text gets its own scan, and only columns with any text: in one query with the numeric
-    # sketches DuckDB took three times as long as the two queries apart (1M rows, bench/stats_scale.py)
-    captions = [c for c in captions if agg.get(f"{c}:count")]
-    words = {c: words[c] for c in captions}
-    s1b = _Scan()
-    _add_quantiles(s1b, total, words, "w")
-    for c in captions:
-        s1b.add(f"{c}:present", f"count({_q(c)}) FILTER (WHERE trim({_q(c)}) <> '')")
-        s1b.add(f"{c}:chars", f"avg(length({_q(c)}))")
-    agg |= db.aggregate(table, s1b.exprs)
+        stream["dup_reason"] = ("reject_reason ILIKE '%dup%'", None)
+    counted = _stream(db, table, stream)
 
-    s2 = _Scan()
-    out["scores"] = _summaries(agg, scores, "s", total, s2)
-    # score histograms: a numeric scan of their own is cheaper than one grouping set each below
-    score_hist = db.aggregate(table, {k: f"histogram({e})" for k, e in s2.exprs.items()})
-    s2 = _Scan()
-    word_stats = _summaries(agg, words, "w", total, s2)
-    keys: dict[str, tuple[str, int, bool]] = {k: (e, HIST_BINS, False) for k, e in s2.exprs.items()}
+    for c, d in scores.items():
+        summary = _summary(d, total, pa.types.is_integer(types[c]))
+        if summary is not None:
+            out["scores"][c] = summary
+    if "dup_of" in types:
+        out["dup_of"] = counted["dup_of:t"]
+    if "reject_reason" in types:
+        out["rejected_as_duplicate"] = counted["dup_reason:t"]
+    if "duration_s" in scores:
+        out["hours"] = scores["duration_s"].sum / 3600
+
+    keys: dict[str, tuple[str, int, bool]] = {}
+    # every string column is grouped; only those with at most MAX_CATEGORIES values are shown
     for c in cats:
-        if 0 < (agg.get(f"{c}:distinct") or 0) <= MAX_CATEGORIES:
-            keys[f"cat:{c}"] = (_q(c), TOP_N, False)
+        keys[f"cat:{c}"] = (_q(c), TOP_N, False)
     for c in models:
         keys[f"model:{c}"] = (_q(c), TOP_N, False)
     for c in flag_lists:
@@ -405,19 +555,6 @@ def _table_stats(db: RunDb, table: str, details: bool) -> dict:
     else:
         dur = "duration_s" if "duration_s" in types else "NULL::DOUBLE"
     grouped = _grouped_counts(db, table, keys, dur)
-    for i, name in enumerate(scores):
-        if name in out["scores"]:
-            counts = out["scores"][name]["hist"]["counts"]
-            for b, n in (score_hist.get(f"s{i}_h") or {}).items():
-                counts[int(b)] += n
-    for i, name in enumerate(words):
-        if name in word_stats:
-            counts = word_stats[name]["hist"]["counts"]
-            for b, n in _counts(grouped[f"w{i}_h"]).items():
-                counts[int(b)] += n
-    for key in ("dup_of", "hours", "rejected_as_duplicate"):
-        if key in agg:
-            out[key] = agg[key]
     if "reasons" in grouped:
         out["reasons"] = [
             {"stage": k[0], "reason": k[1], "clips": n, "hours": _num((d or 0.0) / 3600)}
@@ -426,21 +563,16 @@ def _table_stats(db: RunDb, table: str, details: bool) -> dict:
     if not details:
         return out
 
-    out["captions"] = {
-        c: {"present": 0, "missing_or_empty": total, "mean_chars": None, "words": None}
-        for c in caption_columns(types)
-    }
-    out["captions"] |= {
-        c: {
-            "present": agg[f"{c}:present"] or 0,
-            "missing_or_empty": total - (agg[f"{c}:present"] or 0),
-            "mean_chars": _num(agg[f"{c}:chars"]),
-            "words": word_stats.get(c),
+    for c in captions:
+        present = words[c].n - int(words[c].counts[:1].sum())  # non-null, and not empty once trimmed
+        out["captions"][c] = {
+            "present": present,
+            "missing_or_empty": total - present,
+            "mean_chars": _num(chars[c].sum / chars[c].n) if chars[c].n else None,
+            "words": _summary(words[c], total, integer=True),
         }
-        for c in captions
-    }
     for c in bools:
-        t, f = agg[f"{c}:t"] or 0, agg[f"{c}:f"] or 0
+        t, f = counted[f"b:{c}:t"], counted[f"b:{c}:f"]
         out["flags"][c] = {"true": t, "false": f, "null": total - t - f}
     for c in flag_lists:
         per_flag: dict[str, int] = {}
@@ -451,7 +583,7 @@ def _table_stats(db: RunDb, table: str, details: bool) -> dict:
     for prefix, dest in (("cat", "categories"), ("model", "models")):
         for c in cats if prefix == "cat" else models:
             g = grouped.get(f"{prefix}:{c}")
-            if g and g["values"]:
+            if g and g["values"] and (prefix == "model" or g["distinct"] <= MAX_CATEGORIES):
                 out[dest][c] = {"distinct": g["distinct"], "top": _top(_counts(g))}
     if "res" in grouped:
         out["media"] |= _resolutions(_counts(grouped["res"]))

@@ -77,8 +77,32 @@ def test_approximate_quantiles_above_the_threshold(syn, monkeypatch):
     monkeypatch.setattr(stats_mod, "EXACT_QUANTILE_ROWS", 10)
     s = compute_stats(out)
     assert s["run"]["quantiles"] == "approx"
-    # t-digest on 60 values 0..59: within one value of the exact median
-    assert s["scores"]["accepted"]["luma_mean"]["p50"] == pytest.approx(29.5, abs=1.0)
+    # the log-bucket sketch on 60 values 0..59: within 0.1% of the exact quantiles
+    acc = s["scores"]["accepted"]
+    assert acc["luma_mean"]["p50"] == pytest.approx(29.5, rel=1e-3)
+    # integers fall in buckets of their own: exact; a histogram still counts every clip
+    assert acc["width"]["p50"] == np.median([r["width"] for r in rows["accepted"]])
+    assert sum(acc["luma_mean"]["hist"]["counts"]) == acc["luma_mean"]["count"]
+
+
+def test_sketch_quantiles_within_relative_error():
+    """The sketch against numpy on a heavy-tailed sample with zeros, negatives and repeated values."""
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.lognormal(3.0, 2.0, 50_000), -rng.lognormal(0.0, 1.0, 5_000), np.zeros(300)])
+    values = np.concatenate([values, np.full(2_000, 854.0)])
+    sketch = stats_mod._LogSketch()
+    for chunk in np.array_split(rng.permutation(values), 7):
+        sketch.add(chunk)
+    assert sketch.n == len(values) and sketch.min == values.min() and sketch.max == values.max()
+    assert sketch.sum == pytest.approx(values.sum())
+    qs = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.95, 0.99, 0.999)
+    got = stats_mod._quantiles(*sketch.points(), qs)
+    want = np.quantile(values, qs)
+    assert np.allclose(got, want, rtol=stats_mod.SKETCH_GAMMA - 1, atol=1e-12), (got, want)
+    # the exact path is quantile_cont itself
+    exact = stats_mod._ExactValues()
+    exact.add(values)
+    assert np.allclose(stats_mod._quantiles(*exact.points(), qs), want, rtol=1e-12)
 
 
 def test_captions_media_flags_models_sources(syn):
@@ -86,8 +110,9 @@ def test_captions_media_flags_models_sources(syn):
     s = compute_stats(out)
     cap = s["captions"]["caption"]
     assert cap["present"] == N_ACCEPTED - 1 and cap["missing_or_empty"] == 1
-    words = [len(r["caption"].split()) for r in rows["accepted"] if r["caption"]]
+    words = [len(r["caption"].split()) for r in rows["accepted"] if r["caption"] is not None]
     assert cap["words"]["p50"] == pytest.approx(np.median(words))
+    assert cap["words"]["p95"] == pytest.approx(np.quantile(words, 0.95))
     assert cap["words"]["max"] == max(words)
     media = s["media"]
     assert {x["value"]: x["clips"] for x in media["aspect"]} == {"16:9": 15, "9:16": 15, "4:3": 15, "1:1": 15}
@@ -231,3 +256,14 @@ def test_real_run_counts_add_up(videos, tmp_path_factory):
 def test_bad_path_is_a_run_error(tmp_path):
     with pytest.raises(RunError, match="no such run folder"):
         compute_stats(tmp_path / "nope")
+
+
+def test_caption_words_are_spaces_plus_one_of_the_trimmed_text():
+    import duckdb
+
+    texts = ["two words", "  lead", "trail  ", " both ends ", "", "   ", "one", "é ü x", None]
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t (c VARCHAR)")
+    con.executemany("INSERT INTO t VALUES (?)", [[x] for x in texts])
+    got = [r[0] for r in con.execute(f"SELECT {stats_mod._words_sql('c')} FROM t").fetchall()]
+    assert got == [2, 1, 1, 2, 0, 0, 1, 3, None]
