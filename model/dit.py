@@ -14,6 +14,13 @@ and text-encoder token embeddings [B, L, text_dim] with a mask [B, L]. Output: a
   instead of 6 d^2 per block, a third of the 120M preset. Text tokens are attended to by cross-attention
   after self-attention.
 - Attention is ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels on GPU).
+- Packing (``DiT.forward_packed``): clips of different durations and sizes laid end to end in rows of a
+  fixed token budget. Each token carries its clip's index (``seq_id``) and its own (t, h, w) position;
+  self-attention is block-diagonal (a clip never sees another clip), cross-attention sees only the clip's
+  own caption, and the adaLN modulation is gathered per token from a per-clip table, so a packed pass
+  computes exactly what one pass per clip would. Same blocks, same weights as ``forward``.
+- Conditioning frames: tokens marked as clean conditioning frames are modulated with timestep 0 (they are
+  data, not noise), Open-Sora style; ``forward(frame_cond=...)`` and ``forward_packed(cond=...)``.
 - Every residual branch starts at zero (adaLN gates, cross-attention output, final projection),
   so each block is the identity at initialisation and the model first outputs zeros.
 """
@@ -87,6 +94,17 @@ def rope_3d(grid: tuple[int, int, int], head_dim: int, theta: float, device=None
     return ang.cos().float(), ang.sin().float()
 
 
+def rope_positions(pos: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, ...]:
+    """cos and sin tables [..., head_dim // 2] for integer (t, h, w) positions pos [..., 3]: the same angles
+    as ``rope_3d`` (same float64 products), but per token, so every packed clip counts from its own origin."""
+    angles = []
+    for axis, d in enumerate(rope_split(head_dim)):
+        freqs = 1.0 / theta ** (torch.arange(0, d, 2, device=pos.device, dtype=torch.float64) / d)
+        angles.append(pos[..., axis, None].to(torch.float64) * freqs)
+    ang = torch.cat(angles, dim=-1)
+    return ang.cos().float(), ang.sin().float()
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate channel pairs (x[i], x[i + d/2]) of x [..., d] by the position angles (cos, sin broadcast to
     [..., d/2]). Pairing the two halves rather than neighbours is the same rotation up to a fixed channel
@@ -107,9 +125,61 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
+def per_token(v: torch.Tensor) -> torch.Tensor:
+    """A modulation [B, dim] per sample broadcast over tokens; [B, N, dim] is already per token (packing)."""
+    return v[:, None] if v.dim() == 2 else v
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x * (1 + scale) + shift per sample, as one fused multiply-add."""
-    return torch.addcmul(shift[:, None], x, 1 + scale[:, None])
+    """x * (1 + scale) + shift per sample (or per token), as one fused multiply-add."""
+    return torch.addcmul(per_token(shift), x, 1 + per_token(scale))
+
+
+@dataclass
+class Segments:
+    """Self-attention computed one clip at a time: (row, start, end) runs that each hold one clip (or the
+    row's padding). The alternative to a block-diagonal mask on CPU, where it skips the masked-out work."""
+
+    runs: list[tuple[int, int, int]]
+
+
+def _flex_attention():
+    """flex_attention, compiled (eager flex_attention is a slow reference implementation); None when this
+    PyTorch has none. Imported lazily: CPU runs never need it."""
+    global _FLEX
+    if _FLEX is None:
+        try:
+            from torch.nn.attention.flex_attention import flex_attention
+        except ImportError:
+            _FLEX = False
+        else:
+            _FLEX = torch.compile(flex_attention, dynamic=False)
+    return _FLEX or None
+
+
+_FLEX = None
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None) -> torch.Tensor:
+    """q, k, v [B, heads, N, head_dim]. ``mask``: None, a boolean mask broadcastable to [B, heads, Nq, Nk]
+    (True = attend), a flex_attention ``BlockMask`` (document mask on GPU), or ``Segments``."""
+    if isinstance(mask, Segments):
+        rows = []
+        for r in range(q.shape[0]):
+            runs = [(s, e) for rr, s, e in mask.runs if rr == r]
+            rows.append(
+                torch.cat(
+                    [
+                        F.scaled_dot_product_attention(q[r, :, s:e], k[r, :, s:e], v[r, :, s:e])
+                        for s, e in runs
+                    ],
+                    1,
+                )
+            )
+        return torch.stack(rows)
+    if mask is not None and type(mask).__name__ == "BlockMask":
+        return _flex_attention()(q, k, v, block_mask=mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 class Attention(nn.Module):
@@ -134,10 +204,11 @@ class Attention(nn.Module):
         k, v = self.kv(ctx).view(b, ctx.shape[1], 2, self.heads, self.head_dim).unbind(2)
         k = self.k_norm(k)
         if rope is not None:
-            cos, sin = rope[0][:, None], rope[1][:, None]  # [N, 1, head_dim / 2]: same for every head
+            # [N, 1, head_dim / 2] (or [B, N, 1, head_dim / 2] when packed): the same for every head
+            cos, sin = rope[0].unsqueeze(-2), rope[1].unsqueeze(-2)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = attend(q, k, v, mask)
         return self.proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
@@ -155,13 +226,16 @@ class Block(nn.Module):
         # This block's offsets to the shared modulation (shift, scale, gate for attention and for the MLP).
         self.mod = nn.Parameter(torch.zeros(6, d))
 
-    def forward(self, x, mod, text, text_mask, rope) -> torch.Tensor:
-        """mod [B, 6, dim] is the shared modulation of the conditioning vector."""
-        sh1, sc1, g1, sh2, sc2, g2 = (mod + self.mod).unbind(1)
+    def forward(self, x, mod, text, text_mask, rope, attn_mask=None) -> torch.Tensor:
+        """mod [B, 6, dim] is the shared modulation of the conditioning vector, or [B, N, 6, dim] per token
+        (packed clips, conditioning frames); attn_mask restricts self-attention (packing)."""
+        sh1, sc1, g1, sh2, sc2, g2 = (mod + self.mod).unbind(-2)
         # x + gate * branch(x), fused (addcmul); the gates start at zero, so the block starts as identity.
-        x = torch.addcmul(x, g1[:, None], self.attn(modulate(self.norm1(x), sh1, sc1), rope=rope))
+        x = torch.addcmul(
+            x, per_token(g1), self.attn(modulate(self.norm1(x), sh1, sc1), rope=rope, mask=attn_mask)
+        )
         x = x + self.cross(self.norm_cross(x), context=text, mask=text_mask)
-        x = torch.addcmul(x, g2[:, None], self.mlp(modulate(self.norm2(x), sh2, sc2)))
+        x = torch.addcmul(x, per_token(g2), self.mlp(modulate(self.norm2(x), sh2, sc2)))
         return x
 
 
@@ -217,28 +291,13 @@ class DiT(nn.Module):
         return t // pt, h // ph, w // pw
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, t, h, w = x.shape
-        pt, ph, pw = self.cfg.patch
-        x = x.view(b, c, t // pt, pt, h // ph, ph, w // pw, pw)
-        return x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, -1, self.patch_dim)
+        return patchify(x, self.cfg.patch)
 
     def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-        b = x.shape[0]
-        gt, gh, gw = grid
-        pt, ph, pw = self.cfg.patch
-        x = x.view(b, gt, gh, gw, self.cfg.in_channels, pt, ph, pw)
-        return x.permute(0, 4, 1, 5, 2, 6, 3, 7).reshape(b, self.cfg.in_channels, gt * pt, gh * ph, gw * pw)
+        return unpatchify(x, grid, self.cfg.patch, self.cfg.in_channels)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        t: torch.Tensor,
-        text: torch.Tensor,
-        text_mask: torch.Tensor | None = None,
-        drop_text: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """x [B, C, T, H, W], t [B] in [0, 1], text [B, L, text_dim], text_mask [B, L] (True = real token),
-        drop_text [B] (True = use the null caption instead: classifier-free guidance and empty captions)."""
+    def _text(self, text, text_mask, drop_text):
+        """Captions with dropped ones replaced by the null caption, their mask, and the pooled caption."""
         b, L = text.shape[:2]
         if text_mask is None:
             text_mask = torch.ones(b, L, dtype=torch.bool, device=text.device)
@@ -249,20 +308,165 @@ class DiT(nn.Module):
             text = torch.where(keep[..., None], text, self.null_text.to(text.dtype)[None])
             first = torch.arange(L, device=text.device)[None] == 0
             text_mask = torch.where(keep, text_mask, first)
-        grid = self.grid(x.shape)
-        h = self.x_embed(self.patchify(x))
         m = text_mask.to(text.dtype)[..., None]
         pooled = (text * m).sum(1) / m.sum(1).clamp(min=1)
+        return text, text_mask, pooled
+
+    def _modulation_table(self, t, pooled, with_clean: bool):
+        """Conditioning vectors [B, S, dim] per sample (S = 1), plus, with ``with_clean``, the same sample at
+        timestep 0 (S = 2): what clean conditioning frames are modulated with."""
         c = self.t_embed(timestep_embedding(t, 256)) + self.pool_embed(pooled)
+        if not with_clean:
+            return c[:, None]
+        c0 = self.t_embed(timestep_embedding(torch.zeros_like(t), 256)) + self.pool_embed(pooled)
+        return torch.stack([c, c0], 1)
+
+    def _run(self, h, table, index, ctx, ctx_mask, rope, attn_mask):
+        """The blocks and the output layer, with the modulation of token n taken from table[b, index[b, n]]
+        (one gather here, before the blocks add their own offsets: gather(a) + m == gather(a + m))."""
+        b, s, d = table.shape
+        mod = self.ada(table).view(b, s, 6, d)
+        mod = torch.gather(mod, 1, index[..., None, None].expand(-1, -1, 6, d))  # [B, N, 6, d]
+        for blk in self.blocks:
+            h = blk(h, mod, ctx, ctx_mask, rope, attn_mask)
+        out = torch.gather(self.ada_out(table), 1, index[..., None].expand(-1, -1, 2 * d))
+        shift, scale = out.chunk(2, dim=-1)
+        return self.out(modulate(self.norm_out(h), shift, scale))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        text: torch.Tensor,
+        text_mask: torch.Tensor | None = None,
+        drop_text: torch.Tensor | None = None,
+        frame_cond: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x [B, C, T, H, W], t [B] in [0, 1], text [B, L, text_dim], text_mask [B, L] (True = real token),
+        drop_text [B] (True = use the null caption instead: classifier-free guidance and empty captions),
+        frame_cond [B, T] (True = a clean conditioning frame, modulated as timestep 0; whole temporal
+        patches)."""
+        b = text.shape[0]
+        text, text_mask, pooled = self._text(text, text_mask, drop_text)
+        grid = self.grid(x.shape)
+        h = self.x_embed(self.patchify(x))
         ctx = self.text_embed(text)
         rope = rope_3d(grid, self.cfg.dim // self.cfg.heads, self.cfg.rope_theta, device=x.device)
         attn_mask = text_mask[:, None, None, :]  # [B, 1, 1, L] broadcast over heads and queries
+        if frame_cond is not None:
+            # Per-token modulation: index 1 (timestep 0) for the tokens of conditioning frames.
+            pt = self.cfg.patch[0]
+            cond = frame_cond.view(b, grid[0], pt).all(-1)  # [B, T'] per temporal patch
+            index = cond.long().repeat_interleave(grid[1] * grid[2], dim=1)  # time-major token order
+            table = self._modulation_table(t, pooled, with_clean=True)
+            return self.unpatchify(self._run(h, table, index, ctx, attn_mask, rope, None), grid)
+        c = self.t_embed(timestep_embedding(t, 256)) + self.pool_embed(pooled)
         mod = self.ada(c).view(b, 6, -1)
         for blk in self.blocks:
             h = blk(h, mod, ctx, attn_mask, rope)
         shift, scale = self.ada_out(c).chunk(2, dim=-1)
         h = self.out(modulate(self.norm_out(h), shift, scale))
         return self.unpatchify(h, grid)
+
+    def forward_packed(
+        self,
+        tokens: torch.Tensor,
+        seq_id: torch.Tensor,
+        pos: torch.Tensor,
+        t: torch.Tensor,
+        text: torch.Tensor,
+        text_mask: torch.Tensor,
+        drop_text: torch.Tensor | None = None,
+        cond: torch.Tensor | None = None,
+        attn_mask=None,
+    ) -> torch.Tensor:
+        """Clips packed into rows (model/data.py ``pack``): tokens [R, N, patch_dim] (patchified clips end to
+        end, then padding), seq_id [R, N] (the token's clip slot in its row, -1 = padding), pos [R, N, 3]
+        (the token's (t, h, w) patch position within its clip). Per clip slot: t [R, K], text [R, K, L,
+        text_dim], text_mask [R, K, L], drop_text [R, K]. cond [R, N] marks clean conditioning tokens.
+        attn_mask: the self-attention mask from ``packed_attention_mask`` (built once per batch and shared
+        by every block; built here when None). Returns the velocity tokens [R, N, patch_dim]."""
+        r, n, _ = tokens.shape
+        k, L = text.shape[1:3]
+        flat_drop = None if drop_text is None else drop_text.reshape(r * k)
+        text, text_mask, pooled = self._text(
+            text.reshape(r * k, L, -1), text_mask.reshape(r * k, L), flat_drop
+        )
+        table = self._modulation_table(t.reshape(r * k), pooled, with_clean=cond is not None)  # [R*K, S, d]
+        s = table.shape[1]
+        # Table row of token n: slot * S + (1 if clean), within its packed row; padding borrows slot 0.
+        table = table.reshape(r, k * s, -1)
+        index = seq_id.clamp(min=0) * s + (cond.long() if cond is not None else 0)
+        # Cross-attention: every clip's caption tokens side by side; a token sees only its own clip's.
+        ctx = self.text_embed(text).reshape(r, k * L, -1)
+        text_slot = torch.arange(k, device=tokens.device).repeat_interleave(L)  # [K * L]
+        ctx_mask = (seq_id[:, :, None] == text_slot[None, None]) & text_mask.reshape(r, 1, k * L)
+        ctx_mask = ctx_mask | (seq_id < 0)[:, :, None]  # padding attends to anything (no all-masked rows)
+        if attn_mask is None:
+            attn_mask = packed_attention_mask(seq_id)
+        rope = rope_positions(pos, self.cfg.dim // self.cfg.heads, self.cfg.rope_theta)
+        h = self.x_embed(tokens)
+        return self._run(h, table, index, ctx, ctx_mask[:, None], rope, attn_mask)
+
+
+class PackedDiT(nn.Module):
+    """``DiT.forward_packed`` as a module's forward, so DDP (which syncs gradients through ``forward``) and
+    torch.compile wrap the packed pass. Holds the DiT, adds no parameters."""
+
+    def __init__(self, dit: DiT) -> None:
+        super().__init__()
+        self.dit = dit
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        return self.dit.forward_packed(*args, **kwargs)
+
+
+def patchify(x: torch.Tensor, patch: tuple[int, int, int]) -> torch.Tensor:
+    """[B, C, T, H, W] -> [B, N, C * pt * ph * pw] tokens, time-major (t, then h, then w)."""
+    b, c, t, h, w = x.shape
+    pt, ph, pw = patch
+    x = x.view(b, c, t // pt, pt, h // ph, ph, w // pw, pw)
+    return x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, -1, c * pt * ph * pw)
+
+
+def unpatchify(x: torch.Tensor, grid: tuple[int, int, int], patch: tuple[int, int, int], channels: int):
+    b = x.shape[0]
+    gt, gh, gw = grid
+    pt, ph, pw = patch
+    x = x.view(b, gt, gh, gw, channels, pt, ph, pw)
+    return x.permute(0, 4, 1, 5, 2, 6, 3, 7).reshape(b, channels, gt * pt, gh * ph, gw * pw)
+
+
+def packed_attention_mask(seq_id: torch.Tensor, kind: str = "auto"):
+    """Self-attention mask of packed rows seq_id [R, N]: tokens attend within their own clip only (padding,
+    seq_id -1, within the padding). Built once per batch, shared by every block.
+
+    kind ``flex``: a flex_attention document ``BlockMask`` (GPU: whole 128x128 blocks outside the diagonal
+    are skipped, never computed); ``dense``: a boolean [R, 1, N, N] mask for SDPA; ``segments``: one SDPA
+    call per clip (``Segments``); ``auto``: flex on CUDA when available, else dense (faster than the
+    per-clip loop on CPU for the tiny models, see bench/packing.py)."""
+    if kind == "auto":
+        kind = "flex" if seq_id.is_cuda and _flex_attention() is not None else "dense"
+    if kind == "flex":
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        def same_clip(b, h, q, kv):
+            return seq_id[b, q] == seq_id[b, kv]
+
+        r, n = seq_id.shape
+        return create_block_mask(same_clip, r, None, n, n, device=seq_id.device)
+    if kind == "segments":
+        runs = []
+        for r, row in enumerate(seq_id.tolist()):
+            start = 0
+            for i in range(1, len(row) + 1):
+                if i == len(row) or row[i] != row[start]:
+                    runs.append((r, start, i))
+                    start = i
+        return Segments(runs)
+    if kind != "dense":
+        raise ValueError(f"unknown packed attention {kind!r} (auto, flex, dense, segments)")
+    return (seq_id[:, :, None] == seq_id[:, None, :])[:, None]
 
 
 def config_to_dict(cfg: DiTConfig) -> dict:

@@ -2,10 +2,18 @@
 
     vidsift sample RUN_OR_CKPT --prompt "a red square moving right" --out out.mp4 [--frames 9 --height 32
         --width 32 --steps 30 --cfg 4 --seed 0]
+        [--image first.png | --extend clip.mp4 [--backward] | --connect a.mp4 b.mp4] [--context-frames N]
+        [--expand --expand-model PATH]
 
 RUN_OR_CKPT is a training run folder (its EMA weights are used) or a ``*.safetensors`` file written by
 model/train.py, whose metadata names the DiT config, text encoder, VAE and training size. Writes an H.264
 MP4 and a GIF preview beside it.
+
+Conditioning by frames (model/flow.py ``sample_euler(cond=...)``): the given frames are encoded to the
+model's space (``encode_video``), placed at the start (``--image``, ``--extend``), the end (``--extend
+--backward``) or both ends (``--connect``) of the clip, and held fixed while the rest is generated, so they
+come back unchanged. ``--expand`` rewrites a short prompt into the long caption style with a language model
+through the captioning backends (pipeline/backends), and prints both.
 """
 
 from __future__ import annotations
@@ -19,6 +27,11 @@ import torch
 
 class CheckpointError(Exception):
     """A missing or foreign checkpoint; the CLI prints it on one line."""
+
+
+class InputError(Exception):
+    """A missing, unreadable or unusable conditioning image or clip, or a failed prompt expansion; the CLI
+    prints it on one line."""
 
 
 def checkpoint_path(path: str) -> str:
@@ -61,32 +74,215 @@ def generate(
     guidance: float = 4.0,
     seed: int = 0,
     device: str = "cpu",
+    *,
+    image: str | None = None,
+    extend: str | None = None,
+    backward: bool = False,
+    connect: tuple[str, str] | None = None,
+    context_frames: int | None = None,
 ) -> tuple[torch.Tensor, dict]:
-    """Videos [B, 3, F, H, W] in [-1, 1] for the prompts, and the checkpoint metadata."""
+    """Videos [B, 3, F, H, W] in [-1, 1] for the prompts, and the checkpoint metadata.
+
+    Conditioning (at most one): ``image`` is the first frame (image-to-video); ``extend`` continues a clip
+    from its last ``context_frames`` frames (``backward``: leads into its first ones); ``connect`` = (a, b)
+    starts with a's last and ends with b's first ``context_frames`` frames. Given frames are unchanged in
+    the result (exactly in pixel space; their latents are exact with a VAE)."""
     from model.flow import FlowConfig, sample_euler
     from model.text import TextEncoder
 
+    modes = [m for m, v in (("--image", image), ("--extend", extend), ("--connect", connect)) if v]
+    if len(modes) > 1:
+        raise InputError(f"{' and '.join(modes)} cannot be combined: choose one conditioning mode")
+    if backward and not extend:
+        raise InputError("--backward needs --extend CLIP")
     model, meta = load_dit(ckpt, device)
     frames, height, width = frames or meta["frames"], height or meta["height"], width or meta["width"]
-    vae = None
-    if meta["vae"]:
-        from model.vae import load_vae
-
-        if not os.path.isfile(meta["vae"]):
-            raise CheckpointError(f"the checkpoint's VAE is missing: {meta['vae']}")
-        vae = load_vae(meta["vae"], device)
+    vae = load_checkpoint_vae(meta, device)
     try:  # fail early, with a clear message, on sizes the VAE or the patch size does not divide
         shape = vae.latent_shape(frames, height, width) if vae is not None else (3, frames, height, width)
         model.grid(shape)
     except ValueError as e:
         raise CheckpointError(f"size {frames}x{height}x{width} does not fit this checkpoint: {e}") from e
+    cond = None
+    if modes:
+        cond = conditioning(
+            model, vae, shape, frames, height, width, len(prompts), device,
+            image=image, extend=extend, backward=backward, connect=connect, context_frames=context_frames,
+        )  # fmt: skip
     encoder = TextEncoder(meta["text_model"], meta["text_tokens"], device)
     text, mask = encoder(prompts)
     noise = torch.randn((len(prompts), *shape), generator=torch.Generator().manual_seed(seed)).to(device)
-    x = sample_euler(model, noise, text, mask, FlowConfig(**meta["flow"]), steps, guidance)
+    flow = FlowConfig(**{k: v for k, v in meta["flow"].items() if k in FlowConfig.__dataclass_fields__})
+    x = sample_euler(model, noise, text, mask, flow, steps, guidance, cond=cond)
     if vae is not None:
         x = vae.decode(x)
     return x.clamp(-1, 1), meta
+
+
+def load_checkpoint_vae(meta: dict, device: str | torch.device = "cpu"):
+    """The VAE a DiT checkpoint was trained with (None for pixel space)."""
+    if not meta.get("vae"):
+        return None
+    from model.vae import load_vae
+
+    if not os.path.isfile(meta["vae"]):
+        raise CheckpointError(f"the checkpoint's VAE is missing: {meta['vae']}")
+    return load_vae(meta["vae"], device)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# conditioning inputs: an image or frames of a clip, in the model's space
+
+
+def load_image(path: str, height: int, width: int) -> torch.Tensor:
+    """An image file, resized to cover height x width and centre-cropped: [3, 1, H, W] in [-1, 1]."""
+    from model.data import load_image as read
+
+    if not os.path.isfile(path):
+        raise InputError(f"image not found: {path}")
+    try:
+        return read(path, height, width)
+    except Exception as e:  # noqa: BLE001 - PIL raises many types; all mean "not a readable image"
+        raise InputError(f"unreadable image {path} ({type(e).__name__}: {e})") from e
+
+
+def load_clip(path: str, height: int, width: int) -> torch.Tensor:
+    """Every frame of a video file, resized to cover height x width and centre-cropped: [3, F, H, W] in
+    [-1, 1] (conditioning clips are short; an image file reads as a one-frame clip)."""
+    import av
+
+    if not os.path.isfile(path):
+        raise InputError(f"clip not found: {path}")
+    frames = []
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise ValueError("no video stream")
+            for frame in container.decode(video=0):
+                scale = max(width / frame.width, height / frame.height)
+                w, h = max(width, round(frame.width * scale)), max(height, round(frame.height * scale))
+                img = frame.reformat(width=w, height=h, format="rgb24").to_ndarray()
+                top, left = (h - height) // 2, (w - width) // 2
+                frames.append(img[top : top + height, left : left + width])
+    except Exception as e:  # noqa: BLE001 - PyAV raises many types; all mean "not a readable video"
+        raise InputError(f"unreadable clip {path} ({type(e).__name__}: {e})") from e
+    if not frames:
+        raise InputError(f"unreadable clip {path}: no frames decoded")
+    video = torch.from_numpy(np.stack(frames)).permute(3, 0, 1, 2).float()
+    return video / 127.5 - 1.0
+
+
+def encode_video(video: torch.Tensor, vae=None) -> torch.Tensor:
+    """Pixels [3, F, H, W] in [-1, 1] -> the DiT's input space [C, T, h, w] (the VAE latent, or the pixels
+    themselves in pixel space). Reusable by any mode that starts from given frames."""
+    if vae is None:
+        return video
+    try:
+        return vae.encode(video[None].to(vae.latent_mean.device))[0]
+    except ValueError as e:  # the causal VAE takes 1 + 4k frames
+        raise InputError(f"{video.shape[1]} frames do not fit the VAE: {e}") from e
+
+
+def conditioning(
+    model, vae, shape, frames: int, height: int, width: int, batch: int, device,
+    *, image=None, extend=None, backward=False, connect=None, context_frames=None,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(clean [B, C, T, H, W], given frames [B, T]) for ``sample_euler(cond=...)``."""
+    if context_frames is not None and context_frames < 1:
+        raise InputError(f"--context-frames must be at least 1, got {context_frames}")
+    # Default context: the image itself, or a quarter of the clip (whole VAE frame groups: 1 + 4k).
+    vae_time = vae.cfg.factors[0] if vae is not None else 1
+    n = context_frames or max(1, frames // 4)
+    if vae_time > 1:
+        n = 1 + (n - 1) // vae_time * vae_time
+    if image:
+        parts = [(encode_video(load_image(image, height, width), vae), "start")]
+    elif extend:
+        clip = _context(extend, height, width, n)
+        ctx = clip[:, :n] if backward else clip[:, -n:]
+        parts = [(encode_video(ctx, vae), "end" if backward else "start")]
+    else:
+        a, b = _context(connect[0], height, width, n), _context(connect[1], height, width, n)
+        parts = [(encode_video(a[:, -n:], vae), "start"), (encode_video(b[:, :n], vae), "end")]
+    clean = torch.zeros(shape)
+    given = torch.zeros(shape[1], dtype=torch.bool)
+    pt = model.cfg.patch[0]
+    for z, where in parts:
+        t = z.shape[1]
+        if t % pt:
+            raise InputError(f"{t} conditioning frames do not fill whole temporal patches of {pt}")
+        s = 0 if where == "start" else shape[1] - t
+        clean[:, s : s + t] = z.cpu()
+        given[s : s + t] = True
+    if given.all():
+        raise InputError(
+            f"the {int(given.sum())} given frames fill all {shape[1]} frames: ask for more --frames or fewer "
+            "--context-frames"
+        )
+    return clean[None].expand(batch, *shape).to(device), given[None].expand(batch, -1).to(device)
+
+
+def _context(path: str, height: int, width: int, n: int) -> torch.Tensor:
+    clip = load_clip(path, height, width)
+    if clip.shape[1] < n:
+        raise InputError(f"{path} has {clip.shape[1]} frames; {n} context frames are needed")
+    return clip
+
+
+# ---------------------------------------------------------------------------------------------------------
+# prompt expansion: a short user prompt in the long caption style the model was trained on
+
+EXPAND_SYSTEM = "You write the captions a text-to-video model is trained on."
+EXPAND_PROMPT = (
+    "Expand the short prompt below into one vivid, flowing paragraph of 80 to 150 words, in the style of "
+    "a detailed video caption: the subjects and their appearance, the action in the order it happens, the "
+    "setting, the camera framing and motion, the lighting and the visual style. Keep everything the prompt "
+    "says and contradict none of it; add only details that fit it. Do not start with 'The video shows' or "
+    "similar. Output only the paragraph.\n\nPrompt: {prompt}"
+)
+
+
+def expand_prompt(
+    prompt: str,
+    model: str,
+    backend: str = "transformers",
+    base_url: str = "",
+    device: str = "cpu",
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    seed: int = 0,
+) -> tuple[str, bool]:
+    """(long prompt, written by a random-weight test model) via the captioning backends
+    (pipeline/backends: transformers in-process, vLLM, or an OpenAI-compatible server). Local files or
+    an already-cached model only: the hub is never contacted."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from pipeline.backends import load_backend
+    from pipeline.backends.base import BackendConfig, ChatRequest
+
+    try:
+        config = BackendConfig(
+            backend=backend,
+            model=model,
+            base_url=base_url,
+            device=device,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+        )
+    except ValueError as e:
+        raise InputError(f"--expand: {e}") from e
+    try:
+        llm = load_backend(config, vision=False)
+    except Exception as e:  # noqa: BLE001 - from_pretrained raises many types; all mean "cannot load it"
+        raise InputError(
+            f"--expand: cannot load {model!r} ({type(e).__name__}: {str(e).splitlines()[0]})"
+        ) from e
+    torch.manual_seed(seed)  # sampling (temperature > 0) in-process is then repeatable
+    result = llm.chat([ChatRequest(system=EXPAND_SYSTEM, prompt=EXPAND_PROMPT.format(prompt=prompt))])[0]
+    text = " ".join("".join(c for c in result.text if c.isprintable() or c.isspace()).split())
+    if result.error or not text:
+        why = result.error or "an empty answer; a higher --expand-temperature may help"
+        raise InputError(f"--expand: {model} returned no text ({why})")
+    return text, llm.random_weights
 
 
 def to_uint8(video: torch.Tensor) -> np.ndarray:
