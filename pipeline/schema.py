@@ -123,6 +123,14 @@ CLIP_COLUMNS: list[Column] = [
         "score_text",
         "share of the picture that is text, weighted by size (estimate)",
     ),
+    Column(
+        "ocr_score",
+        pa.float32(),
+        "score_ocr",
+        "share of the picture inside OCR-detected text boxes, mean over frames",
+    ),
+    Column("ocr_boxes", pa.int32(), "score_ocr", "most OCR text boxes on one frame"),
+    Column("ocr_model", pa.string(), "score_ocr", "PP-OCR ONNX weights (det[+rec]) that wrote ocr_score"),
     Column("blockiness_score", pa.float32(), "score_blockiness", "excess of 8-px grid steps (0 = none)"),
     Column(
         "bars_score", pa.float32(), "score_bars", "share of the picture covered by letterbox/pillarbox bars"
