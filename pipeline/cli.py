@@ -146,17 +146,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("curate", help="run a curation recipe over a folder of videos (Ray)")
+    p = sub.add_parser("curate", help="run a curation recipe over a folder or bucket of videos (Ray)")
     p.add_argument("recipe", help="recipe TOML, e.g. recipes/curate/default.toml")
     p.add_argument(
-        "--input", required=True, help="a video file or a folder (every file below it is an input)"
+        "--input",
+        required=True,
+        help="a video file or a folder (every file below it is an input); local, NFS or s3://bucket/prefix",
     )
-    p.add_argument("--output", required=True, help="run folder; rerun the same command to resume")
+    p.add_argument(
+        "--output", required=True, help="run folder (local, NFS or s3://); rerun the same command to resume"
+    )
     p.add_argument(
         "--set", action="append", default=[], metavar="STAGE.KEY=VALUE", help="override a recipe value"
     )
     p.add_argument("--limit", type=int, help="only the first N input files (sorted)")
-    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else embedded local Ray)")
+    p.add_argument(
+        "--address",
+        help="Ray cluster: auto, HOST:6379 or ray://HOST:10001 "
+        "(default: $RAY_ADDRESS, else embedded local Ray)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress display or summary")
     p.set_defaults(func=cmd_curate)
 

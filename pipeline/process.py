@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import Counter, defaultdict
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import av
 
+from pipeline import storage
 from pipeline.recipe import Recipe
 from pipeline.registry import STAGES
 from pipeline.stages.analyze import Analysis, analyze_video, clip_statistics
@@ -100,10 +102,27 @@ def process_video(
     """One input file to ``(video row, candidate clip rows)``; rejected clips carry reject columns.
 
     ``duplicate_of`` names an earlier input with the same bytes: this one is rejected unread, since
-    its clips would repeat (with the same clip ids) the clips of the first.
+    its clips would repeat (with the same clip ids) the clips of the first. An ``s3://`` input is
+    streamed to one local spool file first (``storage.local_file``), read from there, and deleted.
     """
+    with ExitStack() as stack:
+        try:
+            path = stack.enter_context(storage.local_file(source_uri, recipe.run.spool_dir))
+        except FileNotFoundError as e:
+            video = {"status": "rejected", "reason": "file_not_found", "detail": str(e)}
+        except OSError as e:
+            video = {"status": "rejected", "reason": "unreadable", "detail": f"cannot fetch: {e}"}
+        else:
+            return _process_local(path, source_uri, group, recipe, duplicate_of)
+    video.update(source_uri=source_uri, group=group, num_clips_accepted=0)
+    return video, []
+
+
+def _process_local(
+    path: str, source_uri: str, group: str, recipe: Recipe, duplicate_of: str | None
+) -> tuple[dict, list[dict]]:
     if duplicate_of is not None:
-        video = probe_video(source_uri, recipe.stage("probe"))
+        video = probe_video(path, recipe.stage("probe"))
         video.update(
             source_uri=source_uri,
             group=group,
@@ -113,7 +132,7 @@ def process_video(
             detail=f"same bytes as {duplicate_of}",
         )
         return video, []
-    scan = scan_video(source_uri, recipe)
+    scan = scan_video(path, recipe)
     video, analysis = scan.video, scan.analysis
     video.update(source_uri=source_uri, group=group, num_clips_accepted=0)
     if video["status"] != "ok":
@@ -146,7 +165,7 @@ def process_video(
         for r in clips
         if not r.get("reject_reason")
     ]
-    results = transcode_clips(source_uri, video, cuts, recipe.stage("transcode"))
+    results = transcode_clips(path, video, cuts, recipe.stage("transcode"))
     video["time_transcode_s"] = sum(r.pop("_seconds", 0.0) for r in results.values())
     for row in clips:
         result = results.get(row["clip_id"])

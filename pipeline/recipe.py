@@ -26,10 +26,26 @@ class RecipeError(ValueError):
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
     group_size: int = 8  # videos per resumable group: one shard file per table and group
+    # How the run executes, not what it produces: these may change when a run is resumed.
+    spool_dir: str = ""  # local folder for the one spooled copy of each s3:// input; "" = the system temp
+    s3_endpoint_url: str = ""  # e.g. http://minio:9000; "" = AWS_ENDPOINT_URL(_S3), else AWS
+    s3_region: str = ""  # "" = AWS_REGION / AWS_DEFAULT_REGION
+    object_store_gb: float = 0.0  # cap on object-store memory Ray Data may fill; 0 = Ray Data's share
+    max_videos_in_flight: int = 0  # per-video tasks running at once; 0 = as many as CPUs allow
+    check_resources: bool = True  # refuse pools that can never all be placed (off: autoscaling clusters)
 
     def __post_init__(self) -> None:
         if self.group_size < 1:
             raise ValueError(f"run.group_size must be >= 1, got {self.group_size}")
+        if self.object_store_gb < 0 or self.max_videos_in_flight < 0:
+            raise ValueError("run.object_store_gb and run.max_videos_in_flight must be >= 0")
+        if "@" in self.s3_endpoint_url:
+            raise ValueError("run.s3_endpoint_url must not carry credentials: use AWS_ACCESS_KEY_ID/...")
+
+
+# RunConfig keys that change how a run executes but not its rows
+EXECUTION_KEYS = ("spool_dir", "s3_endpoint_url", "s3_region", "object_store_gb", "max_videos_in_flight",
+                  "check_resources")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -64,6 +80,12 @@ class Recipe:
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
+
+    def row_settings(self) -> dict:
+        """The recipe without what only decides how it executes (resources, spool folder, ...):
+        a run may be resumed with those changed, and its rows stay the same."""
+        run = {k: v for k, v in dataclasses.asdict(self.run).items() if k not in EXECUTION_KEYS}
+        return {"run": run, "stage": [{"name": s.name, **dataclasses.asdict(s.config)} for s in self.stages]}
 
 
 def parse_value(text: str) -> Any:

@@ -32,6 +32,7 @@ from pipeline.stages.score_bounds import ScoreBoundsConfig, score_bounds
 from pipeline.stages.score_brightness import ScoreBrightnessConfig, score_brightness
 from pipeline.stages.score_clip_text import ScoreClipText, ScoreClipTextConfig
 from pipeline.stages.score_motion import ScoreMotionConfig, score_motion
+from pipeline.stages.score_ocr import ScoreOcr, ScoreOcrConfig
 from pipeline.stages.score_sharpness import ScoreSharpnessConfig, score_sharpness
 from pipeline.stages.score_text import ScoreTextConfig, score_text
 from pipeline.stages.split_scenes import SplitScenesConfig
@@ -42,18 +43,27 @@ from pipeline.stages.write_shards import WriteShardsConfig
 
 @dataclass(frozen=True, kw_only=True)
 class Resources:
-    """What one worker of a stage asks Ray for."""
+    """What one worker of a stage asks Ray for; Ray places the worker on a node that has it all.
+
+    On a cluster, GPU stages land on GPU nodes through ``num_gpus`` (or a ``custom`` resource the
+    GPU nodes advertise, or ``accelerator_type``); CPU-only work spreads over every node. Before a
+    run starts, the runner checks that one per-video task plus ``min_actors`` of every clip-stage
+    pool can be placed at once (``runner.check_fits``).
+    """
 
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     memory_gb: float = 0.0  # 0: no reservation
     custom: dict[str, float] = field(default_factory=dict)  # e.g. {"gpu_node": 1} on a cluster
+    accelerator_type: str = ""  # Ray accelerator type, e.g. "A100" or "H100"; "" = any
     min_actors: int = 1  # actor pool bounds, for clip stages that load a model
     max_actors: int = 1
 
     def __post_init__(self) -> None:
         if self.num_cpus < 0 or self.num_gpus < 0 or self.memory_gb < 0:
             raise ValueError("resources must be >= 0")
+        if any(v < 0 for v in self.custom.values()):
+            raise ValueError(f"custom resources must be >= 0, got {self.custom}")
         if not 1 <= self.min_actors <= self.max_actors:
             raise ValueError(f"need 1 <= min_actors <= max_actors, got {self.min_actors}, {self.max_actors}")
 
@@ -65,6 +75,8 @@ class Resources:
             opts["memory"] = int(self.memory_gb * 2**30)
         if self.custom:
             opts["resources"] = dict(self.custom)
+        if self.accelerator_type:
+            opts["accelerator_type"] = self.accelerator_type
         return opts
 
 
@@ -128,6 +140,14 @@ STAGES: dict[str, StageSpec] = {
         Resources(num_cpus=1, memory_gb=3),
         "LAION aesthetic score (open_clip ViT-L/14 + MLP head), mean and worst frame",
         impl=ScoreAesthetic,
+    ),
+    "score_ocr": StageSpec(
+        ScoreOcrConfig,
+        "clip",
+        False,
+        Resources(num_cpus=1, memory_gb=1),
+        "burned-in text area from a PP-OCR text-detection model (onnxruntime)",
+        impl=ScoreOcr,
     ),
     # captioning (clip stages; model code is imported inside each impl's __init__)
     "caption_vlm": StageSpec(

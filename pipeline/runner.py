@@ -1,12 +1,16 @@
-"""``vidsift curate``: run a recipe over a folder of videos on Ray and write the run folder.
+"""``vidsift curate``: run a recipe over a folder or bucket prefix of videos on Ray; write the run folder.
 
 Inputs are listed, sorted and cut into deterministic groups of ``run.group_size`` files. Groups
 with a completion marker in ``OUT/_done`` are skipped, so a killed run restarted with the same
 command redoes only unfinished groups and ends with the same rows as an uninterrupted run.
+Inputs and ``OUT`` are local paths or ``s3://`` URIs (``pipeline/storage.py``).
 
 On Ray, the per-video stages run as one task per video (``pipeline.process``), streaming
 through Ray Data; their rows flow back to the driver, which publishes each group as soon as all
-its videos are in (``write_shards``) and finally writes ``manifest.json``.
+its videos are in (``write_shards``) and finally writes ``manifest.json``. Before anything
+runs, the stages' resources are checked against the cluster (``check_fits``): a pool that can
+never be placed is an error, not a silent stall. Each row records the Ray node every stage ran
+on; the manifest sums that up (``last_run_placement``).
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from pipeline import storage
 from pipeline.recipe import Recipe, RecipeError
 from pipeline.schema import CLIP_SCHEMA, REJECTED_SCHEMA, SCHEMA_VERSION, VIDEO_SCHEMA
 from pipeline.stages.write_shards import (
@@ -37,28 +41,35 @@ from pipeline.stages.write_shards import (
 VIDEO_PREFIX = "video__"
 # One flat row type travels through Ray Data: a candidate clip (clip + reject columns), or the
 # one row per video that carries the video table's columns (prefixed) and how many rows it sent.
+# ``placement``: JSON {stage: Ray node id} of where this row was processed (driver-side bookkeeping,
+# not a shard column).
 WORK_SCHEMA = pa.schema(
-    [pa.field("row_kind", pa.string()), pa.field("rows_of_video", pa.int32())]
+    [
+        pa.field("row_kind", pa.string()),
+        pa.field("rows_of_video", pa.int32()),
+        pa.field("placement", pa.string()),
+    ]
     + [pa.field(f.name, f.type) for f in REJECTED_SCHEMA]
     + [pa.field(VIDEO_PREFIX + f.name, f.type) for f in VIDEO_SCHEMA]
 )
 
 
-def list_inputs(path: str) -> list[str]:
-    """Every regular file under ``path`` (or ``path`` itself), sorted; nothing is filtered by name."""
-    p = Path(path)
-    if p.is_file():
-        return [str(p.absolute())]
-    if not p.is_dir():
-        raise RecipeError(f"input not found: {path}")
-    # absolute, not resolved: a symlink keeps the name the user gave it
-    files = sorted(str(f.absolute()) for f in p.rglob("*") if f.is_file())
+def list_inputs(path: str) -> dict[str, int]:
+    """``{uri: size}`` of every file under ``path`` (or ``path`` itself), sorted; nothing is filtered by name.
+
+    Local paths come back absolute, not resolved (a symlink keeps the name the user gave it);
+    ``s3://bucket/prefix`` lists every key under the prefix.
+    """
+    try:
+        files = storage.list_files(path)
+    except FileNotFoundError:
+        raise RecipeError(f"input not found: {path}") from None
     if not files:
         raise RecipeError(f"input folder holds no files: {path}")
     return files
 
 
-def find_duplicates(inputs: list[str], hash_full_file: bool) -> dict[str, str]:
+def find_duplicates(sizes: dict[str, int], hash_full_file: bool) -> dict[str, str]:
     """``{uri: first uri with the same bytes}`` for every input that repeats an earlier one (sorted order).
 
     Only files whose sizes collide are hashed, so this costs nothing on typical inputs; the
@@ -67,11 +78,8 @@ def find_duplicates(inputs: list[str], hash_full_file: bool) -> dict[str, str]:
     from pipeline.stages.probe import content_hash
 
     by_size: dict[int, list[str]] = defaultdict(list)
-    for uri in inputs:
-        try:
-            by_size[os.path.getsize(uri)].append(uri)
-        except OSError:
-            continue  # probe reports it
+    for uri in sorted(sizes):
+        by_size[sizes[uri]].append(uri)
     duplicates: dict[str, str] = {}
     for size, same_size in by_size.items():
         if size == 0 or len(same_size) < 2:
@@ -81,7 +89,7 @@ def find_duplicates(inputs: list[str], hash_full_file: bool) -> dict[str, str]:
             try:
                 h = content_hash(uri, hash_full_file)
             except OSError:
-                continue
+                continue  # probe reports it
             if h in first_by_hash:
                 duplicates[uri] = first_by_hash[h]
             else:
@@ -94,8 +102,10 @@ def make_groups(inputs: list[str], group_size: int) -> dict[str, list[str]]:
 
 
 def fingerprint(inputs: list[str], recipe: Recipe) -> str:
+    """Inputs and every recipe value that decides rows; how the run executes (resources, spool
+    folder, object-store cap, ...) may change between a run and its resumption."""
     h = hashlib.blake2b(digest_size=16)
-    h.update(recipe.to_toml().encode())
+    h.update(json.dumps(recipe.row_settings(), sort_keys=True, default=str).encode())
     for uri in inputs:
         h.update(uri.encode() + b"\0")
     return h.hexdigest()
@@ -107,14 +117,20 @@ def video_task(batch: pa.Table, recipe_dict: dict) -> pa.Table:
     from pipeline.recipe import build_recipe
 
     recipe = build_recipe(recipe_dict)
+    placement = json.dumps({"video": _node_id()})
     rows = []
     for item in batch.to_pylist():
         video, clips = process_video(item["source_uri"], item["group"], recipe, item["duplicate_of"])
         n = len(clips) + 1
         rows.append(
-            {"row_kind": "video", "rows_of_video": n, **{VIDEO_PREFIX + k: v for k, v in video.items()}}
+            {
+                "row_kind": "video",
+                "rows_of_video": n,
+                "placement": placement,
+                **{VIDEO_PREFIX + k: v for k, v in video.items()},
+            }
         )
-        rows.extend({"row_kind": "clip", "rows_of_video": n, **c} for c in clips)
+        rows.extend({"row_kind": "clip", "rows_of_video": n, "placement": placement, **c} for c in clips)
     return pa.Table.from_pylist([{n: r.get(n) for n in WORK_SCHEMA.names} for r in rows], schema=WORK_SCHEMA)
 
 
@@ -125,13 +141,28 @@ class ClipStageTask:
         from pipeline.registry import STAGES
 
         spec = STAGES[name]
+        self.name = name
         self.stage = spec.impl(spec.config(**config))
+        self.node = _node_id()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from pipeline.process import apply_clip_stage
 
-        rows = apply_clip_stage(self.stage, batch.to_pylist())
+        rows = batch.to_pylist()
+        # the rows this stage works on (apply_clip_stage's choice): accepted clips
+        todo = [i for i, r in enumerate(rows) if r.get("clip_id") and not r.get("reject_reason")]
+        rows = apply_clip_stage(self.stage, rows)
+        for i in todo:
+            where = json.loads(rows[i].get("placement") or "{}")
+            rows[i]["placement"] = json.dumps({**where, self.name: self.node})
         return pa.Table.from_pylist(rows, schema=WORK_SCHEMA)
+
+
+def _node_id() -> str:
+    """The Ray node this worker runs on ("" outside Ray, e.g. a stage called directly in a test)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
 @dataclass
@@ -175,6 +206,8 @@ def _init_ray(address: str | None) -> None:
     # Ray's C++ core logs warnings (e.g. about actor constructor arguments) straight to stderr
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     if address:
+        # a cluster: "auto", "host:6379", or "ray://head:10001" (Ray Client); inside `ray job submit`
+        # RAY_ADDRESS is set for us
         ray.init(address=address, logging_level="ERROR")
     else:
         # Embedded local Ray; workers import vidsift from the same environment as the driver. Their
@@ -191,18 +224,25 @@ def run_curate(
     address: str | None = None,
     quiet: bool = False,
 ) -> int:
+    if (address or os.environ.get("RAY_ADDRESS") or "").startswith("ray://"):
+        return _run_through_client(recipe, input_path, output, limit, address, quiet)
     from rich.console import Console
 
     console = Console(stderr=True, quiet=quiet)
-    inputs = list_inputs(input_path)
+    run = recipe.run
+    # the recipe's S3 settings win over the environment, for this process and its video tasks
+    aws_env = storage.s3_environment(run.s3_endpoint_url, run.s3_region)
+    os.environ.update(aws_env)
+    sizes = list_inputs(input_path)
     if limit:
-        inputs = inputs[:limit]
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
+        sizes = dict(list(sizes.items())[:limit])
+    inputs = list(sizes)
+    out: Path | str = output if storage.is_remote(output) else Path(output)
+    storage.makedirs(out)
     fp = fingerprint(inputs, recipe)
-    state_path = out / "_run.json"
-    if state_path.exists():
-        earlier = json.loads(state_path.read_text())
+    state_path = storage.join(out, "_run.json")
+    if storage.exists(state_path):
+        earlier = json.loads(storage.read_text(state_path))
         if earlier.get("fingerprint") != fp:
             raise RecipeError(
                 f"{out} holds a run over other inputs or another recipe; resume it with the same command, "
@@ -210,8 +250,8 @@ def run_curate(
             )
     remove_partial_files(out)  # left by a run that was killed while writing; one run per output at a time
     write_text_atomic(state_path, json.dumps({"fingerprint": fp, "inputs": len(inputs)}) + "\n")
-    write_text_atomic(out / "recipe.resolved.toml", recipe.to_toml())
-    groups = make_groups(inputs, recipe.run.group_size)
+    write_text_atomic(storage.join(out, "recipe.resolved.toml"), recipe.to_toml())
+    groups = make_groups(inputs, run.group_size)
     finished = done_groups(out)
     pending = {g: files for g, files in groups.items() if g not in finished}
     console.print(
@@ -219,9 +259,11 @@ def run_curate(
         f"{len(groups) - len(pending)} groups already done, {len(pending)} to run"
     )
     started = time.time()
+    placement: dict = {}
     if pending:
-        duplicates = find_duplicates(inputs, recipe.stage("probe").hash_full_file)
-        _run_groups(recipe, pending, duplicates, out, address, console)
+        duplicates = find_duplicates({u: sizes[u] for u in inputs}, recipe.stage("probe").hash_full_file)
+        worker_env = aws_env if storage.is_remote(input_path) else {}
+        placement = _run_groups(recipe, pending, duplicates, out, address, console, worker_env)
     if any(s.name == "dedup" for s in recipe.stages):
         from pipeline.select import apply_dedup
         from pipeline.stages.dedup import find_duplicates as find_near_duplicates
@@ -231,34 +273,164 @@ def run_curate(
         if moved:
             console.print(f"dedup: {moved} near-duplicate clips moved to the rejected table")
     manifest = build_manifest(out, recipe, len(inputs), len(groups), time.time() - started)
+    manifest["last_run_placement"] = placement
     write_manifest(out, manifest)
     print_summary(console, manifest)
     return 0
+
+
+def _run_through_client(
+    recipe: Recipe, input_path: str, output: str, limit: int | None, address: str | None, quiet: bool
+) -> int:
+    """``--address ray://...``: run the whole curation as one task inside the cluster.
+
+    Ray Data's streaming executor does not run over Ray Client, so this process only connects and
+    waits; the run's driver (listing, group publication, manifest) is a zero-CPU task on a
+    cluster node. ``--input`` and ``--output`` must therefore be reachable from the cluster (S3,
+    NFS); its progress lines reach this terminal through Ray's log forwarding.
+    """
+    import ray
+
+    _init_ray(address)
+    env = storage.s3_environment(recipe.run.s3_endpoint_url, recipe.run.s3_region)
+    task = ray.remote(_curate_in_cluster).options(
+        num_cpus=0, max_retries=0, runtime_env={"env_vars": env} if env else None
+    )
+    error = ray.get(task.remote(recipe.to_dict(), input_path, output, limit, quiet))
+    if error:
+        raise RecipeError(error)
+    return 0
+
+
+def _curate_in_cluster(
+    recipe_dict: dict, input_path: str, output: str, limit: int | None, quiet: bool
+) -> str:
+    """The driver of a ``ray://`` run, inside the cluster; returns a user error's message, or ""."""
+    from pipeline.recipe import build_recipe
+
+    try:
+        run_curate(build_recipe(recipe_dict), input_path, output, limit=limit, address=None, quiet=quiet)
+    except RecipeError as e:
+        return str(e)
+    return ""
+
+
+def _demands(recipe: Recipe) -> tuple[dict[str, float], list[tuple[str, dict[str, float]]]]:
+    """Ray resources of one video task, and of every actor each clip-stage pool starts with."""
+    video = _as_ray_resources(_max_resources([s.resources for s in _video_stages(recipe)]))
+    actors = [
+        (s.name, _as_ray_resources(s.resources.ray_options()))
+        for s in recipe.stages_of_kind("clip")
+        for _ in range(s.resources.min_actors)
+    ]
+    return video, actors
+
+
+def _as_ray_resources(opts: dict) -> dict[str, float]:
+    res = {
+        "CPU": opts.get("num_cpus", 0.0),
+        "GPU": opts.get("num_gpus", 0.0),
+        "memory": opts.get("memory", 0),
+    }
+    res.update(opts.get("resources", {}))
+    if opts.get("accelerator_type"):
+        res[f"accelerator_type:{opts['accelerator_type']}"] = 0.001  # what Ray reserves for it
+    return {k: float(v) for k, v in res.items() if v}
+
+
+def check_fits(
+    video: dict[str, float], actors: list[tuple[str, dict[str, float]]], nodes: list[dict]
+) -> None:
+    """Raise ``RecipeError`` unless every pool's starting actors and one video task fit the nodes.
+
+    Ray Data starts ``min_actors`` of every clip-stage pool up front; if they, together with at
+    least one per-video task, cannot all be placed, the run waits forever for resources that
+    never come. ``nodes`` are ``{resource: total}`` per alive node. Placement is first-fit,
+    largest demand first: a conservative stand-in for Ray's scheduler.
+    """
+
+    def fits(need: dict[str, float], free: dict[str, float]) -> bool:
+        return all(free.get(k, 0.0) + 1e-9 >= v for k, v in need.items())
+
+    def describe(need: dict[str, float]) -> str:
+        return ", ".join(
+            f"{k}={v / 2**30:.1f}GiB" if k == "memory" else f"{k}={v:g}" for k, v in need.items()
+        )
+
+    totals: dict[str, float] = defaultdict(float)
+    for n in nodes:
+        for k, v in n.items():
+            totals[k] += v
+    shown = {k: v for k, v in totals.items() if k != "object_store_memory" and not k.startswith("node:")}
+    have = describe(shown)
+    for name, need in [("per-video task", video)] + actors:
+        if not any(fits(need, n) for n in nodes):
+            raise RecipeError(
+                f"stage {name} asks each worker for {describe(need)}, but no Ray node has that "
+                f"(cluster: {have}); lower its resources (fractional num_cpus are fine) or add a node "
+                "that has them"
+            )
+    free = [dict(n) for n in nodes]
+    for name, need in sorted(
+        [("per-video task", video)] + actors, key=lambda a: -a[1].get("GPU", 0) - a[1].get("CPU", 0)
+    ):
+        node = next((f for f in free if fits(need, f)), None)
+        if node is None:
+            asked = defaultdict(float)
+            for _, n in [("per-video task", video)] + actors:
+                for k, v in n.items():
+                    asked[k] += v
+            raise RecipeError(
+                f"the clip-stage pools' min_actors plus one per-video task need {describe(dict(asked))} "
+                f"at once, more than the cluster can place (cluster: {have}; {name} does not fit); the run "
+                "would wait forever. Lower min_actors or num_cpus/num_gpus of the clip stages, or add nodes "
+                "(--set run.check_resources=false skips this check, e.g. on an autoscaling cluster)"
+            )
+        for k, v in need.items():
+            node[k] -= v
+
+
+def _video_stages(recipe: Recipe) -> list:
+    per_video = [s for s in recipe.stages if s.name in ("probe", "analyze", "split_scenes", "transcode")]
+    return per_video + recipe.stages_of_kind("video_filter")
 
 
 def _run_groups(
     recipe: Recipe,
     pending: dict[str, list[str]],
     duplicates: dict[str, str],
-    out: Path,
+    out: Path | str,
     address: str | None,
     console,
-) -> None:
+    worker_env: dict[str, str],
+) -> dict:
     import ray
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     _init_ray(address)
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    if recipe.run.check_resources:
+        check_fits(*_demands(recipe), [n["Resources"] for n in nodes])
     ctx = ray.data.DataContext.get_current()
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     ctx.enable_progress_bars = False  # one progress display: ours
     ctx.print_on_execution_start = False
+    if recipe.run.object_store_gb:
+        # backpressure: Ray Data stops launching tasks once its operators' outputs hold this much
+        limits = ctx.execution_options.resource_limits
+        ctx.execution_options.resource_limits = limits.copy(
+            object_store_memory=recipe.run.object_store_gb * 2**30
+        )
     items = [
         {"source_uri": uri, "group": g, "duplicate_of": duplicates.get(uri)}
         for g, files in pending.items()
         for uri in files
     ]
-    per_video = [s for s in recipe.stages if s.name in ("probe", "analyze", "split_scenes", "transcode")]
-    video_res = _max_resources([s.resources for s in per_video + recipe.stages_of_kind("video_filter")])
+    video_res = _max_resources([s.resources for s in _video_stages(recipe)])
+    if worker_env:
+        video_res["runtime_env"] = {"env_vars": worker_env}  # S3 endpoint and credentials
+    if recipe.run.max_videos_in_flight:
+        video_res["compute"] = ray.data.TaskPoolStrategy(size=recipe.run.max_videos_in_flight)
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(
         video_task,
@@ -280,6 +452,7 @@ def _run_groups(
     buffers = {g: GroupBuffer(expected=set(files)) for g, files in pending.items()}
     write_cfg = recipe.stage("write_shards")
     accepted = 0
+    rows_by_stage: dict[str, Counter] = defaultdict(Counter)
     with Progress(
         TextColumn("[bold]curate"),
         BarColumn(),
@@ -296,6 +469,9 @@ def _run_groups(
             for row in batch.to_pylist():
                 buf = buffers[row["group"] or row[VIDEO_PREFIX + "group"]]
                 buf.add(row)
+                for stage, node in json.loads(row["placement"] or "{}").items():
+                    if stage != "video" or row["row_kind"] == "video":  # videos, or clips of a clip stage
+                        rows_by_stage[stage][node] += 1
                 if row["row_kind"] == "video":
                     progress.advance(task)
                 elif not row["reject_reason"]:
@@ -307,6 +483,15 @@ def _run_groups(
             progress.update(task, clips=accepted, groups=written)
     if buffers:
         raise RuntimeError(f"groups never completed: {sorted(buffers)}")
+    # per Ray node: videos of the per-video task, clips of each clip stage, in this invocation (a
+    # resumed run counts only what it ran)
+    return {
+        "rows": {stage: dict(sorted(c.items())) for stage, c in sorted(rows_by_stage.items())},
+        "nodes": {
+            n["NodeID"]: {k: v for k, v in sorted(n["Resources"].items()) if not k.startswith("node:")}
+            for n in nodes
+        },
+    }
 
 
 def _max_resources(resources: list) -> dict:
@@ -317,19 +502,21 @@ def _max_resources(resources: list) -> dict:
                 merged = opts.setdefault("resources", {})
                 for rk, rv in v.items():
                     merged[rk] = max(merged.get(rk, 0), rv)
+            elif isinstance(v, str):
+                opts[k] = v  # accelerator_type: the per-video stages should agree on one
             else:
                 opts[k] = max(opts.get(k, 0), v)
     return opts
 
 
-def _read_columns(out: Path, table: str, columns: list[str]) -> pa.Table:
-    files = sorted((out / table).glob("*.parquet"))
+def _read_columns(out: Path | str, table: str, columns: list[str]) -> pa.Table:
+    files = storage.parquet_files(storage.join(out, table))
     if not files:
         return pa.table({c: pa.array([], type=pa.null()) for c in columns})
-    return pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
+    return pa.concat_tables([storage.read_table(f, columns=columns) for f in files])
 
 
-def build_manifest(out: Path, recipe: Recipe, n_inputs: int, n_groups: int, wall_s: float) -> dict:
+def build_manifest(out: Path | str, recipe: Recipe, n_inputs: int, n_groups: int, wall_s: float) -> dict:
     vcols = [
         "status",
         "reason",
@@ -388,7 +575,7 @@ def build_manifest(out: Path, recipe: Recipe, n_inputs: int, n_groups: int, wall
     }
 
 
-def _caption_summary(out: Path) -> dict:
+def _caption_summary(out: Path | str) -> dict:
     """Which models wrote the accepted clips' captions, and whether any had random weights."""
     cols = ["caption_vlm_model", "caption_vlm_backend", "caption_model", "caption_backend",
             "caption_random_weights", "caption_source", "caption_qa_flags"]  # fmt: skip

@@ -20,11 +20,11 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
+from pipeline import storage
 from pipeline.process import account_group
 from pipeline.schema import CLIP_SCHEMA, REJECTED_SCHEMA
 from pipeline.stages.write_shards import WriteShardsConfig, done_groups, write_group, write_manifest
+from pipeline.storage import Location
 
 _COMPARE = {
     ast.Lt: operator.lt,
@@ -97,15 +97,17 @@ def parse_where(expr: str) -> Callable[[dict], bool]:
     return lambda row: bool(predicate(row))
 
 
-def read_group(out: Path, group: str) -> tuple[list[dict], list[dict], list[dict]]:
+def read_group(out: Location, group: str) -> tuple[list[dict], list[dict], list[dict]]:
+    """One published group's rows, from a local, NFS or ``s3://`` run folder."""
+
     def read(table: str) -> list[dict]:
-        path = out / table / f"{group}.parquet"
-        return pq.read_table(path).to_pylist() if path.exists() else []
+        path = storage.join(out, table, f"{group}.parquet")
+        return storage.read_table(path).to_pylist() if storage.exists(path) else []
 
     return read("clips"), read("rejected"), read("videos")
 
 
-def _publish(out: Path, group: str, clips: list[dict], rejected: list[dict], videos: list[dict],
+def _publish(out: Location, group: str, clips: list[dict], rejected: list[dict], videos: list[dict],
              config: WriteShardsConfig) -> None:  # fmt: skip
     write_group(out, group, clips, rejected, account_group(videos, clips, rejected), config)
 
@@ -161,7 +163,9 @@ def select_run(src: Path, where: str, dst: Path, config: WriteShardsConfig | Non
     return dict(moves)
 
 
-def apply_dedup(out: Path, find: Callable[[list[dict]], dict[str, str]], config: WriteShardsConfig) -> int:
+def apply_dedup(
+    out: Location, find: Callable[[list[dict]], dict[str, str]], config: WriteShardsConfig
+) -> int:
     """Move near-duplicate accepted clips of a finished run to its rejected table; returns how many."""
     columns = [
         "clip_id",
@@ -174,8 +178,8 @@ def apply_dedup(out: Path, find: Callable[[list[dict]], dict[str, str]], config:
         "duration_s",
     ]
     rows = []
-    for f in sorted((out / "clips").glob("*.parquet")):
-        rows.extend(pq.read_table(f, columns=columns).to_pylist())
+    for f in storage.parquet_files(storage.join(out, "clips")):
+        rows.extend(storage.read_table(f, columns=columns).to_pylist())
     duplicates = find(rows)
     if not duplicates:
         return 0

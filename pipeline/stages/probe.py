@@ -17,6 +17,8 @@ from fractions import Fraction
 
 import av
 
+from pipeline import storage
+
 HASH_CHUNK = 1 << 20
 
 
@@ -28,10 +30,14 @@ class ProbeConfig:
 
 
 def content_hash(path: str, full: bool = True) -> str:
-    """blake2b-128 of the file bytes (or of size + head + tail when ``full`` is false)."""
+    """blake2b-128 of the file bytes (or of size + head + tail when ``full`` is false).
+
+    ``path`` may be an ``s3://`` URI (the driver hashes inputs whose sizes collide): read in
+    1 MiB chunks, so memory stays flat for any size.
+    """
     h = hashlib.blake2b(digest_size=16)
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
+    size = storage.size(path)
+    with storage.open_input(path) as f:
         if full or size <= 16 * HASH_CHUNK:
             while chunk := f.read(HASH_CHUNK):
                 h.update(chunk)

@@ -1,0 +1,263 @@
+"""Where a run's inputs and outputs live: local paths (NFS is a local path) or S3-compatible storage.
+
+Every file a curation run lists, reads or writes goes through here, on ``pyarrow.fs``. A location
+is a plain string (or ``Path``): ``s3://bucket/prefix/...`` is object storage, anything else is a
+local path. S3 settings come from the standard AWS environment variables
+(``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``, ``AWS_REGION`` or ``AWS_DEFAULT_REGION``,
+``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``, else the AWS SDK's usual
+chain: profile, instance or pod role); a recipe's ``run.s3_endpoint_url``/``run.s3_region`` are
+exported as those variables for the run (``s3_environment``). Credentials never go in a recipe:
+the resolved recipe is written next to the output.
+
+- Reading a video: PyAV and the analysis pass want a seekable local file, and a source is read
+  three times (hash, analysis, transcode). ``local_file`` streams a remote object in 8 MiB
+  chunks into one temporary file in ``spool_dir`` (memory stays flat whatever the size), yields
+  its path and deletes it afterwards; a local input is used in place. So a worker holds at most
+  one spooled source per video task on local disk, never a source in memory.
+- Writing: ``write_table_atomic``/``write_text_atomic`` write ``.<name>.tmp-<pid>`` next to the
+  target and then move it into place. Locally that is a rename; on S3, where a PUT is never
+  visible half-written, the move is a server-side copy plus delete, so the final key appears
+  whole or not at all. Completion markers are written after a group's tables, so a marker
+  always means "all files of this group are complete".
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import BinaryIO
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+SCHEME = "s3://"
+CHUNK = 8 << 20  # bytes per read when streaming an object to a local spool file
+# the variables that configure S3 access; forwarded to the workers that read inputs
+AWS_VARIABLES = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+)
+
+Location = str | Path
+
+
+def is_remote(location: Location) -> bool:
+    return str(location).startswith(SCHEME)
+
+
+def join(base: Location, *parts: str) -> str:
+    """``base/part/...`` for a path or an ``s3://`` URI."""
+    if is_remote(base):
+        return "/".join([str(base).rstrip("/"), *parts])
+    return str(Path(base, *parts))
+
+
+def name(location: Location) -> str:
+    return str(location).rstrip("/").rsplit("/", 1)[-1]
+
+
+@lru_cache(maxsize=8)
+def _s3(endpoint: str, region: str) -> pafs.S3FileSystem:
+    options: dict = {}
+    if endpoint:
+        options["endpoint_override"] = endpoint  # http://host:port or https://host
+    if region:
+        options["region"] = region
+    return pafs.S3FileSystem(**options)
+
+
+def filesystem(location: Location) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem of ``location`` and the path inside it."""
+    if is_remote(location):
+        env = os.environ
+        endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or ""
+        region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or ""
+        return _s3(endpoint, region), str(location)[len(SCHEME) :].rstrip("/")
+    return pafs.LocalFileSystem(), os.path.abspath(location)
+
+
+def s3_environment(endpoint_url: str = "", region: str = "") -> dict[str, str]:
+    """The AWS variables a run's workers need: this process's, with the recipe's values on top."""
+    env = {k: os.environ[k] for k in AWS_VARIABLES if os.environ.get(k)}
+    if endpoint_url:
+        env["AWS_ENDPOINT_URL_S3"] = endpoint_url
+    if region:
+        env["AWS_REGION"] = region
+    return env
+
+
+def list_files(location: Location) -> dict[str, int]:
+    """``{uri: size}`` of every file under ``location`` (or ``location`` itself), sorted by uri.
+
+    Local paths keep the names the user gave (absolute, symlinks not resolved). Raises
+    ``FileNotFoundError`` when nothing is there.
+    """
+    if not is_remote(location):
+        p = Path(location)
+        if p.is_file():
+            return {str(p.absolute()): p.stat().st_size}
+        if not p.is_dir():
+            raise FileNotFoundError(location)
+        files = sorted(str(f.absolute()) for f in p.rglob("*") if f.is_file())
+        return {f: os.path.getsize(f) for f in files}
+    fs, path = filesystem(location)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        return {SCHEME + path: info.size}
+    # on object storage a "folder" is a prefix: the selector finds keys even without a folder marker
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    files = {SCHEME + i.path: i.size for i in infos if i.type == pafs.FileType.File}
+    if not files and info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(str(location))
+    return dict(sorted(files.items()))
+
+
+def exists(location: Location) -> bool:
+    fs, path = filesystem(location)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def size(location: Location) -> int:
+    if not is_remote(location):
+        return os.path.getsize(location)
+    fs, path = filesystem(location)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(str(location))
+    return info.size
+
+
+@contextmanager
+def open_input(location: Location) -> Iterator[BinaryIO]:
+    """A seekable binary reader (a local file, or a ranged-GET reader on object storage)."""
+    if not is_remote(location):
+        with open(location, "rb") as f:
+            yield f
+        return
+    fs, path = filesystem(location)
+    with fs.open_input_file(path) as f:
+        yield f
+
+
+@contextmanager
+def local_file(location: Location, spool_dir: str = "") -> Iterator[str]:
+    """A local path to read ``location`` from: the path itself, or a spooled copy deleted afterwards.
+
+    Raises ``FileNotFoundError`` for a missing object and ``OSError`` when the spool folder has
+    no room for it (checked before copying, so a full disk is a clear message, not a torn file).
+    """
+    if not is_remote(location):
+        yield str(location)
+        return
+    fs, path = filesystem(location)
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        raise FileNotFoundError(f"no such object: {location}")
+    folder = spool_dir or tempfile.gettempdir()
+    os.makedirs(folder, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if info.size > free:
+        raise OSError(f"spool folder {folder} has {free} bytes free, the object has {info.size}")
+    suffix = os.path.splitext(path)[1][:16]
+    fd, tmp = tempfile.mkstemp(prefix="vidsift-spool-", suffix=suffix, dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as out, fs.open_input_stream(path) as src:
+            while chunk := src.read(CHUNK):
+                out.write(chunk)
+        yield tmp
+    finally:
+        os.unlink(tmp)
+
+
+def makedirs(location: Location) -> None:
+    fs, path = filesystem(location)
+    fs.create_dir(path, recursive=True)  # a no-op on object storage, where folders are prefixes
+
+
+def _tmp(path: str) -> str:
+    # hidden and not ending in .parquet: no reader (glob or pyarrow dataset) picks up a partial file
+    head, _, tail = path.rpartition("/")
+    return f"{head}/.{tail}.tmp-{os.getpid()}"
+
+
+def _publish(fs: pafs.FileSystem, tmp: str, path: str) -> None:
+    try:
+        fs.move(tmp, path)  # local: rename (atomic); S3: copy to the final key, then delete tmp
+    except BaseException:
+        fs.delete_file(tmp)
+        raise
+
+
+def write_table_atomic(table: pa.Table, location: Location, **parquet_options) -> None:
+    fs, path = filesystem(location)
+    tmp = _tmp(path)
+    pq.write_table(table, tmp, filesystem=fs, **parquet_options)
+    _publish(fs, tmp, path)
+
+
+def write_bytes_atomic(location: Location, data: bytes) -> None:
+    fs, path = filesystem(location)
+    tmp = _tmp(path)
+    with fs.open_output_stream(tmp) as f:
+        f.write(data)
+    _publish(fs, tmp, path)
+
+
+def write_text_atomic(location: Location, text: str) -> None:
+    write_bytes_atomic(location, text.encode())
+
+
+def read_text(location: Location) -> str:
+    fs, path = filesystem(location)
+    with fs.open_input_stream(path) as f:
+        return f.read().decode()
+
+
+def touch(location: Location) -> None:
+    """An empty file: a completion marker."""
+    fs, path = filesystem(location)
+    with fs.open_output_stream(path):
+        pass
+
+
+def list_names(location: Location) -> list[str]:
+    """Names of the files directly inside a folder (prefix), sorted; none if it does not exist."""
+    fs, path = filesystem(location)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.File)
+
+
+def remove_partial_files(location: Location) -> int:
+    """Delete the ``.<name>.tmp-<pid>`` files a killed writer left anywhere under ``location``."""
+    fs, path = filesystem(location)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    stale = [i.path for i in infos if i.type == pafs.FileType.File and _is_partial(i.base_name)]
+    for p in stale:
+        fs.delete_file(p)
+    return len(stale)
+
+
+def _is_partial(base_name: str) -> bool:
+    return base_name.startswith(".") and ".tmp-" in base_name
+
+
+def parquet_files(location: Location) -> list[str]:
+    """The ``*.parquet`` files directly inside a folder (prefix), sorted, as locations."""
+    return [join(location, n) for n in list_names(location) if n.endswith(".parquet")]
+
+
+def read_table(location: Location, columns: list[str] | None = None) -> pa.Table:
+    fs, path = filesystem(location)
+    return pq.read_table(path, columns=columns, filesystem=fs)

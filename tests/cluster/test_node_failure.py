@@ -1,0 +1,57 @@
+"""A worker node dies part-way through a run: Ray retries, or the same command again, gives exactly
+the rows of an uninterrupted run."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.jobs import clip_ids, job_status, submit_curate
+from tests.conftest import make_numbered_clip
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.timeout(480)
+def test_killing_a_worker_node_mid_run_loses_no_rows(cluster, recipes, tmp_path):
+    src = tmp_path / "inputs"
+    src.mkdir()
+    for i in range(8):  # enough videos that the run is still going when the node dies
+        make_numbered_clip(src / f"v{i}.mp4", frames=90 + 7 * i, cut_every=30 + i, size=(160, 96))
+    args = [recipes["cpu"], "--input", str(src)]
+    whole = tmp_path / "whole"
+    assert submit_curate(cluster, *args, "--output", str(whole)).returncode == 0
+    expected = clip_ids(str(whole))
+    assert len(expected) >= 16
+
+    cluster.add_node("doomed", num_cpus=1)
+    try:
+        out = tmp_path / "killed"
+        submitted = submit_curate(cluster, *args, "--output", str(out), wait=False)
+        assert submitted.returncode == 0, submitted.stderr
+        job_id = next(
+            w for w in submitted.stdout.split() + submitted.stderr.split() if w.startswith("raysubmit_")
+        )
+        job_id = job_id.strip("'\"")
+        deadline = time.time() + 240
+        while time.time() < deadline and not (out / "_done").is_dir():
+            time.sleep(0.1)
+        assert (out / "_done").is_dir(), "no group finished"
+        done_at_kill = len(list((out / "_done").iterdir()))
+        cluster.kill_node("doomed")
+    finally:
+        cluster.nodes = [n for n in cluster.nodes if n.name != "doomed" or n.proc.poll() is None]
+    assert done_at_kill < 8, "the run finished before the node died"
+
+    deadline = time.time() + 300
+    while (status := job_status(cluster, job_id)) not in ("SUCCEEDED", "FAILED", "STOPPED"):
+        assert time.time() < deadline, "the job neither finished nor failed after the node died"
+        time.sleep(2)
+    print(f"job after the node died: {status}; groups done at the kill: {done_at_kill}")
+    if status != "SUCCEEDED":  # Ray could not recover: the same command again resumes
+        again = submit_curate(cluster, *args, "--output", str(out))
+        assert again.returncode == 0, again.stdout[-3000:]
+    assert clip_ids(str(out)) == expected
+    assert len(list(Path(out, "_done").iterdir())) == 8
