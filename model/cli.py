@@ -15,10 +15,11 @@ EXIT_BAD_INPUT = 2
 
 def _bad_input_types() -> tuple[type[Exception], ...]:
     from model.data import DataError
-    from model.sample import CheckpointError
+    from model.edit import EditError
+    from model.sample import CheckpointError, InputError
     from model.train import RecipeError
 
-    return DataError, CheckpointError, RecipeError
+    return DataError, CheckpointError, RecipeError, EditError, InputError
 
 
 def _guard(handler):
@@ -65,12 +66,73 @@ def run_train_vae(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_sample(args: argparse.Namespace) -> int:
-    from model.sample import generate, write_video
+def check_edit_flags(args: argparse.Namespace) -> None:
+    """--edit is its own conditioning mode; --strength and --keep-first-frame only mean something with it."""
+    from model.edit import EditError
 
+    if not args.edit:
+        if args.strength is not None or args.keep_first_frame:
+            raise EditError("--strength and --keep-first-frame need --edit CLIP")
+        return
+    modes = ("image", "extend", "backward", "connect", "context_frames")
+    others = ["--" + name.replace("_", "-") for name in modes if getattr(args, name, None)]
+    if others:
+        raise EditError(f"--edit cannot be combined with {', '.join(others)}: choose one conditioning mode")
+
+
+def run_edit(args: argparse.Namespace, prompt: str) -> int:
+    """``sample --edit CLIP``: SDEdit of a clip or image with the (expanded) prompt (model/edit.py)."""
+    from model.edit import DEFAULT_STRENGTH, edit_clip, write_edit
+
+    strength = DEFAULT_STRENGTH if args.strength is None else args.strength
+    video, _, info = edit_clip(
+        args.ckpt,
+        args.edit,
+        prompt,
+        strength,
+        args.steps,
+        args.cfg,
+        args.seed,
+        args.keep_first_frame,
+        args.frames,
+        args.height,
+        args.width,
+        args.device,
+        out_path=args.out,
+    )
+    fps = args.fps or info["fps"]
+    write_edit(video, args.out, fps)
+    f, h, w = video.shape[1:]
+    print(
+        f"wrote {args.out} ({f} frames, {w}x{h}, {fps:g} fps; strength {strength:g}: "
+        f"{info['steps']} steps from t={info['t_start']:.3f})"
+    )
+    return 0
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    check_edit_flags(args)
+    from model.sample import expand_prompt, generate, write_video
+
+    prompt = args.prompt
+    if args.expand:
+        prompt, random_weights = expand_prompt(
+            args.prompt,
+            args.expand_model,
+            args.expand_backend,
+            args.expand_url,
+            args.device,
+            temperature=args.expand_temperature,
+            seed=args.seed,
+        )
+        print(f"prompt:   {args.prompt}")
+        note = " (random-weight test model: not a real expansion)" if random_weights else ""
+        print(f"expanded{note}: {prompt}")
+    if args.edit:
+        return run_edit(args, prompt)
     video, meta = generate(
         args.ckpt,
-        [args.prompt],
+        [prompt],
         args.frames,
         args.height,
         args.width,
@@ -78,6 +140,11 @@ def run_sample(args: argparse.Namespace) -> int:
         args.cfg,
         args.seed,
         args.device,
+        image=args.image,
+        extend=args.extend,
+        backward=args.backward,
+        connect=tuple(args.connect) if args.connect else None,
+        context_frames=args.context_frames,
     )
     write_video(video[0], args.out, fps=args.fps or meta.get("fps", 12.0))
     f, h, w = video.shape[2:]
@@ -124,6 +191,21 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fps", type=float, help="default: the training frame rate")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--image", metavar="PNG", help="image-to-video: this image is the first frame")
+    p.add_argument("--extend", metavar="CLIP", help="continue this clip from its last frames")
+    p.add_argument("--backward", action="store_true", help="--extend: generate what leads into the clip")
+    p.add_argument("--connect", nargs=2, metavar=("A", "B"), help="generate the transition from clip A to B")
+    p.add_argument("--context-frames", type=int, help="frames given by --extend/--connect (default F/4)")
+    p.add_argument("--expand", action="store_true", help="rewrite the prompt in the long caption style first")
+    p.add_argument(
+        "--expand-model", default="Qwen/Qwen2.5-7B-Instruct", help="--expand: LLM (local path or cached name)"
+    )
+    p.add_argument("--expand-backend", default="transformers", choices=["transformers", "vllm", "openai"])
+    p.add_argument("--expand-url", default="", help="--expand-backend openai: the server's base URL")
+    p.add_argument("--expand-temperature", type=float, default=0.0, help="--expand: 0 = greedy")
+    p.add_argument("--edit", metavar="CLIP", help="edit this video or image with the prompt (SDEdit)")
+    p.add_argument("--strength", type=float, help="--edit: 0 keeps the input, 1 ignores it (default 0.5)")
+    p.add_argument("--keep-first-frame", action="store_true", help="--edit: keep the first frame as it is")
     p.set_defaults(func=_guard(run_sample))
 
     p = subparsers.add_parser("encode", help="add cached VAE latents and text embeddings to shards (Ray)")
