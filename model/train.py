@@ -51,6 +51,18 @@ class TrainConfig:
     t_std: float = 1.0  # logit-normal timestep std
     shift: float = 0.0  # timestep shift; 0 = resolution-dependent
     shift_base_tokens: int = 4096  # positions (T*H*W of the model input) at which the shift is 1
+    # packing: native aspect ratio and duration, clips packed into rows (docs/training.md "Packing")
+    pack: bool = False  # frames/height/width become a maximum and a pixel area; batch_size counts rows
+    token_budget: int = 0  # tokens per packed row; 0 = twice the tokens of a clip at the full size
+    max_clips: int = 16  # clips per packed row at most (the per-clip table: fixed, for one static shape)
+    packed_attention: str = "auto"  # auto (flex on GPU, dense mask on CPU) | flex | dense | segments
+    image_ratio: float = 0.0  # share of packed items that are images (one-frame clips)
+    image_dir: str = ""  # images from this folder (captions in NAME.txt); "" = one frame of a shard clip
+    # conditioning by frames (packed training): share of video clips with clean frames given, and how many
+    cond_first: float = 0.0  # first frames given (image-to-video, extension forward)
+    cond_last: float = 0.0  # last frames given (extension backward)
+    cond_both: float = 0.0  # first and last given (connecting two clips)
+    cond_frames: int = 1  # temporal patches given per conditioned end
     # optimisation
     steps: int = 300  # optimizer steps
     lr: float = 1e-3  # peak learning rate
@@ -66,6 +78,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     # logging and evaluation
     log_every: int = 10
+    log: str = "csv"  # "csv": RUN/log.csv only; "tensorboard": also scalars in RUN/tb (logging_utils.py)
     eval_every: int = 100  # validation loss at fixed timesteps and noise; 0 = only at the end
     save_every: int = 100  # checkpoint; the last step is always saved
     sample_every: int = 0  # sample grid of validation prompts (samples/step_N.png); 0 = never
@@ -81,6 +94,10 @@ class TrainConfig:
             shift=self.shift,
             shift_base_tokens=self.shift_base_tokens,
             caption_dropout=self.caption_dropout,
+            cond_first=self.cond_first,
+            cond_last=self.cond_last,
+            cond_both=self.cond_both,
+            cond_frames=self.cond_frames,
         )
 
 
@@ -213,9 +230,22 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     """Train; returns the final metrics ({'step', 'loss', 'val_loss', ...})."""
     from safetensors.torch import load_file
 
-    from model.data import ClipSource, ClipStream, DataError, ShardIndex, collate, load_samples
-    from model.dit import DiT, config_from_preset
-    from model.flow import flow_loss, sample_euler, training_loss
+    from model.data import (
+        ClipSource,
+        ClipStream,
+        DataError,
+        ImageFolder,
+        NativeSize,
+        PackedStream,
+        ShardIndex,
+        clip_tokens,
+        collate,
+        load_samples,
+        pack,
+    )
+    from model.dit import DiT, PackedDiT, config_from_preset, packed_attention_mask
+    from model.flow import flow_loss, packed_flow_loss, packed_training_loss, sample_euler, training_loss
+    from model.logging_utils import TrainProgress
     from model.text import TextEncoder, text_model_name
 
     # --- distributed setup: on only under torchrun
@@ -255,7 +285,24 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     use_latents = vae is not None and index.num_cached_latents == index.num_rows
     text_name = text_model_name(cfg.text_model)
     use_text_emb = index.num_cached_text == index.num_rows and _first_value(index, "text_model") == text_name
-    source = ClipSource(cfg.frames, cfg.height, cfg.width, cfg.frame_stride, use_latents, use_text_emb)
+    in_channels = vae.z_channels if vae is not None else 3
+    dit_cfg = config_from_preset(cfg.model, in_channels=in_channels, text_dim=1, **cfg.model_args)
+    patch = dit_cfg.patch
+    native = None
+    if cfg.pack:
+        # Each clip at its own aspect ratio and duration: about height x width pixels, up to `frames`.
+        factors = vae.cfg.factors if vae is not None else (1, 1, 1)
+        native = NativeSize(
+            area=cfg.height * cfg.width,
+            max_frames=cfg.frames,
+            stride=cfg.frame_stride,
+            multiple=patch[1] * factors[1],
+            frame_multiple=patch[0],
+            vae_time=factors[0],
+        )
+    source = ClipSource(
+        cfg.frames, cfg.height, cfg.width, cfg.frame_stride, use_latents, use_text_emb, native
+    )  # fmt: skip
     val_ids, val_refs = index.split(cfg.val_clips)
     num_readers = world * cfg.grad_accum
     readers = [
@@ -264,25 +311,72 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         )
         for a in range(cfg.grad_accum)
     ]
+
+    def input_shape(x: torch.Tensor, is_latent: bool) -> tuple[int, ...]:
+        """What the DiT sees for a sample: its latent's shape when the VAE encodes on the fly."""
+        if vae is not None and not is_latent:
+            return tuple(vae.latent_shape(*x.shape[1:]))
+        return tuple(x.shape)
+
+    budget = cfg.token_budget
+    if cfg.pack:
+        full = clip_tokens(input_shape(torch.empty(3, cfg.frames, cfg.height, cfg.width), False), patch)
+        budget = budget or 2 * full
+        if budget < full:
+            raise RecipeError(f"token_budget {budget} is below the {full} tokens of a full-size clip")
+        if cfg.packed_attention not in ("auto", "flex", "dense", "segments"):
+            raise RecipeError(
+                f"packed_attention must be auto, flex, dense or segments: {cfg.packed_attention!r}"
+            )
+        images = ImageFolder(cfg.image_dir, native) if cfg.image_dir else None
+        readers = [
+            PackedStream(
+                r, patch, cfg.batch_size, budget, cfg.max_clips, cfg.image_ratio, images,
+                tokens_of=lambda s: clip_tokens(input_shape(s.x, s.is_latent), patch),
+            )
+            for r in readers
+        ]  # fmt: skip
     encoder = None if use_text_emb else TextEncoder(cfg.text_model, cfg.text_tokens, device)
     text_dim = encoder.dim if encoder else int(load_samples(index, source, val_refs[:1])[0].text_emb.shape[1])
 
     def model_input(samples) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        x, captions, embs = collate(samples)
+        x, captions, _ = collate(samples)
         x = x.to(device)
         if vae is not None and not use_latents:
             x = vae.encode(x)  # no cached latents: encode on the fly (run `vidsift encode` to skip this)
-        if encoder is not None:
-            text, mask = encoder(captions)
-        else:
-            text, mask = _pad_text(embs, cfg.text_tokens)
+        text, mask = text_of(samples)
         empty = torch.tensor([c == "" for c in captions], device=device)
-        return x, text.to(device), mask.to(device), empty
+        return x, text, mask, empty
+
+    def text_of(samples) -> tuple[torch.Tensor, torch.Tensor]:
+        if encoder is not None:
+            text, mask = encoder([s.caption for s in samples])
+        else:
+            text, mask = _pad_text([s.text_emb for s in samples], cfg.text_tokens)
+        return text.to(device), mask.to(device)
+
+    def packed_input(samples, bins=None, rows=None):
+        """A Packed batch on the device; per clip slot: text [R, K, L, D], mask [R, K, L], empty [R, K]."""
+        xs = []
+        for s in samples:
+            x = s.x.to(device)
+            if vae is not None and not s.is_latent:
+                x = vae.encode(x[None])[0]  # clips differ in size: one at a time
+            xs.append(x)
+        packed = pack(xs, patch, budget, cfg.max_clips, rows=rows, bins=bins)
+        text, mask = text_of(samples)
+        empty = torch.tensor([s.caption == "" for s in samples])
+        return (
+            packed,
+            packed.per_clip(text),
+            packed.per_clip(mask, fill=True),
+            packed.per_clip(empty, fill=True).to(device),
+        )
 
     val = load_samples(index, source, val_refs) if master else []
     if use_latents and master and os.path.abspath(cfg.vae) != _first_value(index, "latent_model"):
         print(f"warning: shards were encoded by {_first_value(index, 'latent_model')}, not {cfg.vae}")
-    if use_latents:
+    if use_latents and not cfg.pack:
         # Cached latents fix the training size; the checkpoint records frames/height/width for sampling.
         want = tuple(vae.latent_shape(cfg.frames, cfg.height, cfg.width))
         got = tuple(load_samples(index, source, val_refs[:1])[0].x.shape)
@@ -299,7 +393,6 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         )
 
     # --- model, EMA, optimizer
-    in_channels = vae.z_channels if vae is not None else 3
     model = DiT(config_from_preset(cfg.model, in_channels=in_channels, text_dim=text_dim, **cfg.model_args))
     model.to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -338,6 +431,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         print(f"DiT {cfg.model}: {model.num_params() / 1e6:.2f}M parameters, device {device}, world {world}")
 
     raw = model
+    if cfg.pack:
+        model = PackedDiT(raw)  # forward = forward_packed, so DDP and compile see the packed pass
     if ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -351,6 +446,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     log = csv.writer(log_file) if master else None
     if master and step == 0:
         log.writerow(["step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "val_loss", "elapsed_s"])
+    try:  # an unknown `log` kind or a missing tensorboard package: a one-line recipe error from the CLI
+        progress = TrainProgress(cfg.steps, step, cfg.out, cfg.log) if master else None
+    except ValueError as e:
+        raise RecipeError(str(e)) from e
 
     def validate() -> float:
         """Loss on the held-out clips at fixed timesteps and fixed noise: comparable across steps, runs."""
@@ -358,6 +457,18 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         g = torch.Generator().manual_seed(1234)
         total = 0.0
         with torch.no_grad(), autocast:
+            if cfg.pack:  # the held-out clips at their native sizes, packed into as many rows as needed
+                packed, text, mask, empty = packed_input(val)
+                attn = packed_attention_mask(packed.seq_id, cfg.packed_attention)
+                for t in (0.1, 0.3, 0.5, 0.7, 0.9):
+                    noise = torch.randn(packed.tokens.shape, generator=g).to(device)
+                    tt = torch.full(empty.shape, t, device=device)
+                    loss = packed_flow_loss(
+                        raw.forward_packed, packed, text, mask, empty, tt, noise, None, attn
+                    )
+                    total += loss.item() / 5
+                raw.train()
+                return total
             x, text, mask, empty = model_input(val)
             for t in (0.1, 0.3, 0.5, 0.7, 0.9):
                 noise = torch.randn(x.shape, generator=g).to(device)
@@ -370,7 +481,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         """A grid of EMA samples for the validation prompts: one row per prompt, frames left to right."""
         from model.sample import save_grid
 
-        x, text, mask, _ = model_input(val[:4])
+        if cfg.pack:  # validation clips differ in size: sample their prompts at the full training size
+            text, mask = text_of(val[:4])
+            x = torch.empty(
+                len(val[:4]), *input_shape(torch.empty(3, cfg.frames, cfg.height, cfg.width), False)
+            )
+        else:
+            x, text, mask, _ = model_input(val[:4])
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0)).to(device)
         with autocast:
             out = sample_euler(ema, noise, text, mask, flow, cfg.sample_steps, cfg.sample_cfg).float()
@@ -407,14 +524,21 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             group["lr"] = lr
         loss_sum, tokens = 0.0, 0
         for a, reader in enumerate(readers):
-            x, text, mask, empty = model_input(reader.next_batch(cfg.batch_size))
-            tokens += x.shape[0] * math.prod(raw.grid(x.shape))
+            gen = step_generator(cfg.seed, step, reader.reader)
+            if cfg.pack:
+                packed, text, mask, empty = packed_input(*reader.next_batch(), rows=cfg.batch_size)
+                tokens += int(packed.real.sum())  # useful tokens: padding does not count
+                attn = packed_attention_mask(packed.seq_id, cfg.packed_attention)  # once for every block
+            else:
+                x, text, mask, empty = model_input(reader.next_batch(cfg.batch_size))
+                tokens += x.shape[0] * math.prod(raw.grid(x.shape))
             # Gradients are averaged across processes only on the last micro-step.
             sync = nullcontext() if (not ddp or a == len(readers) - 1) else model.no_sync()
             with sync, autocast:
-                loss = training_loss(
-                    fwd, x, text, mask, empty, flow, step_generator(cfg.seed, step, reader.reader)
-                )
+                if cfg.pack:
+                    loss = packed_training_loss(fwd, packed, text, mask, empty, flow, gen, attn)
+                else:
+                    loss = training_loss(fwd, x, text, mask, empty, flow, gen)
                 (loss / len(readers)).backward()
             loss_sum += loss.item() / len(readers)
         grad_norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip or float("inf")).item()
@@ -439,12 +563,15 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         if master and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
             val_loss = validate()
             metrics["val_loss"] = val_loss
+        if master:  # live progress line on a terminal; TensorBoard scalars when log = "tensorboard"
+            values = dict(loss=loss_sum, lr=lr, tokens_per_s=tok_s, grad_norm=grad_norm, mfu=mfu)
+            progress.update(step, **values, val_loss=val_loss)
         if master and (step % cfg.log_every == 0 or last or val_loss is not None):
             msg = f"step {step}/{cfg.steps} loss {loss_sum:.4f} lr {lr:.2e} grad {grad_norm:.3f}"
             msg += f" tok/s {tok_s:,.0f}"
             msg += f" mfu {mfu:.1%}" if mfu is not None else ""
             msg += f" val {val_loss:.4f}" if val_loss is not None else ""
-            print(msg, flush=True)
+            progress.write(msg)
             log.writerow(
                 [
                     step,
@@ -467,6 +594,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                 save_checkpoint(step, reader_states)
     if master:
         log_file.close()
+        progress.close()
     if ddp:
         import torch.distributed as dist
 

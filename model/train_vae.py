@@ -3,8 +3,10 @@
 A short loop (AdamW, warmup, grad clip; L1 + KL), reading clips with the same readers as the DiT trainer.
 At the end it measures per-channel latent statistics on training clips (stored in the checkpoint so
 ``encode`` returns unit-scale latents) and reports PSNR/SSIM on the held-out clips next to a trivial
-baseline at the same (time, height, width) factors: averages of 4 frames and 8x8 pixels, repeated back.
-That keeps 3 numbers per 4x8x8 block where the VAE keeps z_channels (tiny: 4, base: 16).
+baseline at the same (time, height, width) factors: averages of 4 frames and 8x8 pixels, repeated back
+(and, as a stronger reference, the same averages upsampled bilinearly in space, which is where an untrained
+VAE starts: model/vae.py). That keeps 3 numbers per 4x8x8 block where the VAE keeps z_channels (tiny: 4,
+base: 16).
 Writes OUT/vae.safetensors and OUT/vae_metrics.json.
 """
 
@@ -40,10 +42,15 @@ class VAETrainConfig:
     log_every: int = 50
 
 
-def baseline_recon(x: torch.Tensor, factors: tuple[int, int, int]) -> torch.Tensor:
+def baseline_recon(x: torch.Tensor, factors: tuple[int, int, int], bilinear: bool = False) -> torch.Tensor:
     """The trivial compressor at the VAE's own (time, height, width) factors: average the first frame alone
-    and then each group of ``ft`` frames, average-pool ``fh`` x ``fw`` in space, and repeat back (nearest)."""
+    and then each group of ``ft`` frames, average-pool ``fh`` x ``fw`` in space, and repeat back (nearest;
+    ``bilinear`` upsamples space bilinearly instead)."""
     ft, fh, fw = factors
+    if bilinear:
+        from model.vae import pool_frames, upsample_frames
+
+        return upsample_frames(pool_frames(x, factors), factors)
     b, c, t, h, w = x.shape
     groups = [x[:, :, :1]] + [x[:, :, i : i + ft] for i in range(1, t, ft)]
     pooled = [g.mean(dim=2, keepdim=True) for g in groups]  # causal groups, like the VAE's latent frames
@@ -60,16 +67,20 @@ def evaluate(vae, x: torch.Tensor) -> dict:
         recon = vae.decode(vae.encode(x))
     vae.train()
     base = baseline_recon(x, vae.cfg.factors)
+    smooth = baseline_recon(x, vae.cfg.factors, bilinear=True)
     return {
         "psnr": psnr(recon, x),
         "ssim": ssim(recon, x),
         "baseline_psnr": psnr(base, x),
         "baseline_ssim": ssim(base, x),
+        "bilinear_baseline_psnr": psnr(smooth, x),
+        "bilinear_baseline_ssim": ssim(smooth, x),
     }
 
 
 def train_vae(cfg: VAETrainConfig) -> dict:
     from model.data import ClipSource, ClipStream, ShardIndex, collate, load_samples
+    from model.logging_utils import TrainProgress
     from model.train import RecipeError
     from model.vae import PRESETS, VAEConfig, VideoVAE, save_vae, vae_loss
 
@@ -93,6 +104,7 @@ def train_vae(cfg: VAETrainConfig) -> dict:
         f"compression {vae.cfg.factors}, {index.num_rows} clips"
     )
     t0 = time.time()
+    progress = TrainProgress(cfg.steps)  # live line on a terminal, plain lines otherwise
     for step in range(cfg.steps):
         for group in opt.param_groups:
             group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
@@ -102,12 +114,13 @@ def train_vae(cfg: VAETrainConfig) -> dict:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), cfg.grad_clip)
         opt.step()
+        progress.update(step + 1, loss=loss.item(), lr=opt.param_groups[0]["lr"])
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            print(
-                f"step {step + 1}/{cfg.steps} l1 {parts['l1']:.4f} kl {parts['kl']:.3f} "
-                f"({time.time() - t0:.0f}s)",
-                flush=True,
+            progress.write(
+                f"step {step + 1}/{cfg.steps} l1 {parts['l1']:.4f} mse {parts['mse']:.5f} "
+                f"kl {parts['kl']:.3f} ({time.time() - t0:.0f}s)"
             )
+    progress.close()
     # Latent statistics over a few training batches make encode() unit-scale for the DiT.
     with torch.no_grad():
         zs = torch.cat(
@@ -120,7 +133,8 @@ def train_vae(cfg: VAETrainConfig) -> dict:
     with open(os.path.join(cfg.out, "vae_metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     print(
-        f"held-out PSNR {metrics['psnr']:.2f} dB (baseline {metrics['baseline_psnr']:.2f}), "
-        f"SSIM {metrics['ssim']:.3f} (baseline {metrics['baseline_ssim']:.3f})"
+        f"held-out PSNR {metrics['psnr']:.2f} dB (baseline {metrics['baseline_psnr']:.2f}, bilinear "
+        f"{metrics['bilinear_baseline_psnr']:.2f}), SSIM {metrics['ssim']:.3f} (baseline "
+        f"{metrics['baseline_ssim']:.3f}, bilinear {metrics['bilinear_baseline_ssim']:.3f})"
     )
     return metrics

@@ -5,10 +5,19 @@ time on the left (with copies of the first frame) and never on the right, and no
 frame. The first frame is therefore encoded on its own: a clip of 1 + 4k frames gives 1 + k latent
 frames, and an image is just a one-frame video (latent T = 1), the layout of MAGVIT-v2, CogVideoX and Wan.
 
-Training (``vidsift train-vae``, model/train_vae.py) is reconstruction (L1) + a small KL term; adversarial
-and perceptual losses are left out because their usual networks need pretrained weights. ``encode``
-returns latents normalised to roughly zero mean and unit variance per channel (statistics measured after
-training and stored as buffers), which is the scale the diffusion model expects; ``decode`` undoes it.
+Both halves are residual around the trivial compressor, so training starts from it rather than from noise:
+the encoder's latent mean is a learned correction added to a 1x1 projection of the causally average-pooled
+pixels (the first frame alone, then groups of 4 frames, 8x8 blocks), and the decoder's output is a learned
+correction added to a projection of the latent upsampled back to full size (repeated in time, bilinear in
+space). The corrections' last layers start at zero, so an untrained VAE is exactly that average-pool +
+upsample compressor (tested) and training only has to improve on it. Without these paths the tiny VAE
+plateaued at 17.5 dB PSNR, below the 20.1 dB of the trivial compressor it is compared with.
+
+Training (``vidsift train-vae``, model/train_vae.py) is reconstruction (L1 + MSE) + a small KL term;
+adversarial and perceptual losses are left out because their usual networks need pretrained weights.
+``encode`` returns latents normalised to roughly zero mean and unit variance per channel (statistics
+measured after training and stored as buffers), which is the scale the diffusion model expects; ``decode``
+undoes it.
 
 ``DiffusersVAE`` wraps a pretrained video VAE from diffusers (e.g. Wan 2.1's ``AutoencoderKLWan``) behind
 the same ``encode``/``decode`` interface, for users who have its weights locally.
@@ -47,9 +56,13 @@ class VAEConfig:
 
 
 PRESETS: dict[str, dict] = {
-    "tiny": dict(base=16, mults=(1, 2, 2, 4), z_channels=4),  # ~0.5M: CPU tests and the learning check
+    "tiny": dict(base=16, mults=(1, 2, 2, 4), z_channels=4),  # ~1.4M: CPU tests and the learning check
     "base": dict(base=64, mults=(1, 2, 4, 4), z_channels=16, res_blocks=2),  # ~13M: one GPU
 }
+
+
+# Checkpoints record this; 1 was the VAE without the pooled skip paths, whose weights no longer fit.
+CHECKPOINT_FORMAT = 2
 
 
 def latent_frames(frames: int, cfg: VAEConfig) -> int:
@@ -127,6 +140,35 @@ class Upsample(nn.Module):
         return self.conv(x.view(b, t, c, 2 * h, 2 * w).transpose(1, 2))
 
 
+def pool_frames(x: torch.Tensor, factors: tuple[int, int, int]) -> torch.Tensor:
+    """Causal block average at the VAE's factors: latent frame 0 is frame 0 alone, latent frame j >= 1 the
+    mean of frames ft(j-1)+1 .. ft j; fh x fw pixels in space. Padding time on the left with ft - 1 copies
+    of the first frame makes that one strided average pool."""
+    ft, fh, fw = factors
+    x = torch.cat([x[:, :, :1].expand(-1, -1, ft - 1, -1, -1), x], dim=2)
+    return F.avg_pool3d(x, (ft, fh, fw))
+
+
+def upsample_frames(z: torch.Tensor, factors: tuple[int, int, int]) -> torch.Tensor:
+    """Back to pool_frames' input size: in time by repetition (latent frame 0 -> frame 0, j -> ft frames;
+    interpolating would need the next latent frame, which causality forbids), in space bilinearly (smoother
+    than repeating each value over an fh x fw block, and worth ~0.3 dB on its own)."""
+    ft, fh, fw = factors
+    z = torch.cat([z[:, :, :1], z[:, :, 1:].repeat_interleave(ft, dim=2)], dim=2)
+    b, c, t, h, w = z.shape
+    z = F.interpolate(z.transpose(1, 2).reshape(b * t, c, h, w), scale_factor=(fh, fw), mode="bilinear")
+    return z.view(b, t, c, h * fh, w * fw).transpose(1, 2)
+
+
+def identity_1x1(conv: nn.Conv3d) -> None:
+    """Initialise a 1x1x1 conv to copy its first min(cin, cout) channels (and zero the rest)."""
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    with torch.no_grad():
+        for i in range(min(conv.in_channels, conv.out_channels)):
+            conv.weight[i, i] = 1.0
+
+
 class Encoder(nn.Module):
     def __init__(self, cfg: VAEConfig) -> None:
         super().__init__()
@@ -139,11 +181,22 @@ class Encoder(nn.Module):
                 cin = w
             if i < len(widths) - 1:
                 layers.append(Downsample(w, cfg.temporal[i]))
-        layers += [ResBlock(cin, cin), norm(cin), nn.SiLU(), CausalConv3d(cin, 2 * cfg.z_channels)]
+        head = CausalConv3d(cin, 2 * cfg.z_channels)
+        layers += [ResBlock(cin, cin), norm(cin), nn.SiLU(), head]
         self.net = nn.Sequential(*layers)
+        self.factors = cfg.factors
+        # The latent mean starts as the pooled pixels (the first 3 channels); the net learns a correction.
+        self.skip = nn.Conv3d(cfg.channels, cfg.z_channels, 1)
+        identity_1x1(self.skip)
+        nn.init.zeros_(head.conv.weight)
+        nn.init.zeros_(head.conv.bias)
+        # Posterior std starts small (e^-4): unit noise on latents that are pixel averages would drown them.
+        nn.init.constant_(head.conv.bias[cfg.z_channels :], -8.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        """Mean and log-variance of q(z | x), concatenated on the channel axis."""
+        mean, logvar = self.net(x).chunk(2, dim=1)
+        return torch.cat([mean + self.skip(pool_frames(x, self.factors)), logvar], dim=1)
 
 
 class Decoder(nn.Module):
@@ -159,11 +212,18 @@ class Decoder(nn.Module):
                 cin = w
             if i < len(widths) - 1:
                 layers.append(Upsample(w, temporal[i]))
-        layers += [norm(cin), nn.SiLU(), CausalConv3d(cin, cfg.channels)]
+        head = CausalConv3d(cin, cfg.channels)
+        layers += [norm(cin), nn.SiLU(), head]
         self.net = nn.Sequential(*layers)
+        self.factors = cfg.factors
+        # Pixels start as the latent's first 3 channels repeated back to full size; the net adds detail.
+        self.skip = nn.Conv3d(cfg.z_channels, cfg.channels, 1)
+        identity_1x1(self.skip)
+        nn.init.zeros_(head.conv.weight)
+        nn.init.zeros_(head.conv.bias)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z)
+        return self.net(z) + upsample_frames(self.skip(z), self.factors)
 
 
 class VideoVAE(nn.Module):
@@ -219,9 +279,11 @@ class VideoVAE(nn.Module):
 
 
 def vae_loss(model: VideoVAE, x: torch.Tensor, kl_weight: float, generator=None):
+    """L1 + MSE reconstruction (MSE is what PSNR measures; L1 keeps edges sharp) + weighted KL."""
     recon, kl = model(x, generator)
     l1 = (recon - x).abs().mean()
-    return l1 + kl_weight * kl, {"l1": l1.item(), "kl": kl.item()}
+    mse = (recon - x).pow(2).mean()
+    return l1 + mse + kl_weight * kl, {"l1": l1.item(), "mse": mse.item(), "kl": kl.item()}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -231,7 +293,12 @@ def vae_loss(model: VideoVAE, x: torch.Tensor, kl_weight: float, generator=None)
 def save_vae(model: VideoVAE, path: str, extra: dict | None = None) -> None:
     from safetensors.torch import save_file
 
-    meta = {"kind": "vidsift-vae", "config": json.dumps(asdict(model.cfg)), **(extra or {})}
+    meta = {
+        "kind": "vidsift-vae",
+        "format": str(CHECKPOINT_FORMAT),
+        "config": json.dumps(asdict(model.cfg)),
+        **(extra or {}),
+    }
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path, metadata=meta)
 
 
@@ -243,6 +310,12 @@ def load_vae(path: str, device: str | torch.device = "cpu") -> VideoVAE:
         meta = f.metadata() or {}
     if meta.get("kind") != "vidsift-vae":
         raise ValueError(f"{path} is not a vidsift VAE checkpoint (metadata kind={meta.get('kind')!r})")
+    version = int(meta.get("format", 1))
+    if version != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{path} is a format-{version} vidsift VAE checkpoint; this version reads format "
+            f"{CHECKPOINT_FORMAT} (the VAE gained pooled skip paths): retrain it with `vidsift train-vae`"
+        )
     model = VideoVAE(VAEConfig(**json.loads(meta["config"])))
     model.load_state_dict(load_file(path, device=str(device)))
     return model.to(device).eval()

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from model.data import ClipSource, ClipStream, ShardIndex
 from model.synthetic import COLORS, DIRECTIONS, SHAPES, caption_of, judge, moving_shape
@@ -15,9 +16,10 @@ def test_judge_reads_colour_and_direction_of_every_caption():
     assert judge(-np.ones((3, 4, 8, 8))) == ("none", "none")
 
 
-def test_judge_after_h264_and_the_training_resize(shards):
+@pytest.mark.parametrize("size", [32, 16])  # 16: the learning check's training size
+def test_judge_after_h264_and_the_training_resize(shards, size):
     """Still right after H.264 encoding, decoding, resize and crop (what the model is trained on)."""
-    src = ClipSource(frames=8, height=32, width=32, stride=2)
+    src = ClipSource(frames=8, height=size, width=size, stride=2)
     for sample in ClipStream(ShardIndex(shards), src, 0, 1).next_batch(12):
         words = sample.caption.split()  # "a <colour> <shape> moving <direction>"
         assert judge(sample.x) == (words[1], words[4])

@@ -44,8 +44,10 @@ def test_encoder_and_decoder_are_causal_and_first_frame_is_alone():
 
 def test_checkpoint_roundtrip_and_a_few_steps_reduce_loss(tmp_path):
     vae = tiny().train()
-    # Smooth content (noise cannot be compressed): random 2x2 colour blocks blown up to 16x16.
-    x = torch.rand(2, 3, 5, 2, 2).repeat_interleave(8, dim=3).repeat_interleave(8, dim=4) * 2 - 1
+    # Compressible content the starting point (block average, bilinear upsampling) gets wrong: still frames of
+    # random 2x2 colour blocks blown up to 16x16, whose sharp block edges the decoder must learn to restore.
+    x = torch.rand(2, 3, 1, 2, 2).repeat_interleave(8, dim=3).repeat_interleave(8, dim=4) * 2 - 1
+    x = x.expand(-1, -1, 5, -1, -1)
     opt = torch.optim.AdamW(vae.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
     first = vae_loss(vae, x, 1e-6, g)[0].item()
@@ -54,7 +56,7 @@ def test_checkpoint_roundtrip_and_a_few_steps_reduce_loss(tmp_path):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert loss.item() < first * 0.85
+    assert loss.item() < first * 0.6
     vae.latent_std.fill_(2.0)
     path = tmp_path / "vae.safetensors"
     save_vae(vae.eval(), str(path))
@@ -115,3 +117,24 @@ def test_baseline_compresses_at_the_vae_factors():
     x = torch.rand(1, 3, 5, 16, 16)
     assert torch.equal(baseline_recon(x, (1, 1, 1)), x)
     assert baseline_recon(x, (4, 8, 8)).unique().numel() <= 3 * 2 * 2 * 2
+
+
+def test_untrained_vae_is_the_average_pool_compressor_and_old_checkpoints_are_refused(tmp_path):
+    """The skip paths make training start from the trivial compressor: before any step, decode(encode(x))
+    is exactly the block average upsampled (repeated in time, bilinear in space)."""
+    from safetensors.torch import save_file
+
+    from model.train_vae import baseline_recon
+
+    torch.manual_seed(0)
+    vae = VideoVAE(VAEConfig(base=8, mults=(1, 2, 2, 2), z_channels=4)).eval()
+    x = torch.rand(2, 3, 9, 16, 24) * 2 - 1
+    assert torch.allclose(vae.decode(vae.encode(x)), baseline_recon(x, (4, 8, 8), bilinear=True), atol=1e-5)
+    # Training starts there too: the posterior noise starts small (std e^-4), so the first training step's
+    # sampled reconstruction is the baseline up to that noise (~41 dB), not a random image.
+    recon, _ = vae.train()(x)
+    assert psnr(recon, baseline_recon(x, (4, 8, 8), bilinear=True)) > 35
+    path = tmp_path / "old.safetensors"
+    save_file({"w": torch.zeros(1)}, str(path), metadata={"kind": "vidsift-vae", "config": "{}"})
+    with pytest.raises(ValueError, match="format-1 .* retrain"):
+        load_vae(str(path))
