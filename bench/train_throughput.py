@@ -8,13 +8,15 @@ and text width, and the same input, and run full training steps (forward, MSE lo
 Prints tokens/s for each and the ratio ours / Wan. Skips the comparison if diffusers is not installed.
 The two models are timed in alternating rounds and each keeps its best round, so load from other processes
 on a shared machine affects both alike. On CPU it also prints the ratio of process CPU time per step
-(all threads), which other processes' load barely changes: the fairer number on a busy machine.
+(all threads), which other processes' load barely changes: the fairer number on a busy machine (best
+and median round; use more --rounds there).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 
@@ -136,7 +138,12 @@ def main() -> None:
     print(f"ratio ours / wan: {best_wan / best_ours:.2f}x tokens/s (wall clock)")
     if device.type == "cpu":
         cpu_ours, cpu_wan = min(c for _, c in ours_t), min(c for _, c in wan_t)
-        print(f"CPU s/step: ours {cpu_ours:.2f}, wan {cpu_wan:.2f}; ratio {cpu_wan / cpu_ours:.2f}x")
+        # The median over rounds as well: on a machine loaded by other work the best round can be luck.
+        med_ours, med_wan = statistics.median(c for _, c in ours_t), statistics.median(c for _, c in wan_t)
+        print(
+            f"CPU s/step: ours {cpu_ours:.2f}, wan {cpu_wan:.2f}; ratio {cpu_wan / cpu_ours:.2f}x "
+            f"(best rounds), {med_wan / med_ours:.2f}x (median rounds)"
+        )
     peak = peak_flops(device)
     if peak:
         mfu = flops_per_token(ours, tokens // b) * tokens / best_ours / peak

@@ -113,6 +113,69 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
+class _NormRope(torch.autograd.Function):
+    """RMSNorm over the last dim (with weight), then, when cos/sin are given, the rotary rotation of
+    ``apply_rope``: QK-norm and rope as one autograd node with a hand-written backward. Autograd through
+    the composite ops (pow, mean, rsqrt, two products, then the rope's four products, two sums and a cat)
+    keeps about a dozen intermediates per call; this saves the normalised input and the 1/rms factor and
+    does the same arithmetic in about half the passes over memory: fwd + bwd of a [4, 256, 4, 64] query
+    takes ~2 ms instead of ~4.5 on one CPU thread (~1 instead of ~2.5 without rope). Computed in float32
+    (at least), returned in the input's dtype."""
+
+    @staticmethod
+    def forward(ctx, x, weight, cos, sin, eps):
+        dtype = torch.promote_types(x.dtype, torch.float32)  # bf16/fp16 in, float32 arithmetic
+        xf, w = x.to(dtype), weight.to(dtype)
+        d = xf.shape[-1]
+        rstd = torch.linalg.vector_norm(xf, dim=-1, keepdim=True).square_().div_(d).add_(eps).rsqrt_()
+        xhat = xf * rstd
+        if cos is None:
+            y = xhat * w
+        else:
+            # y1 = w1 xh1 cos - w2 xh2 sin, y2 = w1 xh1 sin + w2 xh2 cos: the weight folds into the small
+            # [N, 1, d/2] tables, so the big tensor is touched twice (one product, one fused multiply-add).
+            w1, w2 = w.chunk(2)
+            xh1, xh2 = xhat.chunk(2, dim=-1)
+            y = torch.empty_like(xhat)
+            y1, y2 = y.chunk(2, dim=-1)
+            torch.mul(xh1, w1 * cos, out=y1).addcmul_(xh2, w2 * sin, value=-1)
+            torch.mul(xh1, w1 * sin, out=y2).addcmul_(xh2, w2 * cos)
+        ctx.save_for_backward(xhat, rstd, w, cos, sin)
+        ctx.dtypes = x.dtype, weight.dtype
+        return y.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, gy):
+        xhat, rstd, w, cos, sin = ctx.saved_tensors
+        gy = gy.to(xhat.dtype)
+        d = xhat.shape[-1]
+        if cos is None:
+            g = gy
+        else:  # rotate back: the transpose of a rotation is the rotation by the opposite angle
+            gy1, gy2 = gy.chunk(2, dim=-1)
+            g = torch.empty_like(gy)
+            g1, g2 = g.chunk(2, dim=-1)
+            torch.mul(gy1, cos, out=g1).addcmul_(gy2, sin)
+            torch.mul(gy2, cos, out=g2).addcmul_(gy1, sin, value=-1)
+        gxw = g * xhat  # d(out)/d(weight) per element
+        gw = gxw.reshape(-1, d).sum(0)
+        # dx = rstd (g w - xhat mean(g w xhat)); the mean over the last dim is one matrix-vector product
+        dot = (gxw.reshape(-1, d) @ w).div_(d).view(*xhat.shape[:-1], 1)
+        gx = (g * w).addcmul_(xhat, dot, value=-1).mul_(rstd)
+        x_dtype, w_dtype = ctx.dtypes
+        return gx.to(x_dtype), gw.to(w_dtype), None, None, None
+
+
+def norm_rope(x: torch.Tensor, norm: nn.Module, cos=None, sin=None) -> torch.Tensor:
+    """``apply_rope(norm(x), cos, sin)`` (or ``norm(x)`` without cos/sin) for an ``nn.RMSNorm`` or
+    ``nn.Identity`` norm, in one fused autograd node when the norm is an RMSNorm."""
+    if isinstance(norm, nn.RMSNorm) and norm.weight is not None:
+        eps = norm.eps if norm.eps is not None else torch.finfo(x.dtype).eps  # nn.RMSNorm's default
+        return _NormRope.apply(x, norm.weight, cos, sin, eps)
+    x = norm(x)
+    return x if cos is None else apply_rope(x, cos, sin)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # layers
 
@@ -130,9 +193,33 @@ def per_token(v: torch.Tensor) -> torch.Tensor:
     return v[:, None] if v.dim() == 2 else v
 
 
+class _GatedAdd(torch.autograd.Function):
+    """x + gate * branch (the gated residual), one fused multiply-add forward, with its backward written
+    out: addcmul's generic backward first forms ``branch * value`` (its scalar, 1 here), a full extra pass
+    and copy of the branch, before multiplying by the gradient. About 0.4 of 1.1 ms per call saved at dim
+    256 and 1024 tokens on one CPU thread (fwd + bwd)."""
+
+    @staticmethod
+    def forward(ctx, x, gate, branch):
+        ctx.save_for_backward(gate, branch)
+        return torch.addcmul(x, gate, branch)
+
+    @staticmethod
+    def backward(ctx, g):
+        gate, branch = ctx.saved_tensors
+        ggate = (g * branch).sum_to_size(gate.shape).to(gate.dtype) if ctx.needs_input_grad[1] else None
+        gbranch = (g * gate).to(branch.dtype) if ctx.needs_input_grad[2] else None
+        return g, ggate, gbranch
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x * (1 + scale) + shift per sample (or per token), as one fused multiply-add."""
     return torch.addcmul(per_token(shift), x, 1 + per_token(scale))
+
+
+def gated_add(x: torch.Tensor, gate: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+    """x + gate * branch, gate per sample (or per token)."""
+    return _GatedAdd.apply(x, per_token(gate), branch)
 
 
 @dataclass
@@ -198,15 +285,13 @@ class Attention(nn.Module):
     def forward(self, x, context=None, rope=None, mask=None) -> torch.Tensor:
         b, n, _ = x.shape
         ctx = x if context is None else context
+        # rope tables [N, 1, head_dim / 2] (or [B, N, 1, head_dim / 2] when packed): the same for every head
+        cos, sin = (None, None) if rope is None else (rope[0].unsqueeze(-2), rope[1].unsqueeze(-2))
         # Norm and rotate in [B, N, heads, head_dim] layout, where the head dim is contiguous (3x faster
         # on CPU than after the transpose), then hand SDPA its [B, heads, N, head_dim].
-        q = self.q_norm(self.q(x).view(b, n, self.heads, self.head_dim))
+        q = norm_rope(self.q(x).view(b, n, self.heads, self.head_dim), self.q_norm, cos, sin)
         k, v = self.kv(ctx).view(b, ctx.shape[1], 2, self.heads, self.head_dim).unbind(2)
-        k = self.k_norm(k)
-        if rope is not None:
-            # [N, 1, head_dim / 2] (or [B, N, 1, head_dim / 2] when packed): the same for every head
-            cos, sin = rope[0].unsqueeze(-2), rope[1].unsqueeze(-2)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k = norm_rope(k, self.k_norm, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         out = attend(q, k, v, mask)
         return self.proj(out.transpose(1, 2).reshape(b, n, -1))
@@ -230,12 +315,10 @@ class Block(nn.Module):
         """mod [B, 6, dim] is the shared modulation of the conditioning vector, or [B, N, 6, dim] per token
         (packed clips, conditioning frames); attn_mask restricts self-attention (packing)."""
         sh1, sc1, g1, sh2, sc2, g2 = (mod + self.mod).unbind(-2)
-        # x + gate * branch(x), fused (addcmul); the gates start at zero, so the block starts as identity.
-        x = torch.addcmul(
-            x, per_token(g1), self.attn(modulate(self.norm1(x), sh1, sc1), rope=rope, mask=attn_mask)
-        )
+        # x + gate * branch(x), fused; the gates start at zero, so the block starts as identity.
+        x = gated_add(x, g1, self.attn(modulate(self.norm1(x), sh1, sc1), rope=rope, mask=attn_mask))
         x = x + self.cross(self.norm_cross(x), context=text, mask=text_mask)
-        x = torch.addcmul(x, per_token(g2), self.mlp(modulate(self.norm2(x), sh2, sc2)))
+        x = gated_add(x, g2, self.mlp(modulate(self.norm2(x), sh2, sc2)))
         return x
 
 
