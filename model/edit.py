@@ -150,25 +150,6 @@ def strength_schedule(strength: float, steps: int, x_shape, cfg) -> torch.Tensor
     return shift_t(torch.linspace(strength, 0.0, n + 1), time_shift(x_shape, cfg))
 
 
-def guided_velocity(model, x, t, text, text_mask, guidance: float) -> torch.Tensor:
-    """v_uncond + g (v_cond - v_uncond), computed exactly as one step of flow.sample_euler (so strength 1
-    reproduces text-to-video bit for bit)."""
-    b = x.shape[0]
-    tt = t.expand(b)
-    keep = torch.zeros(b, dtype=torch.bool, device=x.device)
-    if guidance == 1.0:
-        return model(x, tt, text, text_mask, keep)
-    both = model(
-        torch.cat([x, x]),
-        torch.cat([tt, tt]),
-        torch.cat([text, text]),
-        torch.cat([text_mask, text_mask]),
-        torch.cat([keep, ~keep]),
-    )
-    v_cond, v_uncond = both.chunk(2)
-    return v_uncond + guidance * (v_cond - v_uncond)
-
-
 @torch.no_grad()
 def edit_latent(
     model,
@@ -186,6 +167,8 @@ def edit_latent(
     dx/dt = v from t0 to 0 under the text. Same noise draw as model.sample.generate for the same seed."""
     if not 0.0 <= strength <= 1.0:
         raise EditError(f"--strength must be in [0, 1], got {strength}")
+    from model.flow import guided_velocity
+
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(x0.device, x0.dtype)
     ts = strength_schedule(strength, steps, x0.shape, cfg).to(x0.device)
     x = (1 - ts[0]) * x0 + ts[0] * noise

@@ -157,6 +157,29 @@ def packed_training_loss(forward, packed, text, text_mask, empty, cfg: FlowConfi
 
 
 @torch.no_grad()
+def guided_velocity(model, x, t, text, text_mask, guidance: float, frame_cond=None) -> torch.Tensor:
+    """The velocity at x and time t (a scalar tensor) for one Euler step: v_uncond + g (v_cond - v_uncond)
+    with the null caption as the unconditional branch (both in one batched forward); g = 1 is plain
+    conditional (one forward). ``frame_cond`` [B, T] marks latent frames given clean."""
+    b = x.shape[0]
+    tt = t.expand(b)
+    keep = torch.zeros(b, dtype=torch.bool, device=x.device)
+    if guidance == 1.0:
+        extra = {} if frame_cond is None else {"frame_cond": frame_cond}
+        return model(x, tt, text, text_mask, keep, **extra)
+    extra = {} if frame_cond is None else {"frame_cond": torch.cat([frame_cond, frame_cond])}
+    both = model(
+        torch.cat([x, x]),
+        torch.cat([tt, tt]),
+        torch.cat([text, text]),
+        torch.cat([text_mask, text_mask]),
+        torch.cat([keep, ~keep]),
+        **extra,
+    )
+    v_cond, v_uncond = both.chunk(2)
+    return v_uncond + guidance * (v_cond - v_uncond)
+
+
 def sample_euler(
     model,
     noise: torch.Tensor,
@@ -174,35 +197,17 @@ def sample_euler(
     model sees them as clean (timestep 0), and they are reset after every step, so the result holds them
     exactly (image-to-video, extension, connecting clips)."""
     x = noise
-    b = x.shape[0]
     ts = sampling_schedule(steps, x.shape, cfg).to(x.device)
-    keep = torch.zeros(b, dtype=torch.bool, device=x.device)
-    extra, fc = {}, None
+    fc = None
     if cond is not None:
         clean, frames = cond
         fc = frames.to(x.device)
         given = fc[:, None, :, None, None]  # broadcast over channels, height, width
         clean = clean.to(x.device, x.dtype)
         x = torch.where(given, clean, x)
-        extra = {"frame_cond": fc}
     for i in range(steps):
         t, t_next = ts[i], ts[i + 1]
-        tt = t.expand(b)
-        if guidance == 1.0:
-            v = model(x, tt, text, text_mask, keep, **extra)
-        else:
-            if fc is not None:
-                extra = {"frame_cond": torch.cat([fc, fc])}
-            both = model(
-                torch.cat([x, x]),
-                torch.cat([tt, tt]),
-                torch.cat([text, text]),
-                torch.cat([text_mask, text_mask]),
-                torch.cat([keep, ~keep]),
-                **extra,
-            )
-            v_cond, v_uncond = both.chunk(2)
-            v = v_uncond + guidance * (v_cond - v_uncond)
+        v = guided_velocity(model, x, t, text, text_mask, guidance, fc)
         x = x + (t_next - t) * v
         if cond is not None:
             x = torch.where(given, clean, x)
