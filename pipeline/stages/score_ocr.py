@@ -79,7 +79,7 @@ class ScoreOcrConfig:
             raise ValueError(f"{s}.max_boxes must be >= 0 (0 = no limit), got {self.max_boxes}")
         # fail at recipe validation, not once per clip on a worker
         if importlib.util.find_spec("onnxruntime") is None:
-            raise ValueError(f"{s} needs onnxruntime: pip install 'vidsift[model]' (or onnxruntime-gpu)")
+            raise ValueError(f"{s} needs onnxruntime: pip install 'vidsift[ocr]' (or onnxruntime-gpu)")
         weights_path(self.model, DET_WEIGHTS, f"{s}.model")
         if self.verify:
             weights_path(self.rec_model, REC_WEIGHTS, f"{s}.rec_model")
@@ -96,7 +96,7 @@ def weights_path(value: str, shipped: str, where: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ValueError(
             f"{where} is empty and rapidocr-onnxruntime (which ships the PP-OCRv4 weights) is not "
-            f"installed: pip install 'vidsift[model]', or set {where} to a PP-OCR .onnx file"
+            f"installed: pip install 'vidsift[ocr]', or set {where} to a PP-OCR .onnx file"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / shipped
     if not path.is_file():

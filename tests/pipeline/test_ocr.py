@@ -139,7 +139,7 @@ def test_missing_model_is_one_clear_error(tmp_path, monkeypatch):
         importlib.util, "find_spec", lambda n, *a: None if n == "rapidocr_onnxruntime" else real(n, *a)
     )
     with pytest.raises(
-        ValueError, match=r"rapidocr-onnxruntime .* not installed: pip install 'vidsift\[model\]'"
+        ValueError, match=r"rapidocr-onnxruntime .* not installed: pip install 'vidsift\[ocr\]'"
     ):
         ScoreOcrConfig()
 
