@@ -427,6 +427,9 @@ def _run_groups(
         for uri in files
     ]
     video_res = _max_resources([s.resources for s in _video_stages(recipe)])
+    # per-video work is CPU-bound and independent: spread it over the nodes instead of Ray's default of
+    # filling the driver's node first (one node alone on a 1-node Ray)
+    video_res["scheduling_strategy"] = "SPREAD"
     if worker_env:
         video_res["runtime_env"] = {"env_vars": worker_env}  # S3 endpoint and credentials
     if recipe.run.max_videos_in_flight:

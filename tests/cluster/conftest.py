@@ -2,7 +2,9 @@
 
 The cluster: a head node with 1 CPU and a worker node with 1 CPU that advertises the custom
 resource ``gpu_node`` (standing in for a GPU node), each its own ``ray start`` with its own ports
-and temp dir; everything is stopped in teardown, also when a test fails.
+and temp dir; everything is stopped in teardown, also when a test fails. The fixtures are
+package-scoped: the cluster's daemons (raylets, dashboard, log monitors) stop when tests/cluster is
+done instead of idling beside the rest of the suite.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from tests.cluster.recipes import write_recipe
 from tests.conftest import make_numbered_clip
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def cluster():
     c = LocalCluster()
     try:
@@ -32,7 +34,7 @@ def cluster():
         c.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def tiny_clips(tmp_path_factory) -> Path:
     """Four small H.264 clips, two or three hard cuts each, all different."""
     src = tmp_path_factory.mktemp("tiny_clips")
@@ -41,13 +43,13 @@ def tiny_clips(tmp_path_factory) -> Path:
     return src
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def recipes(tmp_path_factory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("recipes")
     return {"gpu": write_recipe(folder, "gpu", True), "cpu": write_recipe(folder, "cpu", False)}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def s3(tmp_path_factory):
     """moto in server mode on loopback; yields the AWS variables that point at it."""
     port = free_port()
