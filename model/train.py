@@ -3,7 +3,8 @@
     vidsift train recipes/train/tiny.toml --data OUT [--set key=value ...] [--out RUN] [--resume]
     torchrun --nproc-per-node 8 -m model.train recipes/train/small.toml --data OUT
 
-Runs on CPU or GPU; DDP switches on only when launched by torchrun (gloo on CPU, NCCL on GPU). A run folder
+Runs on CPU or GPU; DDP (or FSDP with ``parallel = "fsdp"``) switches on only when launched by torchrun (gloo
+on CPU, NCCL on GPU). A run folder
 holds the resolved recipe (recipe.toml), log.csv, samples/ and the checkpoint: model.safetensors and
 ema.safetensors (weights plus metadata that rebuild the model alone) and state.pt (optimizer, step, data
 position, RNG). Resuming continues bit-for-bit (on CPU): every random draw of step s comes from a generator
@@ -75,6 +76,7 @@ class TrainConfig:
     seed: int = 0
     # system
     device: str = "auto"  # auto: cuda if available
+    parallel: str = "ddp"  # under torchrun: "ddp" (weights replicated) or "fsdp" (weights, optimizer sharded)
     compile: bool = False  # torch.compile the model
     # logging and evaluation
     log_every: int = 10
@@ -192,12 +194,14 @@ def flops_per_token(model, tokens: int) -> float:
 # checkpoints
 
 
-def save_weights(model, path: str, meta: dict) -> None:
+def save_weights(model_or_state, path: str, meta: dict) -> None:
+    """A module's weights (or an already gathered state dict) as safetensors with ``meta`` as metadata."""
     from safetensors.torch import save_file
 
+    state = model_or_state if isinstance(model_or_state, dict) else model_or_state.state_dict()
     tmp = path + ".tmp"
     save_file(
-        {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
+        {k: v.detach().contiguous().cpu() for k, v in state.items()},
         tmp,
         metadata={k: json.dumps(v) for k, v in meta.items()},
     )
@@ -250,6 +254,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
     # --- distributed setup: on only under torchrun
     ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    if cfg.parallel not in ("ddp", "fsdp"):
+        raise RecipeError(f"parallel must be ddp or fsdp, got {cfg.parallel!r}")
+    fsdp = ddp and cfg.parallel == "fsdp"  # sharded: every rank takes part in validation, samples, saving
     if cfg.device == "auto":
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
     else:
@@ -373,7 +380,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             packed.per_clip(empty, fill=True).to(device),
         )
 
-    val = load_samples(index, source, val_refs) if master else []
+    val = load_samples(index, source, val_refs) if master or fsdp else []
     if use_latents and master and os.path.abspath(cfg.vae) != _first_value(index, "latent_model"):
         print(f"warning: shards were encoded by {_first_value(index, 'latent_model')}, not {cfg.vae}")
     if use_latents and not cfg.pack:
@@ -396,10 +403,6 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     model = DiT(config_from_preset(cfg.model, in_channels=in_channels, text_dim=text_dim, **cfg.model_args))
     model.to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), fused=device.type == "cuda")
 
     os.makedirs(cfg.out, exist_ok=True)
     paths = {
@@ -407,11 +410,22 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         for k, f in [("model", "model.safetensors"), ("ema", "ema.safetensors"), ("state", "state.pt")]
     }
     step = 0
+    state = None
     if resume and os.path.exists(paths["state"]):
         state = torch.load(paths["state"], map_location="cpu", weights_only=False)
         model.load_state_dict(load_file(paths["model"], device=str(device)))
         ema.load_state_dict(load_file(paths["ema"], device=str(device)))
-        opt.load_state_dict(state["optimizer"])
+    if fsdp:  # full weights loaded above; from here on each rank holds 1/world of every block
+        _shard(model, ema, device)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), fused=device.type == "cuda")
+    if state is not None:
+        if fsdp or state.get("optimizer_format") == "names":  # by parameter name: DDP <-> FSDP both ways
+            _load_optimizer_by_name(model, opt, state["optimizer"])
+        else:
+            opt.load_state_dict(state["optimizer"])
         step = state["step"]
         if len(state["readers"]) != num_readers:
             raise DataError(
@@ -433,7 +447,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     raw = model
     if cfg.pack:
         model = PackedDiT(raw)  # forward = forward_packed, so DDP and compile see the packed pass
-    if ddp:
+    if ddp and not fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -494,15 +508,23 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         if vae is not None:
             out = vae.decode(out)
         os.makedirs(os.path.join(cfg.out, "samples"), exist_ok=True)
-        save_grid(out, os.path.join(cfg.out, "samples", f"step_{step:06d}.png"))
+        if master:
+            save_grid(out, os.path.join(cfg.out, "samples", f"step_{step:06d}.png"))
 
     def save_checkpoint(step: int, reader_states: list[dict]) -> None:
+        """Every rank calls this (FSDP gathers the shards); rank 0 writes."""
+        weights, ema_weights = _full_state(raw, fsdp), _full_state(ema, fsdp)
+        if fsdp:
+            optimizer = _full_optimizer_state(raw, opt)
+        if not master:
+            return
         meta = checkpoint_meta(raw, cfg, step, text_name, cfg.vae)
-        save_weights(raw, paths["model"], meta)
-        save_weights(ema, paths["ema"], meta)
+        save_weights(weights, paths["model"], meta)
+        save_weights(ema_weights, paths["ema"], meta)
         state = {
             "step": step,
-            "optimizer": opt.state_dict(),
+            "optimizer": optimizer if fsdp else opt.state_dict(),
+            "optimizer_format": "names" if fsdp else "ids",
             "readers": reader_states,
             "rng": torch.get_rng_state(),
             "config": dataclasses.asdict(cfg),
@@ -512,8 +534,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
     metrics = {"step": step, "loss": float("nan"), "val_loss": float("nan")}
     t_start = time.time()
-    if master and step == 0:  # the untrained model's validation loss: the baseline every later value beats
+    if (master or fsdp) and step == 0:  # the untrained model's validation loss: what every later value beats
         metrics["val_loss_init"] = validate()
+    if master and step == 0:
         log.writerow([0, "", "", "", "", "", f"{metrics['val_loss_init']:.6f}", "0.0"])
         print(f"step 0 val {metrics['val_loss_init']:.4f}")
     model.train()
@@ -533,7 +556,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                 x, text, mask, empty = model_input(reader.next_batch(cfg.batch_size))
                 tokens += x.shape[0] * math.prod(raw.grid(x.shape))
             # Gradients are averaged across processes only on the last micro-step.
-            sync = nullcontext() if (not ddp or a == len(readers) - 1) else model.no_sync()
+            last_micro = a == len(readers) - 1
+            if fsdp:
+                model.set_requires_gradient_sync(last_micro)
+            sync = nullcontext() if (not ddp or fsdp or last_micro) else model.no_sync()
             with sync, autocast:
                 if cfg.pack:
                     loss = packed_training_loss(fwd, packed, text, mask, empty, flow, gen, attn)
@@ -541,7 +567,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                     loss = training_loss(fwd, x, text, mask, empty, flow, gen)
                 (loss / len(readers)).backward()
             loss_sum += loss.item() / len(readers)
-        grad_norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip or float("inf")).item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip or float("inf"))
+        grad_norm = (grad_norm.full_tensor() if fsdp else grad_norm).item()
         opt.step()
         opt.zero_grad(set_to_none=True)
         with torch.no_grad():
@@ -560,7 +587,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         metrics.update(step=step, loss=loss_sum, tokens_per_s=tok_s, mfu=mfu)
         last = step == cfg.steps
         val_loss = None
-        if master and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
+        if (master or fsdp) and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
             val_loss = validate()
             metrics["val_loss"] = val_loss
         if master:  # live progress line on a terminal; TensorBoard scalars when log = "tensorboard"
@@ -585,13 +612,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                 ]
             )
             log_file.flush()
-        if master and cfg.sample_every and (step % cfg.sample_every == 0 or last):
+        if (master or fsdp) and cfg.sample_every and (step % cfg.sample_every == 0 or last):
             save_samples(step)
         if (cfg.save_every and step % cfg.save_every == 0) or last:
-            # Every rank takes part (reader states are gathered); rank 0 writes.
-            reader_states = _gather_reader_states(readers, ddp)
-            if master:
-                save_checkpoint(step, reader_states)
+            # Every rank takes part (reader states are gathered, FSDP shards too); rank 0 writes.
+            save_checkpoint(step, _gather_reader_states(readers, ddp))
     if master:
         log_file.close()
         progress.close()
@@ -601,6 +626,60 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         dist.barrier()
         dist.destroy_process_group()
     return metrics
+
+
+# ---------------------------------------------------------------------------------------------------------
+# FSDP (parallel = "fsdp" under torchrun): FSDP2's fully_shard per block and on the whole model
+
+
+def _shard(model, ema, device: torch.device) -> None:
+    """Shard the weights of ``model`` and its EMA copy the same way over all ranks: each block is one unit
+    (gathered just before it runs, freed after), the embeddings and output layer a root unit. The EMA is
+    sharded alike, so its update stays local to each rank's shard."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    for m in (model, ema):
+        for blk in m.blocks:
+            fully_shard(blk, mesh=mesh)
+        fully_shard(m, mesh=mesh)
+        register_fsdp_forward_method(m, "forward_packed")  # packed training calls it, not forward
+
+
+def _full_state(module, fsdp: bool) -> dict:
+    """Full (unsharded) weights; under FSDP a collective every rank calls, rank 0 gets them on the CPU."""
+    if not fsdp:
+        return module.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def _full_optimizer_state(module, opt) -> dict:
+    """The optimizer state keyed by parameter name, unsharded (collective; rank 0 gets it)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_optimizer_state_dict(module, opt, options=options)
+
+
+def _load_optimizer_by_name(module, opt, saved: dict) -> None:
+    """Load an optimizer state into ``opt`` by parameter name, whichever way it was saved: keyed by name (an
+    FSDP run) or by index (``opt.state_dict()`` of a DDP or single-process run, whose indices follow the
+    parameter groups). Under FSDP each rank keeps its shard; every rank reads state.pt itself, so the run
+    folder must be visible to all of them (one node or a shared disk)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    if saved["param_groups"] and isinstance(saved["param_groups"][0]["params"][0], int):
+        name_of = {id(p): n for n, p in module.named_parameters()}
+        names = [name_of[id(p)] for g in opt.param_groups for p in g["params"]]  # index i -> name
+        saved = {
+            "state": {names[i]: v for i, v in saved["state"].items()},
+            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in saved["param_groups"]],
+        }
+    set_optimizer_state_dict(module, opt, saved, options=StateDictOptions(full_state_dict=True))
 
 
 def _gather_reader_states(readers, ddp: bool) -> list[dict]:

@@ -1,5 +1,6 @@
 import csv
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -109,15 +110,14 @@ def test_smoke_run_validation_loss_falls_and_writes_a_run_folder(shards, tmp_pat
     assert "steps = 40" in (out / "recipe.toml").read_text()
 
 
-def test_two_process_ddp_agrees_with_one_process_accumulating(shards, tmp_path):
-    """torchrun, 2 CPU processes (gloo), 1 micro-batch each == 1 process, 2 accumulated micro-batches."""
-    sets = [f"--set={s}" for s in FAST + ["steps=3", "val_clips=2"]]
+def torchrun(shards: str, out, *sets: str, procs: int = 2) -> None:
+    """``torchrun -m model.train`` with 2 CPU processes (gloo), the FAST settings plus ``sets``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
     cmd = [
         sys.executable,
         "-m",
         "torch.distributed.run",
-        "--nproc-per-node=2",
+        f"--nproc-per-node={procs}",
         f"--master-port={free_port()}",
         "-m",
         "model.train",
@@ -125,17 +125,44 @@ def test_two_process_ddp_agrees_with_one_process_accumulating(shards, tmp_path):
         "--data",
         shards,
         "--out",
-        str(tmp_path / "ddp"),
-        *sets,
+        str(out),
+        *[f"--set={s}" for s in FAST + ["val_clips=2"]],
+        *(a if a == "--resume" else f"--set={a}" for a in sets),
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    one = config(shards, tmp_path / "one", "steps=3", "val_clips=2", "grad_accum=2")
-    train(one)
-    a, b = weights(tmp_path / "ddp"), weights(tmp_path / "one")
-    moved = load_file(os.path.join(tmp_path, "one", "model.safetensors"))
-    assert any(v.abs().sum() > 0 for k, v in moved.items() if k.startswith("out."))  # it did train
+
+
+def assert_same_weights(a_run, b_run) -> None:
+    a, b = weights(a_run), weights(b_run)
+    assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_two_process_ddp_and_fsdp_agree_with_one_process_accumulating(shards, tmp_path):
+    """torchrun, 2 CPU processes (gloo), 1 micro-batch each == 1 process, 2 accumulated micro-batches: with
+    DDP for 3 steps, then FSDP resuming that DDP checkpoint for 3 more (the optimizer state moves from
+    indices to sharded parameters by name), then one process resuming the FSDP checkpoint (names back to a
+    plain optimizer) for a seventh step."""
+    torchrun(shards, tmp_path / "ddp", "steps=3")
+    one = config(shards, tmp_path / "one", "steps=3", "val_clips=2", "grad_accum=2")
+    train(one)
+    moved = load_file(os.path.join(tmp_path, "one", "model.safetensors"))
+    assert any(v.abs().sum() > 0 for k, v in moved.items() if k.startswith("out."))  # it did train
+    assert_same_weights(tmp_path / "ddp", tmp_path / "one")
     sa = torch.load(tmp_path / "ddp" / "state.pt", weights_only=False)
     assert [r["reader"] for r in sa["readers"]] == [0, 1]
+
+    shutil.copytree(tmp_path / "ddp", tmp_path / "fsdp")
+    torchrun(shards, tmp_path / "fsdp", "steps=6", "parallel=fsdp", "--resume")
+    train(config(shards, tmp_path / "one", "steps=6", "val_clips=2", "grad_accum=2"), resume=True)
+    assert_same_weights(tmp_path / "fsdp", tmp_path / "one")
+    state = torch.load(tmp_path / "fsdp" / "state.pt", weights_only=False)
+    assert state["step"] == 6 and state["optimizer_format"] == "names"
+    assert "blocks.0.attn.q.weight" in state["optimizer"]["state"]  # full (gathered), keyed by name
+
+    shutil.copytree(tmp_path / "fsdp", tmp_path / "back")
+    for run in ("back", "one"):
+        train(config(shards, tmp_path / run, "steps=7", "val_clips=2", "grad_accum=2"), resume=True)
+    assert_same_weights(tmp_path / "back", tmp_path / "one")
