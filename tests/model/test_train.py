@@ -69,6 +69,8 @@ def test_recipe_overrides_and_errors(tmp_path):
         load_recipe(str(bad))
     with pytest.raises(RecipeError, match="recipe not found"):
         load_recipe(str(tmp_path / "missing.toml"))
+    with pytest.raises(RecipeError, match="parallel must be ddp or fsdp, got 'zero3'"):
+        train(load_recipe(TINY, ["parallel=zero3", f"data={tmp_path}", f"out={tmp_path / 'run'}"]))
 
 
 def test_lr_schedule():
