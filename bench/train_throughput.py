@@ -6,6 +6,9 @@
 Both models get the same width, depth, heads, MLP width (4x), patch (1, 2, 2), latent channels, text tokens
 and text width, and the same input, and run full training steps (forward, MSE loss, backward, AdamW).
 Prints tokens/s for each and the ratio ours / Wan. Skips the comparison if diffusers is not installed.
+With --floor it also times the work both models cannot avoid: the same linear layers, attention calls,
+MLP activation and residual sums alone (no norms, modulation, rotary, gates), timed in the same rounds;
+Wan / floor is then the most any implementation of this shape could beat Wan by.
 The two models are timed in alternating rounds and each keeps its best round, so load from other processes
 on a shared machine affects both alike. On CPU it also prints the ratio of process CPU time per step
 (all threads), which other processes' load barely changes: the fairer number on a busy machine (best
@@ -57,6 +60,7 @@ def main() -> None:
     p.add_argument("--gpu", action="store_true", help="CUDA + bf16 autocast")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--floor", action="store_true", help="also time the shared GEMM + attention floor")
     args = p.parse_args()
     if args.preset:
         args.dim, args.depth, args.heads = (PRESETS[args.preset][k] for k in ("dim", "depth", "heads"))
@@ -126,12 +130,28 @@ def main() -> None:
         wopt.step()
         wopt.zero_grad(set_to_none=True)
 
-    for step in (step_ours, step_wan, step_ours, step_wan):  # warm-up (allocator, kernels, compile)
-        step()
-    ours_t, wan_t = [], []
+    steps = {"ours": step_ours, "wan": step_wan}
+    if args.floor:
+        floor = Floor(args.dim, args.depth, args.heads, ours.patch_dim, args.text_dim).to(device)
+        fopt = torch.optim.AdamW(floor.parameters(), lr=1e-4)
+        tokens_in = ours.patchify(x)
+
+        def step_floor() -> None:
+            with autocast:
+                loss = (floor(tokens_in, text) - tokens_in).float().pow(2).mean()
+            loss.backward()
+            fopt.step()
+            fopt.zero_grad(set_to_none=True)
+
+        steps["floor"] = step_floor
+    for _ in range(2):  # warm-up (allocator, kernels, compile)
+        for step in steps.values():
+            step()
+    times: dict[str, list] = {k: [] for k in steps}
     for _ in range(args.rounds):
-        ours_t.append(time_steps(step_ours, args.iters, device))
-        wan_t.append(time_steps(step_wan, args.iters, device))
+        for k, step in steps.items():
+            times[k].append(time_steps(step, args.iters, device))
+    ours_t, wan_t = times["ours"], times["wan"]
     best_ours, best_wan = min(w for w, _ in ours_t), min(w for w, _ in wan_t)
     report("ours", ours.num_params(), best_ours, tokens)
     report("wan ", sum(p.numel() for p in wan.parameters()), best_wan, tokens)
@@ -144,10 +164,57 @@ def main() -> None:
             f"CPU s/step: ours {cpu_ours:.2f}, wan {cpu_wan:.2f}; ratio {cpu_wan / cpu_ours:.2f}x "
             f"(best rounds), {med_wan / med_ours:.2f}x (median rounds)"
         )
+    if args.floor:
+        best_floor = min(w for w, _ in times["floor"])
+        cpu_ratio = min(c for _, c in wan_t) / min(c for _, c in times["floor"])
+        print(
+            f"floor (shared GEMMs, attention, GELU, residual sums only): {best_floor * 1000:.0f} ms/step; "
+            f"ceiling wan / floor {best_wan / best_floor:.2f}x wall, {cpu_ratio:.2f}x CPU; over the floor: "
+            f"ours {best_ours / best_floor - 1:.0%}, wan {best_wan / best_floor - 1:.0%}"
+        )
     peak = peak_flops(device)
     if peak:
         mfu = flops_per_token(ours, tokens // b) * tokens / best_ours / peak
         print(f"ours: MFU {mfu:.1%} (peak bf16 {peak / 1e12:.0f} TFLOP/s)")
+
+
+class Floor(torch.nn.Module):
+    """The matrix work of a DiT of this shape with nothing else: per block the self-attention projections
+    (q, kv, out) and SDPA over the tokens, the cross-attention ones over the text tokens, the MLP with its
+    tanh-GELU, and plain residual sums; plus patch, text and output embeddings. Both models do at least
+    this, so its step time bounds what any implementation at this shape can reach."""
+
+    def __init__(self, dim: int, depth: int, heads: int, patch_dim: int, text_dim: int) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.heads = heads
+        self.x_embed, self.out = nn.Linear(patch_dim, dim), nn.Linear(dim, patch_dim)
+        self.text_embed = nn.Sequential(nn.Linear(text_dim, dim), nn.GELU("tanh"), nn.Linear(dim, dim))
+        self.blocks = nn.ModuleList(
+            nn.ModuleDict(
+                dict(
+                    q=nn.Linear(dim, dim), kv=nn.Linear(dim, 2 * dim), proj=nn.Linear(dim, dim),
+                    cq=nn.Linear(dim, dim), ckv=nn.Linear(dim, 2 * dim), cproj=nn.Linear(dim, dim),
+                    mlp=nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU("tanh"), nn.Linear(4 * dim, dim)),
+                )
+            )
+            for _ in range(depth)
+        )  # fmt: skip
+
+    def attend(self, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        b, n, d = q.shape
+        k, v = kv.view(b, kv.shape[1], 2, self.heads, d // self.heads).unbind(2)
+        q = q.view(b, n, self.heads, -1).transpose(1, 2)
+        out = torch.nn.functional.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2))
+        return out.transpose(1, 2).reshape(b, n, d)
+
+    def forward(self, tokens: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        h, ctx = self.x_embed(tokens), self.text_embed(text)
+        for blk in self.blocks:
+            h = h + blk["proj"](self.attend(blk["q"](h), blk["kv"](h)))
+            h = h + blk["cproj"](self.attend(blk["cq"](h), blk["ckv"](ctx)))
+            h = h + blk["mlp"](h)
+        return self.out(h)
 
 
 def report(name: str, params: int, seconds: float, tokens: int) -> None:
