@@ -99,3 +99,26 @@ def vidsift_exe() -> str:
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     exe = vidsift_exe()
     return subprocess.run([exe, *args], capture_output=True, text=True, cwd=cwd or REPO, timeout=timeout)
+
+
+# Four short sample videos: enough for accepted clips with captions and a training smoke run, quick to curate.
+QUICKSTART_VIDEOS = ["Big_Buck_Bunny_180_10s.webm", "flipping_a_pancake.mkv", "in.mp4", "realshort.mp4"]
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(videos: Path, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The README quick start as it is (recipes/curate/quickstart.toml, reading the tiny models its first
+    command builds into out/tiny-models) run once through the CLI on four short sample videos, shared by the
+    caption test and the training smoke test: (run folder, the finished ``vidsift curate`` process)."""
+    from tests.make_tiny_models import build_all
+
+    root = tmp_path_factory.mktemp("quickstart")
+    build_all(root / "out" / "tiny-models")
+    src = root / "videos"
+    src.mkdir()
+    for name in QUICKSTART_VIDEOS:
+        shutil.copy(videos / "quality" / name, src / name)
+    recipe = REPO / "recipes" / "curate" / "quickstart.toml"
+    result = run_cli("curate", str(recipe), "--input", str(src), "--output", str(root / "run"), cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root / "run", result

@@ -6,14 +6,13 @@ stages on real clips as Ray actor pools and every accepted clip comes out with e
 
 import json
 import os
-import shutil
 
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline.backends.base import ChatRequest, is_random_weights, parse_json_fields
 from pipeline.stages.caption_vlm import FIELDS, CaptionVlm, CaptionVlmConfig, sample_frames
-from tests.conftest import REPO, make_numbered_clip, read_numbers, run_cli
+from tests.conftest import REPO, make_numbered_clip, read_numbers
 from tests.make_tiny_models import LM_DIR, VLM_DIR, build_all
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may come from a model hub
@@ -88,14 +87,8 @@ def test_backend_matches_calling_generate_directly(workdir, clip):
 
 
 @pytest.mark.slow
-def test_quickstart_with_captions_fills_every_caption_column(workdir, videos):
-    recipe = REPO / "recipes" / "curate" / "quickstart.toml"  # the README's quick start, as it is
-    out = workdir / "run"
-    result = run_cli(
-        "curate", str(recipe), "--input", str(videos / "quality"), "--output", str(out), "--limit", "2",
-        cwd=workdir,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_quickstart_with_captions_fills_every_caption_column(quickstart_run):
+    out, result = quickstart_run  # recipes/curate/quickstart.toml as it is, on four sample videos
     clips = [r for f in sorted((out / "clips").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
     assert clips, "no accepted clips"
     for row in clips:
@@ -122,4 +115,3 @@ def test_quickstart_with_captions_fills_every_caption_column(workdir, videos):
     assert "random-weight test models" in result.stderr
     resolved = (out / "recipe.resolved.toml").read_text()
     assert "caption_qa" in resolved and "tiny-qwen2_5-vl" in resolved
-    shutil.rmtree(out)
