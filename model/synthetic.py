@@ -17,16 +17,35 @@ DIRECTIONS = {"right": (0, 1), "left": (0, -1), "down": (1, 0), "up": (-1, 0)}
 SHAPES = ("square", "circle")
 
 
-def moving_shape(color: str, direction: str, shape: str, frames: int, size: int, rng: np.random.Generator):
-    """[F, size, size, 3] uint8: a shape crossing a dark, slightly noisy background at constant speed."""
+def moving_shape(
+    color: str,
+    direction: str,
+    shape: str,
+    frames: int,
+    size: int,
+    rng: np.random.Generator,
+    speed: float | None = None,
+):
+    """[F, size, size, 3] uint8: a shape crossing a dark, slightly noisy background at constant speed.
+
+    By default it crosses the whole frame, starting at the side it moves away from. ``speed`` (pixels per
+    frame) makes it travel only ``speed * (frames - 1)`` pixels from a random start instead, so where the
+    shape is says nothing about the caption, only how it moves does (bench/learning_check.py)."""
     r = size // 6
     dy, dx = DIRECTIONS[direction]
-    travel = size - 2 * r - 2
-    speed = travel / max(1, frames - 1)
-    # Start on the side the shape moves away from; random offset across the motion.
-    cross = rng.uniform(r + 1, size - r - 1)
-    y0 = cross if dy == 0 else (r + 1 if dy > 0 else size - r - 1)
-    x0 = cross if dx == 0 else (r + 1 if dx > 0 else size - r - 1)
+    lo, hi = r + 1, size - r - 1  # centres that keep the shape inside the frame
+    # Random offset across the motion.
+    cross = rng.uniform(lo, hi)
+    if speed is None:  # start on the side the shape moves away from
+        speed = (hi - lo) / max(1, frames - 1)
+        along = lo
+    else:
+        travel = speed * (frames - 1)
+        if travel > hi - lo:
+            raise ValueError(f"{frames} frames at {speed} px per frame leave a {size}-pixel frame")
+        along = rng.uniform(lo, hi - travel)
+    y0 = cross if dy == 0 else (along if dy > 0 else size - along)
+    x0 = cross if dx == 0 else (along if dx > 0 else size - along)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     bg = rng.integers(10, 40, size=(1, 1, 3)) + rng.normal(0, 2, size=(size, size, 3))
     out = np.empty((frames, size, size, 3), np.uint8)
@@ -70,9 +89,16 @@ def caption_of(color: str, direction: str, shape: str) -> str:
 
 
 def synthetic_rows(
-    n: int, frames: int = 24, size: int = 64, fps: float = 12.0, seed: int = 0, captions: bool = True
+    n: int,
+    frames: int = 24,
+    size: int = 64,
+    fps: float = 12.0,
+    seed: int = 0,
+    captions: bool = True,
+    speed: float | None = None,
 ) -> list[dict]:
-    """Rows of the clips table (pipeline/schema.py CLIP_SCHEMA) for n synthetic clips."""
+    """Rows of the clips table (pipeline/schema.py CLIP_SCHEMA) for n synthetic clips (``speed``: see
+    ``moving_shape``)."""
     from model.mp4 import encode_mp4
 
     rng = np.random.default_rng(seed)
@@ -80,7 +106,7 @@ def synthetic_rows(
     combos = [(c, d, s) for c in COLORS for d in DIRECTIONS for s in SHAPES]
     for i in range(n):
         color, direction, shape = combos[i % len(combos)]
-        video = moving_shape(color, direction, shape, frames, size, rng)
+        video = moving_shape(color, direction, shape, frames, size, rng, speed)
         mp4 = encode_mp4(video, fps)
         vid = hashlib.blake2b(f"synthetic/{seed}/{i}".encode(), digest_size=8).hexdigest()
         rows.append(
