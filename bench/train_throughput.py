@@ -64,6 +64,8 @@ def main() -> None:
     args = p.parse_args()
     if args.preset:
         args.dim, args.depth, args.heads = (PRESETS[args.preset][k] for k in ("dim", "depth", "heads"))
+    if args.gpu and not torch.cuda.is_available():
+        raise SystemExit("--gpu: no CUDA device is visible to this PyTorch")
     device = torch.device("cuda" if args.gpu else "cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
