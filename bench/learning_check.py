@@ -76,6 +76,7 @@ def main() -> None:
     p.add_argument("--sample-steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=4.0)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="1 is faster on a busy machine")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override for the DiT")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -92,7 +93,7 @@ def main() -> None:
             )
         cfg = load_recipe(
             os.path.join(ROOT, "recipes", "train", "learning.toml"),
-            [f"steps={args.steps}", f"height={args.size}", f"width={args.size}", *DIT_SETTINGS],
+            [f"steps={args.steps}", f"height={args.size}", f"width={args.size}", *DIT_SETTINGS, *args.set],
         )
         cfg.data, cfg.out = data, os.path.join(args.out, "dit")
         t0 = time.time()
