@@ -76,7 +76,7 @@ def main() -> None:
     p.add_argument("--sample-steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=4.0)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="1 is faster on a busy machine")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override for the DiT")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="DiT recipe override")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
