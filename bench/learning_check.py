@@ -76,6 +76,7 @@ def main() -> None:
     p.add_argument("--sample-steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=4.0)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="1 is faster on a busy machine")
+    p.add_argument("--speed", type=float, default=DIT_SPEED, help="DiT clips: px per source frame, 0: cross")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="DiT recipe override")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -86,10 +87,10 @@ def main() -> None:
     results: dict = {"clips": args.clips}
 
     if args.steps:  # 0 skips the DiT part
-        data = os.path.join(args.out, f"data-speed{DIT_SPEED:g}")
+        data = os.path.join(args.out, f"data-speed{args.speed:g}")
         if not os.path.exists(os.path.join(data, "clips")):
             write_synthetic_shards(
-                data, args.clips, files=2, rows_per_group=8, frames=16, size=32, speed=DIT_SPEED
+                data, args.clips, files=2, rows_per_group=8, frames=16, size=32, speed=args.speed or None
             )
         cfg = load_recipe(
             os.path.join(ROOT, "recipes", "train", "learning.toml"),

@@ -7,6 +7,11 @@ and text-encoder token embeddings [B, L, text_dim] with a mask [B, L]. Output: a
 - Patches: non-overlapping (pt, ph, pw) spacetime patches, flattened and linearly embedded.
 - Positions: 3D rotary embeddings on queries and keys (time, height, width each own a slice of the
   head dimension), so any duration and any height/width works without interpolating a table.
+- Absolute positions (optional, ``abs_pos``): rotary positions are relative only, so from pure noise the model
+  cannot place anything at a place in the frame or a moment of the clip ("enters from the left"): attention
+  over uniform input is the same everywhere. ``abs_pos`` adds sinusoidal features of each token's position
+  as a fraction of its clip's (T, H, W) through a zero-initialised linear layer, so it still works at any
+  size and duration (packed clips each measure from their own size).
 - QK-norm: RMSNorm on queries and keys per head keeps attention logits bounded (stabler at high lr).
 - Conditioning: the timestep (plus pooled text) drives adaLN-Zero modulation (shift, scale, gate) of
   self-attention and MLP. As in PixArt-alpha and Wan ("adaLN-single") one shared linear layer makes the
@@ -46,6 +51,7 @@ class DiTConfig:
     text_dim: int = 384  # width of the text encoder's tokens (MiniLM-L6: 384, T5-XXL: 4096)
     rope_theta: float = 10000.0  # rotary base; larger keeps long videos distinguishable
     qk_norm: bool = True  # RMSNorm on q and k per head
+    abs_pos: bool = False  # also add absolute positions (fractions of the clip's T, H, W) to the tokens
 
     def __post_init__(self) -> None:
         self.patch = tuple(int(p) for p in self.patch)
@@ -103,6 +109,23 @@ def rope_positions(pos: torch.Tensor, head_dim: int, theta: float) -> tuple[torc
         angles.append(pos[..., axis, None].to(torch.float64) * freqs)
     ang = torch.cat(angles, dim=-1)
     return ang.cos().float(), ang.sin().float()
+
+
+ABS_POS_FREQS = 6  # octaves per axis of the absolute position features: 3 axes x (sin, cos) x 6 = 36
+
+
+def abs_position_features(pos: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+    """Features [..., 36] of integer positions pos [..., 3] within clips of patch-grid size [..., 3]: the
+    centre of each cell as a fraction of the clip along t, h and w, at 6 octaves, as sin and cos."""
+    frac = (pos.float() + 0.5) / size.float()
+    ang = frac[..., None] * (math.pi * 2.0 ** torch.arange(ABS_POS_FREQS, device=pos.device))
+    return torch.cat([ang.sin(), ang.cos()], dim=-1).flatten(-2)
+
+
+def grid_positions(grid: tuple[int, int, int], device=None) -> torch.Tensor:
+    """Integer (t, h, w) positions [N, 3] of a patch grid, time-major (the token order of ``patchify``)."""
+    axes = [torch.arange(n, device=device) for n in grid]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -330,6 +353,7 @@ class DiT(nn.Module):
         pt, ph, pw = cfg.patch
         self.patch_dim = cfg.in_channels * pt * ph * pw
         self.x_embed = nn.Linear(self.patch_dim, d)
+        self.pos_embed = nn.Linear(6 * ABS_POS_FREQS, d) if cfg.abs_pos else None
         self.t_embed = nn.Sequential(nn.Linear(256, d), nn.SiLU(), nn.Linear(d, d))
         self.text_embed = nn.Sequential(
             nn.Linear(cfg.text_dim, d), nn.GELU(approximate="tanh"), nn.Linear(d, d)
@@ -361,6 +385,8 @@ class DiT(nn.Module):
         nn.init.zeros_(self.ada_out[-1].bias)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        if self.pos_embed is not None:  # starts as a no-op: the relative-only model
+            nn.init.zeros_(self.pos_embed.weight)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -433,6 +459,9 @@ class DiT(nn.Module):
         text, text_mask, pooled = self._text(text, text_mask, drop_text)
         grid = self.grid(x.shape)
         h = self.x_embed(self.patchify(x))
+        if self.pos_embed is not None:
+            size = torch.tensor(grid, device=x.device)
+            h = h + self.pos_embed(abs_position_features(grid_positions(grid, x.device), size))
         ctx = self.text_embed(text)
         rope = rope_3d(grid, self.cfg.dim // self.cfg.heads, self.cfg.rope_theta, device=x.device)
         attn_mask = text_mask[:, None, None, :]  # [B, 1, 1, L] broadcast over heads and queries
@@ -489,6 +518,12 @@ class DiT(nn.Module):
             attn_mask = packed_attention_mask(seq_id)
         rope = rope_positions(pos, self.cfg.dim // self.cfg.heads, self.cfg.rope_theta)
         h = self.x_embed(tokens)
+        if self.pos_embed is not None:
+            # Each clip's own patch grid: the largest position of its tokens, plus one (padding is slot 0's).
+            slot = seq_id.clamp(min=0)[..., None].expand(-1, -1, 3)
+            size = torch.ones(r, k, 3, dtype=pos.dtype, device=pos.device)
+            size = size.scatter_reduce(1, slot, pos + 1, reduce="amax")
+            h = h + self.pos_embed(abs_position_features(pos, torch.gather(size, 1, slot)))
         return self._run(h, table, index, ctx, ctx_mask[:, None], rope, attn_mask)
 
 

@@ -42,8 +42,9 @@ def test_blocks_are_identity_and_output_zero_at_init():
     assert torch.count_nonzero(y) == 0
 
 
-def test_gradients_reach_every_parameter_after_three_steps():
-    model = tiny()
+@pytest.mark.parametrize("abs_pos", [False, True])
+def test_gradients_reach_every_parameter_after_three_steps(abs_pos):
+    model = tiny(abs_pos=abs_pos)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x = torch.randn(2, 3, 2, 8, 8)
     for _ in range(3):  # zero output -> zero modulation -> everything: three steps wake all layers
@@ -114,3 +115,26 @@ def test_patch_tokens_are_time_major_like_the_rotary_grid():
     assert torch.equal(tokens[0, 1].view(3, 2, 4, 4), x[0, :, 0:2, 0:4, 4:8])
     assert torch.equal(tokens[0, 6].view(3, 2, 4, 4), x[0, :, 0:2, 4:8, 0:4])
     assert torch.equal(tokens[0, 24].view(3, 2, 4, 4), x[0, :, 2:4, 0:4, 0:4])
+
+
+def test_absolute_positions_tell_tokens_apart_where_rotary_cannot():
+    """On uniform input every token of the relative-only model computes the same thing (rotary attention
+    averages identical values), so it cannot put content at a place; with abs_pos the tokens differ by
+    where they are, the same way at any grid size (positions are fractions of the clip)."""
+    outs = {}
+    for abs_pos in (False, True):
+        model = tiny(abs_pos=abs_pos, patch=(1, 2, 2))
+        with torch.no_grad():
+            for p in model.parameters():  # wake the zero-initialised layers
+                if p.abs().sum() == 0:
+                    p.normal_(0, 0.05)
+            for size in (8, 16):
+                x = torch.zeros(1, 3, 2, size, size)
+                outs[abs_pos, size] = model.patchify(model(x, torch.tensor([0.5]), *text(1)))[0]
+    for size in (8, 16):
+        same = outs[False, size]
+        torch.testing.assert_close(same, same[:1].expand_as(same), rtol=0, atol=1e-5)
+        assert (outs[True, size] - outs[True, size][:1]).abs().max() > 1e-2
+    # the first frame's top-left and bottom-right tokens differ, at both sizes
+    a, b = outs[True, 8], outs[True, 16]
+    assert (a[0] - a[15]).abs().max() > 1e-2 and (b[0] - b[63]).abs().max() > 1e-2

@@ -60,9 +60,9 @@ def packed_call(model, clips, text, mask, t, drop, kind, budget=120):
     return p, p.unpack(out, PATCH)
 
 
-@pytest.mark.parametrize("kind", ["dense", "segments"])
-def test_packed_forward_equals_one_forward_per_clip(kind):
-    model = awake_model()
+@pytest.mark.parametrize("kind,abs_pos", [("dense", False), ("segments", False), ("dense", True)])
+def test_packed_forward_equals_one_forward_per_clip(kind, abs_pos):
+    model = awake_model(abs_pos=abs_pos)
     clips, text, mask, t, drop = inputs(4)
     p, outs = packed_call(model, clips, text, mask, t, drop, kind)
     assert len(p.slots) == 2 and sorted(i for row in p.slots for i in row) == [0, 1, 2, 3]  # really packed
