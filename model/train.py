@@ -558,7 +558,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             # Gradients are averaged across processes only on the last micro-step.
             last_micro = a == len(readers) - 1
             if fsdp:
-                model.set_requires_gradient_sync(last_micro)
+                raw.set_requires_gradient_sync(last_micro)  # raw: the FSDP module (model may wrap it)
             sync = nullcontext() if (not ddp or fsdp or last_micro) else model.no_sync()
             with sync, autocast:
                 if cfg.pack:
