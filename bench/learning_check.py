@@ -1,7 +1,7 @@
 """Learning check: does the tiny preset learn to follow captions on CPU within minutes, and does the tiny VAE
 beat a trivial compressor?
 
-    python bench/learning_check.py [--steps 2500] [--size 32] [--vae-steps 600] [--clips 96] [--threads 1]
+    python bench/learning_check.py [--steps 5000] [--size 32] [--vae-steps 600] [--clips 96] [--threads 1]
 
 1. Writes synthetic captioned shards ("a red square moving right": 3 colours x 4 directions x 2 shapes,
    16 frames of 32x32, the shape crossing the frame from the edge it moves away from; --speed N instead
@@ -73,7 +73,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", default=os.path.join(ROOT, "out", "learning_check"))
     p.add_argument("--clips", type=int, default=96)
-    p.add_argument("--steps", type=int, default=2500)
+    p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--size", type=int, default=32, help="training height and width of the DiT")
     p.add_argument("--vae-steps", type=int, default=600)
     p.add_argument("--sample-steps", type=int, default=20)
