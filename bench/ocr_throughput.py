@@ -78,9 +78,7 @@ def main() -> int:
     print(
         f"onnxruntime {ort.__version__}, {stage.det.get_providers()[0]}, {n} frames, shapes {sorted(shapes)}"
     )
-    print(
-        f"rapidocr TextDetector, frame by frame, pre-decoded: {n / base:7.1f} frames/s, median"
-    )
+    print(f"rapidocr TextDetector, frame by frame, pre-decoded: {n / base:7.1f} frames/s, median")
     print(f"score_ocr stage (decode + batch {args.per_pass} + area):  {n / st:7.1f} frames/s")
     print(f"ratio stage/baseline throughput: {base / st:.2f}")
     print(f"boxes found: rapidocr {boxes_theirs}, stage {boxes_ours}")
