@@ -474,7 +474,7 @@ def pack(
     tokens, first-fit decreasing, or by the given ``bins`` (lists of clip indices per row). ``rows``: pad to
     this many rows (a static shape). Every clip must be placed: use ``first_fit_decreasing`` with a fixed
     bin count to choose which clips join a batch."""
-    from model.dit import patchify
+    from model.dit import grid_positions, patchify
 
     sizes = [clip_tokens(c.shape, patch) for c in clips]
     if bins is None:
@@ -494,10 +494,7 @@ def pack(
             n = sizes[i]
             tokens[r, start : start + n] = patchify(c[None], patch)[0]
             seq_id[r, start : start + n] = k
-            t, h, w = torch.meshgrid(
-                *(torch.arange(g) for g in grid), indexing="ij"
-            )  # time-major, as patchify
-            pos[r, start : start + n] = torch.stack([t, h, w], -1).reshape(n, 3)
+            pos[r, start : start + n] = grid_positions(grid)  # time-major, as patchify
             spans[i] = (r, k, start, grid, tuple(c.shape))
             start += n
     return Packed(tokens, seq_id, pos, slots, spans, max_clips)
