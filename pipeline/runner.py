@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -208,12 +209,56 @@ def _init_ray(address: str | None) -> None:
     if address:
         # a cluster: "auto", "host:6379", or "ray://head:10001" (Ray Client); inside `ray job submit`
         # RAY_ADDRESS is set for us
-        ray.init(address=address, logging_level="ERROR")
+        _connect(address)
     else:
         # Embedded local Ray; workers import vidsift from the same environment as the driver. Their
         # output (model-loading progress bars, library warnings) stays in Ray's log files
         # (/tmp/ray/session_latest/logs): errors still reach the driver as exceptions.
         ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+
+
+CLIENT_ATTEMPTS = 3
+
+
+def _connect(address: str) -> None:
+    """Join a running cluster, or raise ``RecipeError`` saying why not (no traceback, no long hang).
+
+    A ``host:port`` or ``ray://host:port`` that nothing listens on fails at once instead of after
+    Ray's own minutes of retries. Ray Client starts a server process per client on the head; when
+    that start fails (it can on a loaded head) the connection is tried again, up to
+    ``CLIENT_ATTEMPTS`` times.
+    """
+    import socket
+
+    import ray
+
+    if address != "auto":
+        client = address.startswith("ray://")
+        host, sep, port = address.removeprefix("ray://").rpartition(":")
+        if not sep or "]" in port:  # no port: Ray's defaults
+            host, port = address.removeprefix("ray://"), "10001" if client else "6379"
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=10):
+                pass
+        except (OSError, ValueError) as e:
+            raise RecipeError(f"cannot reach the Ray cluster at {address}: {e}") from None
+    for attempt in range(1, CLIENT_ATTEMPTS + 1):
+        try:
+            ray.init(address=address, logging_level="ERROR")
+            return
+        except ConnectionError as e:  # ConnectionAbortedError from Ray Client is one
+            reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            transient = address.startswith("ray://") and "client server failed" in str(e)
+            if not transient or attempt == CLIENT_ATTEMPTS:
+                where = " (in the head node's session_latest/logs folder)" if transient else ""
+                message = f"cannot connect to the Ray cluster at {address}: {reason}{where}"
+                raise RecipeError(message) from None
+            print(
+                f"vidsift: the Ray Client server at {address} did not start ({reason}); "
+                f"trying again ({attempt + 1} of {CLIENT_ATTEMPTS})",
+                file=sys.stderr,
+            )
+            time.sleep(2 * attempt)
 
 
 def run_curate(

@@ -120,6 +120,11 @@ class LocalCluster:
         self.wait_for_nodes(n + 1)
         return node
 
+    def log_tails(self, pattern: str, chars: int = 2000) -> str:
+        """The ends of the head's Ray log files matching ``pattern``, for a failing test's message."""
+        logs = sorted((Path(self.temp_dir) / "session_latest" / "logs").glob(pattern))
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-chars:]}" for p in logs)
+
     def _ray_nodes(self) -> list[dict]:
         """Alive nodes as the cluster's state API sees them (a short-lived client process)."""
         code = (

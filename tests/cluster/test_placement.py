@@ -59,7 +59,7 @@ def test_ray_client_address_gives_the_same_rows(submitted, cluster, tiny_clips, 
          "--address", cluster.client_address, "--limit", "2"],
         capture_output=True, text=True, env=cluster.env(), timeout=240,
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, result.stderr[-3000:] + cluster.log_tails("ray_client_server*")
     first_two = {str(p) for p in sorted(tiny_clips.iterdir())[:2]}
     expected = sorted(
         (c["clip_id"], c["num_frames"]) for c in read_rows(out, "clips") if c["source_uri"] in first_two

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from pipeline.cli import main
 from tests.conftest import REPO, run_cli
 
@@ -64,3 +66,63 @@ def test_user_errors_exit_2_without_traceback(tmp_path, videos):
         "transcode.crf=x",
     )
     assert r.returncode == 2 and "stage transcode" in r.stderr
+
+
+def test_cluster_addresses_nothing_listens_on_fail_at_once(tmp_path, videos):
+    """``--address`` at a port with no Ray behind it: exit 2 with the address and the reason, in seconds."""
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens on it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    recipe = str(REPO / "recipes/curate/quickstart.toml")
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}", "ray://no-such-host.invalid"):
+        out = tmp_path / address.replace("/", "_").replace(":", "_")
+        args = ["--input", str(videos / "cuts"), "--output", str(out), "--address", address]
+        r = run_cli("curate", recipe, *args, timeout=60)
+        assert r.returncode == 2, r.stderr
+        assert f"cannot reach the Ray cluster at {address}" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_ray_client_retries_a_client_server_that_did_not_start(monkeypatch, capsys):
+    """Ray Client starts one server process per client on the head; when that start fails the connection
+    is tried again, and a cluster that keeps failing ends in one clear error."""
+    import socket
+
+    import ray
+
+    from pipeline import runner
+    from pipeline.recipe import RecipeError
+
+    calls = []
+
+    def flaky_init(address, **kwargs):
+        calls.append(address)
+        if len(calls) < 2:
+            raise ConnectionAbortedError(
+                "Initialization failure from server:\nRuntimeError: Starting Ray client server failed. "
+                "See ray_client_server_23000.err for detailed logs."
+            )
+
+    with socket.socket() as listener:  # something listens, so only the Ray Client handshake can fail
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        address = f"ray://127.0.0.1:{listener.getsockname()[1]}"
+        monkeypatch.setattr(runner.time, "sleep", lambda s: None)
+        monkeypatch.setattr(ray, "init", flaky_init)
+        runner._connect(address)
+        assert calls == [address, address]
+        assert "trying again (2 of 3)" in capsys.readouterr().err
+
+        calls.clear()
+
+        def always_fails(address, **kwargs):
+            calls.append(address)
+            raise ConnectionAbortedError("RuntimeError: Starting Ray client server failed.")
+
+        monkeypatch.setattr(ray, "init", always_fails)
+        with pytest.raises(
+            RecipeError, match="cannot connect to the Ray cluster at ray://.*client server failed"
+        ):
+            runner._connect(address)
+        assert len(calls) == runner.CLIENT_ATTEMPTS
