@@ -192,7 +192,7 @@ class _NormRope(torch.autograd.Function):
 def norm_rope(x: torch.Tensor, norm: nn.Module, cos=None, sin=None) -> torch.Tensor:
     """``apply_rope(norm(x), cos, sin)`` (or ``norm(x)`` without cos/sin) for an ``nn.RMSNorm`` or
     ``nn.Identity`` norm, in one fused autograd node when the norm is an RMSNorm."""
-    if isinstance(norm, nn.RMSNorm) and norm.weight is not None:
+    if isinstance(norm, nn.RMSNorm) and norm.weight is not None and not torch.compiler.is_compiling():
         eps = norm.eps if norm.eps is not None else torch.finfo(x.dtype).eps  # nn.RMSNorm's default
         return _NormRope.apply(x, norm.weight, cos, sin, eps)
     x = norm(x)
@@ -242,6 +242,8 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 def gated_add(x: torch.Tensor, gate: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
     """x + gate * branch, gate per sample (or per token)."""
+    if torch.compiler.is_compiling():
+        return torch.addcmul(x, per_token(gate), branch)
     return _GatedAdd.apply(x, per_token(gate), branch)
 
 
