@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from pipeline import storage
 from pipeline.stats import (
     SCORE_SHIFT_HEADER,
     RunDb,
@@ -315,7 +315,8 @@ def _attach_sprites(rows: list[dict]) -> None:
     by_file: dict[str, list[dict]] = {}
     for r in rows:
         by_file.setdefault(r["_file"], []).append(r)
-    for path, wanted in by_file.items():
+    for name, wanted in by_file.items():
+        path = storage.from_duckdb_path(name)  # DuckDB names S3 files vss3://
         try:
             _read_media(path, wanted)
         except (OSError, ValueError, pa.ArrowException) as e:
@@ -324,7 +325,7 @@ def _attach_sprites(rows: list[dict]) -> None:
 
 def _read_media(path: str, wanted: list[dict]) -> None:
     """Sprites for ``wanted`` rows of one file: only their row groups' picture columns are read."""
-    pf = pq.ParquetFile(path)
+    pf = storage.open_parquet(path)
     cols = [c for c in ("frames_jpeg", "preview_jpeg") if c in pf.schema_arrow.names]
     starts = [0]
     for i in range(pf.num_row_groups):

@@ -1,6 +1,7 @@
 """Dataset statistics of a curation run folder, computed by streaming over its Parquet files.
 
-Reads ``OUT/{videos,clips,rejected}/*.parquet`` and ``OUT/manifest.json``; writes nothing. DuckDB
+Reads ``OUT/{videos,clips,rejected}/*.parquet`` and ``OUT/manifest.json``, from a local folder or an
+``s3://`` prefix (``pipeline/storage.py``); writes nothing. DuckDB
 reads the ``read_parquet`` views, so only the columns a query names are read, row group by row group,
 and memory stays flat as the run grows. A clip table costs two scans: one streams every numeric column
 (and caption word counts, booleans) into numpy, where counts, means, quantiles and histograms come from
@@ -25,8 +26,8 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from pipeline import storage
 from pipeline.schema import CLIP_COLUMNS, SCHEMA_VERSION
 
 TABLES = ("videos", "clips", "rejected")
@@ -58,41 +59,58 @@ class RunError(Exception):
 
 @dataclass
 class RunFolder:
-    path: Path
+    path: Path | str  # a local folder, or an ``s3://`` prefix (str)
     manifest: dict | None
-    files: dict[str, list[Path]]
+    files: dict[str, list[str]]  # table -> its Parquet files (local paths or s3:// URIs)
     columns: dict[str, dict[str, pa.DataType]]  # table -> column -> Arrow type, union over files
     rows: dict[str, int]
     groups_done: int
     mixed_schemas: set[str] = field(default_factory=set)  # tables whose files differ in columns
 
+    @property
+    def remote(self) -> bool:
+        return storage.is_remote(self.path)
+
 
 def open_run(path: str | Path) -> RunFolder:
-    """Check that ``path`` is a vidsift run folder and read its Parquet footers (not its data)."""
-    out = Path(path)
-    if not out.is_dir():
+    """Check that ``path`` (a folder, or an ``s3://`` prefix) is a vidsift run and read its Parquet
+    footers (not its data)."""
+    try:
+        return _open_run(path)
+    except OSError as e:  # S3: no credentials, endpoint down, access denied
+        raise RunError(f"{path}: cannot read the run ({e})") from None
+
+
+def _open_run(path: str | Path) -> RunFolder:
+    remote = storage.is_remote(path)
+    out: Path | str = str(path).rstrip("/") if remote else Path(path)
+    if remote:
+        if not storage.list_names(out) and not storage.list_names(storage.join(out, "clips")):
+            raise RunError(f"{out}: no such run folder (nothing under that prefix)")
+    elif not Path(out).is_dir():
         raise RunError(f"{out}: no such run folder")
     manifest = None
-    if (out / "manifest.json").is_file():
+    manifest_path = storage.join(out, "manifest.json")
+    if storage.exists(manifest_path):
         try:
-            manifest = json.loads((out / "manifest.json").read_text())
+            manifest = json.loads(storage.read_text(manifest_path))
         except (OSError, ValueError) as e:
-            raise RunError(f"{out / 'manifest.json'}: unreadable manifest ({e})") from None
+            raise RunError(f"{manifest_path}: unreadable manifest ({e})") from None
         if not isinstance(manifest, dict):
-            raise RunError(f"{out / 'manifest.json'}: not a vidsift manifest")
+            raise RunError(f"{manifest_path}: not a vidsift manifest")
     # a run still in progress has no manifest yet, but it has its fingerprint and table folders
-    if manifest is None and not (out / "_run.json").is_file():
+    if manifest is None and not storage.exists(storage.join(out, "_run.json")):
         raise RunError(f"{out}: not a vidsift run folder (no manifest.json or _run.json)")
-    files: dict[str, list[Path]] = {}
+    files: dict[str, list[str]] = {}
     columns: dict[str, dict[str, pa.DataType]] = {}
     rows: dict[str, int] = {}
     mixed: set[str] = set()
     for table in TABLES:
-        files[table] = sorted((out / table).glob("*.parquet")) if (out / table).is_dir() else []
+        files[table] = storage.parquet_files(storage.join(out, table))
         columns[table], rows[table] = {}, 0
         for f in files[table]:
             try:
-                meta = pq.read_metadata(f)
+                meta = storage.read_parquet_metadata(f)
                 schema = meta.schema.to_arrow_schema()
             except (OSError, pa.ArrowException) as e:
                 raise RunError(f"{f}: unreadable Parquet file ({e})") from None
@@ -103,7 +121,7 @@ def open_run(path: str | Path) -> RunFolder:
                 columns[table].setdefault(fld.name, fld.type)
     if not any(files.values()) and manifest is None:
         raise RunError(f"{out}: not a vidsift run folder (no Parquet tables and no manifest.json)")
-    done = sum(1 for _ in (out / "_done").iterdir()) if (out / "_done").is_dir() else 0
+    done = len(storage.list_names(storage.join(out, "_done")))
     return RunFolder(out, manifest, files, columns, rows, done, mixed)
 
 
@@ -147,6 +165,8 @@ class RunDb:
         # insertion order is never needed (aggregates, and a stream into order-free sums and counts);
         # without it DuckDB hands the stream over in large batches from both threads
         self.con = duckdb.connect(config={"memory_limit": memory_limit, "preserve_insertion_order": False})
+        if run.remote:  # s3:// files, read through pyarrow's S3 client (storage.duckdb_filesystem)
+            self.con.register_filesystem(storage.duckdb_filesystem())
         # DuckDB's parquet_metadata_cache would parse each footer once instead of once per query
         # (about 15% faster on bench/stats_scale.py) but holds every footer of the run in memory,
         # about 0.7 GB per million clips at 64-row row groups: memory that grows with the run
@@ -156,7 +176,7 @@ class RunDb:
 
     def source(self, table: str, virtual: bool = False) -> str:
         """The ``read_parquet`` call over a table's files; ``virtual`` adds filename and file_row_number."""
-        paths = ", ".join(_lit(str(p)) for p in self.run.files[table])
+        paths = ", ".join(_lit(storage.duckdb_path(p)) for p in self.run.files[table])
         extra = ", filename = true, file_row_number = true" if virtual else ""
         # union_by_name reads every file's schema at every bind: only when the files differ
         if table in self.run.mixed_schemas:

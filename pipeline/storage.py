@@ -14,6 +14,9 @@ the resolved recipe is written next to the output.
   chunks into one temporary file in ``spool_dir`` (memory stays flat whatever the size), yields
   its path and deletes it afterwards; a local input is used in place. So a worker holds at most
   one spooled source per video task on local disk, never a source in memory.
+- Querying: DuckDB (``vidsift stats``) reads a run on S3 through ``duckdb_filesystem``, this
+  module's pyarrow S3 filesystem behind fsspec under the ``vss3://`` scheme (``duckdb_path``), so
+  it uses the same AWS settings, ranged reads and no DuckDB extension (httpfs needs a download).
 - Writing: ``write_table_atomic``/``write_text_atomic`` write ``.<name>.tmp-<pid>`` next to the
   target and then move it into place. Locally that is a rename; on S3, where a PUT is never
   visible half-written, the move is a server-side copy plus delete, so the final key appears
@@ -26,6 +29,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -261,3 +265,89 @@ def parquet_files(location: Location) -> list[str]:
 def read_table(location: Location, columns: list[str] | None = None) -> pa.Table:
     fs, path = filesystem(location)
     return pq.read_table(path, columns=columns, filesystem=fs)
+
+
+# ---------------------------------------------------------------- DuckDB over S3
+
+DUCKDB_SCHEME = "vss3://"
+
+
+def duckdb_path(location: Location) -> str:
+    """The name DuckDB reads ``location`` by: ``vss3://bucket/key`` for S3 (see ``duckdb_filesystem``)."""
+    return DUCKDB_SCHEME + str(location)[len(SCHEME) :] if is_remote(location) else str(location)
+
+
+def from_duckdb_path(name: str) -> str:
+    """The location of a file DuckDB names (its ``filename`` column): the inverse of ``duckdb_path``."""
+    return SCHEME + name[len(DUCKDB_SCHEME) :] if name.startswith(DUCKDB_SCHEME) else name
+
+
+class _PositionalFile:
+    """A read-only object for DuckDB's fsspec bridge. DuckDB's threads share one handle and each calls
+    ``seek`` then ``read``; a shared position would let one thread's seek move another's read (wrong
+    bytes: "Snappy decompression failure"). Here every thread has its own position and a read is one
+    positional ``read_at``, which pyarrow allows from any thread."""
+
+    def __init__(self, f: pa.NativeFile) -> None:
+        self._f, self._pos, self.size = f, threading.local(), f.size()
+
+    def tell(self) -> int:
+        return getattr(self._pos, "at", 0)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = (0, self.tell(), self.size)[whence]
+        self._pos.at = base + offset
+        return self._pos.at
+
+    def read(self, n: int = -1) -> bytes:
+        at = self.tell()
+        n = self.size - at if n is None or n < 0 else min(n, self.size - at)
+        data = self._f.read_at(max(n, 0), at)
+        self._pos.at = at + len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> _PositionalFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def duckdb_filesystem():
+    """An fsspec filesystem, for ``duckdb.DuckDBPyConnection.register_filesystem``, that serves
+    ``vss3://bucket/key`` from S3 with this module's settings (read only)."""
+    from fsspec.implementations.arrow import ArrowFSWrapper
+
+    class DuckS3(ArrowFSWrapper):
+        protocol = DUCKDB_SCHEME[:-3]
+
+        @classmethod
+        def _strip_protocol(cls, path):
+            if isinstance(path, list):
+                return [cls._strip_protocol(p) for p in path]
+            return str(path).removeprefix(DUCKDB_SCHEME).rstrip("/")
+
+        def _open(self, path, mode="rb", **kwargs):
+            if mode != "rb":
+                raise OSError(f"{DUCKDB_SCHEME}{path}: read only")
+            return _PositionalFile(self.fs.open_input_file(self._strip_protocol(path)))
+
+    fs, _ = filesystem(SCHEME + "any")
+    return DuckS3(fs, skip_instance_cache=True)
+
+
+def open_parquet(location: Location) -> pq.ParquetFile:
+    """A ``ParquetFile`` over a local or S3 file: its footer now, row groups as they are asked for."""
+    fs, path = filesystem(location)
+    return pq.ParquetFile(fs.open_input_file(path))
+
+
+def read_parquet_metadata(location: Location) -> pq.FileMetaData:
+    fs, path = filesystem(location)
+    return pq.read_metadata(path, filesystem=fs)

@@ -102,6 +102,10 @@ def test_curate_from_and_to_a_bucket_then_resume(cluster, s3, s3_inputs, recipes
     assert len({c["clip_id"] for c in read_rows(out, "clips")}) == len(expected)
     assert not [k for k in _keys(out) if ".tmp-" in k]
 
+    # `vidsift stats` and its HTML report read the run straight from the bucket: the same numbers as the
+    # local run of the same inputs, and gallery pictures from the clips' Parquet row groups on S3
+    _stats_from_the_bucket(out, local, tmp_path)
+
     # the run-wide dedup pass rewrites groups in place on the bucket too (pipeline/select.py)
     rows = sorted(read_rows(out, "clips"), key=lambda r: r["clip_id"])
     keep, dup = rows[0]["clip_id"], rows[-1]["clip_id"]
@@ -110,3 +114,30 @@ def test_curate_from_and_to_a_bucket_then_resume(cluster, s3, s3_inputs, recipes
     moved = [r for r in read_rows(out, "rejected") if r["clip_id"] == dup]
     assert len(moved) == 1 and moved[0]["reject_reason"] == "near_duplicate" and moved[0]["dup_of"] == keep
     assert not [k for k in _keys(out) if ".tmp-" in k]
+
+
+def _stats_from_the_bucket(out: str, local, tmp_path) -> None:
+    import json
+
+    from tests.conftest import run_cli
+
+    html = tmp_path / "report.html"
+    remote = run_cli("stats", out, "--json", "--html", str(html), timeout=300)
+    assert remote.returncode == 0, remote.stderr[-3000:]
+    assert "leaked" not in remote.stderr  # the DuckDB connection and its filesystem are closed
+    here = run_cli("stats", str(local), "--json", timeout=300)
+    assert here.returncode == 0, here.stderr[-3000:]
+    a, b = json.loads(remote.stdout), json.loads(here.stdout)
+    assert a["run"]["path"] == out and a["run"]["rows"] == b["run"]["rows"] and a["run"]["groups_done"] == 4
+    assert a["run"]["rows"]["clips"] >= 6
+    for key in ("funnel", "rejections", "scores", "media", "captions", "flags", "categories"):
+        assert a[key] == b[key], key
+
+    def by_name(sources: dict) -> list:  # the inputs' folders differ, their names and numbers do not
+        return [{**t, "source_uri": t["source_uri"].rsplit("/", 1)[-1]} for t in sources["top"]]
+
+    assert by_name(a["sources"]) == by_name(b["sources"]) and len(a["sources"]["top"]) == 4
+    page = html.read_text()
+    assert page.count("data:image/jpeg;base64,") >= a["run"]["rows"]["clips"]  # one picture per card
+    missing = run_cli("stats", out + "-nothing", timeout=120)
+    assert missing.returncode == 2 and "no such run folder" in missing.stderr, missing.stderr
