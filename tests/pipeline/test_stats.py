@@ -267,3 +267,35 @@ def test_caption_words_are_spaces_plus_one_of_the_trimmed_text():
     con.executemany("INSERT INTO t VALUES (?)", [[x] for x in texts])
     got = [r[0] for r in con.execute(f"SELECT {stats_mod._words_sql('c')} FROM t").fetchall()]
     assert got == [2, 1, 1, 2, 0, 0, 1, 3, None]
+
+
+def test_duckdb_file_handle_keeps_one_read_position_per_thread():
+    """DuckDB's threads share one handle and each calls seek() then read(): every thread must read the
+    bytes at its own position (the bridge that lets ``vidsift stats`` read s3:// runs)."""
+    import threading
+    import time
+
+    import pyarrow as pa
+
+    from pipeline.storage import _PositionalFile
+
+    data = bytes(range(256)) * 4096  # 1 MiB
+    f = _PositionalFile(pa.BufferReader(data))
+    wrong = []
+
+    def reader(k: int) -> None:
+        for i in range(300):
+            at = (k * 7919 + i * 104729) % (len(data) - 4096)
+            f.seek(at)
+            time.sleep(0)  # another thread runs between the two calls, as DuckDB's threads do
+            if f.read(4096) != data[at : at + 4096] or f.tell() != at + 4096:
+                wrong.append((k, at))
+
+    threads = [threading.Thread(target=reader, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong
+    f.seek(-10, 2)
+    assert f.read() == data[-10:] and f.read(5) == b""
