@@ -1,4 +1,6 @@
-"""Streams training clips from curated shards (``OUT/clips/*.parquet``, see pipeline/schema.py).
+"""Streams training clips from curated shards (``OUT/clips/*.parquet``, see pipeline/schema.py), in a
+local folder or under an ``s3://`` prefix (read through ``pipeline/storage.py``: footers and the row groups
+a reader asks for, never whole files).
 
 The unit of work is a *reader*: one stream of micro-batches. A run has world_size x grad_accum readers
 (process ``rank`` owns readers rank*A .. rank*A + A - 1, one per accumulation micro-step), and readers
@@ -33,8 +35,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
+
+from pipeline import storage
 
 Ref = tuple[int, int, int]  # (file index, row group, row within the group)
 
@@ -53,11 +56,18 @@ class Sample:
 
 
 def shard_files(data_dir: str) -> list[str]:
-    if not os.path.isdir(data_dir):
+    """The clip shards of a run folder: local paths, or ``s3://`` URIs for a run in a bucket."""
+    if storage.is_remote(data_dir):
+        try:
+            files = storage.parquet_files(storage.join(data_dir, "clips"))
+        except OSError as e:  # no credentials, endpoint down, access denied
+            raise DataError(f"cannot list the shards in {data_dir}: {e}") from None
+    elif not os.path.isdir(data_dir):
         raise DataError(f"data folder not found: {data_dir}")
-    files = sorted(glob.glob(os.path.join(data_dir, "clips", "*.parquet")))
+    else:
+        files = sorted(glob.glob(os.path.join(data_dir, "clips", "*.parquet")))
     if not files:
-        raise DataError(f"no clip shards in {os.path.join(data_dir, 'clips')} (expected *.parquet)")
+        raise DataError(f"no clip shards in {storage.join(data_dir, 'clips')} (expected *.parquet)")
     return files
 
 
@@ -71,7 +81,7 @@ class ShardIndex:
         self.num_cached_text = 0
         for fi, path in enumerate(self.files):
             try:
-                pf = pq.ParquetFile(path)
+                pf = storage.open_parquet(path)
             except Exception as e:  # noqa: BLE001 - any unreadable file is a data error, said in one line
                 raise DataError(f"unreadable shard {path}: {e}") from e
             names = set(pf.schema_arrow.names)
@@ -111,7 +121,7 @@ class RowReader:
     def row(self, ref: Ref) -> dict:
         key = ref[:2]
         if key not in self.cache:
-            pf = pq.ParquetFile(self.index.files[key[0]])
+            pf = storage.open_parquet(self.index.files[key[0]])
             cols = [c for c in self.columns if c in pf.schema_arrow.names]
             t = pf.read_row_group(key[1], columns=cols)
             self.cache[key] = {c: t.column(c).to_pylist() for c in cols}

@@ -4,7 +4,8 @@ One task per shard file runs on an actor pool whose actors load the VAE and the 
 (``__init__``) and then, per file: decode each clip (the middle window at the requested size), encode it,
 embed its caption, and write the file again with ``latent``, ``latent_shape``, ``latent_model``,
 ``text_emb``, ``text_emb_shape`` and ``text_model`` filled. The new file is written beside the old one and
-moved over it with ``os.replace``, so a crash never leaves a half-written shard. Ray starts embedded on
+moved over it (``pipeline/storage.py``: a rename, or on S3 a copy then delete), so a crash never leaves a
+half-written shard. The run folder may be an ``s3://`` prefix. Ray starts embedded on
 this machine unless RAY_ADDRESS points at a cluster.
 
 Text embeddings keep only the caption's real tokens ([tokens, dim], float16); the trainer pads them.
@@ -16,6 +17,8 @@ import os
 import time
 
 import numpy as np
+
+from pipeline import storage
 
 
 class EncodeShards:
@@ -47,12 +50,11 @@ class EncodeShards:
 
     def encode_file(self, path: str) -> int:
         import pyarrow as pa
-        import pyarrow.parquet as pq
         import torch
 
         from model.data import ClipSource, DataError
 
-        table = pq.read_table(path)
+        table = storage.read_table(path)
         frames, height, width, stride = self.size
         source = ClipSource(frames, height, width, stride)
         latents, latent_shapes, embs, emb_shapes = [], [], [], []
@@ -83,16 +85,13 @@ class EncodeShards:
             i = table.schema.get_field_index(name)
             field = table.schema.field(name) if i >= 0 else pa.field(name, arr.type)
             table = table.set_column(i, field, arr) if i >= 0 else table.append_column(field, arr)
-        tmp = path + ".encoding.tmp"
-        pq.write_table(table, tmp, compression="zstd", row_group_size=_row_group_size(path))
-        os.replace(tmp, path)
+        # a hidden temporary file (key) beside the shard, then moved over it: readers never see half a file
+        storage.write_table_atomic(table, path, compression="zstd", row_group_size=_row_group_size(path))
         return n
 
 
 def _row_group_size(path: str) -> int:
-    import pyarrow.parquet as pq
-
-    md = pq.ParquetFile(path).metadata
+    md = storage.read_parquet_metadata(path)
     return max((md.row_group(i).num_rows for i in range(md.num_row_groups)), default=1) or 1
 
 
@@ -119,9 +118,12 @@ def encode_shards(
     vae = os.path.abspath(vae)
     started = not ray.is_initialized()
     if started:
-        ray.init(log_to_driver=False)  # joins RAY_ADDRESS when set, else starts a local Ray
+        # joins RAY_ADDRESS when set, else starts a local Ray; a bucket's AWS settings go to the workers
+        env = storage.s3_environment() if storage.is_remote(data) else {}
+        ray.init(log_to_driver=False, runtime_env={"env_vars": env} if env else None)
     try:
-        ds = ray.data.from_items([{"path": os.path.abspath(p)} for p in files])
+        paths = [p if storage.is_remote(p) else os.path.abspath(p) for p in files]
+        ds = ray.data.from_items([{"path": p} for p in paths])
         ds = ds.map_batches(
             EncodeShards,
             fn_constructor_kwargs=dict(

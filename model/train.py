@@ -706,9 +706,9 @@ def _pad_text(embs: list[torch.Tensor], tokens: int) -> tuple[torch.Tensor, torc
 
 def _first_value(index, column: str):
     """The value of ``column`` in the first row of the first shard (None if the column is absent)."""
-    import pyarrow.parquet as pq
+    from pipeline import storage
 
-    pf = pq.ParquetFile(index.files[0])
+    pf = storage.open_parquet(index.files[0])
     if column not in pf.schema_arrow.names:
         return None
     return pf.read_row_group(0, columns=[column]).column(column)[0].as_py()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
@@ -141,3 +143,48 @@ def _stats_from_the_bucket(out: str, local, tmp_path) -> None:
     assert page.count("data:image/jpeg;base64,") >= a["run"]["rows"]["clips"]  # one picture per card
     missing = run_cli("stats", out + "-nothing", timeout=120)
     assert missing.returncode == 2 and "no such run folder" in missing.stderr, missing.stderr
+
+
+@pytest.mark.timeout(600)
+def test_train_and_encode_on_shards_in_a_bucket(s3, tmp_path):
+    """``vidsift train --data s3://...`` streams the shards from the bucket and ends with the same weights as
+    training on a local copy; ``vidsift encode s3://...`` fills the cached columns in place on the bucket."""
+    import torch
+
+    from model.synthetic import write_synthetic_shards
+    from model.train import load_recipe, train
+    from tests.conftest import run_cli
+    from tests.model.test_train import FAST, TINY, weights
+
+    local = tmp_path / "local"
+    write_synthetic_shards(str(local), 12, files=2, rows_per_group=4, frames=20, size=48)
+    data = _bucket("vidsift-train") + "/run"
+    for f in sorted((local / "clips").iterdir()):
+        storage.write_bytes_atomic(f"{data}/clips/{f.name}", f.read_bytes())
+
+    def trained(where: str, out) -> dict:
+        cfg = load_recipe(TINY, [*FAST, "steps=3", "val_clips=2"])
+        cfg.data, cfg.out = where, str(out)
+        train(cfg)
+        return weights(str(out))
+
+    from_bucket, from_disk = trained(data, tmp_path / "bucket"), trained(str(local), tmp_path / "disk")
+    assert from_bucket.keys() == from_disk.keys()
+    assert all(torch.equal(from_bucket[k], from_disk[k]) for k in from_disk)
+
+    vae = tmp_path / "vae"
+    small = ["--set=height=16", "--set=width=16", "--set=frames=5"]
+    vae_recipe = str(Path(TINY).with_name("vae_tiny.toml"))
+    rc = run_cli("train-vae", vae_recipe, "--data", str(local), "--out", str(vae), "--set=steps=2", *small)
+    assert rc.returncode == 0, rc.stderr[-2000:]
+    ckpt = str(vae / "vae.safetensors")
+    enc = run_cli("encode", data, "--vae", ckpt, "--frames", "5", "--height", "16", "--width", "16")
+    assert enc.returncode == 0, enc.stderr[-3000:]
+    table = storage.read_table(f"{data}/clips/part-0.parquet")
+    assert table.num_rows == 6 and table.column("latent").null_count == 0
+    assert table.column("text_emb").null_count == 0 and table.column("clip_mp4").null_count == 0
+    assert [k.rsplit("/", 1)[-1] for k in _keys(data)] == ["part-0.parquet", "part-1.parquet"]  # no temp keys
+    run = run_cli("train", TINY, "--data", data, "--out", str(tmp_path / "latents"), f"--set=vae={ckpt}",
+                  "--set=steps=2", "--set=model_args={depth = 2, patch = [1, 1, 1]}", "--set=eval_every=0",
+                  "--set=batch_size=4", *small)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
