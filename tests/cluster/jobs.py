@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,7 +48,17 @@ def job_status(cluster: LocalCluster, job_id: str) -> str:
         [RAY, "job", "status", "--address", cluster.dashboard, job_id],
         capture_output=True, text=True, env=cluster.env(), timeout=60,
     )  # fmt: skip
-    words = (out.stdout + out.stderr).upper().replace("'", " ").replace(".", " ").split()
+    text = re.sub(r"\x1b\[[0-9;]*m", "", out.stdout + out.stderr)  # the CLI colours the status word
+    words = text.upper().replace("'", " ").replace(".", " ").replace(":", " ").split()
     return next(
         (w for w in reversed(words) if w in ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED")), ""
     )
+
+
+def job_logs(cluster: LocalCluster, job_id: str) -> str:
+    """What the job's driver printed (``ray job logs``)."""
+    out = subprocess.run(
+        [RAY, "job", "logs", "--address", cluster.dashboard, job_id],
+        capture_output=True, text=True, env=cluster.env(), timeout=60,
+    )  # fmt: skip
+    return out.stdout + out.stderr

@@ -1,14 +1,15 @@
-"""A worker node dies part-way through a run: Ray retries, or the same command again, gives exactly
-the rows of an uninterrupted run."""
+"""A worker node dies part-way through a run: Ray runs its tasks again on the nodes left, and the job ends
+with exactly the rows of an uninterrupted run."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.cluster.jobs import clip_ids, job_status, submit_curate
+from tests.cluster.jobs import clip_ids, job_logs, job_status, submit_curate
 from tests.conftest import make_numbered_clip
 
 pytestmark = pytest.mark.slow
@@ -31,10 +32,7 @@ def test_killing_a_worker_node_mid_run_loses_no_rows(cluster, recipes, tmp_path)
         out = tmp_path / "killed"
         submitted = submit_curate(cluster, *args, "--output", str(out), wait=False)
         assert submitted.returncode == 0, submitted.stderr
-        job_id = next(
-            w for w in submitted.stdout.split() + submitted.stderr.split() if w.startswith("raysubmit_")
-        )
-        job_id = job_id.strip("'\"")
+        job_id = re.search(r"raysubmit_[A-Za-z0-9]+", submitted.stdout + submitted.stderr).group()
         deadline = time.time() + 240
         while time.time() < deadline and not (out / "_done").is_dir():
             time.sleep(0.1)
@@ -49,9 +47,9 @@ def test_killing_a_worker_node_mid_run_loses_no_rows(cluster, recipes, tmp_path)
     while (status := job_status(cluster, job_id)) not in ("SUCCEEDED", "FAILED", "STOPPED"):
         assert time.time() < deadline, "the job neither finished nor failed after the node died"
         time.sleep(2)
-    print(f"job after the node died: {status}; groups done at the kill: {done_at_kill}")
-    if status != "SUCCEEDED":  # Ray could not recover: the same command again resumes
-        again = submit_curate(cluster, *args, "--output", str(out))
-        assert again.returncode == 0, again.stdout[-3000:]
+    # Ray retries the dead node's tasks elsewhere (and rebuilds their lost outputs): the job itself succeeds
+    assert status == "SUCCEEDED", (
+        f"{status} (groups done at the kill: {done_at_kill})\n" + job_logs(cluster, job_id)[-4000:]
+    )
     assert clip_ids(str(out)) == expected
     assert len(list(Path(out, "_done").iterdir())) == 8
