@@ -6,8 +6,10 @@ command redoes only unfinished groups and ends with the same rows as an uninterr
 Inputs and ``OUT`` are local paths or ``s3://`` URIs (``pipeline/storage.py``).
 
 On Ray, the per-video stages run as one task per video (``pipeline.process``), streaming
-through Ray Data; their rows flow back to the driver, which publishes each group as soon as all
-its videos are in (``write_shards``) and finally writes ``manifest.json``. Before anything
+through Ray Data, then the clip stages' actor pools; the last step (``write_parts``) writes the rows
+to part files of their groups on the workers and sends the driver only receipts. When all videos of
+a group are in, a publish task writes the group (``publish_group``, ``write_shards``); the driver
+finally writes ``manifest.json``. Before anything
 runs, the stages' resources are checked against the cluster (``check_fits``): a pool that can
 never be placed is an error, not a silent stall. Each row records the Ray node every stage ran
 on; the manifest sums that up (``last_run_placement``).
@@ -166,6 +168,51 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
+PARTS = "_parts"  # OUT/_parts/<group>/<part>.parquet: rows written by workers, not yet a published group
+RECEIPT_COLUMNS = ("group", "source_uri", "row_kind", "rows_of_video", "reject_reason", "placement", "part")
+
+
+def write_parts(batch: pa.Table, out: str) -> pa.Table:
+    """Ray Data UDF, the pipeline's last step: the batch's rows go to one part file per group, on the
+    worker, and only a small receipt per row (group, video, kind, part file, placement) goes on to the
+    driver. So clip bytes never pass through the driver; it publishes a group once every video of it
+    has all its receipts (``publish_group``)."""
+    import uuid
+
+    def either(name: str) -> list[str]:  # clip rows carry it plain, video rows prefixed
+        clip, video = batch[name].to_pylist(), batch[VIDEO_PREFIX + name].to_pylist()
+        return [c or v for c, v in zip(clip, video, strict=True)]
+
+    groups, uris = either("group"), either("source_uri")
+    parts = [""] * len(groups)
+    for g in sorted(set(groups)):
+        rows = [i for i, x in enumerate(groups) if x == g]
+        path = storage.join(out, PARTS, g, f"{uuid.uuid4().hex}.parquet")
+        storage.makedirs(storage.join(out, PARTS, g))
+        storage.write_table_atomic(batch.take(rows), path)
+        for i in rows:
+            parts[i] = path
+    columns = {"group": groups, "source_uri": uris, "part": parts}
+    return pa.table({c: columns[c] if c in columns else batch[c] for c in RECEIPT_COLUMNS})
+
+
+def publish_group(out: str, group: str, files: list[str], parts: list[str], config: dict) -> int:
+    """Ray task: read a finished group's part files (only those the driver has receipts for: a part a
+    retried task wrote twice is read once), write the group's three tables and its ``_done`` marker, then
+    delete the parts. Returns the group's accepted clips."""
+    from pipeline.stages.write_shards import WriteShardsConfig
+
+    buf = GroupBuffer(expected=set(files))
+    for part in sorted(set(parts)):
+        for row in storage.read_table(part).to_pylist():
+            buf.add(row)
+    if not buf.complete():
+        raise RuntimeError(f"group {group}: its part files do not hold every row of its videos")
+    write_group(out, group, buf.clips, buf.rejected, buf.accounted_videos(), WriteShardsConfig(**config))
+    storage.remove_tree(storage.join(out, PARTS, group))
+    return len(buf.clips)
+
+
 @dataclass
 class GroupBuffer:
     expected: set[str]
@@ -175,10 +222,14 @@ class GroupBuffer:
     clips: list[dict] = field(default_factory=list)
     rejected: list[dict] = field(default_factory=list)
 
-    def add(self, row: dict) -> None:
-        uri = row["source_uri"] or row[VIDEO_PREFIX + "source_uri"]
+    def count(self, row: dict) -> None:
+        """Completion bookkeeping only (the driver, from receipts)."""
+        uri = row["source_uri"] or row.get(VIDEO_PREFIX + "source_uri")
         self.rows_seen[uri] += 1
         self.rows_due[uri] = row["rows_of_video"]
+
+    def add(self, row: dict) -> None:
+        self.count(row)
         if row["row_kind"] == "video":
             self.videos.append(
                 {k[len(VIDEO_PREFIX) :]: v for k, v in row.items() if k.startswith(VIDEO_PREFIX)}
@@ -294,6 +345,7 @@ def run_curate(
                 "or write to a new --output"
             )
     remove_partial_files(out)  # left by a run that was killed while writing; one run per output at a time
+    storage.remove_tree(storage.join(out, PARTS))  # rows of groups a killed run never published: redone
     write_text_atomic(state_path, json.dumps({"fingerprint": fp, "inputs": len(inputs)}) + "\n")
     write_text_atomic(storage.join(out, "recipe.resolved.toml"), recipe.to_toml())
     groups = make_groups(inputs, run.group_size)
@@ -497,8 +549,14 @@ def _run_groups(
             compute=ray.data.ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors),
             **res.ray_options(),
         )
+    ds = ds.map_batches(write_parts, batch_format="pyarrow", fn_kwargs={"out": str(out)}, **video_res)
     buffers = {g: GroupBuffer(expected=set(files)) for g, files in pending.items()}
-    write_cfg = recipe.stage("write_shards")
+    parts: dict[str, set[str]] = defaultdict(set)
+    write_cfg = dataclasses.asdict(recipe.stage("write_shards"))
+    publish = ray.remote(publish_group).options(
+        num_cpus=0, max_retries=3, scheduling_strategy="SPREAD", runtime_env=video_res.get("runtime_env")
+    )
+    publishing: list = []
     accepted = 0
     rows_by_stage: dict[str, Counter] = defaultdict(Counter)
     with Progress(
@@ -514,9 +572,9 @@ def _run_groups(
         task = progress.add_task("curate", total=len(items), clips=0, groups=0)
         written = 0
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for row in batch.to_pylist():
-                buf = buffers[row["group"] or row[VIDEO_PREFIX + "group"]]
-                buf.add(row)
+            for row in batch.to_pylist():  # receipts: a few short strings per row
+                buffers[row["group"]].count(row)
+                parts[row["group"]].add(row["part"])
                 for stage, node in json.loads(row["placement"] or "{}").items():
                     if stage != "video" or row["row_kind"] == "video":  # videos, or clips of a clip stage
                         rows_by_stage[stage][node] += 1
@@ -525,12 +583,20 @@ def _run_groups(
                 elif not row["reject_reason"]:
                     accepted += 1
             for g in [g for g, b in buffers.items() if b.complete()]:
-                b = buffers.pop(g)
-                write_group(out, g, b.clips, b.rejected, b.accounted_videos(), write_cfg)
-                written += 1
+                buffers.pop(g)
+                publishing.append(publish.remote(str(out), g, pending[g], sorted(parts.pop(g)), write_cfg))
+            done, publishing = ray.wait(publishing, num_returns=len(publishing), timeout=0)
+            ray.get(done)  # a group that could not be written fails the run here, with its error
+            written += len(done)
             progress.update(task, clips=accepted, groups=written)
-    if buffers:
-        raise RuntimeError(f"groups never completed: {sorted(buffers)}")
+        if buffers:
+            raise RuntimeError(f"groups never completed: {sorted(buffers)}")
+        while publishing:
+            done, publishing = ray.wait(publishing)
+            ray.get(done)
+            written += len(done)
+            progress.update(task, groups=written)
+    storage.remove_tree(storage.join(out, PARTS))
     # per Ray node: videos of the per-video task, clips of each clip stage, in this invocation (a
     # resumed run counts only what it ran)
     return {

@@ -190,6 +190,8 @@ def test_sigkill_then_rerun_gives_the_rows_of_an_uninterrupted_run(resume_inputs
     assert "6 groups already done, 0 to run" in third.stderr
     assert _clip_ids(killed) == expected
     assert not list(killed.rglob(".*.tmp-*"))  # partial files of the killed run were cleaned up
+    # rows reach the run folder as per-group part files the workers write, until their group is published
+    assert not (killed / "_parts").exists() and not (whole / "_parts").exists()
 
 
 def test_resuming_with_other_inputs_is_refused(resume_inputs, tmp_path, videos):

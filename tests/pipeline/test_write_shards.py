@@ -35,3 +35,36 @@ def test_partial_files_are_hidden_and_cleaned(tmp_path):
 def test_config_validation():
     with pytest.raises(ValueError, match="compression"):
         WriteShardsConfig(compression="lz5")
+
+
+def test_workers_write_parts_and_a_group_is_published_from_the_parts_it_has_receipts_for(tmp_path):
+    """Rows go from the workers to part files (``write_parts``), only receipts to the driver; publishing reads
+    the parts named in the receipts, so a second copy a retried task wrote is never read twice."""
+    import dataclasses
+
+    import pyarrow as pa
+
+    from pipeline.cli import _default_recipe
+    from pipeline.runner import PARTS, RECEIPT_COLUMNS, publish_group, video_task, write_parts
+    from tests.conftest import make_numbered_clip
+
+    src = make_numbered_clip(tmp_path / "v.mp4", frames=60, cut_every=20)
+    recipe = _default_recipe(["split_scenes.min_scene_s=0.5"])
+    no_dup = pa.array([None], pa.string())
+    item = pa.table({"source_uri": [str(src)], "group": ["g000000"], "duplicate_of": no_dup})
+    rows = video_task(item, recipe.to_dict())
+    assert rows.num_rows >= 3  # the video row and its clips
+    out = tmp_path / "out"
+    receipts = write_parts(rows, str(out))
+    write_parts(rows, str(out))  # a retried task's second copy: no receipt reaches the driver
+    assert receipts.column_names == list(RECEIPT_COLUMNS) and "clip_mp4" not in receipts.column_names
+    assert len(list((out / PARTS / "g000000").glob("*.parquet"))) == 2
+    parts = sorted(set(receipts["part"].to_pylist()))
+    config = dataclasses.asdict(recipe.stage("write_shards"))
+    accepted = publish_group(str(out), "g000000", [str(src)], parts, config)
+    clips = pq.read_table(out / "clips/g000000.parquet")
+    assert accepted == clips.num_rows >= 2 and len(set(clips["clip_id"].to_pylist())) == clips.num_rows
+    assert pq.read_table(out / "videos/g000000.parquet").num_rows == 1
+    assert done_groups(out) == {"g000000"} and not (out / PARTS / "g000000").exists()
+    with pytest.raises(RuntimeError, match="do not hold every row"):  # a receipt's part is missing
+        publish_group(str(out), "g000001", [str(src)], [], config)
