@@ -24,6 +24,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -510,6 +511,9 @@ def _run_groups(
         check_fits(*_demands(recipe), [n["Resources"] for n in nodes])
     ctx = ray.data.DataContext.get_current()
     logging.getLogger("ray.data").setLevel(logging.ERROR)
+    # Ray 2.60 warns that scheduling_strategy/runtime_env passed to map_batches will need its new named
+    # parameters in 2.64; Ray is pinned to 2.60 (pyproject.toml), so the warning is noise in every run
+    warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
     ctx.enable_progress_bars = False  # one progress display: ours
     ctx.print_on_execution_start = False
     if recipe.run.object_store_gb:
