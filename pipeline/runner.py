@@ -203,6 +203,8 @@ def publish_group(out: str, group: str, files: list[str], parts: list[str], conf
     delete the parts. Returns the group's accepted clips."""
     from pipeline.stages.write_shards import WriteShardsConfig
 
+    if storage.exists(storage.join(out, "_done", group)):  # a retry of this task after it had finished
+        return len(storage.read_table(storage.join(out, "clips", f"{group}.parquet"), ["clip_id"]))
     buf = GroupBuffer(expected=set(files))
     for part in sorted(set(parts)):
         for row in storage.read_table(part).to_pylist():

@@ -66,5 +66,7 @@ def test_workers_write_parts_and_a_group_is_published_from_the_parts_it_has_rece
     assert accepted == clips.num_rows >= 2 and len(set(clips["clip_id"].to_pylist())) == clips.num_rows
     assert pq.read_table(out / "videos/g000000.parquet").num_rows == 1
     assert done_groups(out) == {"g000000"} and not (out / PARTS / "g000000").exists()
+    # Ray runs the task again if its worker dies after the group was written: nothing changes
+    assert publish_group(str(out), "g000000", [str(src)], parts, config) == accepted
     with pytest.raises(RuntimeError, match="do not hold every row"):  # a receipt's part is missing
         publish_group(str(out), "g000001", [str(src)], [], config)
