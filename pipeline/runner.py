@@ -258,8 +258,10 @@ def _init_ray(address: str | None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
         return
-    # Ray's C++ core logs warnings (e.g. about actor constructor arguments) straight to stderr
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
+    # Ray's C++ core logs straight to stderr, e.g. an error-level line about every clip-stage actor's
+    # constructor arguments (ray-project/ray#53727) that means nothing here; failures that matter reach
+    # the driver as exceptions. Set RAY_BACKEND_LOG_LEVEL yourself to see more.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     if address:
         # a cluster: "auto", "host:6379", or "ray://head:10001" (Ray Client); inside `ray job submit`
         # RAY_ADDRESS is set for us
