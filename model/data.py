@@ -25,7 +25,6 @@ are fixed by (rows, budget, max_clips, text tokens), so torch.compile compiles o
 from __future__ import annotations
 
 import dataclasses
-import glob
 import io
 import os
 import random
@@ -57,15 +56,12 @@ class Sample:
 
 def shard_files(data_dir: str) -> list[str]:
     """The clip shards of a run folder: local paths, or ``s3://`` URIs for a run in a bucket."""
-    if storage.is_remote(data_dir):
-        try:
-            files = storage.parquet_files(storage.join(data_dir, "clips"))
-        except OSError as e:  # no credentials, endpoint down, access denied
-            raise DataError(f"cannot list the shards in {data_dir}: {e}") from None
-    elif not os.path.isdir(data_dir):
+    if not storage.is_remote(data_dir) and not os.path.isdir(data_dir):
         raise DataError(f"data folder not found: {data_dir}")
-    else:
-        files = sorted(glob.glob(os.path.join(data_dir, "clips", "*.parquet")))
+    try:
+        files = storage.parquet_files(storage.join(data_dir, "clips"))
+    except OSError as e:  # S3: no credentials, endpoint down, access denied
+        raise DataError(f"cannot list the shards in {data_dir}: {e}") from None
     if not files:
         raise DataError(f"no clip shards in {storage.join(data_dir, 'clips')} (expected *.parquet)")
     return files

@@ -256,11 +256,10 @@ def remove_partial_files(location: Location) -> int:
 def remove_tree(location: Location) -> None:
     """Delete a folder (every key under a prefix) and what is in it; nothing if it is not there."""
     fs, path = filesystem(location)
-    if fs.get_file_info(path).type == pafs.FileType.Directory or is_remote(location):
-        try:
-            fs.delete_dir(path)
-        except FileNotFoundError:
-            pass
+    try:
+        fs.delete_dir(path)
+    except FileNotFoundError:
+        pass
 
 
 def _is_partial(base_name: str) -> bool:
