@@ -176,7 +176,17 @@ def test_sigkill_then_rerun_gives_the_rows_of_an_uninterrupted_run(resume_inputs
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+    # the driver and every Ray process it started (raylet, workers: some in sessions of their own), at once,
+    # so no worker of the killed run goes on to publish a group afterwards
+    import psutil
+
+    started = psutil.Process(proc.pid).children(recursive=True)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for p in started:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
     proc.wait()
     done_before = len(list((killed / "_done").iterdir()))
     assert done_before < 6
