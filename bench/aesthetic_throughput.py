@@ -37,10 +37,10 @@ VIDEOS = REPO.parent / "shared" / "videos" / "quality"
 
 def sample_rows(n_frames: int, per_clip: int = 4) -> list[dict]:
     """Clip rows carrying the analysis pass's frames_jpeg, cycling over the sample clips."""
-    from pipeline.process import scan_video
-    from pipeline.recipe import build_recipe
-    from pipeline.registry import STAGES
-    from pipeline.stages.analyze import clip_statistics
+    from vidsift.pipeline.process import scan_video
+    from vidsift.pipeline.recipe import build_recipe
+    from vidsift.pipeline.registry import STAGES
+    from vidsift.pipeline.stages.analyze import clip_statistics
 
     recipe = build_recipe({"stage": [{"name": n} for n, s in STAGES.items() if s.required]})
     frames: list[bytes] = []
@@ -91,8 +91,8 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from pipeline.stages.score_aesthetic import ScoreAesthetic, ScoreAestheticConfig
     from tests.make_tiny_clip import build
+    from vidsift.pipeline.stages.score_aesthetic import ScoreAesthetic, ScoreAestheticConfig
 
     rows = sample_rows(args.frames)
     jpegs = [f for r in rows for f in r["frames_jpeg"]]

@@ -27,8 +27,8 @@ VIDEOS = REPO.parent / "shared" / "videos" / "quality"
 
 
 def load_requests(n: int, num_frames: int, max_side: int):
-    from pipeline.backends.base import ChatRequest
-    from pipeline.stages.caption_vlm import DESCRIBE, SYSTEM, sample_frames
+    from vidsift.pipeline.backends.base import ChatRequest
+    from vidsift.pipeline.stages.caption_vlm import DESCRIBE, SYSTEM, sample_frames
 
     files = sorted(p for p in VIDEOS.iterdir() if p.is_file())
     reqs = []
@@ -88,13 +88,13 @@ def run_backend(backend, reqs, batch: int) -> tuple[float, int]:
 
 
 def run_vllm(model: str, reqs, max_new: int) -> None:
-    from pipeline.backends.vllm_backend import VllmBackend
-    from pipeline.stages.caption_vlm import CaptionVlmConfig
+    from vidsift.pipeline.backends.vllm_backend import VllmBackend
+    from vidsift.pipeline.stages.caption_vlm import CaptionVlmConfig
 
     b = VllmBackend(CaptionVlmConfig(backend="vllm", model=model, max_new_tokens=max_new), vision=True)
     from vllm import SamplingParams
 
-    from pipeline.backends.openai_backend import jpeg_data_url
+    from vidsift.pipeline.backends.openai_backend import jpeg_data_url
 
     convs = [
         [
@@ -139,8 +139,8 @@ def main() -> int:
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from pipeline.backends.transformers_backend import TransformersBackend
-    from pipeline.stages.caption_vlm import CaptionVlmConfig
+    from vidsift.pipeline.backends.transformers_backend import TransformersBackend
+    from vidsift.pipeline.stages.caption_vlm import CaptionVlmConfig
 
     model = args.vlm
     if not model:

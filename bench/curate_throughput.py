@@ -24,9 +24,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.cli import _default_recipe  # noqa: E402
-from pipeline.process import make_clip_id, scan_video  # noqa: E402
-from pipeline.stages.transcode import ClipCut, output_size, transcode_clips  # noqa: E402
+from vidsift.pipeline.cli import _default_recipe  # noqa: E402
+from vidsift.pipeline.process import make_clip_id, scan_video  # noqa: E402
+from vidsift.pipeline.stages.transcode import ClipCut, output_size, transcode_clips  # noqa: E402
 
 DEFAULT_FILES = [
     "cuts/big_buck_bunny_0_30.webm",

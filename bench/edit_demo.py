@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from model.synthetic import COLORS, DIRECTIONS, caption_of, judge, moving_shape  # noqa: E402
+from vidsift.model.synthetic import COLORS, DIRECTIONS, caption_of, judge, moving_shape  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -70,8 +70,8 @@ def centroid_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def train_model(run: str, data: str, clips: int, steps: int) -> None:
-    from model.synthetic import write_synthetic_shards
-    from model.train import load_recipe, train
+    from vidsift.model.synthetic import write_synthetic_shards
+    from vidsift.model.train import load_recipe, train
 
     if not os.path.exists(os.path.join(data, "clips")):
         write_synthetic_shards(data, clips, files=2, rows_per_group=8, frames=16, size=32)
@@ -110,10 +110,10 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
 
-    from model.edit import edit_latent, strength_schedule
-    from model.flow import FlowConfig
-    from model.sample import load_dit, save_grid
-    from model.text import TextEncoder
+    from vidsift.model.edit import edit_latent, strength_schedule
+    from vidsift.model.flow import FlowConfig
+    from vidsift.model.sample import load_dit, save_grid
+    from vidsift.model.text import TextEncoder
 
     run = args.run or os.path.join(args.out, "dit")
     if not os.path.exists(os.path.join(run, "ema.safetensors")):

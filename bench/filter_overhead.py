@@ -18,9 +18,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.process import scan_video  # noqa: E402
-from pipeline.recipe import build_recipe, load_recipe  # noqa: E402
-from pipeline.registry import STAGES  # noqa: E402
+from vidsift.pipeline.process import scan_video  # noqa: E402
+from vidsift.pipeline.recipe import build_recipe, load_recipe  # noqa: E402
+from vidsift.pipeline.registry import STAGES  # noqa: E402
 
 FILES = [
     "quality/Big_Buck_Bunny_180_10s.webm", "quality/flipping_a_pancake.mkv", "quality/in.mp4",
@@ -30,7 +30,7 @@ FILES = [
 
 
 def run(path: Path, recipe) -> None:
-    from pipeline.process import _clip_row
+    from vidsift.pipeline.process import _clip_row
 
     scan = scan_video(str(path), recipe)
     if scan.analysis is None:

@@ -14,8 +14,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.process import process_video  # noqa: E402
-from pipeline.recipe import load_recipe  # noqa: E402
+from vidsift.pipeline.process import process_video  # noqa: E402
+from vidsift.pipeline.recipe import load_recipe  # noqa: E402
 
 COLUMNS = [
     "duration_score",

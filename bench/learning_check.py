@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from model.synthetic import COLORS, DIRECTIONS, caption_of, judge, write_synthetic_shards  # noqa: E402
+from vidsift.model.synthetic import COLORS, DIRECTIONS, caption_of, judge, write_synthetic_shards  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,7 +46,7 @@ DIT_SPEED = 0.0
 
 
 def caption_accuracy(run_or_model, prompts, labels, frames, size, steps, cfg_scale) -> dict:
-    from model.sample import generate
+    from vidsift.model.sample import generate
 
     colour_hits = direction_hits = both = 0
     n = 0
@@ -84,8 +84,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    from model.train import load_recipe, train
-    from model.train_vae import VAETrainConfig, train_vae
+    from vidsift.model.train import load_recipe, train
+    from vidsift.model.train_vae import VAETrainConfig, train_vae
 
     results: dict = {"clips": args.clips}
 

@@ -44,7 +44,7 @@ def main() -> int:
     from aesthetic_throughput import sample_rows
     from rapidocr_onnxruntime.ch_ppocr_det import TextDetector
 
-    from pipeline.stages.score_ocr import DET_WEIGHTS, ScoreOcr, ScoreOcrConfig, weights_path
+    from vidsift.pipeline.stages.score_ocr import DET_WEIGHTS, ScoreOcr, ScoreOcrConfig, weights_path
 
     rows = sample_rows(args.frames)
     jpegs = [j for r in rows for j in r["frames_jpeg"]]

@@ -51,9 +51,9 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[])
     args = parser.parse_args()
 
-    from pipeline.process import process_video
-    from pipeline.recipe import load_recipe
-    from pipeline.stages.score_ocr import ScoreOcr, ScoreOcrConfig
+    from vidsift.pipeline.process import process_video
+    from vidsift.pipeline.recipe import load_recipe
+    from vidsift.pipeline.stages.score_ocr import ScoreOcr, ScoreOcrConfig
 
     recipe = load_recipe(REPO / "recipes/curate/default.toml", ["split_scenes.min_scene_s=1.0", *args.set])
     detect = ScoreOcr(ScoreOcrConfig(max_text_area=1.0))

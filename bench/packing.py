@@ -37,9 +37,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from model.data import NativeSize, PackedStream, Sample, pack  # noqa: E402
-from model.dit import DiT, config_from_preset, packed_attention_mask  # noqa: E402
-from model.flow import FlowConfig, packed_training_loss  # noqa: E402
+from vidsift.model.data import NativeSize, PackedStream, Sample, pack  # noqa: E402
+from vidsift.model.dit import DiT, config_from_preset, packed_attention_mask  # noqa: E402
+from vidsift.model.flow import FlowConfig, packed_training_loss  # noqa: E402
 
 PATCH = (1, 4, 4)
 SIZE = NativeSize(area=32 * 32, max_frames=16, stride=2, multiple=4, frame_multiple=1)

@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.cli import _default_recipe, scenes_report  # noqa: E402
+from vidsift.pipeline.cli import _default_recipe, scenes_report  # noqa: E402
 
 
 def _load_scorer(videos: Path):

@@ -29,8 +29,8 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.schema import CLIP_SCHEMA, REJECTED_SCHEMA, VIDEO_SCHEMA
-from pipeline.stats import score_columns
+from vidsift.pipeline.schema import CLIP_SCHEMA, REJECTED_SCHEMA, VIDEO_SCHEMA
+from vidsift.pipeline.stats import score_columns
 
 WORDS = np.array(
     "a the person man woman dog cat car street city forest river beach camera slowly pans across "

@@ -27,8 +27,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from model.dit import PRESETS, DiT, DiTConfig  # noqa: E402
-from model.train import flops_per_token, peak_flops  # noqa: E402
+from vidsift.model.dit import PRESETS, DiT, DiTConfig  # noqa: E402
+from vidsift.model.train import flops_per_token, peak_flops  # noqa: E402
 
 
 def time_steps(step, iters: int, device: torch.device) -> tuple[float, float]:

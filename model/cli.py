@@ -14,10 +14,10 @@ EXIT_BAD_INPUT = 2
 
 
 def _bad_input_types() -> tuple[type[Exception], ...]:
-    from model.data import DataError
-    from model.edit import EditError
-    from model.sample import CheckpointError, InputError
-    from model.train import RecipeError
+    from vidsift.model.data import DataError
+    from vidsift.model.edit import EditError
+    from vidsift.model.sample import CheckpointError, InputError
+    from vidsift.pipeline.config import RecipeError
 
     return DataError, CheckpointError, RecipeError, EditError, InputError
 
@@ -44,7 +44,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from model.train import load_recipe, train
+    from vidsift.model.train import load_recipe, train
 
     cfg = load_recipe(args.recipe, args.set)
     cfg.data = args.data
@@ -55,8 +55,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_train_vae(args: argparse.Namespace) -> int:
-    from model.train import load_recipe
-    from model.train_vae import VAETrainConfig, train_vae
+    from vidsift.model.train import load_recipe
+    from vidsift.model.train_vae import VAETrainConfig, train_vae
 
     cfg = load_recipe(args.recipe, args.set, cls=VAETrainConfig)
     cfg.data = args.data
@@ -68,7 +68,7 @@ def run_train_vae(args: argparse.Namespace) -> int:
 
 def check_edit_flags(args: argparse.Namespace) -> None:
     """--edit is its own conditioning mode; --strength and --keep-first-frame only mean something with it."""
-    from model.edit import EditError
+    from vidsift.model.edit import EditError
 
     if not args.edit:
         if args.strength is not None or args.keep_first_frame:
@@ -82,7 +82,7 @@ def check_edit_flags(args: argparse.Namespace) -> None:
 
 def run_edit(args: argparse.Namespace, prompt: str) -> int:
     """``sample --edit CLIP``: SDEdit of a clip or image with the (expanded) prompt (model/edit.py)."""
-    from model.edit import DEFAULT_STRENGTH, edit_clip, write_edit
+    from vidsift.model.edit import DEFAULT_STRENGTH, edit_clip, write_edit
 
     strength = DEFAULT_STRENGTH if args.strength is None else args.strength
     video, _, info = edit_clip(
@@ -112,7 +112,7 @@ def run_edit(args: argparse.Namespace, prompt: str) -> int:
 
 def run_sample(args: argparse.Namespace) -> int:
     check_edit_flags(args)
-    from model.sample import expand_prompt, generate, write_video
+    from vidsift.model.sample import expand_prompt, generate, write_video
 
     prompt = args.prompt
     if args.expand:
@@ -153,7 +153,7 @@ def run_sample(args: argparse.Namespace) -> int:
 
 
 def run_encode(args: argparse.Namespace) -> int:
-    from model.encode import encode_shards
+    from vidsift.model.encode import encode_shards
 
     summary = encode_shards(
         args.data,

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline import storage
+from vidsift.pipeline import storage
 
 Ref = tuple[int, int, int]  # (file index, row group, row within the group)
 
@@ -454,7 +454,7 @@ class Packed:
 
     def unpack(self, tokens: torch.Tensor, patch: tuple[int, int, int]) -> list[torch.Tensor]:
         """Model outputs [R, N, P] back to one [C, T, H, W] tensor per clip, in list order."""
-        from model.dit import unpatchify
+        from vidsift.model.dit import unpatchify
 
         out = []
         for r, _, start, grid, shape in self.spans:
@@ -480,7 +480,7 @@ def pack(
     tokens, first-fit decreasing, or by the given ``bins`` (lists of clip indices per row). ``rows``: pad to
     this many rows (a static shape). Every clip must be placed: use ``first_fit_decreasing`` with a fixed
     bin count to choose which clips join a batch."""
-    from model.dit import grid_positions, patchify
+    from vidsift.model.dit import grid_positions, patchify
 
     sizes = [clip_tokens(c.shape, patch) for c in clips]
     if bins is None:

@@ -142,7 +142,7 @@ def check_output(path: str, frames: int, height: int, width: int) -> None:
 def strength_schedule(strength: float, steps: int, x_shape, cfg) -> torch.Tensor:
     """Decreasing timesteps from shift(strength) to 0: the last ceil(strength * steps) intervals of the
     text-to-video schedule's spacing. strength 1 gives exactly flow.sampling_schedule(steps, ...)."""
-    from model.flow import shift_t, time_shift
+    from vidsift.model.flow import shift_t, time_shift
 
     n = math.ceil(strength * steps - 1e-9)
     if n == 0:
@@ -167,7 +167,7 @@ def edit_latent(
     dx/dt = v from t0 to 0 under the text. Same noise draw as model.sample.generate for the same seed."""
     if not 0.0 <= strength <= 1.0:
         raise EditError(f"--strength must be in [0, 1], got {strength}")
-    from model.flow import guided_velocity
+    from vidsift.model.flow import guided_velocity
 
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(x0.device, x0.dtype)
     ts = strength_schedule(strength, steps, x0.shape, cfg).to(x0.device)
@@ -205,9 +205,9 @@ def edit_clip(
     """(edited video [3, F, H, W] in [-1, 1] at the input's size, the input clip, info). ``frames`` keeps the
     first frames only; ``height``/``width`` set the size the model works at (the result is resized back).
     ``out_path``, when given, is checked before any work (see write_edit)."""
-    from model.flow import FlowConfig
-    from model.sample import load_checkpoint_vae, load_dit
-    from model.text import TextEncoder
+    from vidsift.model.flow import FlowConfig
+    from vidsift.model.sample import load_checkpoint_vae, load_dit
+    from vidsift.model.text import TextEncoder
 
     if not 0.0 <= strength <= 1.0:
         raise EditError(f"--strength must be in [0, 1], got {strength}")
@@ -241,7 +241,7 @@ def edit_clip(
 def write_edit(video: torch.Tensor, path: str, fps: float) -> None:
     """An image for an image path (one-frame clips only), else an MP4 (H.264, so even sides) and a GIF
     beside it."""
-    from model.sample import to_uint8, write_video
+    from vidsift.model.sample import to_uint8, write_video
 
     check_output(path, *video.shape[1:])
     if path.lower().endswith(IMAGE_EXTS):

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from pipeline import storage
+from vidsift.pipeline import storage
 
 
 class EncodeShards:
@@ -29,8 +29,8 @@ class EncodeShards:
     ) -> None:
         import torch
 
-        from model.text import TextEncoder
-        from model.vae import load_vae
+        from vidsift.model.text import TextEncoder
+        from vidsift.model.vae import load_vae
 
         torch.set_num_threads(max(1, torch.get_num_threads()))
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -52,7 +52,7 @@ class EncodeShards:
         import pyarrow as pa
         import torch
 
-        from model.data import ClipSource, DataError
+        from vidsift.model.data import ClipSource, DataError
 
         table = storage.read_table(path)
         frames, height, width, stride = self.size
@@ -109,8 +109,8 @@ def encode_shards(
     """Encode every shard of a run folder in place; returns one summary row per file."""
     import ray
 
-    from model.data import shard_files
-    from model.sample import CheckpointError
+    from vidsift.model.data import shard_files
+    from vidsift.model.sample import CheckpointError
 
     files = shard_files(data)
     if not os.path.isfile(vae):

@@ -47,7 +47,7 @@ def load_dit(path: str, device: str | torch.device = "cpu"):
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from model.dit import DiT, DiTConfig
+    from vidsift.model.dit import DiT, DiTConfig
 
     path = checkpoint_path(path)
     try:
@@ -87,8 +87,8 @@ def generate(
     from its last ``context_frames`` frames (``backward``: leads into its first ones); ``connect`` = (a, b)
     starts with a's last and ends with b's first ``context_frames`` frames. Given frames are unchanged in
     the result (exactly in pixel space; their latents are exact with a VAE)."""
-    from model.flow import FlowConfig, sample_euler
-    from model.text import TextEncoder
+    from vidsift.model.flow import FlowConfig, sample_euler
+    from vidsift.model.text import TextEncoder
 
     modes = [m for m, v in (("--image", image), ("--extend", extend), ("--connect", connect)) if v]
     if len(modes) > 1:
@@ -123,7 +123,7 @@ def load_checkpoint_vae(meta: dict, device: str | torch.device = "cpu"):
     """The VAE a DiT checkpoint was trained with (None for pixel space)."""
     if not meta.get("vae"):
         return None
-    from model.vae import load_vae
+    from vidsift.model.vae import load_vae
 
     if not os.path.isfile(meta["vae"]):
         raise CheckpointError(f"the checkpoint's VAE is missing: {meta['vae']}")
@@ -136,7 +136,7 @@ def load_checkpoint_vae(meta: dict, device: str | torch.device = "cpu"):
 
 def load_image(path: str, height: int, width: int) -> torch.Tensor:
     """An image file, resized to cover height x width and centre-cropped: [3, 1, H, W] in [-1, 1]."""
-    from model.data import load_image as read
+    from vidsift.model.data import load_image as read
 
     if not os.path.isfile(path):
         raise InputError(f"image not found: {path}")
@@ -256,8 +256,8 @@ def expand_prompt(
     (pipeline/backends: transformers in-process, vLLM, or an OpenAI-compatible server). Local files or
     an already-cached model only: the hub is never contacted."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from pipeline.backends import load_backend
-    from pipeline.backends.base import BackendConfig, ChatRequest
+    from vidsift.pipeline.backends import load_backend
+    from vidsift.pipeline.backends.base import BackendConfig, ChatRequest
 
     try:
         config = BackendConfig(
@@ -294,7 +294,7 @@ def write_video(video: torch.Tensor, path: str, fps: float = 12.0) -> None:
     """MP4 (H.264) at ``path`` and a GIF preview beside it."""
     from PIL import Image
 
-    from model.mp4 import encode_mp4
+    from vidsift.model.mp4 import encode_mp4
 
     frames = to_uint8(video)
     with open(path, "wb") as f:

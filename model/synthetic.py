@@ -99,7 +99,7 @@ def synthetic_rows(
 ) -> list[dict]:
     """Rows of the clips table (pipeline/schema.py CLIP_SCHEMA) for n synthetic clips (``speed``: see
     ``moving_shape``)."""
-    from model.mp4 import encode_mp4
+    from vidsift.model.mp4 import encode_mp4
 
     rng = np.random.default_rng(seed)
     rows = []
@@ -133,7 +133,7 @@ def write_synthetic_shards(out_dir: str, n: int, files: int = 1, rows_per_group:
     """Write n synthetic clips as OUT/clips/part-*.parquet (zstd), as the curation pipeline would."""
     import pyarrow.parquet as pq
 
-    from pipeline.schema import CLIP_SCHEMA, table_from_rows
+    from vidsift.pipeline.schema import CLIP_SCHEMA, table_from_rows
 
     rows = synthetic_rows(n, **kw)
     os.makedirs(os.path.join(out_dir, "clips"), exist_ok=True)

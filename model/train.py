@@ -1,7 +1,7 @@
 """Train the DiT on curated shards with rectified flow: one visible loop, nanoGPT style.
 
     vidsift train recipes/train/tiny.toml --data OUT [--set key=value ...] [--out RUN] [--resume]
-    torchrun --nproc-per-node 8 -m model.train recipes/train/small.toml --data OUT
+    torchrun --nproc-per-node 8 -m vidsift.model.train recipes/train/small.toml --data OUT
 
 Runs on CPU or GPU; DDP (or FSDP with ``parallel = "fsdp"``) switches on only when launched by torchrun (gloo
 on CPU, NCCL on GPU). A run folder
@@ -20,11 +20,12 @@ import json
 import math
 import os
 import time
-import tomllib
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
+
+from vidsift.pipeline.config import RecipeError, build_config, parse_override, read_recipe, to_toml
 
 
 @dataclass
@@ -88,7 +89,7 @@ class TrainConfig:
     sample_cfg: float = 4.0
 
     def flow(self):
-        from model.flow import FlowConfig
+        from vidsift.model.flow import FlowConfig
 
         return FlowConfig(
             t_mean=self.t_mean,
@@ -103,61 +104,23 @@ class TrainConfig:
         )
 
 
-class RecipeError(Exception):
-    """A bad recipe or override; the CLI prints it on one line."""
-
-
-def parse_value(text: str):
-    """A --set value as TOML (numbers, booleans, arrays, inline tables), else as a plain string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def apply_settings(cfg, values: dict, where: str):
-    """Set dataclass fields from a dict, refusing unknown keys and wrong types."""
-    fields = {f.name: f for f in dataclasses.fields(cfg)}
-    for key, value in values.items():
-        if key not in fields:
-            raise RecipeError(f"unknown key {key!r} in {where} (known: {', '.join(fields)})")
-        current = getattr(cfg, key)
-        if isinstance(current, bool) != isinstance(value, bool):
-            raise RecipeError(f"{key} in {where} must be {type(current).__name__}, got {value!r}")
-        if isinstance(current, float) and isinstance(value, int):
-            value = float(value)
-        if not isinstance(value, type(current)):
-            raise RecipeError(f"{key} in {where} must be {type(current).__name__}, got {value!r}")
-        setattr(cfg, key, value)
-    return cfg
-
-
 def load_recipe(path: str | None, overrides: list[str] = (), cls=TrainConfig):
-    cfg = cls()
+    """A training config from a recipe (a path, or a shipped name such as ``tiny``) plus ``--set``
+    overrides (``lr=1``, ``model_args.depth=2``), through the one config system of curation too."""
+    values: dict = {}
     if path:
-        try:
-            with open(path, "rb") as f:
-                apply_settings(cfg, tomllib.load(f), path)
-        except FileNotFoundError as e:
-            raise RecipeError(f"recipe not found: {path}") from e
-        except tomllib.TOMLDecodeError as e:
-            raise RecipeError(f"recipe {path} is not valid TOML: {e}") from e
+        data, file = read_recipe(path, "train")
+        build_config(cls, data, str(file))
+        values.update(data)
     for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise RecipeError(f"--set expects key=value, got {item!r}")
-        apply_settings(cfg, {key.strip(): parse_value(value.strip())}, "--set")
-    return cfg
-
-
-def to_toml(cfg) -> str:
-    lines = []
-    for k, v in dataclasses.asdict(cfg).items():
-        if isinstance(v, dict):
-            lines.append(f"{k} = {{{', '.join(f'{a} = {json.dumps(b)}' for a, b in v.items())}}}")
-        else:
-            lines.append(f"{k} = {json.dumps(v)}")
-    return "\n".join(lines) + "\n"
+        keys, value = parse_override(item)
+        for key in reversed(keys[1:]):
+            value = {key: value}
+        if len(keys) > 1 and isinstance(values.get(keys[0]), dict):  # model_args.depth=2 keeps the rest
+            value = {**values[keys[0]], **value}
+        build_config(cls, {keys[0]: value}, "--set")
+        values[keys[0]] = value
+    return build_config(cls, values, str(path or "--set"))
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -209,7 +172,7 @@ def save_weights(model_or_state, path: str, meta: dict) -> None:
 
 
 def checkpoint_meta(model, cfg: TrainConfig, step: int, text_model: str, vae_path: str) -> dict:
-    from model.dit import config_to_dict
+    from vidsift.model.dit import config_to_dict
 
     return {
         "kind": "vidsift-dit",
@@ -234,7 +197,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     """Train; returns the final metrics ({'step', 'loss', 'val_loss', ...})."""
     from safetensors.torch import load_file
 
-    from model.data import (
+    from vidsift.model.data import (
         ClipSource,
         ClipStream,
         DataError,
@@ -247,10 +210,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         load_samples,
         pack,
     )
-    from model.dit import DiT, PackedDiT, config_from_preset, packed_attention_mask
-    from model.flow import flow_loss, packed_flow_loss, packed_training_loss, sample_euler, training_loss
-    from model.logging_utils import TrainProgress
-    from model.text import TextEncoder, text_model_name
+    from vidsift.model.dit import DiT, PackedDiT, config_from_preset, packed_attention_mask
+    from vidsift.model.flow import (
+        flow_loss,
+        packed_flow_loss,
+        packed_training_loss,
+        sample_euler,
+        training_loss,
+    )
+    from vidsift.model.logging_utils import TrainProgress
+    from vidsift.model.text import TextEncoder, text_model_name
 
     # --- distributed setup: on only under torchrun
     ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
@@ -284,7 +253,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     index = ShardIndex(cfg.data)
     vae = None
     if cfg.vae:
-        from model.vae import load_vae
+        from vidsift.model.vae import load_vae
 
         if not os.path.isfile(cfg.vae):
             raise RecipeError(f"VAE checkpoint not found: {cfg.vae}")
@@ -441,7 +410,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         print(f"no checkpoint in {cfg.out}; starting from scratch")
     if master:
         with open(os.path.join(cfg.out, "recipe.toml"), "w") as f:
-            f.write(to_toml(cfg))
+            f.write(to_toml(dataclasses.asdict(cfg)))
         print(f"DiT {cfg.model}: {model.num_params() / 1e6:.2f}M parameters, device {device}, world {world}")
 
     raw = model
@@ -493,7 +462,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
     def save_samples(step: int) -> None:
         """A grid of EMA samples for the validation prompts: one row per prompt, frames left to right."""
-        from model.sample import save_grid
+        from vidsift.model.sample import save_grid
 
         if cfg.pack:  # validation clips differ in size: sample their prompts at the full training size
             text, mask = text_of(val[:4])
@@ -706,7 +675,7 @@ def _pad_text(embs: list[torch.Tensor], tokens: int) -> tuple[torch.Tensor, torc
 
 def _first_value(index, column: str):
     """The value of ``column`` in the first row of the first shard (None if the column is absent)."""
-    from pipeline import storage
+    from vidsift.pipeline import storage
 
     pf = storage.open_parquet(index.files[0])
     if column not in pf.schema_arrow.names:
@@ -715,12 +684,12 @@ def _first_value(index, column: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m model.train RECIPE --data OUT ...`` (what torchrun launches)."""
+    """``python -m vidsift.model.train RECIPE --data OUT ...`` (what torchrun launches)."""
     import argparse
 
-    from model.cli import add_train_args, run_train
+    from vidsift.model.cli import add_train_args, run_train
 
-    p = argparse.ArgumentParser(prog="model.train")
+    p = argparse.ArgumentParser(prog="vidsift.model.train")
     add_train_args(p)
     return run_train(p.parse_args(argv))
 

@@ -48,7 +48,7 @@ def baseline_recon(x: torch.Tensor, factors: tuple[int, int, int], bilinear: boo
     ``bilinear`` upsamples space bilinearly instead)."""
     ft, fh, fw = factors
     if bilinear:
-        from model.vae import pool_frames, upsample_frames
+        from vidsift.model.vae import pool_frames, upsample_frames
 
         return upsample_frames(pool_frames(x, factors), factors)
     b, c, t, h, w = x.shape
@@ -60,7 +60,7 @@ def baseline_recon(x: torch.Tensor, factors: tuple[int, int, int], bilinear: boo
 
 
 def evaluate(vae, x: torch.Tensor) -> dict:
-    from model.vae import psnr, ssim
+    from vidsift.model.vae import psnr, ssim
 
     vae.eval()
     with torch.no_grad():
@@ -79,10 +79,10 @@ def evaluate(vae, x: torch.Tensor) -> dict:
 
 
 def train_vae(cfg: VAETrainConfig) -> dict:
-    from model.data import ClipSource, ClipStream, ShardIndex, collate, load_samples
-    from model.logging_utils import TrainProgress
-    from model.train import RecipeError
-    from model.vae import PRESETS, VAEConfig, VideoVAE, save_vae, vae_loss
+    from vidsift.model.data import ClipSource, ClipStream, ShardIndex, collate, load_samples
+    from vidsift.model.logging_utils import TrainProgress
+    from vidsift.model.vae import PRESETS, VAEConfig, VideoVAE, save_vae, vae_loss
+    from vidsift.pipeline.config import RecipeError
 
     if cfg.preset not in PRESETS:
         raise RecipeError(f"unknown VAE preset {cfg.preset!r} (known: {', '.join(PRESETS)})")

@@ -18,8 +18,8 @@ def _fail(message: str) -> int:
 
 
 def cmd_curate(args: argparse.Namespace) -> int:
-    from pipeline.recipe import RecipeError, load_recipe
-    from pipeline.runner import run_curate
+    from vidsift.pipeline.recipe import RecipeError, load_recipe
+    from vidsift.pipeline.runner import run_curate
 
     try:
         recipe = load_recipe(args.recipe, args.set)
@@ -32,8 +32,8 @@ def cmd_curate(args: argparse.Namespace) -> int:
 
 def _default_recipe(overrides: list[str], optional: tuple[str, ...] = ()):
     """The required stages with their defaults, plus ``optional`` stages and what they need."""
-    from pipeline.recipe import build_recipe
-    from pipeline.registry import STAGES
+    from vidsift.pipeline.recipe import build_recipe
+    from vidsift.pipeline.registry import STAGES
 
     wanted = set(optional)
     for name in optional:
@@ -44,7 +44,7 @@ def _default_recipe(overrides: list[str], optional: tuple[str, ...] = ()):
 
 def scenes_report(path: str, recipe) -> dict:
     """What ``vidsift scenes --json`` prints for one input."""
-    from pipeline.process import scan_video
+    from vidsift.pipeline.process import scan_video
 
     entry: dict = {"path": path, "fps": None, "num_frames": 0, "cuts": [], "scenes": [], "error": None}
     scan = scan_video(path, recipe)
@@ -76,7 +76,7 @@ def scenes_report(path: str, recipe) -> dict:
 
 
 def cmd_scenes(args: argparse.Namespace) -> int:
-    from pipeline.recipe import RecipeError
+    from vidsift.pipeline.recipe import RecipeError
 
     try:
         recipe = _default_recipe(args.set)
@@ -101,9 +101,9 @@ def cmd_scenes(args: argparse.Namespace) -> int:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from pipeline.recipe import RecipeError
-    from pipeline.registry import STAGES
-    from pipeline.stage_preview import preview_stage
+    from vidsift.pipeline.recipe import RecipeError
+    from vidsift.pipeline.registry import STAGES
+    from vidsift.pipeline.stage_preview import preview_stage
 
     if args.name not in STAGES:
         return _fail(f"unknown stage {args.name!r}; known: {', '.join(STAGES)}")
@@ -126,7 +126,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
 def cmd_select(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pipeline.select import SelectError, select_run
+    from vidsift.pipeline.select import SelectError, select_run
 
     try:
         moves = select_run(Path(args.run), args.where, Path(args.output))
@@ -136,18 +136,46 @@ def cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_not_yet(args: argparse.Namespace) -> int:
-    return _fail(f"`vidsift {args.command}` is not implemented yet")
+def cmd_stages(args: argparse.Namespace) -> int:
+    """Every stage of the registry with its kind, keys, defaults and resources."""
+    from vidsift.pipeline.registry import describe_stages
+
+    stages = describe_stages()
+    if args.json:
+        print(json.dumps(stages, indent=1))
+        return 0
+    for s in stages:
+        flags = "required" if s["required"] else "optional"
+        needs = f", needs {', '.join(s['needs'])}" if s["needs"] else ""
+        print(f"{s['name']}  ({s['kind']}, {flags}{needs})")
+        res = ", ".join(f"{k}={v}" for k, v in s["resources"].items() if v not in (0, 0.0, "", {}))
+        print(f"  resources: {res}")
+        for key in s["keys"]:
+            comment = f"  # {key['doc']}" if key["doc"] else ""
+            print(f"  {key['name']} = {json.dumps(key['default'])}{comment}")
+    return 0
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vidsift")
+    except PackageNotFoundError:  # a checkout on sys.path without installing it
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vidsift", description="Curate raw video into training shards; train a DiT."
     )
+    parser.add_argument("--version", action="version", version=f"vidsift {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("curate", help="run a curation recipe over a folder or bucket of videos (Ray)")
-    p.add_argument("recipe", help="recipe TOML, e.g. recipes/curate/default.toml")
+    p.add_argument(
+        "recipe", help="recipe TOML path, or the name of a shipped recipe: quickstart, default, cluster"
+    )
     p.add_argument(
         "--input",
         required=True,
@@ -187,26 +215,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="new run folder (must not exist or be empty)")
     p.set_defaults(func=cmd_select)
 
-    try:
-        from pipeline.stats_cli import register as register_stats
-    except ImportError:
-        p = sub.add_parser("stats", help="dataset statistics of a run folder (not implemented yet)")
-        p.add_argument("output", nargs="?")
-        p.set_defaults(func=cmd_not_yet)
-    else:
-        register_stats(sub)
+    p = sub.add_parser("stages", help="list every stage with its keys, defaults and resources")
+    p.add_argument("--json", action="store_true", help="print one JSON list")
+    p.set_defaults(func=cmd_stages)
 
-    try:
-        from model.cli import register
-    except ImportError:
-        register = None
-    if register is not None:
-        register(sub)
-    else:
-        for name in ("train", "sample"):
-            p = sub.add_parser(name, help=f"{name} (not implemented yet)")
-            p.add_argument("args", nargs=argparse.REMAINDER)
-            p.set_defaults(func=cmd_not_yet)
+    from vidsift.model.cli import register as register_model
+    from vidsift.pipeline.stats_cli import register as register_stats
+
+    register_stats(sub)
+    register_model(sub)
     return parser
 
 

@@ -16,13 +16,18 @@ from dataclasses import dataclass, field
 
 import av
 
-from pipeline import storage
-from pipeline.recipe import Recipe
-from pipeline.registry import STAGES
-from pipeline.stages.analyze import Analysis, analyze_video, clip_statistics
-from pipeline.stages.probe import probe_video
-from pipeline.stages.split_scenes import Scene, Transition, detect_transitions, scenes_from_transitions
-from pipeline.stages.transcode import ClipCut, transcode_clips
+from vidsift.pipeline import storage
+from vidsift.pipeline.recipe import Recipe
+from vidsift.pipeline.registry import STAGES
+from vidsift.pipeline.stages.analyze import Analysis, analyze_video, clip_statistics
+from vidsift.pipeline.stages.probe import probe_video
+from vidsift.pipeline.stages.split_scenes import (
+    Scene,
+    Transition,
+    detect_transitions,
+    scenes_from_transitions,
+)
+from vidsift.pipeline.stages.transcode import ClipCut, transcode_clips
 
 
 def make_clip_id(video_id: str, start_frame: int, end_frame: int) -> str:

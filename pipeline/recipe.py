@@ -1,26 +1,29 @@
-"""Recipes: TOML files with a ``[run]`` table and an ordered ``[[stage]]`` list.
+"""Curation recipes: TOML files with a ``[run]`` table and an ordered ``[[stage]]`` list.
 
-Constructing a stage's config validates it: unknown keys and bad values are errors that name
-the stage and the key. ``--set stage.key=value`` (or ``run.key=value``) overrides a value; the
-value is parsed as TOML (``3``, ``1.5``, ``true``, ``"text"``) and falls back to a plain string.
-The resolved recipe (every default filled in) is written next to the output.
+Loading, ``--set`` overrides, validation and the resolved-TOML writer are the one config system of
+``vidsift.pipeline.config`` (training recipes use it too). Constructing a stage's config validates it:
+unknown keys and bad values are errors that name the stage and the key. ``--set stage.key=value`` (or
+``run.key=value``) overrides a value. A shipped recipe is found by name (``quickstart``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomli_w
+from vidsift.pipeline.config import (
+    RecipeError,
+    build_config,
+    parse_override,
+    parse_value,
+    read_recipe,
+    to_toml,
+)
+from vidsift.pipeline.registry import STAGES, Resources
 
-from pipeline.registry import STAGES, Resources
-
-
-class RecipeError(ValueError):
-    """A recipe that cannot run, with a message meant for the user."""
+__all__ = ["Recipe", "RecipeError", "RunConfig", "StageEntry", "build_recipe", "load_recipe", "parse_value"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,7 +82,7 @@ class Recipe:
         return {"run": dataclasses.asdict(self.run), "stage": stages}
 
     def to_toml(self) -> str:
-        return tomli_w.dumps(self.to_dict())
+        return to_toml(self.to_dict())
 
     def row_settings(self) -> dict:
         """The recipe without what only decides how it executes (resources, spool folder, ...):
@@ -88,44 +91,26 @@ class Recipe:
         return {"run": run, "stage": [{"name": s.name, **dataclasses.asdict(s.config)} for s in self.stages]}
 
 
-def parse_value(text: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def _build(cls: type, values: dict, where: str) -> Any:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise RecipeError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    try:
-        return cls(**values)
-    except (TypeError, ValueError) as e:
-        raise RecipeError(f"{where}: {e}") from None
-
-
 def build_recipe(data: dict, overrides: list[str] = ()) -> Recipe:
     data = {"run": dict(data.get("run", {})), "stage": [dict(s) for s in data.get("stage", [])]}
     extra = sorted(set(data) - {"run", "stage"})
     for key in overrides:
         if "=" not in key or "." not in key.split("=", 1)[0]:
             raise RecipeError(f"--set expects stage.key=value, got {key!r}")
-        lhs, value = key.split("=", 1)
-        section, field = lhs.split(".", 1)
+        path, value = parse_override(key)
+        section, field = path[0], ".".join(path[1:])
         if section == "run":
-            data["run"][field] = parse_value(value)
+            data["run"][field] = value
             continue
         matches = [s for s in data["stage"] if s.get("name") == section]
         if not matches:
-            raise RecipeError(f"--set {lhs}: the recipe has no stage {section!r}")
-        matches[0][field] = parse_value(value)
+            raise RecipeError(f"--set {section}.{field}: the recipe has no stage {section!r}")
+        matches[0][field] = value
     if extra:
         raise RecipeError(
             f"recipe: unknown top-level key(s) {', '.join(extra)}; expected [run] and [[stage]]"
         )
-    run = _build(RunConfig, data["run"], "[run]")
+    run = build_config(RunConfig, data["run"], "[run]")
     entries = []
     for i, raw in enumerate(data["stage"]):
         name = raw.pop("name", None)
@@ -133,8 +118,10 @@ def build_recipe(data: dict, overrides: list[str] = ()) -> Recipe:
             raise RecipeError(f"[[stage]] #{i + 1}: unknown stage {name!r}; known: {', '.join(STAGES)}")
         spec = STAGES[name]
         res = raw.pop("resources", None)
-        resources = _build(Resources, res, f"stage {name}.resources") if res is not None else spec.resources
-        entries.append(StageEntry(name, _build(spec.config, raw, f"stage {name}"), resources))
+        resources = (
+            build_config(Resources, res, f"stage {name}.resources") if res is not None else spec.resources
+        )
+        entries.append(StageEntry(name, build_config(spec.config, raw, f"stage {name}"), resources))
     names = [e.name for e in entries]
     if len(set(names)) != len(names):
         raise RecipeError(f"recipe lists a stage twice: {names}")
@@ -159,11 +146,6 @@ def build_recipe(data: dict, overrides: list[str] = ()) -> Recipe:
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
-    p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text())
-    except FileNotFoundError:
-        raise RecipeError(f"recipe not found: {p}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise RecipeError(f"recipe {p} is not valid TOML: {e}") from None
+    """A curation recipe from a TOML file, or a shipped one by name (``quickstart``, ``default``)."""
+    data, _ = read_recipe(path, "curate")
     return build_recipe(data, overrides)

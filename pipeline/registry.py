@@ -19,26 +19,26 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pipeline.stages.analyze import AnalyzeConfig
-from pipeline.stages.caption_expand import CaptionExpand, CaptionExpandConfig
-from pipeline.stages.caption_qa import CaptionQa, CaptionQaConfig
-from pipeline.stages.caption_vlm import CaptionVlm, CaptionVlmConfig
-from pipeline.stages.dedup import DedupConfig, hash_clips
-from pipeline.stages.probe import ProbeConfig
-from pipeline.stages.score_aesthetic import ScoreAesthetic, ScoreAestheticConfig
-from pipeline.stages.score_bars import ScoreBarsConfig, score_bars
-from pipeline.stages.score_blockiness import ScoreBlockinessConfig, score_blockiness
-from pipeline.stages.score_bounds import ScoreBoundsConfig, score_bounds
-from pipeline.stages.score_brightness import ScoreBrightnessConfig, score_brightness
-from pipeline.stages.score_clip_text import ScoreClipText, ScoreClipTextConfig
-from pipeline.stages.score_motion import ScoreMotionConfig, score_motion
-from pipeline.stages.score_ocr import ScoreOcr, ScoreOcrConfig
-from pipeline.stages.score_sharpness import ScoreSharpnessConfig, score_sharpness
-from pipeline.stages.score_text import ScoreTextConfig, score_text
-from pipeline.stages.split_scenes import SplitScenesConfig
-from pipeline.stages.text_embed import TextEmbed, TextEmbedConfig
-from pipeline.stages.transcode import TranscodeConfig
-from pipeline.stages.write_shards import WriteShardsConfig
+from vidsift.pipeline.stages.analyze import AnalyzeConfig
+from vidsift.pipeline.stages.caption_expand import CaptionExpand, CaptionExpandConfig
+from vidsift.pipeline.stages.caption_qa import CaptionQa, CaptionQaConfig
+from vidsift.pipeline.stages.caption_vlm import CaptionVlm, CaptionVlmConfig
+from vidsift.pipeline.stages.dedup import DedupConfig, hash_clips
+from vidsift.pipeline.stages.probe import ProbeConfig
+from vidsift.pipeline.stages.score_aesthetic import ScoreAesthetic, ScoreAestheticConfig
+from vidsift.pipeline.stages.score_bars import ScoreBarsConfig, score_bars
+from vidsift.pipeline.stages.score_blockiness import ScoreBlockinessConfig, score_blockiness
+from vidsift.pipeline.stages.score_bounds import ScoreBoundsConfig, score_bounds
+from vidsift.pipeline.stages.score_brightness import ScoreBrightnessConfig, score_brightness
+from vidsift.pipeline.stages.score_clip_text import ScoreClipText, ScoreClipTextConfig
+from vidsift.pipeline.stages.score_motion import ScoreMotionConfig, score_motion
+from vidsift.pipeline.stages.score_ocr import ScoreOcr, ScoreOcrConfig
+from vidsift.pipeline.stages.score_sharpness import ScoreSharpnessConfig, score_sharpness
+from vidsift.pipeline.stages.score_text import ScoreTextConfig, score_text
+from vidsift.pipeline.stages.split_scenes import SplitScenesConfig
+from vidsift.pipeline.stages.text_embed import TextEmbed, TextEmbedConfig
+from vidsift.pipeline.stages.transcode import TranscodeConfig
+from vidsift.pipeline.stages.write_shards import WriteShardsConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -196,3 +196,49 @@ STAGES: dict[str, StageSpec] = {
         WriteShardsConfig, "sink", True, Resources(num_cpus=0), "Parquet shards + markers"
     ),
 }
+
+
+def _key_comments(cls: type) -> dict[str, str]:
+    """The ``# comment`` after each field of a config class: the documentation of its recipe key."""
+    import inspect
+    import re
+
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    found = re.findall(r"^\s+(\w+)\s*:[^=\n]*=[^\n#]*#\s*(.*)$", source, flags=re.M)
+    return {name: doc.strip() for name, doc in found}
+
+
+def describe_stages() -> list[dict]:
+    """Every stage with its kind, keys (name, default, comment) and default resources; what
+    ``vidsift stages`` prints, generated from this registry."""
+    import dataclasses
+
+    out = []
+    for name, spec in STAGES.items():
+        docs = _key_comments(spec.config)
+        keys = []
+        for f in dataclasses.fields(spec.config):
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                default = None
+            if isinstance(default, tuple):
+                default = list(default)
+            keys.append({"name": f.name, "default": default, "doc": docs.get(f.name, "")})
+        out.append(
+            {
+                "name": name,
+                "kind": spec.kind,
+                "required": spec.required,
+                "needs": list(spec.needs),
+                "doc": spec.doc,
+                "resources": dataclasses.asdict(spec.resources),
+                "keys": keys,
+            }
+        )
+    return out

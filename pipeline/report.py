@@ -31,8 +31,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline import storage
-from pipeline.stats import (
+from vidsift.pipeline import storage
+from vidsift.pipeline.stats import (
     SCORE_SHIFT_HEADER,
     RunDb,
     RunError,

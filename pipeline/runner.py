@@ -31,10 +31,10 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline import storage
-from pipeline.recipe import Recipe, RecipeError
-from pipeline.schema import CLIP_SCHEMA, REJECTED_SCHEMA, SCHEMA_VERSION, VIDEO_SCHEMA
-from pipeline.stages.write_shards import (
+from vidsift.pipeline import storage
+from vidsift.pipeline.recipe import Recipe, RecipeError
+from vidsift.pipeline.schema import CLIP_SCHEMA, REJECTED_SCHEMA, SCHEMA_VERSION, VIDEO_SCHEMA
+from vidsift.pipeline.stages.write_shards import (
     done_groups,
     remove_partial_files,
     write_group,
@@ -79,7 +79,7 @@ def find_duplicates(sizes: dict[str, int], hash_full_file: bool) -> dict[str, st
     Only files whose sizes collide are hashed, so this costs nothing on typical inputs; the
     decision depends on the input list alone, so a resumed run makes the same one.
     """
-    from pipeline.stages.probe import content_hash
+    from vidsift.pipeline.stages.probe import content_hash
 
     by_size: dict[int, list[str]] = defaultdict(list)
     for uri in sorted(sizes):
@@ -117,8 +117,8 @@ def fingerprint(inputs: list[str], recipe: Recipe) -> str:
 
 def video_task(batch: pa.Table, recipe_dict: dict) -> pa.Table:
     """Ray Data UDF: one input row (source_uri, group) -> work rows for that video."""
-    from pipeline.process import process_video
-    from pipeline.recipe import build_recipe
+    from vidsift.pipeline.process import process_video
+    from vidsift.pipeline.recipe import build_recipe
 
     recipe = build_recipe(recipe_dict)
     placement = json.dumps({"video": _node_id()})
@@ -142,7 +142,7 @@ class ClipStageTask:
     """Ray Data actor for one clip stage: loads the stage (its model) once, then maps batches."""
 
     def __init__(self, name: str, config: dict) -> None:
-        from pipeline.registry import STAGES
+        from vidsift.pipeline.registry import STAGES
 
         spec = STAGES[name]
         self.name = name
@@ -150,7 +150,7 @@ class ClipStageTask:
         self.node = _node_id()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from pipeline.process import apply_clip_stage
+        from vidsift.pipeline.process import apply_clip_stage
 
         rows = batch.to_pylist()
         # the rows this stage works on (apply_clip_stage's choice): accepted clips
@@ -201,7 +201,7 @@ def publish_group(out: str, group: str, files: list[str], parts: list[str], conf
     """Ray task: read a finished group's part files (only those the driver has receipts for: a part a
     retried task wrote twice is read once), write the group's three tables and its ``_done`` marker, then
     delete the parts. Returns the group's accepted clips."""
-    from pipeline.stages.write_shards import WriteShardsConfig
+    from vidsift.pipeline.stages.write_shards import WriteShardsConfig
 
     if storage.exists(storage.join(out, "_done", group)):  # a retry of this task after it had finished
         return len(storage.read_table(storage.join(out, "clips", f"{group}.parquet"), ["clip_id"]))
@@ -247,7 +247,7 @@ class GroupBuffer:
 
     def accounted_videos(self) -> list[dict]:
         """Video rows with their final accepted-clip counts (clip stages may have rejected some)."""
-        from pipeline.process import account_group
+        from vidsift.pipeline.process import account_group
 
         return account_group(self.videos, self.clips, self.rejected)
 
@@ -367,8 +367,8 @@ def run_curate(
         worker_env = aws_env if storage.is_remote(input_path) else {}
         placement = _run_groups(recipe, pending, duplicates, out, address, console, worker_env)
     if any(s.name == "dedup" for s in recipe.stages):
-        from pipeline.select import apply_dedup
-        from pipeline.stages.dedup import find_duplicates as find_near_duplicates
+        from vidsift.pipeline.select import apply_dedup
+        from vidsift.pipeline.stages.dedup import find_duplicates as find_near_duplicates
 
         cfg = recipe.stage("dedup")
         moved = apply_dedup(out, lambda rows: find_near_duplicates(rows, cfg), recipe.stage("write_shards"))
@@ -408,7 +408,7 @@ def _curate_in_cluster(
     recipe_dict: dict, input_path: str, output: str, limit: int | None, quiet: bool
 ) -> str:
     """The driver of a ``ray://`` run, inside the cluster; returns a user error's message, or ""."""
-    from pipeline.recipe import build_recipe
+    from vidsift.pipeline.recipe import build_recipe
 
     try:
         run_curate(build_recipe(recipe_dict), input_path, output, limit=limit, address=None, quiet=quiet)

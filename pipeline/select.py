@@ -20,11 +20,11 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline import storage
-from pipeline.process import account_group
-from pipeline.schema import CLIP_SCHEMA, REJECTED_SCHEMA
-from pipeline.stages.write_shards import WriteShardsConfig, done_groups, write_group, write_manifest
-from pipeline.storage import Location
+from vidsift.pipeline import storage
+from vidsift.pipeline.process import account_group
+from vidsift.pipeline.schema import CLIP_SCHEMA, REJECTED_SCHEMA
+from vidsift.pipeline.stages.write_shards import WriteShardsConfig, done_groups, write_group, write_manifest
+from vidsift.pipeline.storage import Location
 
 _COMPARE = {
     ast.Lt: operator.lt,

@@ -5,10 +5,10 @@ Binary columns are shown by their size, so the output stays readable and JSON-sa
 
 from __future__ import annotations
 
-from pipeline.process import account_video, apply_clip_stage, process_video, scan_video
-from pipeline.recipe import Recipe, RecipeError
-from pipeline.registry import STAGES
-from pipeline.stages.probe import probe_video
+from vidsift.pipeline.process import account_video, apply_clip_stage, process_video, scan_video
+from vidsift.pipeline.recipe import Recipe, RecipeError
+from vidsift.pipeline.registry import STAGES
+from vidsift.pipeline.stages.probe import probe_video
 
 
 def _printable(row: dict) -> dict:

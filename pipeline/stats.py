@@ -27,8 +27,8 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from pipeline import storage
-from pipeline.schema import CLIP_COLUMNS, SCHEMA_VERSION
+from vidsift.pipeline import storage
+from vidsift.pipeline.schema import CLIP_COLUMNS, SCHEMA_VERSION
 
 TABLES = ("videos", "clips", "rejected")
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)

@@ -47,7 +47,7 @@ def _fail(message: str) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from pipeline.stats import RunError, compare_stats, compute_stats
+    from vidsift.pipeline.stats import RunError, compare_stats, compute_stats
 
     if args.gallery < 0:
         return _fail("--gallery must be >= 0")
@@ -55,7 +55,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         stats = compute_stats(args.output)
         comparison = compare_stats(stats, compute_stats(args.compare)) if args.compare else None
         if args.html:
-            from pipeline.report import write_report
+            from vidsift.pipeline.report import write_report
 
             write_report(args.output, stats, args.html, comparison=comparison, gallery_size=args.gallery)
     except RunError as e:
@@ -243,7 +243,7 @@ def _print_media(console, media: dict) -> None:
 
 
 def print_comparison(console, c: dict) -> None:
-    from pipeline.stats import SCORE_SHIFT_HEADER, score_shift_rows
+    from vidsift.pipeline.stats import SCORE_SHIFT_HEADER, score_shift_rows
 
     console.print(f"[bold]compare[/bold] A = {_esc(c['a'])}  B = {_esc(c['b'])}")
     console.print(

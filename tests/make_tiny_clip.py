@@ -39,8 +39,8 @@ def build(out: Path, arch: str | None = None, seed: int = 0) -> dict[str, str]:
     import open_clip
     import torch
 
-    from pipeline.clip_models import RANDOM_WEIGHTS_MARKER
-    from pipeline.stages.score_aesthetic import build_aesthetic_head
+    from vidsift.pipeline.clip_models import RANDOM_WEIGHTS_MARKER
+    from vidsift.pipeline.stages.score_aesthetic import build_aesthetic_head
 
     out.mkdir(parents=True, exist_ok=True)
     if arch is None:

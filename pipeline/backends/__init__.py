@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from pipeline.backends.base import BackendConfig, ChatBackend, ChatRequest, ChatResult
+from vidsift.pipeline.backends.base import BackendConfig, ChatBackend, ChatRequest, ChatResult
 
 
 def load_backend(config: BackendConfig, vision: bool) -> ChatBackend:
     """The backend a stage's config names, with its model loaded (``vision``: a VLM with frames)."""
     if config.backend == "transformers":
-        from pipeline.backends.transformers_backend import TransformersBackend
+        from vidsift.pipeline.backends.transformers_backend import TransformersBackend
 
         return TransformersBackend(config, vision)
     if config.backend == "vllm":
-        from pipeline.backends.vllm_backend import VllmBackend
+        from vidsift.pipeline.backends.vllm_backend import VllmBackend
 
         return VllmBackend(config, vision)
-    from pipeline.backends.openai_backend import OpenAIBackend
+    from vidsift.pipeline.backends.openai_backend import OpenAIBackend
 
     return OpenAIBackend(config, vision)
 

@@ -19,7 +19,13 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-from pipeline.backends.base import BackendConfig, ChatRequest, ChatResult, is_random_weights, json_schema
+from vidsift.pipeline.backends.base import (
+    BackendConfig,
+    ChatRequest,
+    ChatResult,
+    is_random_weights,
+    json_schema,
+)
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 
-from pipeline.backends.base import (
+from vidsift.pipeline.backends.base import (
     BackendConfig,
     ChatRequest,
     ChatResult,

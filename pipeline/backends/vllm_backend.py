@@ -8,8 +8,14 @@ structure is valid by construction.
 
 from __future__ import annotations
 
-from pipeline.backends.base import BackendConfig, ChatRequest, ChatResult, is_random_weights, json_schema
-from pipeline.backends.openai_backend import jpeg_data_url
+from vidsift.pipeline.backends.base import (
+    BackendConfig,
+    ChatRequest,
+    ChatResult,
+    is_random_weights,
+    json_schema,
+)
+from vidsift.pipeline.backends.openai_backend import jpeg_data_url
 
 MAX_IMAGES_PER_PROMPT = 32
 

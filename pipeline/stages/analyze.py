@@ -21,9 +21,9 @@ import av
 import cv2
 import numpy as np
 
-from pipeline import measures
-from pipeline.media import DecodeLog, decode_frames, even
-from pipeline.stages.split_scenes import SceneSignals, SplitScenesConfig
+from vidsift.pipeline import measures
+from vidsift.pipeline.media import DecodeLog, decode_frames, even
+from vidsift.pipeline.stages.split_scenes import SceneSignals, SplitScenesConfig
 
 BLACK_LUMA = 16.0
 

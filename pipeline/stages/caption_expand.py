@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from pipeline.backends.base import BackendConfig
+from vidsift.pipeline.backends.base import BackendConfig
 
 SYSTEM = (
     "You rewrite video descriptions into captions for training a text-to-video model. You never add "
@@ -60,14 +60,14 @@ class CaptionExpandConfig(BackendConfig):
 
 class CaptionExpand:
     def __init__(self, config: CaptionExpandConfig) -> None:
-        from pipeline.backends import load_backend
+        from vidsift.pipeline.backends import load_backend
 
         self.config = config
         self.backend = load_backend(config, vision=False)
 
     def __call__(self, rows: list[dict]) -> list[dict]:
-        from pipeline.backends.base import ChatRequest
-        from pipeline.stages.caption_qa import FIELDS, strip_boilerplate
+        from vidsift.pipeline.backends.base import ChatRequest
+        from vidsift.pipeline.stages.caption_qa import FIELDS, strip_boilerplate
 
         c = self.config
         requests = []

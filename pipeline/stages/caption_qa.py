@@ -190,7 +190,7 @@ class SentenceEncoder:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
-        from model.text import resolve_text_model, text_model_name
+        from vidsift.model.text import resolve_text_model, text_model_name
 
         path = resolve_text_model(name)
         self.name = text_model_name(name)

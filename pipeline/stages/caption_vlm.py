@@ -16,7 +16,7 @@ import io
 from dataclasses import dataclass
 from typing import ClassVar
 
-from pipeline.backends.base import BackendConfig
+from vidsift.pipeline.backends.base import BackendConfig
 
 FIELDS = ("subject", "action", "scene", "camera", "style", "lighting")
 
@@ -86,13 +86,13 @@ def sample_frames(mp4: bytes, count: int, max_side: int) -> list:
 
 class CaptionVlm:
     def __init__(self, config: CaptionVlmConfig) -> None:
-        from pipeline.backends import load_backend
+        from vidsift.pipeline.backends import load_backend
 
         self.config = config
         self.backend = load_backend(config, vision=True)
 
     def __call__(self, rows: list[dict]) -> list[dict]:
-        from pipeline.backends.base import ChatRequest, parse_json_fields
+        from vidsift.pipeline.backends.base import ChatRequest, parse_json_fields
 
         c = self.config
         out = [dict(r) for r in rows]

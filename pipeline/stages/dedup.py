@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.measures import HASH_SCALES
-from pipeline.rows import sample_indices
+from vidsift.pipeline.measures import HASH_SCALES
+from vidsift.pipeline.rows import sample_indices
 
 FLAT_PROFILE_STD = 2.0  # row means varying less than this: a flat frame, its hash is noise
 CURVE_POINTS = 32  # points per over-time signature (duration-free: speed changes still match)

@@ -17,7 +17,7 @@ from fractions import Fraction
 
 import av
 
-from pipeline import storage
+from vidsift.pipeline import storage
 
 HASH_CHUNK = 1 << 20
 

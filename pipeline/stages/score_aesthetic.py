@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from pipeline.clip_models import ClipModelConfig
-from pipeline.rows import reject
+from vidsift.pipeline.clip_models import ClipModelConfig
+from vidsift.pipeline.rows import reject
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,7 +90,7 @@ def load_aesthetic_head(path: str, embed_dim: int, device):
 
 class ScoreAesthetic:
     def __init__(self, config: ScoreAestheticConfig) -> None:
-        from pipeline.clip_models import is_random_weights, load_clip
+        from vidsift.pipeline.clip_models import is_random_weights, load_clip
 
         self.config = config
         self.clip = load_clip(config)

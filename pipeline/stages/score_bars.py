@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.media import even
-from pipeline.rows import reject, sample_indices
+from vidsift.pipeline.media import even
+from vidsift.pipeline.rows import reject, sample_indices
 
 
 @dataclass(frozen=True, kw_only=True)

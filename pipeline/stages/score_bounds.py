@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.rows import reject
+from vidsift.pipeline.rows import reject
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.rows import reject
-from pipeline.stages.analyze import BLACK_LUMA
+from vidsift.pipeline.rows import reject
+from vidsift.pipeline.stages.analyze import BLACK_LUMA
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from pipeline.clip_models import ClipModelConfig
-from pipeline.rows import reject
+from vidsift.pipeline.clip_models import ClipModelConfig
+from vidsift.pipeline.rows import reject
 
 TEXT_COLUMNS = ("caption", "caption_vlm", "caption_short")  # the caption texts a recipe may score
 
@@ -46,7 +46,7 @@ class ScoreClipTextConfig(ClipModelConfig):
 
 class ScoreClipText:
     def __init__(self, config: ScoreClipTextConfig) -> None:
-        from pipeline.clip_models import load_clip
+        from vidsift.pipeline.clip_models import load_clip
 
         self.config = config
         self.clip = load_clip(config)

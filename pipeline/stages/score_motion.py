@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.rows import reject
+from vidsift.pipeline.rows import reject
 
 FROZEN_DIFF = 0.1  # mean absolute luma difference (0..255) below which a frame repeats the last
 SLIDE_CHANGE = 8.0  # a frame-to-frame luma change this large inside a static clip is a slide change

@@ -30,7 +30,7 @@ from typing import ClassVar
 import cv2
 import numpy as np
 
-from pipeline.rows import reject
+from vidsift.pipeline.rows import reject
 
 WEIGHTS_PACKAGE = "rapidocr_onnxruntime"  # PyPI rapidocr-onnxruntime: PP-OCRv4 ONNX weights in models/
 DET_WEIGHTS = "models/ch_PP-OCRv4_det_infer.onnx"

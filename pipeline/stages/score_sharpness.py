@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.rows import reject, sample_mean
+from vidsift.pipeline.rows import reject, sample_mean
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.rows import reject, sample_mean
+from vidsift.pipeline.rows import reject, sample_mean
 
 
 @dataclass(frozen=True, kw_only=True)

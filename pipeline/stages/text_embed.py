@@ -27,7 +27,7 @@ class TextEmbedConfig:
 
 class TextEmbed:
     def __init__(self, config: TextEmbedConfig) -> None:
-        from model.text import TextEncoder
+        from vidsift.model.text import TextEncoder
 
         self.encoder = TextEncoder(config.model, max_tokens=config.max_tokens, device=config.device)
 

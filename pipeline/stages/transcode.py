@@ -24,8 +24,8 @@ import av
 import cv2
 import numpy as np
 
-from pipeline.media import DecodeLog, decode_frames, even
-from pipeline.stages.probe import as_fraction
+from vidsift.pipeline.media import DecodeLog, decode_frames, even
+from vidsift.pipeline.stages.probe import as_fraction
 
 
 @dataclass(frozen=True, kw_only=True)

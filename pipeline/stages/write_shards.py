@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from pipeline import storage
-from pipeline.schema import CLIP_SCHEMA, REJECTED_SCHEMA, VIDEO_SCHEMA, table_from_rows
-from pipeline.storage import Location
+from vidsift.pipeline import storage
+from vidsift.pipeline.schema import CLIP_SCHEMA, REJECTED_SCHEMA, VIDEO_SCHEMA, table_from_rows
+from vidsift.pipeline.storage import Location
 
 # Written in this order: when a finished group is rewritten (dedup, select) and the writer dies
 # between two files, a moved row is in both tables rather than in neither; the rewrite that

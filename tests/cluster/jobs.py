@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline import storage
 from tests.cluster.local_cluster import LocalCluster
 from tests.conftest import vidsift_exe
+from vidsift.pipeline import storage
 
 RAY = str(Path(sys.executable).parent / "ray")
 

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from pipeline.recipe import RecipeError
-from pipeline.runner import check_fits
 from tests.cluster.jobs import clip_ids, manifest, read_rows, submit_curate
 from tests.conftest import vidsift_exe
+from vidsift.pipeline.recipe import RecipeError
+from vidsift.pipeline.runner import check_fits
 
 pytestmark = pytest.mark.slow
 

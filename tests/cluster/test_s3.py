@@ -8,10 +8,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
 
-from pipeline import storage
-from pipeline.select import apply_dedup
-from pipeline.stages.write_shards import WriteShardsConfig
 from tests.cluster.jobs import clip_ids, manifest, read_rows, submit_curate
+from vidsift.pipeline import storage
+from vidsift.pipeline.select import apply_dedup
+from vidsift.pipeline.stages.write_shards import WriteShardsConfig
 
 pytestmark = pytest.mark.slow
 
@@ -151,10 +151,10 @@ def test_train_and_encode_on_shards_in_a_bucket(s3, tmp_path):
     training on a local copy; ``vidsift encode s3://...`` fills the cached columns in place on the bucket."""
     import torch
 
-    from model.synthetic import write_synthetic_shards
-    from model.train import load_recipe, train
     from tests.conftest import run_cli
     from tests.model.test_train import FAST, TINY, weights
+    from vidsift.model.synthetic import write_synthetic_shards
+    from vidsift.model.train import load_recipe, train
 
     local = tmp_path / "local"
     write_synthetic_shards(str(local), 12, files=2, rows_per_group=4, frames=20, size=48)

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from model.synthetic import write_synthetic_shards
+from vidsift.model.synthetic import write_synthetic_shards
 
 # Keep torch to the two cores of CI machines and make CPU results reproducible run to run.
 os.environ.setdefault("OMP_NUM_THREADS", "2")

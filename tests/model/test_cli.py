@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from model.cli import main
+from vidsift.model.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(ROOT, "recipes", "train", "tiny.toml")
@@ -97,7 +97,7 @@ def test_bad_inputs_exit_2_with_one_line(shards, run_dir, tmp_path, capsys):
 
 
 def test_unreadable_clip_bytes_exit_2(tmp_path, capsys):
-    from model.synthetic import write_synthetic_shards
+    from vidsift.model.synthetic import write_synthetic_shards
 
     write_synthetic_shards(str(tmp_path), 8, frames=8, size=16)
     path = tmp_path / "clips" / "part-0.parquet"
@@ -206,7 +206,7 @@ def test_train_vae_then_encode_with_ray_then_train_on_cached_latents(shards, tmp
 
 def test_register_adds_subcommands_without_importing_torch():
     code = (
-        "import argparse, sys; from model.cli import register; p = argparse.ArgumentParser(); "
+        "import argparse, sys; from vidsift.model.cli import register; p = argparse.ArgumentParser(); "
         "register(p.add_subparsers()); "
         "a = p.parse_args(['train', 'r.toml', '--data', 'd', '--set', 'lr=1']); "
         "print(a.set, a.func is not None, 'torch' in sys.modules)"

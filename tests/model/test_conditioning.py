@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from model.cli import main
-from model.data import pack
-from model.dit import DiT, config_from_preset, config_to_dict
-from model.flow import FlowConfig, cond_frames_mask, packed_cond, packed_flow_loss, sample_euler
-from model.mp4 import encode_mp4
-from model.sample import generate, load_clip, load_image
-from model.train import save_weights
+from vidsift.model.cli import main
+from vidsift.model.data import pack
+from vidsift.model.dit import DiT, config_from_preset, config_to_dict
+from vidsift.model.flow import FlowConfig, cond_frames_mask, packed_cond, packed_flow_loss, sample_euler
+from vidsift.model.mp4 import encode_mp4
+from vidsift.model.sample import generate, load_clip, load_image
+from vidsift.model.train import save_weights
 
 BAD = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "videos", "bad")
 

@@ -7,9 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from model.data import ClipSource, ClipStream, DataError, ShardIndex, decode_clip, load_samples
-from model.mp4 import encode_mp4
-from model.synthetic import write_synthetic_shards
+from vidsift.model.data import ClipSource, ClipStream, DataError, ShardIndex, decode_clip, load_samples
+from vidsift.model.mp4 import encode_mp4
+from vidsift.model.synthetic import write_synthetic_shards
 
 SOURCE = ClipSource(frames=5, height=16, width=16, stride=2)
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from model.dit import DiT, DiTConfig, apply_rope, config_from_preset, rope_3d
+from vidsift.model.dit import DiT, DiTConfig, apply_rope, config_from_preset, rope_3d
 
 
 def tiny(**kw) -> DiT:

@@ -9,19 +9,19 @@ import pytest
 import torch
 from PIL import Image
 
-from model.cli import main
-from model.edit import edit_clip, edit_latent, read_clip
-from model.flow import FlowConfig
-from model.mp4 import encode_mp4
-from model.sample import generate
-from model.synthetic import moving_shape
+from vidsift.model.cli import main
+from vidsift.model.edit import edit_clip, edit_latent, read_clip
+from vidsift.model.flow import FlowConfig
+from vidsift.model.mp4 import encode_mp4
+from vidsift.model.sample import generate
+from vidsift.model.synthetic import moving_shape
 
 
 def save_dit(path: str, in_channels: int, patch: list[int], vae: str = "") -> str:
     """A random-weight DiT checkpoint whose zero-initialised layers get random weights too, so velocities
     are not zero and the sampler's arithmetic is exercised."""
-    from model.dit import DiT, DiTConfig, config_to_dict
-    from model.train import save_weights
+    from vidsift.model.dit import DiT, DiTConfig, config_to_dict
+    from vidsift.model.train import save_weights
 
     torch.manual_seed(0)
     model = DiT(DiTConfig(in_channels=in_channels, patch=patch, dim=32, depth=2, heads=2))
@@ -53,7 +53,7 @@ def pixel_ckpt(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def latent_ckpt(tmp_path_factory) -> str:
-    from model.vae import PRESETS, VAEConfig, VideoVAE, save_vae
+    from vidsift.model.vae import PRESETS, VAEConfig, VideoVAE, save_vae
 
     d = tmp_path_factory.mktemp("lat")
     torch.manual_seed(1)
@@ -78,7 +78,7 @@ def probe(path: str) -> tuple[int, int, int, Fraction]:
 
 
 def test_strength_0_returns_the_input_latent(pixel_ckpt, latent_ckpt, tmp_path):
-    from model.vae import load_vae
+    from vidsift.model.vae import load_vae
 
     x0 = torch.randn(1, 3, 2, 8, 8)
     text, mask = torch.randn(1, 4, 384), torch.ones(1, 4, dtype=torch.bool)

@@ -1,7 +1,7 @@
 import torch
 
-from model.dit import DiT, config_from_preset
-from model.flow import (
+from vidsift.model.dit import DiT, config_from_preset
+from vidsift.model.flow import (
     FlowConfig,
     flow_loss,
     sample_euler,

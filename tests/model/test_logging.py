@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from model.logging_utils import TrainProgress, format_duration
-from model.train import load_recipe, train
+from vidsift.model.logging_utils import TrainProgress, format_duration
+from vidsift.model.train import load_recipe, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(ROOT, "recipes", "train", "tiny.toml")

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from model.data import (
+from vidsift.model.data import (
     ClipSource,
     ClipStream,
     DataError,
@@ -18,9 +18,9 @@ from model.data import (
     first_fit_decreasing,
     pack,
 )
-from model.dit import DiT, config_from_preset, packed_attention_mask
-from model.flow import FlowConfig, packed_training_loss
-from model.train import load_recipe, train
+from vidsift.model.dit import DiT, config_from_preset, packed_attention_mask
+from vidsift.model.flow import FlowConfig, packed_training_loss
+from vidsift.model.train import load_recipe, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PATCH = (1, 2, 2)

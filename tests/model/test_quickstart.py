@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from model.train import load_recipe, train
+from vidsift.model.train import load_recipe, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

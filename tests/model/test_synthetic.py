@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from model.data import ClipSource, ClipStream, ShardIndex
-from model.synthetic import COLORS, DIRECTIONS, SHAPES, caption_of, judge, moving_shape
+from vidsift.model.data import ClipSource, ClipStream, ShardIndex
+from vidsift.model.synthetic import COLORS, DIRECTIONS, SHAPES, caption_of, judge, moving_shape
 
 
 def test_judge_reads_colour_and_direction_of_every_caption():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from model.train import RecipeError, TrainConfig, load_recipe, lr_at, train
+from vidsift.model.train import RecipeError, TrainConfig, load_recipe, lr_at, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(ROOT, "recipes", "train", "tiny.toml")
@@ -113,7 +113,7 @@ def test_smoke_run_validation_loss_falls_and_writes_a_run_folder(shards, tmp_pat
 
 
 def torchrun(shards: str, out, *sets: str, procs: int = 2) -> None:
-    """``torchrun -m model.train`` with 2 CPU processes (gloo), the FAST settings plus ``sets``."""
+    """``torchrun -m vidsift.model.train`` with 2 CPU processes (gloo), the FAST settings plus ``sets``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
     cmd = [
         sys.executable,
@@ -122,7 +122,7 @@ def torchrun(shards: str, out, *sets: str, procs: int = 2) -> None:
         f"--nproc-per-node={procs}",
         f"--master-port={free_port()}",
         "-m",
-        "model.train",
+        "vidsift.model.train",
         TINY,
         "--data",
         shards,
@@ -196,7 +196,7 @@ def test_fsdp_with_packing_and_accumulation_trains_and_samples(shards, tmp_path)
     assert any(v.abs().sum() > 0 for k, v in moved.items() if k.startswith("out."))
     state = torch.load(out / "state.pt", weights_only=False)
     assert len(state["readers"]) == 4 and state["optimizer_format"] == "names"
-    from model.sample import generate
+    from vidsift.model.sample import generate
 
     videos, _ = generate(str(out), ["a red square moving right"], 8, 16, 16, 2, 2.0, 0)
     assert videos.shape == (1, 3, 8, 16, 16) and torch.isfinite(videos).all()

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from model.vae import VAEConfig, VideoVAE, load_vae, psnr, save_vae, ssim, vae_loss
+from vidsift.model.vae import VAEConfig, VideoVAE, load_vae, psnr, save_vae, ssim, vae_loss
 
 
 def tiny() -> VideoVAE:
@@ -77,7 +77,7 @@ def test_psnr_and_ssim():
 def test_diffusers_adapter_on_a_tiny_random_wan_vae(tmp_path):
     """The adapter's loading code on a tiny randomly initialised AutoencoderKLWan saved to disk (no hub)."""
     diffusers = pytest.importorskip("diffusers")
-    from model.vae import DiffusersVAE
+    from vidsift.model.vae import DiffusersVAE
 
     torch.manual_seed(0)
     wan = diffusers.AutoencoderKLWan(
@@ -99,7 +99,7 @@ def test_diffusers_adapter_on_a_tiny_random_wan_vae(tmp_path):
 
 
 def test_baseline_compresses_at_the_vae_factors():
-    from model.train_vae import baseline_recon
+    from vidsift.model.train_vae import baseline_recon
 
     ramp = torch.arange(9.0).view(1, 1, 9, 1, 1).expand(1, 1, 9, 8, 8)
     # First frame alone, then groups of 4 frames, like the causal latent frames.
@@ -124,7 +124,7 @@ def test_untrained_vae_is_the_average_pool_compressor_and_old_checkpoints_are_re
     is exactly the block average upsampled (repeated in time, bilinear in space)."""
     from safetensors.torch import save_file
 
-    from model.train_vae import baseline_recon
+    from vidsift.model.train_vae import baseline_recon
 
     torch.manual_seed(0)
     vae = VideoVAE(VAEConfig(base=8, mults=(1, 2, 2, 2), z_channels=4)).eval()

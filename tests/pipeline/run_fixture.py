@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.schema import CLIP_SCHEMA, REJECTED_SCHEMA, VIDEO_SCHEMA, table_from_rows
-from pipeline.stages.write_shards import WriteShardsConfig, write_group
 from tests.conftest import REPO, run_cli
+from vidsift.pipeline.schema import CLIP_SCHEMA, REJECTED_SCHEMA, VIDEO_SCHEMA, table_from_rows
+from vidsift.pipeline.stages.write_shards import WriteShardsConfig, write_group
 
 SCRIPT_CAPTION = "<script>window.__pwned=1</script> a cat jumps"
 IMG_CAPTION = '"><img src=x onerror="window.__pwned=1"> a dog runs'

@@ -2,9 +2,15 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.stages.analyze import AnalyzeConfig, analyze_video, clip_statistics, detect_size, small_bgr
-from pipeline.stages.probe import probe_video
-from pipeline.stages.split_scenes import SplitScenesConfig
+from vidsift.pipeline.stages.analyze import (
+    AnalyzeConfig,
+    analyze_video,
+    clip_statistics,
+    detect_size,
+    small_bgr,
+)
+from vidsift.pipeline.stages.probe import probe_video
+from vidsift.pipeline.stages.split_scenes import SplitScenesConfig
 
 
 def _analyze(path, **kw):

@@ -10,10 +10,10 @@ import os
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.backends.base import ChatRequest, is_random_weights, parse_json_fields
-from pipeline.stages.caption_vlm import FIELDS, CaptionVlm, CaptionVlmConfig, sample_frames
 from tests.conftest import REPO, make_numbered_clip, read_numbers
 from tests.make_tiny_models import LM_DIR, VLM_DIR, build_all
+from vidsift.pipeline.backends.base import ChatRequest, is_random_weights, parse_json_fields
+from vidsift.pipeline.stages.caption_vlm import FIELDS, CaptionVlm, CaptionVlmConfig, sample_frames
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may come from a model hub
 

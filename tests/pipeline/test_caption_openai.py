@@ -16,11 +16,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from pipeline.backends.base import ChatRequest
-from pipeline.backends.openai_backend import OpenAIBackend
-from pipeline.stages.caption_expand import CaptionExpand, CaptionExpandConfig
-from pipeline.stages.caption_vlm import FIELDS, CaptionVlm, CaptionVlmConfig
 from tests.conftest import make_numbered_clip
+from vidsift.pipeline.backends.base import ChatRequest
+from vidsift.pipeline.backends.openai_backend import OpenAIBackend
+from vidsift.pipeline.stages.caption_expand import CaptionExpand, CaptionExpandConfig
+from vidsift.pipeline.stages.caption_vlm import FIELDS, CaptionVlm, CaptionVlmConfig
 
 DESCRIPTION = "A black and white bar code flickers on a grey background while the camera stays static."
 

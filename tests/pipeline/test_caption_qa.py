@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from pipeline.stages.caption_qa import (
+from vidsift.pipeline.stages.caption_qa import (
     CaptionQa,
     CaptionQaConfig,
     json_flags,

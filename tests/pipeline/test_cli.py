@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from pipeline.cli import main
 from tests.conftest import REPO, run_cli
+from vidsift.pipeline.cli import main
 
 
 def test_help_lists_every_command():
@@ -91,8 +91,8 @@ def test_ray_client_retries_a_client_server_that_did_not_start(monkeypatch, caps
 
     import ray
 
-    from pipeline import runner
-    from pipeline.recipe import RecipeError
+    from vidsift.pipeline import runner
+    from vidsift.pipeline.recipe import RecipeError
 
     calls = []
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.process import process_video
-from pipeline.recipe import load_recipe
-from pipeline.stages.dedup import DedupConfig, find_duplicates
 from tests.conftest import REPO, run_cli
+from vidsift.pipeline.process import process_video
+from vidsift.pipeline.recipe import load_recipe
+from vidsift.pipeline.stages.dedup import DedupConfig, find_duplicates
 
 RECIPE = REPO / "recipes/curate/default.toml"
 

@@ -18,15 +18,15 @@ import pyarrow as pa
 import pytest
 import torch
 
-from pipeline.process import apply_clip_stage
-from pipeline.stages.score_aesthetic import (
+from tests.conftest import run_cli
+from tests.make_tiny_clip import build
+from vidsift.pipeline.process import apply_clip_stage
+from vidsift.pipeline.stages.score_aesthetic import (
     ScoreAesthetic,
     ScoreAestheticConfig,
     build_aesthetic_head,
 )
-from pipeline.stages.score_clip_text import ScoreClipText, ScoreClipTextConfig
-from tests.conftest import run_cli
-from tests.make_tiny_clip import build
+from vidsift.pipeline.stages.score_clip_text import ScoreClipText, ScoreClipTextConfig
 
 
 def picture(kind: int, size: tuple[int, int] = (320, 256)) -> bytes:
@@ -279,7 +279,7 @@ def test_clip_text_config_from_toml_lists():
 
 def test_runner_actor_writes_the_shard_schema(tiny):
     """The Ray actor wrapper (without Ray): config through asdict, rows through the work schema."""
-    from pipeline.runner import WORK_SCHEMA, ClipStageTask
+    from vidsift.pipeline.runner import WORK_SCHEMA, ClipStageTask
 
     config = ScoreAestheticConfig(**tiny, min_score=0, device="cpu")
     task = ClipStageTask("score_aesthetic", dataclasses.asdict(config))

@@ -12,11 +12,11 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("rapidocr_onnxruntime")
 
-from pipeline.process import _clip_row, apply_clip_stage, scan_video  # noqa: E402
-from pipeline.recipe import RecipeError, build_recipe, load_recipe  # noqa: E402
-from pipeline.stages import score_ocr  # noqa: E402
-from pipeline.stages.score_ocr import ScoreOcr, ScoreOcrConfig, covered_share  # noqa: E402
 from tests.conftest import REPO, run_cli  # noqa: E402
+from vidsift.pipeline.process import _clip_row, apply_clip_stage, scan_video  # noqa: E402
+from vidsift.pipeline.recipe import RecipeError, build_recipe, load_recipe  # noqa: E402
+from vidsift.pipeline.stages import score_ocr  # noqa: E402
+from vidsift.pipeline.stages.score_ocr import ScoreOcr, ScoreOcrConfig, covered_share  # noqa: E402
 
 # catalog.json "content": video2 "large caption text", video1 "YOUKU watermark + vertical Chinese
 # subtitles"; the clean ones are a home video, a pool, and Big Buck Bunny without its title card

@@ -2,7 +2,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.stages.probe import ProbeConfig, clockwise_rotation, content_hash, display_size, probe_video
+from vidsift.pipeline.stages.probe import (
+    ProbeConfig,
+    clockwise_rotation,
+    content_hash,
+    display_size,
+    probe_video,
+)
 
 
 def test_probe_reads_a_normal_clip(videos, catalog):

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.recipe import RecipeError, build_recipe, load_recipe, parse_value
+from vidsift.pipeline.recipe import RecipeError, build_recipe, load_recipe, parse_value
 
 REPO = Path(__file__).resolve().parents[2]
 STAGES = [{"name": n} for n in ("probe", "analyze", "split_scenes", "transcode", "write_shards")]
@@ -30,7 +30,7 @@ def test_set_overrides_and_parses_values():
     ("stages", "overrides", "message"),
     [
         (STAGES + [{"name": "sharpen"}], [], "unknown stage 'sharpen'"),
-        ([{"name": "probe", "colour": 1}] + STAGES[1:], [], "stage probe: unknown key(s) colour"),
+        ([{"name": "probe", "colour": 1}] + STAGES[1:], [], "unknown key 'colour' in stage probe"),
         (STAGES[1:], [], "lacks required stage(s): probe"),
         ([STAGES[1], STAGES[0]] + STAGES[2:], [], "must run in the order"),
         (STAGES, ["transcode.crf=99"], "stage transcode: transcode.crf must be in 0..51"),
@@ -56,8 +56,8 @@ def test_missing_and_invalid_files(tmp_path):
 def test_every_stage_key_is_documented():
     import dataclasses
 
-    from pipeline.recipe import RunConfig
-    from pipeline.registry import STAGES, Resources
+    from vidsift.pipeline.recipe import RunConfig
+    from vidsift.pipeline.registry import STAGES, Resources
 
     doc = (REPO / "docs" / "recipes.md").read_text()
     for name, spec in STAGES.items():

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.report import PAGE_SIZE, script_json
 from tests.conftest import run_cli
 from tests.pipeline.run_fixture import (
     HOSTILE_REASON,
@@ -19,6 +18,7 @@ from tests.pipeline.run_fixture import (
     real_run,
     synthetic_run,
 )
+from vidsift.pipeline.report import PAGE_SIZE, script_json
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

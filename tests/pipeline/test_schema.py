@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.schema import CLIP_COLUMNS, CLIP_SCHEMA, REJECT_COLUMNS, VIDEO_COLUMNS, table_from_rows
+from vidsift.pipeline.schema import CLIP_COLUMNS, CLIP_SCHEMA, REJECT_COLUMNS, VIDEO_COLUMNS, table_from_rows
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "schema.md").read_text()
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.stages.split_scenes import (
+from vidsift.pipeline.stages.split_scenes import (
     Scene,
     SceneSignals,
     SplitScenesConfig,

@@ -10,8 +10,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import stats as stats_mod
-from pipeline.stats import RunError, aspect_name, compare_stats, compute_stats
 from tests.conftest import run_cli, vidsift_exe
 from tests.pipeline.run_fixture import (
     HOSTILE_REASON,
@@ -21,6 +19,8 @@ from tests.pipeline.run_fixture import (
     real_run,
     synthetic_run,
 )
+from vidsift.pipeline import stats as stats_mod
+from vidsift.pipeline.stats import RunError, aspect_name, compare_stats, compute_stats
 
 
 @pytest.fixture(scope="module")
@@ -277,7 +277,7 @@ def test_duckdb_file_handle_keeps_one_read_position_per_thread():
 
     import pyarrow as pa
 
-    from pipeline.storage import _PositionalFile
+    from vidsift.pipeline.storage import _PositionalFile
 
     data = bytes(range(256)) * 4096  # 1 MiB
     f = _PositionalFile(pa.BufferReader(data))

@@ -3,9 +3,9 @@ import io
 import av
 import pytest
 
-from pipeline.stages.probe import probe_video
-from pipeline.stages.transcode import ClipCut, TranscodeConfig, output_size, transcode_clips
 from tests.conftest import make_numbered_clip, read_numbers
+from vidsift.pipeline.stages.probe import probe_video
+from vidsift.pipeline.stages.transcode import ClipCut, TranscodeConfig, output_size, transcode_clips
 
 
 def _cut(clip_id, start, end, fps=25.0):

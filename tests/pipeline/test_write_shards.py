@@ -1,7 +1,12 @@
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.stages.write_shards import WriteShardsConfig, done_groups, remove_partial_files, write_group
+from vidsift.pipeline.stages.write_shards import (
+    WriteShardsConfig,
+    done_groups,
+    remove_partial_files,
+    write_group,
+)
 
 
 def _clip(uri, start, cid):
@@ -44,9 +49,9 @@ def test_workers_write_parts_and_a_group_is_published_from_the_parts_it_has_rece
 
     import pyarrow as pa
 
-    from pipeline.cli import _default_recipe
-    from pipeline.runner import PARTS, RECEIPT_COLUMNS, publish_group, video_task, write_parts
     from tests.conftest import make_numbered_clip
+    from vidsift.pipeline.cli import _default_recipe
+    from vidsift.pipeline.runner import PARTS, RECEIPT_COLUMNS, publish_group, video_task, write_parts
 
     src = make_numbered_clip(tmp_path / "v.mp4", frames=60, cut_every=20)
     recipe = _default_recipe(["split_scenes.min_scene_s=0.5"])
