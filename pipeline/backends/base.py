@@ -43,9 +43,11 @@ class BackendConfig:
     # openai
     base_url: str = ""  # e.g. http://localhost:8000/v1
     api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the key ("" or unset: none sent)
-    timeout_s: float = 120.0  # per HTTP request
+    timeout_s: float = 120.0  # overall deadline of one HTTP request: connect, send and the whole reply
     max_retries: int = 4  # retries on timeouts, connection errors, 429 and 5xx
-    backoff_s: float = 1.0  # first retry delay; doubles each retry (Retry-After wins when sent)
+    backoff_s: float = 1.0  # first retry delay; doubles each retry, jittered x0.5..1 (a Retry-After wins)
+    max_retry_after_s: float = 60.0  # a server's Retry-After is bounded to 0..this (seconds)
+    max_response_mb: float = 32.0  # a reply body larger than this is an error (the rest is not read)
     concurrency: int = 8  # requests in flight per actor
     response_format: str = "json_schema"  # how JSON answers are requested: json_schema | json_object | none
 
@@ -67,6 +69,10 @@ class BackendConfig:
             raise ValueError(f"{s}.dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
         if self.timeout_s <= 0 or self.max_retries < 0 or self.backoff_s < 0 or self.concurrency < 1:
             raise ValueError(f"{s}: need timeout_s > 0, max_retries >= 0, backoff_s >= 0, concurrency >= 1")
+        if not self.max_response_mb > 0:
+            raise ValueError(f"{s}.max_response_mb must be > 0, got {self.max_response_mb}")
+        if not 0 <= self.max_retry_after_s <= 60:
+            raise ValueError(f"{s}.max_retry_after_s must be in 0..60, got {self.max_retry_after_s}")
         if self.response_format not in ("json_schema", "json_object", "none"):
             raise ValueError(f"{s}.response_format must be json_schema, json_object or none")
         if not 0 < self.gpu_memory_utilization <= 1 or self.tensor_parallel_size < 1:
@@ -91,6 +97,7 @@ class ChatResult:
     finish_reason: str = "stop"  # stop | length | error
     error: str | None = None  # why the request failed, for reject_detail
     repaired_json: bool = False  # JSON came from constrained field-by-field decoding after a bad answer
+    transient: bool = False  # the error may go away on a later try (server down, timeouts, 429/5xx)
 
 
 class ChatBackend(Protocol):
