@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from vidsift.pipeline.stages.analyze import AnalyzeConfig
 from vidsift.pipeline.stages.caption_expand import CaptionExpand, CaptionExpandConfig
+from vidsift.pipeline.stages.caption_from_sidecar import CaptionFromSidecar, CaptionFromSidecarConfig
 from vidsift.pipeline.stages.caption_qa import CaptionQa, CaptionQaConfig
 from vidsift.pipeline.stages.caption_vlm import CaptionVlm, CaptionVlmConfig
 from vidsift.pipeline.stages.dedup import DedupConfig, hash_clips
@@ -175,6 +176,14 @@ STAGES: dict[str, StageSpec] = {
         "caption cleaning, QA flags, MiniLM faithfulness; fallback or reject",
         impl=CaptionQa,
         needs=("caption_vlm", "caption_expand"),
+    ),
+    "caption_from_sidecar": StageSpec(
+        CaptionFromSidecarConfig,
+        "clip",
+        False,
+        Resources(num_cpus=1),
+        "captions from a JSON/CSV sidecar of time ranges per source (existing or oracle captions)",
+        impl=CaptionFromSidecar,
     ),
     "score_clip_text": StageSpec(
         ScoreClipTextConfig,
