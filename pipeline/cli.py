@@ -136,6 +136,17 @@ def cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from vidsift.pipeline.export import ExportError, export_run
+
+    try:
+        result = export_run(args.run, args.format, args.output, args.where, args.shard_size, args.quiet)
+    except ExportError as e:
+        return _fail(str(e))
+    print(json.dumps(result.to_dict(), indent=1))
+    return 0
+
+
 def cmd_stages(args: argparse.Namespace) -> int:
     """Every stage of the registry with its kind, keys, defaults and resources."""
     from vidsift.pipeline.registry import describe_stages
@@ -214,6 +225,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--where", required=True, help='e.g. "motion_score > 0.3 and text_score < 0.1"')
     p.add_argument("--output", required=True, help="new run folder (must not exist or be empty)")
     p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser(
+        "export", help="write a run's accepted clips as WebDataset tars, a videofolder or a HF dataset"
+    )
+    p.add_argument("run", metavar="OUT", help="a finished vidsift curate output (local, NFS or s3://)")
+    p.add_argument("--format", required=True, choices=["webdataset", "videofolder", "hf"])
+    p.add_argument("--output", required=True, help="local folder to write (must not exist or be empty)")
+    p.add_argument("--where", help='only clips that pass, as in select: e.g. "aesthetic_score >= 4.5"')
+    p.add_argument(
+        "--shard-size", type=int, default=1000, help="clips per tar, per videos/ subfolder, per HF shard"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("stages", help="list every stage with its keys, defaults and resources")
     p.add_argument("--json", action="store_true", help="print one JSON list")
