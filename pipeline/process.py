@@ -3,13 +3,26 @@
 These stages run fused in one task per source video so decoded frames never leave the worker.
 The result is one video row plus one row per candidate clip (accepted, or rejected with
 ``reject_stage``/``reject_reason``/``reject_detail``): every input and every candidate is
-accounted for. Per-video failures (a file FFmpeg cannot read) become data; bugs raise.
+accounted for. Per-video failures (a file FFmpeg cannot read) become data.
+
+Failure classes of one video (docs/architecture.md, "Failure classes"):
+
+- a bad input: a rejection with its specific reason (probe, analyze, the budgets of ``ProbeConfig``,
+  ``decode_timeout`` when the analysis pass runs past its budget);
+- a transient failure (storage or network unreachable, a full spool disk: ``is_transient``): the
+  video is rejected as ``transient_failure`` and its group is left unfinished, so a rerun retries it;
+  after ``TRANSIENT_TRIES`` runs the group is finished with that rejection (``vidsift curate
+  --retry-failed`` runs such videos again);
+- anything else raised while processing one video (a bug our code has on some input): the video is
+  rejected as ``internal_error`` with the traceback in ``detail``, and the run goes on with the others.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import time
+import traceback
 from collections import Counter, defaultdict
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -20,7 +33,7 @@ from vidsift.pipeline import storage
 from vidsift.pipeline.recipe import Recipe
 from vidsift.pipeline.registry import STAGES
 from vidsift.pipeline.stages.analyze import Analysis, analyze_video, clip_statistics
-from vidsift.pipeline.stages.probe import probe_video
+from vidsift.pipeline.stages.probe import DecodeTimeout, decode_budget_s, probe_video
 from vidsift.pipeline.stages.split_scenes import (
     Scene,
     Transition,
@@ -28,6 +41,39 @@ from vidsift.pipeline.stages.split_scenes import (
     scenes_from_transitions,
 )
 from vidsift.pipeline.stages.transcode import ClipCut, transcode_clips
+
+TRANSIENT_TRIES = 3  # runs that may meet a transient failure in a group before it is finished anyway
+TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ESTALE, errno.ETIMEDOUT, errno.EAGAIN,
+                    errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, errno.EHOSTUNREACH,
+                    errno.ENETUNREACH, errno.ENETDOWN, errno.EPIPE}  # fmt: skip
+# what pyarrow's S3 client says when the service, not the request, is the problem
+TRANSIENT_MARKERS = ("NETWORK_CONNECTION", "SLOW_DOWN", "SERVICE_UNAVAILABLE", "INTERNAL_FAILURE",
+                     "REQUEST_TIMEOUT", "THROTTLING", "Couldn't connect", "Connection refused",
+                     "Connection reset", "timed out", "Timeout", "curlCode")  # fmt: skip
+DETAIL_CHARS = 4000  # an internal error's traceback kept in ``detail`` (its end: where it was raised)
+
+
+def is_transient(error: BaseException) -> bool:
+    """True for failures that a later try may not meet: storage or network out of reach, a full disk."""
+    if isinstance(error, FileNotFoundError | PermissionError | IsADirectoryError):
+        return False
+    if isinstance(error, ConnectionError | TimeoutError):
+        return True
+    if isinstance(error, OSError):
+        return error.errno in TRANSIENT_ERRNOS or any(m in str(error) for m in TRANSIENT_MARKERS)
+    return False
+
+
+def failed_video(source_uri: str, group: str, error: BaseException, where: str) -> dict:
+    """The video row of a video whose processing raised ``error``: ``transient_failure`` or
+    ``internal_error`` (with the traceback)."""
+    if is_transient(error):
+        reason, detail = "transient_failure", f"{where}: {type(error).__name__}: {error}"
+    else:
+        trace = "".join(traceback.format_exception(error))
+        reason, detail = "internal_error", f"{where}: {trace[-DETAIL_CHARS:]}"
+    return {"source_uri": source_uri, "group": group, "num_clips_accepted": 0, "status": "rejected",
+            "reason": reason, "detail": detail}  # fmt: skip
 
 
 def make_clip_id(video_id: str, start_frame: int, end_frame: int) -> str:
@@ -78,9 +124,16 @@ def scan_video(path: str, recipe: Recipe) -> Scan:
         return Scan(video)
     try:
         quality = bool(recipe.stages_of_kind("video_filter"))
-        analysis = analyze_video(path, video, recipe.stage("analyze"), recipe.stage("split_scenes"), quality)
+        budget = decode_budget_s(video, recipe.stage("probe"))
+        analysis = analyze_video(
+            path, video, recipe.stage("analyze"), recipe.stage("split_scenes"), quality, budget_s=budget
+        )
     except av.error.FFmpegError as e:
         video.update(status="rejected", reason="undecodable", detail=f"decoding failed: {e.strerror or e}")
+        return Scan(video)
+    except DecodeTimeout as e:
+        detail = f"{e} (probe.decode_budget_x, probe.decode_budget_min_s)"
+        video.update(status="rejected", reason="decode_timeout", detail=detail)
         return Scan(video)
     video.update(analysis.video_columns())
     if analysis.num_frames == 0:
@@ -109,16 +162,22 @@ def process_video(
     ``duplicate_of`` names an earlier input with the same bytes: this one is rejected unread, since
     its clips would repeat (with the same clip ids) the clips of the first. An ``s3://`` input is
     streamed to one local spool file first (``storage.local_file``), read from there, and deleted.
+    Never raises for one video: see the failure classes at the top of this module.
     """
-    with ExitStack() as stack:
-        try:
-            path = stack.enter_context(storage.local_file(source_uri, recipe.run.spool_dir))
-        except FileNotFoundError as e:
-            video = {"status": "rejected", "reason": "file_not_found", "detail": str(e)}
-        except OSError as e:
-            video = {"status": "rejected", "reason": "unreadable", "detail": f"cannot fetch: {e}"}
-        else:
-            return _process_local(path, source_uri, group, recipe, duplicate_of)
+    try:
+        with ExitStack() as stack:
+            try:
+                path = stack.enter_context(storage.local_file(source_uri, recipe.run.spool_dir))
+            except FileNotFoundError as e:
+                video = {"status": "rejected", "reason": "file_not_found", "detail": str(e)}
+            except OSError as e:
+                if is_transient(e):
+                    return failed_video(source_uri, group, e, "cannot fetch the input"), []
+                video = {"status": "rejected", "reason": "unreadable", "detail": f"cannot fetch: {e}"}
+            else:
+                return _process_local(path, source_uri, group, recipe, duplicate_of)
+    except Exception as e:  # noqa: BLE001 - one video's failure must not end the run; it is recorded
+        return failed_video(source_uri, group, e, "processing failed"), []
     video.update(source_uri=source_uri, group=group, num_clips_accepted=0)
     return video, []
 

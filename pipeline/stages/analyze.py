@@ -23,6 +23,7 @@ import numpy as np
 
 from vidsift.pipeline import measures
 from vidsift.pipeline.media import DecodeLog, decode_frames, even
+from vidsift.pipeline.stages.probe import DecodeTimeout
 from vidsift.pipeline.stages.split_scenes import SceneSignals, SplitScenesConfig
 
 BLACK_LUMA = 16.0
@@ -169,12 +170,19 @@ def _measure_sample(bgr: np.ndarray, frame: av.VideoFrame) -> SampleMeasures:
 
 
 def analyze_video(
-    path: str, probe: dict, config: AnalyzeConfig, split_config: SplitScenesConfig, quality: bool = True
+    path: str,
+    probe: dict,
+    config: AnalyzeConfig,
+    split_config: SplitScenesConfig,
+    quality: bool = True,
+    budget_s: float | None = None,
 ) -> Analysis:
     """One decode pass over ``path``. ``probe`` is the probe row (coded size, sar, rotation).
 
     ``quality``: also take the measurements the quality filters read (optical flow, and per
     sample frame sharpness, text, blockiness, bar profiles, hashes); off when no filter runs.
+    ``budget_s``: wall seconds the pass may take (``probe.decode_budget_s``); past them it raises
+    ``DecodeTimeout`` at the next frame.
     """
     start = time.perf_counter()
     dw, dh = detect_size(
@@ -197,6 +205,8 @@ def analyze_video(
         for _, t, frame in decode_frames(
             container, log, config.max_decode_errors, probe.get("fps_nominal") or 25.0
         ):
+            if budget_s is not None and time.perf_counter() - start > budget_s:
+                raise DecodeTimeout(budget_s, len(times))  # probe.decode_budget_x / decode_budget_min_s
             times.append(t)
             bgr = small_bgr(frame, dw, dh)
             signals.update(bgr)

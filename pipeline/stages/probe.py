@@ -6,6 +6,14 @@ average frame rate, duration, frame count as the container states it, audio, bit
 hash and ``video_id``. A file that cannot be a usable video gets ``status = "rejected"`` with a
 specific ``reason``: ``file_not_found``, ``unreadable``, ``empty_file``, ``invalid_container``,
 ``no_video_stream`` or ``unsupported_codec``. Decodability is proven by the analysis pass.
+
+Per-video budgets (``ProbeConfig``), checked here from what the container states, so one huge or odd
+input cannot take a worker's memory or hours of its time: ``too_many_pixels`` (display width x height
+over ``max_pixels``), ``too_long`` (duration over ``max_duration_s``), ``too_many_frames`` (stated or
+estimated frame count over ``max_frames``) and ``odd_sample_aspect`` (sample aspect ratio outside
+1/``max_sample_aspect``..``max_sample_aspect``). The analysis pass then gets ``decode_budget_s(row)``
+seconds of wall time (``decode_budget_x`` times the duration, at least ``decode_budget_min_s``); a
+decode that takes longer ends as ``decode_timeout`` (``pipeline/process.py``). 0 turns a budget off.
 """
 
 from __future__ import annotations
@@ -27,6 +35,48 @@ class ProbeConfig:
     # hash the whole file (true) or only its first and last 8 MiB plus its size (false: faster on huge
     # remote files, still deterministic, but two files that differ only in the middle share an id)
     hash_full_file: bool = True
+    # per-video budgets (0 = off): inputs over them are rejected before they are decoded
+    max_pixels: int = 8192 * 8192  # display width x height (8K UHD is 33 Mpx) -> too_many_pixels
+    max_duration_s: float = 24 * 3600.0  # stated duration -> too_long
+    max_frames: int = 5_000_000  # stated frame count, else duration x frame rate -> too_many_frames
+    max_sample_aspect: float = 4.0  # sample aspect ratio outside 1/this..this -> odd_sample_aspect
+    decode_budget_x: float = 10.0  # the analysis pass may take this many times the video's duration ...
+    decode_budget_min_s: float = 300.0  # ... but at least this many seconds -> decode_timeout
+
+    def __post_init__(self) -> None:
+        numbers = ("max_pixels", "max_duration_s", "max_frames", "decode_budget_x", "decode_budget_min_s")
+        for name in numbers:
+            if getattr(self, name) < 0:
+                raise ValueError(f"probe.{name} must be >= 0 (0 = no limit), got {getattr(self, name)}")
+        if self.max_sample_aspect and self.max_sample_aspect < 1:
+            raise ValueError(f"probe.max_sample_aspect must be >= 1 (0 = off), got {self.max_sample_aspect}")
+
+
+def over_budget(row: dict, config: ProbeConfig) -> tuple[str, str] | None:
+    """``(reason, detail)`` when a probed video is over one of ``config``'s budgets, else None."""
+    pixels = (row.get("display_width") or 0) * (row.get("display_height") or 0)
+    if config.max_pixels and pixels > config.max_pixels:
+        w, h = row["display_width"], row["display_height"]
+        return "too_many_pixels", f"{w}x{h} = {pixels} pixels > probe.max_pixels {config.max_pixels}"
+    duration = row.get("duration_s") or 0.0
+    if config.max_duration_s and duration > config.max_duration_s:
+        return "too_long", f"{duration:.1f} s > probe.max_duration_s {config.max_duration_s:g}"
+    frames = row.get("num_frames") or int(duration * (row.get("fps_nominal") or 0.0))
+    if config.max_frames and frames > config.max_frames:
+        how = "stated" if row.get("num_frames") else "duration x frame rate"
+        return "too_many_frames", f"{frames} frames ({how}) > probe.max_frames {config.max_frames}"
+    sar = row.get("sar") or 1.0
+    if config.max_sample_aspect and not 1 / config.max_sample_aspect <= sar <= config.max_sample_aspect:
+        limit = config.max_sample_aspect
+        return "odd_sample_aspect", f"sample aspect ratio {sar:g} outside 1/{limit:g}..{limit:g}"
+    return None
+
+
+def decode_budget_s(row: dict, config: ProbeConfig) -> float | None:
+    """Seconds the analysis pass of this video may take, or None (no budget)."""
+    if not config.decode_budget_x and not config.decode_budget_min_s:
+        return None
+    return max(config.decode_budget_min_s, config.decode_budget_x * (row.get("duration_s") or 0.0))
 
 
 def content_hash(path: str, full: bool = True) -> str:
@@ -132,6 +182,11 @@ def probe_video(path: str, config: ProbeConfig = ProbeConfig()) -> dict:
         elif container.duration:
             row["duration_s"] = container.duration / av.time_base
         row["num_frames"] = stream.frames or None
+        # budgets before the first frame is decoded (a huge frame is what max_pixels guards against)
+        width, height = display_size(stream.width, stream.height, sar, 0)
+        over = over_budget(row | {"display_width": width, "display_height": height}, config)
+        if over is not None:
+            return row | _rejected(*over)
         rotation = clockwise_rotation(_first_rotation(container, stream))
         row["rotation"] = rotation
         row["display_width"], row["display_height"] = display_size(stream.width, stream.height, sar, rotation)
@@ -142,3 +197,12 @@ def probe_video(path: str, config: ProbeConfig = ProbeConfig()) -> dict:
 def as_fraction(fps: float) -> Fraction:
     """A frame rate as the small rational an encoder wants (29.97 -> 30000/1001)."""
     return Fraction(fps).limit_denominator(1001)
+
+
+class DecodeTimeout(Exception):
+    """The analysis pass of a video ran past its ``decode_budget_s`` (raised between frames)."""
+
+    def __init__(self, budget_s: float, frames: int) -> None:
+        super().__init__(f"analysis passed its budget of {budget_s:.1f} s after {frames} frames")
+        self.budget_s = budget_s
+        self.frames = frames

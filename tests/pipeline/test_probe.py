@@ -77,3 +77,46 @@ def test_rotation_helpers():
     assert clockwise_rotation(None) == 0
     assert display_size(640, 352, 0.978, 0) == (626, 352)
     assert display_size(568, 320, 1.0, 90) == (320, 568)
+
+
+@pytest.fixture(scope="module")
+def stretched(tmp_path_factory, ffmpeg):
+    """2 s at 25 fps, 64x48 coded, sample aspect 5:1 (a pixel five times wider than tall)."""
+    import subprocess
+
+    path = tmp_path_factory.mktemp("sar") / "sar5.mp4"
+    subprocess.run(
+        [ffmpeg, "-v", "error", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=25:duration=2",
+         "-vf", "setsar=5/1", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path)],
+        check=True,
+    )  # fmt: skip
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "budget, reason, detail",
+    [
+        ({"max_pixels": 64 * 48}, "too_many_pixels", "320x48 = 15360 pixels > probe.max_pixels 3072"),
+        ({"max_duration_s": 1.5}, "too_long", "2.0 s > probe.max_duration_s 1.5"),
+        ({"max_frames": 49}, "too_many_frames", "50 frames (stated) > probe.max_frames 49"),
+        ({"max_sample_aspect": 4.0}, "odd_sample_aspect", "sample aspect ratio 5 outside 1/4..4"),
+    ],
+)
+def test_inputs_over_a_budget_are_rejected_before_decoding(stretched, budget, reason, detail):
+    off = {"max_pixels": 0, "max_duration_s": 0, "max_frames": 0, "max_sample_aspect": 0}
+    assert probe_video(stretched, ProbeConfig(**off))["status"] == "ok"
+    row = probe_video(stretched, ProbeConfig(**(off | budget)))
+    assert (row["status"], row["reason"], row["detail"]) == ("rejected", reason, detail)
+    assert row["video_id"] and row["coded_width"] == 64  # the probe columns are kept
+
+
+def test_default_budgets_take_ordinary_videos(videos):
+    for name in ("cuts/test.mp4", "bad/video_90.mov", "bad/no-initial-keyframe.ts"):
+        assert probe_video(str(videos / name))["status"] == "ok", name
+
+
+def test_budget_keys_are_validated():
+    with pytest.raises(ValueError, match="max_pixels must be >= 0"):
+        ProbeConfig(max_pixels=-1)
+    with pytest.raises(ValueError, match="max_sample_aspect must be >= 1"):
+        ProbeConfig(max_sample_aspect=0.5)
