@@ -127,37 +127,69 @@ class RowReader:
         return {c: v[ref[2]] for c, v in self.cache[key].items()}
 
 
-def decode_clip(
-    data: bytes, frames: int, height: int, width: int, stride: int = 1, start: float = 0.5
-) -> torch.Tensor:
-    """``frames`` frames, every ``stride``-th, from an encoded clip, resized to cover height x width and
-    centre-cropped; [3, F, H, W] float in [-1, 1]. ``start`` in [0, 1] places the window within the clip.
-    When the window runs past the end of a short clip, its last existing frame repeats."""
+def cover_crop(frame, height: int, width: int) -> np.ndarray:
+    """A decoded frame resized to cover height x width and centre-cropped: [height, width, 3] uint8 RGB."""
+    scale = max(width / frame.width, height / frame.height)
+    w, h = max(width, round(frame.width * scale)), max(height, round(frame.height * scale))
+    img = frame.reformat(width=w, height=h, format="rgb24").to_ndarray()
+    top, left = (h - height) // 2, (w - width) // 2
+    return img[top : top + height, left : left + width]
+
+
+def read_video(
+    src: bytes | str,
+    height: int | None = None,
+    width: int | None = None,
+    frames: int | None = None,
+    stride: int = 1,
+    start: float = 0.5,
+) -> tuple[torch.Tensor, float | None]:
+    """The one video reader of training, sampling and editing: (frames [3, F, H, W] float in [-1, 1], fps).
+
+    ``src`` is encoded bytes (a shard's clip_mp4) or a file path. With ``height`` and ``width`` every frame is
+    resized to cover that size and centre-cropped; without them frames keep their decoded size. ``frames``
+    takes that many frames, every ``stride``-th, from a window placed by ``start`` in [0, 1]; when the window
+    runs past the end of a short clip its last existing frame repeats. ``frames=None`` reads every frame.
+    PyAV errors propagate; callers turn them into their own one-line errors."""
     import av
 
-    with av.open(io.BytesIO(data)) as container:
+    sized = height is not None and width is not None
+    with av.open(io.BytesIO(src) if isinstance(src, bytes) else src) as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
         stream = container.streams.video[0]
-        n_hint = stream.frames or 0
-        span = (frames - 1) * stride + 1
-        first = int(round(start * max(0, n_hint - span))) if n_hint else 0
-        wanted = {first + i * stride for i in range(frames)}
-        last = max(wanted)
+        rate = stream.average_rate or stream.guessed_rate
+        fps = float(rate) if rate else None
+        wanted: set[int] | None = None
+        last = -1
+        if frames is not None:
+            n_hint = stream.frames or 0
+            span = (frames - 1) * stride + 1
+            first = int(round(start * max(0, n_hint - span))) if n_hint else 0
+            wanted = {first + i * stride for i in range(frames)}
+            last = max(wanted)
         out: dict[int, np.ndarray] = {}
         for i, frame in enumerate(container.decode(stream)):
-            if i in wanted or not out:
-                scale = max(width / frame.width, height / frame.height)
-                w, h = max(width, round(frame.width * scale)), max(height, round(frame.height * scale))
-                img = frame.reformat(width=w, height=h, format="rgb24").to_ndarray()
-                top, left = (h - height) // 2, (w - width) // 2
-                out[i] = img[top : top + height, left : left + width]
-            if i >= last:
+            if wanted is None or i in wanted or not out:
+                out[i] = cover_crop(frame, height, width) if sized else frame.to_ndarray(format="rgb24")
+            if wanted is not None and i >= last:
                 break
     if not out:
         raise ValueError("no frames decoded")
-    have = sorted(k for k in out if k in wanted) or [min(out)]
-    picked = [out[k] for k in have] + [out[have[-1]]] * (frames - len(have))
+    if wanted is None:
+        picked = [out[k] for k in sorted(out)]
+    else:
+        have = sorted(k for k in out if k in wanted) or [min(out)]
+        picked = [out[k] for k in have] + [out[have[-1]]] * (frames - len(have))
     video = torch.from_numpy(np.stack(picked)).permute(3, 0, 1, 2).float()
-    return video / 127.5 - 1.0
+    return video / 127.5 - 1.0, fps
+
+
+def decode_clip(
+    data: bytes, frames: int, height: int, width: int, stride: int = 1, start: float = 0.5
+) -> torch.Tensor:
+    """``frames`` frames, every ``stride``-th, of an encoded clip at height x width (``read_video``)."""
+    return read_video(data, height, width, frames, stride, start)[0]
 
 
 def latent_from_row(row: dict) -> torch.Tensor:

@@ -66,21 +66,14 @@ def read_clip(path: str) -> Clip:
 
             with Image.open(path) as img:
                 frames = [np.asarray(img.convert("RGB"))]
-            fps = None
         else:
-            import av
+            from vidsift.model.data import read_video
 
-            with av.open(path) as container:
-                stream = container.streams.video[0]
-                rate = stream.average_rate or stream.guessed_rate
-                frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-            fps = float(rate) if rate else None
+            return Clip(*read_video(path))
     except Exception as e:  # noqa: BLE001 - PyAV and PIL raise many types; all mean "not a readable clip"
         raise EditError(f"cannot read {path}: {type(e).__name__}: {e}") from e
-    if not frames:
-        raise EditError(f"cannot read {path}: no video frames")
     video = torch.from_numpy(np.stack(frames)).permute(3, 0, 1, 2).float() / 127.5 - 1.0
-    return Clip(video, fps)
+    return Clip(video, None)
 
 
 def resize(video: torch.Tensor, height: int, width: int) -> torch.Tensor:

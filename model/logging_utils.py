@@ -133,3 +133,57 @@ class TrainProgress:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+CSV_COLUMNS = ["step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "val_loss", "elapsed_s"]
+
+
+class TrainLog:
+    """What the training loop reports: ``RUN/log.csv`` (appended to on resume), the progress display and
+    the log lines above it, TensorBoard scalars when ``log = "tensorboard"``."""
+
+    def __init__(self, cfg, step: int) -> None:
+        import csv
+
+        self.cfg = cfg
+        self.progress = TrainProgress(cfg.steps, step, cfg.out, cfg.log)
+        self.file = open(os.path.join(cfg.out, "log.csv"), "a" if step > 0 else "w", newline="")  # noqa: SIM115
+        self.csv = csv.writer(self.file)
+        self.t0 = time.time()
+        if step == 0:
+            self.csv.writerow(CSV_COLUMNS)
+
+    def initial(self, val_loss: float) -> None:
+        """The untrained model's validation loss: what every later value beats."""
+        self.csv.writerow([0, "", "", "", "", "", f"{val_loss:.6f}", "0.0"])
+        print(f"step 0 val {val_loss:.4f}")
+
+    def step(self, step: int, last: bool, *, loss: float, lr: float, grad_norm: float, tokens_per_s: float,
+             mfu: float | None, val_loss: float | None) -> None:  # fmt: skip
+        self.progress.update(
+            step, loss=loss, lr=lr, tokens_per_s=tokens_per_s, grad_norm=grad_norm, mfu=mfu, val_loss=val_loss
+        )
+        if not (step % self.cfg.log_every == 0 or last or val_loss is not None):
+            return
+        msg = f"step {step}/{self.cfg.steps} loss {loss:.4f} lr {lr:.2e} grad {grad_norm:.3f}"
+        msg += f" tok/s {tokens_per_s:,.0f}"
+        msg += f" mfu {mfu:.1%}" if mfu is not None else ""
+        msg += f" val {val_loss:.4f}" if val_loss is not None else ""
+        self.progress.write(msg)
+        self.csv.writerow(
+            [
+                step,
+                f"{loss:.6f}",
+                f"{lr:.6g}",
+                f"{grad_norm:.4f}",
+                f"{tokens_per_s:.1f}",
+                "" if mfu is None else f"{mfu:.4f}",
+                "" if val_loss is None else f"{val_loss:.6f}",
+                f"{time.time() - self.t0:.1f}",
+            ]
+        )
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+        self.progress.close()

@@ -149,27 +149,14 @@ def load_image(path: str, height: int, width: int) -> torch.Tensor:
 def load_clip(path: str, height: int, width: int) -> torch.Tensor:
     """Every frame of a video file, resized to cover height x width and centre-cropped: [3, F, H, W] in
     [-1, 1] (conditioning clips are short; an image file reads as a one-frame clip)."""
-    import av
+    from vidsift.model.data import read_video
 
     if not os.path.isfile(path):
         raise InputError(f"clip not found: {path}")
-    frames = []
     try:
-        with av.open(path) as container:
-            if not container.streams.video:
-                raise ValueError("no video stream")
-            for frame in container.decode(video=0):
-                scale = max(width / frame.width, height / frame.height)
-                w, h = max(width, round(frame.width * scale)), max(height, round(frame.height * scale))
-                img = frame.reformat(width=w, height=h, format="rgb24").to_ndarray()
-                top, left = (h - height) // 2, (w - width) // 2
-                frames.append(img[top : top + height, left : left + width])
+        return read_video(path, height, width)[0]
     except Exception as e:  # noqa: BLE001 - PyAV raises many types; all mean "not a readable video"
         raise InputError(f"unreadable clip {path} ({type(e).__name__}: {e})") from e
-    if not frames:
-        raise InputError(f"unreadable clip {path}: no frames decoded")
-    video = torch.from_numpy(np.stack(frames)).permute(3, 0, 1, 2).float()
-    return video / 127.5 - 1.0
 
 
 def encode_video(video: torch.Tensor, vae=None) -> torch.Tensor:

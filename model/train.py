@@ -14,9 +14,7 @@ seeded by (seed, s, reader), and the data readers replay their position.
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
-import json
 import math
 import os
 import time
@@ -153,50 +151,60 @@ def flops_per_token(model, tokens: int) -> float:
     return 6 * model.num_params() + 12 * c.depth * c.dim * tokens
 
 
-# ---------------------------------------------------------------------------------------------------------
-# checkpoints
-
-
-def save_weights(model_or_state, path: str, meta: dict) -> None:
-    """A module's weights (or an already gathered state dict) as safetensors with ``meta`` as metadata."""
-    from safetensors.torch import save_file
-
-    state = model_or_state if isinstance(model_or_state, dict) else model_or_state.state_dict()
-    tmp = path + ".tmp"
-    save_file(
-        {k: v.detach().contiguous().cpu() for k, v in state.items()},
-        tmp,
-        metadata={k: json.dumps(v) for k, v in meta.items()},
-    )
-    os.replace(tmp, path)
-
-
-def checkpoint_meta(model, cfg: TrainConfig, step: int, text_model: str, vae_path: str) -> dict:
-    from vidsift.model.dit import config_to_dict
-
-    return {
-        "kind": "vidsift-dit",
-        "dit": config_to_dict(model.cfg),
-        "flow": dataclasses.asdict(cfg.flow()),
-        "text_model": text_model,
-        "text_tokens": cfg.text_tokens,
-        "vae": vae_path,
-        "frames": cfg.frames,
-        "height": cfg.height,
-        "width": cfg.width,
-        "fps": 24.0 / cfg.frame_stride,
-        "step": step,
-    }
-
+# checkpoints: model/checkpoint.py (re-exported for callers that saved weights through this module)
+from vidsift.model.checkpoint import checkpoint_meta, save_weights  # noqa: E402, F401
 
 # ---------------------------------------------------------------------------------------------------------
-# the loop
+# setup: devices, data, model (each a plain function the loop calls once)
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict:
-    """Train; returns the final metrics ({'step', 'loss', 'val_loss', ...})."""
-    from safetensors.torch import load_file
+@dataclass
+class Dist:
+    ddp: bool  # launched by torchrun
+    fsdp: bool  # sharded: every rank takes part in validation, samples and saving
+    rank: int
+    world: int
+    device: torch.device
 
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(cfg: TrainConfig) -> Dist:
+    """DDP/FSDP only when launched by torchrun (gloo on CPU, NCCL on GPU); else one process."""
+    ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    if cfg.parallel not in ("ddp", "fsdp"):
+        raise RecipeError(f"parallel must be ddp or fsdp, got {cfg.parallel!r}")
+    device_type = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    device_type = torch.device(device_type).type
+    if not ddp:
+        return Dist(False, False, 0, 1, torch.device(cfg.device if cfg.device != "auto" else device_type))
+    import torch.distributed as dist
+
+    dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device(f"cuda:{local}") if device_type == "cuda" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return Dist(True, cfg.parallel == "fsdp", dist.get_rank(), dist.get_world_size(), device)
+
+
+@dataclass
+class Data:
+    index: object  # ShardIndex
+    vae: object | None
+    text_name: str
+    readers: list  # this process's grad_accum readers (ClipStream, or PackedStream when packing)
+    val: list  # held-out samples (on the master, or every rank under FSDP)
+    batches: object  # FixedBatches | PackedBatches
+    in_channels: int
+    text_dim: int
+
+
+def build_data(cfg: TrainConfig, d: Dist) -> Data:
+    """Shards -> world x grad_accum readers (this process owns grad_accum of them) and their batch adapter."""
+    from vidsift.model.batches import FixedBatches, PackedBatches
     from vidsift.model.data import (
         ClipSource,
         ClipStream,
@@ -206,50 +214,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         PackedStream,
         ShardIndex,
         clip_tokens,
-        collate,
         load_samples,
-        pack,
     )
-    from vidsift.model.dit import DiT, PackedDiT, config_from_preset, packed_attention_mask
-    from vidsift.model.flow import (
-        flow_loss,
-        packed_flow_loss,
-        packed_training_loss,
-        sample_euler,
-        training_loss,
-    )
-    from vidsift.model.logging_utils import TrainProgress
+    from vidsift.model.dit import config_from_preset
     from vidsift.model.text import TextEncoder, text_model_name
 
-    # --- distributed setup: on only under torchrun
-    ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    if cfg.parallel not in ("ddp", "fsdp"):
-        raise RecipeError(f"parallel must be ddp or fsdp, got {cfg.parallel!r}")
-    fsdp = ddp and cfg.parallel == "fsdp"  # sharded: every rank takes part in validation, samples, saving
-    if cfg.device == "auto":
-        device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    else:
-        device_type = torch.device(cfg.device).type
-    if ddp:
-        import torch.distributed as dist
-
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-        rank, world = dist.get_rank(), dist.get_world_size()
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        device = torch.device(f"cuda:{local}") if device_type == "cuda" else torch.device("cpu")
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-    else:
-        rank, world = 0, 1
-        device = torch.device(cfg.device if cfg.device != "auto" else device_type)
-    master = rank == 0
-    torch.manual_seed(cfg.seed)  # same initial weights on every rank
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-
-    # --- data: world x grad_accum readers, this process owns grad_accum of them
     index = ShardIndex(cfg.data)
     vae = None
     if cfg.vae:
@@ -257,49 +226,35 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
         if not os.path.isfile(cfg.vae):
             raise RecipeError(f"VAE checkpoint not found: {cfg.vae}")
-        vae = load_vae(cfg.vae, device)
+        vae = load_vae(cfg.vae, d.device)
     use_latents = vae is not None and index.num_cached_latents == index.num_rows
     text_name = text_model_name(cfg.text_model)
     use_text_emb = index.num_cached_text == index.num_rows and _first_value(index, "text_model") == text_name
     in_channels = vae.z_channels if vae is not None else 3
-    dit_cfg = config_from_preset(cfg.model, in_channels=in_channels, text_dim=1, **cfg.model_args)
-    patch = dit_cfg.patch
+    patch = config_from_preset(cfg.model, in_channels=in_channels, text_dim=1, **cfg.model_args).patch
     native = None
-    if cfg.pack:
-        # Each clip at its own aspect ratio and duration: about height x width pixels, up to `frames`.
+    if cfg.pack:  # each clip at its own aspect ratio and duration: about height x width pixels, up to frames
         factors = vae.cfg.factors if vae is not None else (1, 1, 1)
         native = NativeSize(
-            area=cfg.height * cfg.width,
-            max_frames=cfg.frames,
-            stride=cfg.frame_stride,
-            multiple=patch[1] * factors[1],
-            frame_multiple=patch[0],
-            vae_time=factors[0],
-        )
+            area=cfg.height * cfg.width, max_frames=cfg.frames, stride=cfg.frame_stride,
+            multiple=patch[1] * factors[1], frame_multiple=patch[0], vae_time=factors[0],
+        )  # fmt: skip
     source = ClipSource(
         cfg.frames, cfg.height, cfg.width, cfg.frame_stride, use_latents, use_text_emb, native
-    )  # fmt: skip
+    )
     val_ids, val_refs = index.split(cfg.val_clips)
-    num_readers = world * cfg.grad_accum
+    num_readers = d.world * cfg.grad_accum
     readers = [
-        ClipStream(
-            index, source, rank * cfg.grad_accum + a, num_readers, cfg.seed, cfg.shuffle_buffer, val_ids
-        )
-        for a in range(cfg.grad_accum)
+        ClipStream(index, source, reader, num_readers, cfg.seed, cfg.shuffle_buffer, val_ids)
+        for reader in range(d.rank * cfg.grad_accum, (d.rank + 1) * cfg.grad_accum)
     ]
-
-    def input_shape(x: torch.Tensor, is_latent: bool) -> tuple[int, ...]:
-        """What the DiT sees for a sample: its latent's shape when the VAE encodes on the fly."""
-        if vae is not None and not is_latent:
-            return tuple(vae.latent_shape(*x.shape[1:]))
-        return tuple(x.shape)
-
-    budget = cfg.token_budget
+    encoder = None if use_text_emb else TextEncoder(cfg.text_model, cfg.text_tokens, d.device)
     if cfg.pack:
-        full = clip_tokens(input_shape(torch.empty(3, cfg.frames, cfg.height, cfg.width), False), patch)
-        budget = budget or 2 * full
-        if budget < full:
-            raise RecipeError(f"token_budget {budget} is below the {full} tokens of a full-size clip")
+        batches = PackedBatches(cfg, d.device, vae, use_latents, encoder, patch, 0)
+        full = clip_tokens(batches.full_shape(), patch)
+        batches.budget = cfg.token_budget or 2 * full
+        if batches.budget < full:
+            raise RecipeError(f"token_budget {batches.budget} is below the {full} tokens of a full-size clip")
         if cfg.packed_attention not in ("auto", "flex", "dense", "segments"):
             raise RecipeError(
                 f"packed_attention must be auto, flex, dense or segments: {cfg.packed_attention!r}"
@@ -307,53 +262,18 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         images = ImageFolder(cfg.image_dir, native) if cfg.image_dir else None
         readers = [
             PackedStream(
-                r, patch, cfg.batch_size, budget, cfg.max_clips, cfg.image_ratio, images,
-                tokens_of=lambda s: clip_tokens(input_shape(s.x, s.is_latent), patch),
+                r, patch, cfg.batch_size, batches.budget, cfg.max_clips, cfg.image_ratio, images,
+                tokens_of=lambda s: clip_tokens(batches.input_shape(s.x, s.is_latent), patch),
             )
             for r in readers
         ]  # fmt: skip
-    encoder = None if use_text_emb else TextEncoder(cfg.text_model, cfg.text_tokens, device)
+    else:
+        batches = FixedBatches(cfg, d.device, vae, use_latents, encoder, patch)
     text_dim = encoder.dim if encoder else int(load_samples(index, source, val_refs[:1])[0].text_emb.shape[1])
-
-    def model_input(samples) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        x, captions, _ = collate(samples)
-        x = x.to(device)
-        if vae is not None and not use_latents:
-            x = vae.encode(x)  # no cached latents: encode on the fly (run `vidsift encode` to skip this)
-        text, mask = text_of(samples)
-        empty = torch.tensor([c == "" for c in captions], device=device)
-        return x, text, mask, empty
-
-    def text_of(samples) -> tuple[torch.Tensor, torch.Tensor]:
-        if encoder is not None:
-            text, mask = encoder([s.caption for s in samples])
-        else:
-            text, mask = _pad_text([s.text_emb for s in samples], cfg.text_tokens)
-        return text.to(device), mask.to(device)
-
-    def packed_input(samples, bins=None, rows=None):
-        """A Packed batch on the device; per clip slot: text [R, K, L, D], mask [R, K, L], empty [R, K]."""
-        xs = []
-        for s in samples:
-            x = s.x.to(device)
-            if vae is not None and not s.is_latent:
-                x = vae.encode(x[None])[0]  # clips differ in size: one at a time
-            xs.append(x)
-        packed = pack(xs, patch, budget, cfg.max_clips, rows=rows, bins=bins)
-        text, mask = text_of(samples)
-        empty = torch.tensor([s.caption == "" for s in samples])
-        return (
-            packed,
-            packed.per_clip(text),
-            packed.per_clip(mask, fill=True),
-            packed.per_clip(empty, fill=True).to(device),
-        )
-
-    val = load_samples(index, source, val_refs) if master or fsdp else []
-    if use_latents and master and os.path.abspath(cfg.vae) != _first_value(index, "latent_model"):
+    val = load_samples(index, source, val_refs) if d.master or d.fsdp else []
+    if use_latents and d.master and os.path.abspath(cfg.vae) != _first_value(index, "latent_model"):
         print(f"warning: shards were encoded by {_first_value(index, 'latent_model')}, not {cfg.vae}")
-    if use_latents and not cfg.pack:
-        # Cached latents fix the training size; the checkpoint records frames/height/width for sampling.
+    if use_latents and not cfg.pack:  # cached latents fix the training size (the checkpoint records it)
         want = tuple(vae.latent_shape(cfg.frames, cfg.height, cfg.width))
         got = tuple(load_samples(index, source, val_refs[:1])[0].x.shape)
         if got != want:
@@ -361,153 +281,163 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                 f"cached latents are {got} but frames={cfg.frames}, height={cfg.height}, width={cfg.width} "
                 f"need {want}: set those keys to the size `vidsift encode` used, or re-encode"
             )
-    if master:
+    if d.master:
         inputs = "cached latents" if use_latents else "VAE on the fly" if vae else "pixels"
         print(
             f"data: {index.num_rows} clips in {len(index.files)} files, {len(index.groups)} row groups; "
             f"{len(val)} held out; {inputs}, {'cached' if use_text_emb else 'live'} text ({text_name})"
         )
+    return Data(index, vae, text_name, readers, val, batches, in_channels, text_dim)
 
-    # --- model, EMA, optimizer
-    model = DiT(config_from_preset(cfg.model, in_channels=in_channels, text_dim=text_dim, **cfg.model_args))
-    model.to(device)
-    ema = copy.deepcopy(model).requires_grad_(False)
 
-    os.makedirs(cfg.out, exist_ok=True)
-    paths = {
-        k: os.path.join(cfg.out, f)
-        for k, f in [("model", "model.safetensors"), ("ema", "ema.safetensors"), ("state", "state.pt")]
-    }
-    step = 0
-    state = None
-    if resume and os.path.exists(paths["state"]):
-        state = torch.load(paths["state"], map_location="cpu", weights_only=False)
-        model.load_state_dict(load_file(paths["model"], device=str(device)))
-        ema.load_state_dict(load_file(paths["ema"], device=str(device)))
-    if fsdp:  # full weights loaded above; from here on each rank holds 1/world of every block
-        _shard(model, ema, device)
+def make_optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), fused=device.type == "cuda")
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), fused=device.type == "cuda")
+
+
+def resume_state(cfg: TrainConfig, state: dict, model, opt, readers: list, d: Dist) -> int:
+    """Load optimizer, data positions and RNG from a checkpoint's state; returns its step."""
+    from vidsift.model.data import DataError
+
+    if d.fsdp or state.get("optimizer_format") == "names":  # by parameter name: DDP <-> FSDP both ways
+        _load_optimizer_by_name(model, opt, state["optimizer"])
+    else:
+        opt.load_state_dict(state["optimizer"])
+    if len(state["readers"]) != d.world * cfg.grad_accum:
+        raise DataError(
+            f"checkpoint has {len(state['readers'])} data readers, this launch {d.world * cfg.grad_accum}: "
+            "keep processes x grad_accum the same to resume"
+        )
+    for r in readers:
+        r.load_state_dict(state["readers"][r.reader])
+    torch.set_rng_state(state["rng"])
+    return state["step"]
+
+
+def save_checkpoint(cfg: TrainConfig, raw, ema, opt, data: Data, step: int, d: Dist) -> None:
+    """Every rank calls this (reader states and FSDP shards are gathered); rank 0 writes one step."""
+    from vidsift.model.checkpoint import write_checkpoint
+
+    reader_states = _gather_reader_states(data.readers, d.ddp)
+    weights, ema_weights = _full_state(raw, d.fsdp), _full_state(ema, d.fsdp)
+    optimizer = _full_optimizer_state(raw, opt) if d.fsdp else opt.state_dict()
+    if not d.master:
+        return
+    state = {
+        "step": step,
+        "optimizer": optimizer,
+        "optimizer_format": "names" if d.fsdp else "ids",
+        "readers": reader_states,
+        "rng": torch.get_rng_state(),
+        "config": dataclasses.asdict(cfg),
+    }
+    write_checkpoint(
+        cfg.out, weights, ema_weights, checkpoint_meta(raw, cfg, step, data.text_name, cfg.vae), state
+    )
+
+
+def save_samples(cfg: TrainConfig, ema, data: Data, step: int, autocast, d: Dist) -> None:
+    """A grid of EMA samples for the validation prompts: one row per prompt, frames left to right."""
+    from vidsift.model.flow import sample_euler
+    from vidsift.model.sample import save_grid
+
+    x, text, mask = data.batches.sample_inputs(data.val[:4])
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0)).to(d.device)
+    with autocast:
+        out = sample_euler(ema, noise, text, mask, cfg.flow(), cfg.sample_steps, cfg.sample_cfg).float()
+    if data.vae is not None:
+        out = data.vae.decode(out)
+    os.makedirs(os.path.join(cfg.out, "samples"), exist_ok=True)
+    if d.master:
+        save_grid(out, os.path.join(cfg.out, "samples", f"step_{step:06d}.png"))
+
+
+def validate(raw, data: Data, autocast) -> float:
+    """Loss on the held-out clips at fixed timesteps and fixed noise: comparable across steps and runs."""
+    raw.eval()
+    with torch.no_grad(), autocast:
+        loss = data.batches.val_loss(raw, data.val)
+    raw.train()
+    return loss
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the loop
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict:
+    """Train; returns the final metrics ({'step', 'loss', 'val_loss', ...})."""
+    from vidsift.model import checkpoint
+    from vidsift.model.dit import DiT, PackedDiT, config_from_preset
+    from vidsift.model.logging_utils import TrainLog
+
+    d = setup_distributed(cfg)
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank
+    if d.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if d.device.type == "cuda" else nullcontext()
+    data = build_data(cfg, d)
+
+    # --- model, EMA, optimizer; resume from the run folder's checkpoint
+    dit_cfg = config_from_preset(
+        cfg.model, in_channels=data.in_channels, text_dim=data.text_dim, **cfg.model_args
+    )
+    model = DiT(dit_cfg).to(d.device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    os.makedirs(cfg.out, exist_ok=True)
+    state, step = None, 0
+    if resume:
+        note = checkpoint.recover(cfg.out) if d.master else None
+        if note:
+            print(f"{cfg.out}: {note}")
+        if d.ddp:
+            import torch.distributed as dist
+
+            dist.barrier()  # every rank reads the checkpoint after rank 0 recovered it
+        if checkpoint.has_checkpoint(cfg.out):
+            weights, ema_weights, state = checkpoint.load_checkpoint(cfg.out, d.device)
+            model.load_state_dict(weights)
+            ema.load_state_dict(ema_weights)
+    if d.fsdp:  # full weights loaded above; from here on each rank holds 1/world of every block
+        _shard(model, ema, d.device)
+    opt = make_optimizer(model, cfg, d.device)
     if state is not None:
-        if fsdp or state.get("optimizer_format") == "names":  # by parameter name: DDP <-> FSDP both ways
-            _load_optimizer_by_name(model, opt, state["optimizer"])
-        else:
-            opt.load_state_dict(state["optimizer"])
-        step = state["step"]
-        if len(state["readers"]) != num_readers:
-            raise DataError(
-                f"checkpoint has {len(state['readers'])} data readers, this launch {num_readers}: "
-                "keep processes x grad_accum the same to resume"
-            )
-        for r in readers:
-            r.load_state_dict(state["readers"][r.reader])
-        torch.set_rng_state(state["rng"])
-        if master:
+        step = resume_state(cfg, state, model, opt, data.readers, d)
+        if d.master:
             print(f"resumed from {cfg.out} at step {step}")
-    elif resume and master:
+    elif resume and d.master:
         print(f"no checkpoint in {cfg.out}; starting from scratch")
-    if master:
+    if d.master:
         with open(os.path.join(cfg.out, "recipe.toml"), "w") as f:
             f.write(to_toml(dataclasses.asdict(cfg)))
-        print(f"DiT {cfg.model}: {model.num_params() / 1e6:.2f}M parameters, device {device}, world {world}")
-
+        print(
+            f"DiT {cfg.model}: {model.num_params() / 1e6:.2f}M parameters, device {d.device}, world {d.world}"
+        )
     raw = model
     if cfg.pack:
         model = PackedDiT(raw)  # forward = forward_packed, so DDP and compile see the packed pass
-    if ddp and not fsdp:
+    if d.ddp and not d.fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        model = DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
     fwd = torch.compile(model) if cfg.compile else model
-    flow = cfg.flow()
-    peak = peak_flops(device)
-
-    log_path = os.path.join(cfg.out, "log.csv")
-    log_file = open(log_path, "a" if step > 0 else "w", newline="") if master else None  # noqa: SIM115
-    log = csv.writer(log_file) if master else None
-    if master and step == 0:
-        log.writerow(["step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "val_loss", "elapsed_s"])
+    flow, peak, readers = cfg.flow(), peak_flops(d.device), data.readers
     try:  # an unknown `log` kind or a missing tensorboard package: a one-line recipe error from the CLI
-        progress = TrainProgress(cfg.steps, step, cfg.out, cfg.log) if master else None
+        log = TrainLog(cfg, step) if d.master else None
     except ValueError as e:
         raise RecipeError(str(e)) from e
 
-    def validate() -> float:
-        """Loss on the held-out clips at fixed timesteps and fixed noise: comparable across steps, runs."""
-        raw.eval()
-        g = torch.Generator().manual_seed(1234)
-        total = 0.0
-        with torch.no_grad(), autocast:
-            if cfg.pack:  # the held-out clips at their native sizes, packed into as many rows as needed
-                packed, text, mask, empty = packed_input(val)
-                attn = packed_attention_mask(packed.seq_id, cfg.packed_attention)
-                for t in (0.1, 0.3, 0.5, 0.7, 0.9):
-                    noise = torch.randn(packed.tokens.shape, generator=g).to(device)
-                    tt = torch.full(empty.shape, t, device=device)
-                    loss = packed_flow_loss(
-                        raw.forward_packed, packed, text, mask, empty, tt, noise, None, attn
-                    )
-                    total += loss.item() / 5
-                raw.train()
-                return total
-            x, text, mask, empty = model_input(val)
-            for t in (0.1, 0.3, 0.5, 0.7, 0.9):
-                noise = torch.randn(x.shape, generator=g).to(device)
-                tt = torch.full((x.shape[0],), t, device=device)
-                total += flow_loss(raw, x, text, mask, empty, tt, noise).item() / 5
-        raw.train()
-        return total
-
-    def save_samples(step: int) -> None:
-        """A grid of EMA samples for the validation prompts: one row per prompt, frames left to right."""
-        from vidsift.model.sample import save_grid
-
-        if cfg.pack:  # validation clips differ in size: sample their prompts at the full training size
-            text, mask = text_of(val[:4])
-            x = torch.empty(
-                len(val[:4]), *input_shape(torch.empty(3, cfg.frames, cfg.height, cfg.width), False)
-            )
-        else:
-            x, text, mask, _ = model_input(val[:4])
-        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0)).to(device)
-        with autocast:
-            out = sample_euler(ema, noise, text, mask, flow, cfg.sample_steps, cfg.sample_cfg).float()
-        if vae is not None:
-            out = vae.decode(out)
-        os.makedirs(os.path.join(cfg.out, "samples"), exist_ok=True)
-        if master:
-            save_grid(out, os.path.join(cfg.out, "samples", f"step_{step:06d}.png"))
-
-    def save_checkpoint(step: int, reader_states: list[dict]) -> None:
-        """Every rank calls this (FSDP gathers the shards); rank 0 writes."""
-        weights, ema_weights = _full_state(raw, fsdp), _full_state(ema, fsdp)
-        if fsdp:
-            optimizer = _full_optimizer_state(raw, opt)
-        if not master:
-            return
-        meta = checkpoint_meta(raw, cfg, step, text_name, cfg.vae)
-        save_weights(weights, paths["model"], meta)
-        save_weights(ema_weights, paths["ema"], meta)
-        state = {
-            "step": step,
-            "optimizer": optimizer if fsdp else opt.state_dict(),
-            "optimizer_format": "names" if fsdp else "ids",
-            "readers": reader_states,
-            "rng": torch.get_rng_state(),
-            "config": dataclasses.asdict(cfg),
-        }
-        torch.save(state, paths["state"] + ".tmp")
-        os.replace(paths["state"] + ".tmp", paths["state"])
-
     metrics = {"step": step, "loss": float("nan"), "val_loss": float("nan")}
-    t_start = time.time()
-    if (master or fsdp) and step == 0:  # the untrained model's validation loss: what every later value beats
-        metrics["val_loss_init"] = validate()
-    if master and step == 0:
-        log.writerow([0, "", "", "", "", "", f"{metrics['val_loss_init']:.6f}", "0.0"])
-        print(f"step 0 val {metrics['val_loss_init']:.4f}")
+    if (
+        d.master or d.fsdp
+    ) and step == 0:  # the untrained model's validation loss: what every later value beats
+        metrics["val_loss_init"] = validate(raw, data, autocast)
+        if d.master:
+            log.initial(metrics["val_loss_init"])
     model.train()
     while step < cfg.steps:
         t0 = time.time()
@@ -517,79 +447,44 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         loss_sum, tokens = 0.0, 0
         for a, reader in enumerate(readers):
             gen = step_generator(cfg.seed, step, reader.reader)
-            if cfg.pack:
-                packed, text, mask, empty = packed_input(*reader.next_batch(), rows=cfg.batch_size)
-                tokens += int(packed.real.sum())  # useful tokens: padding does not count
-                attn = packed_attention_mask(packed.seq_id, cfg.packed_attention)  # once for every block
-            else:
-                x, text, mask, empty = model_input(reader.next_batch(cfg.batch_size))
-                tokens += x.shape[0] * math.prod(raw.grid(x.shape))
-            # Gradients are averaged across processes only on the last micro-step.
-            last_micro = a == len(readers) - 1
-            if fsdp:
+            batch = data.batches.next(reader)
+            tokens += batch.tokens
+            last_micro = a == len(readers) - 1  # gradients are averaged across processes only on the last
+            if d.fsdp:
                 raw.set_requires_gradient_sync(last_micro)  # raw: the FSDP module (model may wrap it)
-            sync = nullcontext() if (not ddp or fsdp or last_micro) else model.no_sync()
+            sync = nullcontext() if (not d.ddp or d.fsdp or last_micro) else model.no_sync()
             with sync, autocast:
-                if cfg.pack:
-                    loss = packed_training_loss(fwd, packed, text, mask, empty, flow, gen, attn)
-                else:
-                    loss = training_loss(fwd, x, text, mask, empty, flow, gen)
+                loss = data.batches.loss(fwd, batch, flow, gen)
                 (loss / len(readers)).backward()
             loss_sum += loss.item() / len(readers)
         grad_norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip or float("inf"))
-        grad_norm = (grad_norm.full_tensor() if fsdp else grad_norm).item()
+        grad_norm = (grad_norm.full_tensor() if d.fsdp else grad_norm).item()
         opt.step()
         opt.zero_grad(set_to_none=True)
         with torch.no_grad():
             for pe, p in zip(ema.parameters(), raw.parameters(), strict=True):
                 pe.lerp_(p, 1 - cfg.ema_decay)
         step += 1
-        if device.type == "cuda":
+        if d.device.type == "cuda":
             torch.cuda.synchronize()
-        dt = time.time() - t0
-        tok_s = tokens * world / dt
-        mfu = (
-            flops_per_token(raw, tokens // (cfg.batch_size * len(readers))) * tok_s / (peak * world)
-            if peak
-            else None
-        )
+        tok_s = tokens * d.world / (time.time() - t0)
+        per_sample = tokens // (cfg.batch_size * len(readers))
+        mfu = flops_per_token(raw, per_sample) * tok_s / (peak * d.world) if peak else None
         metrics.update(step=step, loss=loss_sum, tokens_per_s=tok_s, mfu=mfu)
         last = step == cfg.steps
         val_loss = None
-        if (master or fsdp) and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
-            val_loss = validate()
-            metrics["val_loss"] = val_loss
-        if master:  # live progress line on a terminal; TensorBoard scalars when log = "tensorboard"
-            values = dict(loss=loss_sum, lr=lr, tokens_per_s=tok_s, grad_norm=grad_norm, mfu=mfu)
-            progress.update(step, **values, val_loss=val_loss)
-        if master and (step % cfg.log_every == 0 or last or val_loss is not None):
-            msg = f"step {step}/{cfg.steps} loss {loss_sum:.4f} lr {lr:.2e} grad {grad_norm:.3f}"
-            msg += f" tok/s {tok_s:,.0f}"
-            msg += f" mfu {mfu:.1%}" if mfu is not None else ""
-            msg += f" val {val_loss:.4f}" if val_loss is not None else ""
-            progress.write(msg)
-            log.writerow(
-                [
-                    step,
-                    f"{loss_sum:.6f}",
-                    f"{lr:.6g}",
-                    f"{grad_norm:.4f}",
-                    f"{tok_s:.1f}",
-                    "" if mfu is None else f"{mfu:.4f}",
-                    "" if val_loss is None else f"{val_loss:.6f}",
-                    f"{time.time() - t_start:.1f}",
-                ]
-            )
-            log_file.flush()
-        if (master or fsdp) and cfg.sample_every and (step % cfg.sample_every == 0 or last):
-            save_samples(step)
+        if (d.master or d.fsdp) and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
+            val_loss = metrics["val_loss"] = validate(raw, data, autocast)
+        if d.master:
+            log.step(step, last, loss=loss_sum, lr=lr, grad_norm=grad_norm, tokens_per_s=tok_s, mfu=mfu,
+                     val_loss=val_loss)  # fmt: skip
+        if (d.master or d.fsdp) and cfg.sample_every and (step % cfg.sample_every == 0 or last):
+            save_samples(cfg, ema, data, step, autocast, d)
         if (cfg.save_every and step % cfg.save_every == 0) or last:
-            # Every rank takes part (reader states are gathered, FSDP shards too); rank 0 writes.
-            save_checkpoint(step, _gather_reader_states(readers, ddp))
-    if master:
-        log_file.close()
-        progress.close()
-    if ddp:
+            save_checkpoint(cfg, raw, ema, opt, data, step, d)
+    if d.master:
+        log.close()
+    if d.ddp:
         import torch.distributed as dist
 
         dist.barrier()
@@ -660,17 +555,6 @@ def _gather_reader_states(readers, ddp: bool) -> list[dict]:
         dist.all_gather_object(everyone, states)
         states = [s for part in everyone for s in part]
     return sorted(states, key=lambda s: s["reader"])
-
-
-def _pad_text(embs: list[torch.Tensor], tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    dim = embs[0].shape[1]
-    text = torch.zeros(len(embs), tokens, dim)
-    mask = torch.zeros(len(embs), tokens, dtype=torch.bool)
-    for i, e in enumerate(embs):
-        n = min(tokens, e.shape[0])
-        text[i, :n], mask[i, :n] = e[:n], True
-    mask[:, 0] = True  # an empty caption still has one (zero) token; it trains as the null caption anyway
-    return text, mask
 
 
 def _first_value(index, column: str):

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-RANDOM_WEIGHTS_MARKER = "vidsift_random_weights.json"  # the name pipeline/backends/base.py uses too
+from vidsift.pipeline.backends.base import RANDOM_WEIGHTS_MARKER
+
 DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # recipe name -> open_clip precision
 
 

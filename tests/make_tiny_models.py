@@ -22,7 +22,7 @@ from pathlib import Path
 
 VLM_DIR = "tiny-qwen2_5-vl"
 LM_DIR = "tiny-qwen2-lm"
-RANDOM_WEIGHTS_MARKER = "vidsift_random_weights.json"  # also named in pipeline/backends/base.py
+from vidsift.pipeline.backends.base import RANDOM_WEIGHTS_MARKER  # noqa: E402
 
 SPECIAL = [
     "<|endoftext|>",

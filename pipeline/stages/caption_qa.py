@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-FIELDS = ("subject", "action", "scene", "camera", "style", "lighting")
+from vidsift.pipeline.stages.caption_vlm import FIELDS  # the structured caption fields
 
 # Openings that carry no information; stripped repeatedly ("Sure! The video shows ...").
 BOILERPLATE = [
