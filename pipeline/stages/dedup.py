@@ -9,27 +9,25 @@ scales, within ``max_hamming`` bits of a hash of the other, and their histories 
 (``dedup_curve``: brightness and frame difference at 32 points each) correlate, forwards or
 backwards. Matching sets of frames ignores their order and spacing, so time-reversed and
 sped-up copies match; the crop scales let a centre crop of up to about a third meet its
-original. Candidate pairs come from exact matches of
-8-bit bands of the hashes (multi-index hashing), so the run is not compared pair by pair.
-In each group of duplicates the clip with the most pixels, then the longest, then the smallest
+original. Candidate pairs come from a Hamming-space LSH index (``pipeline/dedup_index.py``:
+``index_tables`` tables keyed on random bit positions, every bucket searched, big ones split, never
+skipped), so the run is not compared pair by pair; it runs as Ray tasks past ``distribute_above``
+clips. In each group of duplicates the clip with the most pixels, then the longest, then the smallest
 ``clip_id`` is kept; the others are rejected (``near_duplicate``) with ``dup_of`` set.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 
-from vidsift.pipeline.measures import HASH_SCALES
 from vidsift.pipeline.rows import sample_indices
 
 FLAT_PROFILE_STD = 2.0  # row means varying less than this: a flat frame, its hash is noise
 CURVE_POINTS = 32  # points per over-time signature (duration-free: speed changes still match)
 FLAT_LUMA_STD = 1.0  # brightness curve this steady (luma levels) carries no timing information
 FLAT_DIFF_STD = 0.2  # nor does a frame-difference curve this steady
-BANDS = 8  # 64-bit hash -> 8 bands of 8 bits; two hashes within 7 bits share a band exactly
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,8 +37,23 @@ class DedupConfig:
     # Frames alone confuse two moments of one static shot (a traffic camera, a talk at a table) with
     # a copy; a copy also has the same brightness history, forwards or backwards.
     min_curve_corr: float = 0.9
+    # The run-wide index (docs/filters.md: its measured recall). A copy collides in a table when one of
+    # its many sample hashes agrees with one of the original's on all of that table's key bits.
+    index_tables: int = 20  # hash tables; more find farther copies (reversed, sped up), each costs one sort
+    index_bits: int = 0  # key bits per table; 0 = log2(hashes) + 2, so a bucket holds ~1/4 entry on average
+    index_seed: int = 0  # which bit positions key each table (fixed: the same run gives the same result)
+    max_bucket: int = 4096  # a bucket with more entries is split by more key bits (counted, never skipped)
+    distribute_above: int = 200_000  # clips: run the index as Ray tasks above this (0 = always)
 
     def __post_init__(self) -> None:
+        if not 1 <= self.index_tables <= 256:
+            raise ValueError(f"dedup.index_tables must be in [1, 256], got {self.index_tables}")
+        if self.index_bits and not 8 <= self.index_bits <= 40:
+            raise ValueError(f"dedup.index_bits must be 0 (auto) or in [8, 40], got {self.index_bits}")
+        if self.max_bucket < 2:
+            raise ValueError(f"dedup.max_bucket must be >= 2, got {self.max_bucket}")
+        if self.distribute_above < 0:
+            raise ValueError(f"dedup.distribute_above must be >= 0, got {self.distribute_above}")
         if not 0 <= self.max_hamming <= 32:
             raise ValueError(f"dedup.max_hamming must be in [0, 32], got {self.max_hamming}")
         if not -1 <= self.min_curve_corr <= 1:
@@ -117,52 +130,17 @@ def find_duplicates(rows: list[dict], config: DedupConfig) -> dict[str, str]:
     """``{clip_id: representative clip_id}`` for every clip that duplicates a kept one.
 
     ``rows`` need ``clip_id``, ``dedup_hashes``, ``dedup_curve``, ``width``, ``height`` and ``duration_s``.
+    A convenience over a list of rows (a video's clips, tests); whole runs go through
+    ``pipeline/select.py: dedup_run``, which reads the shards straight into the index.
     """
-    scales = len(HASH_SCALES)
-    hashed = {}
-    for r in rows:
-        h = r.get("dedup_hashes") or []
-        if len(h) >= scales:
-            hashed[r["clip_id"]] = np.asarray(h[: len(h) // scales * scales], dtype=np.int64).reshape(
-                -1, scales
-            )
-    index: dict[tuple[int, int], set[str]] = defaultdict(set)
-    for cid, h in hashed.items():
-        for value in np.unique(h):
-            for band in range(BANDS):
-                index[(band, (int(value) >> (8 * band)) & 0xFF)].add(cid)
-    pairs: set[tuple[str, str]] = set()
-    for ids in index.values():
-        if 1 < len(ids) <= 1000:  # a band value shared by a huge crowd carries no information
-            ordered = sorted(ids)
-            pairs.update((a, b) for i, a in enumerate(ordered) for b in ordered[i + 1 :])
-    parent = {cid: cid for cid in hashed}
-    curves = {r["clip_id"]: r.get("dedup_curve") or [] for r in rows}
+    import pyarrow as pa
 
-    def root(x: str) -> str:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
+    from vidsift.pipeline.dedup_index import COLUMNS, find_near_duplicates, table_from_arrow
+    from vidsift.pipeline.schema import CLIP_SCHEMA
 
-    for a, b in sorted(pairs):
-        if root(a) == root(b):
-            continue
-        if _matches(hashed[a], hashed[b], config) and _curves_agree(curves[a], curves[b], config):
-            parent[root(a)] = root(b)
-    groups: dict[str, list[dict]] = defaultdict(list)
-    by_id = {r["clip_id"]: r for r in rows}
-    for cid in hashed:
-        groups[root(cid)].append(by_id[cid])
-    duplicates = {}
-    for members in groups.values():
-        if len(members) < 2:
-            continue
-        keep = min(
-            members,
-            key=lambda r: (-(r["width"] or 0) * (r["height"] or 0), -(r["duration_s"] or 0), r["clip_id"]),
-        )
-        for r in members:
-            if r["clip_id"] != keep["clip_id"]:
-                duplicates[r["clip_id"]] = keep["clip_id"]
-    return duplicates
+    schema = pa.schema([CLIP_SCHEMA.field(c) for c in COLUMNS])
+    table = pa.Table.from_pylist([{c: r.get(c) for c in COLUMNS} for r in rows], schema=schema)
+    hashed = table_from_arrow(table)
+    duplicates, _ = find_near_duplicates(hashed, config)
+    ids = hashed.clip_id.to_pylist()
+    return {ids[d]: ids[k] for d, k in duplicates.items()}

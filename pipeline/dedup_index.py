@@ -1,0 +1,419 @@
+"""The run-wide near-duplicate search: a Hamming-space LSH index over ``dedup_hashes``, for millions of clips.
+
+Steps (``find_near_duplicates``):
+
+1. **Read** (``load_hash_table``): only the columns the decision needs, straight from the shards into flat
+   numpy arrays (hashes and their per-clip offsets, curves as an ``N x 64`` matrix); no row dicts.
+2. **Candidates** (``table_pairs``): ``index_tables`` hash tables, each keyed on ``index_bits`` bit positions
+   drawn at random (a fixed seed) from the 64. Two hashes ``d`` bits apart share a table's key with
+   probability ``C(64-d, k) / C(64, k)``; a copy has many samples and three crop scales that match, so
+   one collision among them is enough. Inside a bucket every pair of hashes is compared *exactly*
+   (popcount of the XOR); only pairs within ``max_hamming`` bits, from two different clips, become
+   candidate clip pairs. Exact multi-index hashing (``max_hamming + 1`` bands) is not used: at 10 bits
+   it needs bands of <= 6 bits, whose 64 values each hold 1/64 of the run, so its candidate count
+   grows with the square of the run (see docs/filters.md).
+   No bucket is skipped: a bucket larger than ``max_bucket`` entries is split by further bit positions
+   and searched again; such splits are counted (``split_buckets``, ``split_entries``) and printed.
+3. **Verify** (``verify_pairs``): today's decision rule on each candidate pair (``dedup._matches`` over
+   the samples at three crops, then ``dedup._curves_agree``).
+4. **Group**: connected components over the verified pairs only (scipy), then the keep-the-best rule:
+   most pixels, then longest, then smallest ``clip_id``; a clip of an ``--against`` run is always kept
+   before a clip of the run being deduplicated (those runs are never rewritten).
+
+Steps 2 and 3 run as Ray tasks (one per hash table, one per chunk of pairs) when the search is larger than
+``distribute_above`` clips, with the hash arrays shared through Ray's object store (zero-copy), so each
+worker holds one table's keys at a time. Otherwise they run in this process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from vidsift.pipeline import storage
+from vidsift.pipeline.measures import HASH_SCALES
+from vidsift.pipeline.stages.dedup import CURVE_POINTS, DedupConfig, _curves_agree, _matches
+from vidsift.pipeline.storage import Location
+
+COLUMNS = ["clip_id", "group", "source_uri", "dedup_hashes", "dedup_curve", "width", "height", "duration_s"]
+SCALES = len(HASH_SCALES)
+VERIFY_CHUNK = 20_000  # candidate pairs per verification task
+
+
+@dataclass
+class HashTable:
+    """Every clip of one or more runs, as flat arrays (index ``i`` is one clip)."""
+
+    clip_id: pa.Array  # string
+    source_uri: pa.Array  # string
+    group: pa.Array  # string
+    run: np.ndarray  # int16: 0 = the run being deduplicated, 1.. = --against runs
+    offsets: np.ndarray  # int64, len N+1: clip i's hashes are hashes[offsets[i]:offsets[i+1]]
+    hashes: np.ndarray  # uint64, samples x scales per clip, flattened
+    curves: np.ndarray  # float32 N x 2*CURVE_POINTS (rows without a curve are zeros)
+    has_curve: np.ndarray  # bool
+    pixels: np.ndarray  # int64
+    duration: np.ndarray  # float64
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+
+@dataclass
+class SearchStats:
+    """What the search did, counted for the manifest (nothing is skipped silently)."""
+
+    clips: int = 0
+    clips_without_hashes: int = 0  # only flat (black/white) frames: nothing to compare, never a duplicate
+    hashes: int = 0
+    tables: int = 0
+    key_bits: int = 0
+    hash_pairs_compared: int = 0  # inside buckets, exact popcount
+    split_buckets: int = 0  # buckets over max_bucket entries, split by more bits (not skipped)
+    split_entries: int = 0
+    candidate_pairs: int = 0  # clip pairs with at least one hash pair within max_hamming
+    verified_pairs: int = 0  # of those, duplicates by the full rule
+    duplicates: int = 0  # clips rejected
+    distributed: bool = False
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+def _list_arrays(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets (int64, len n+1, nulls as empty) and flat values of a list column, without Python objects."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if isinstance(arr, pa.ChunkedArray):  # zero chunks
+        arr = pa.array([], col.type)
+    lens = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    offsets = np.zeros(len(arr) + 1, np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    values = pc.list_flatten(arr)  # skips nulls, keeps order: matches offsets
+    return offsets, values.to_numpy(zero_copy_only=False)
+
+
+def table_from_arrow(t: pa.Table, run: int = 0) -> HashTable:
+    """A ``HashTable`` from an Arrow table with ``COLUMNS`` (``group`` optional)."""
+    n = t.num_rows
+    offsets, values = _list_arrays(t.column("dedup_hashes"))
+    hashes = values.astype(np.int64).view(np.uint64)
+    # keep whole samples (three scales each): as find_duplicates always did
+    lens = np.diff(offsets)
+    keep = lens // SCALES * SCALES
+    if np.any(keep != lens):
+        idx = np.concatenate([np.arange(o, o + k) for o, k in zip(offsets[:-1], keep, strict=True)] or [[]])
+        hashes = hashes[idx.astype(np.int64)]
+        offsets = np.zeros(n + 1, np.int64)
+        np.cumsum(keep, out=offsets[1:])
+    c_off, c_val = _list_arrays(t.column("dedup_curve"))
+    c_len = np.diff(c_off)
+    has_curve = c_len == 2 * CURVE_POINTS
+    curves = np.zeros((n, 2 * CURVE_POINTS), np.float32)
+    if has_curve.any():
+        rows = np.flatnonzero(has_curve)
+        curves[rows] = c_val.astype(np.float32)[c_off[rows][:, None] + np.arange(2 * CURVE_POINTS)]
+
+    def num(name: str, dtype) -> np.ndarray:
+        return pc.fill_null(t.column(name), 0).to_numpy().astype(dtype)
+
+    group = t.column("group") if "group" in t.column_names else pa.nulls(n, pa.string())
+    return HashTable(
+        clip_id=t.column("clip_id").combine_chunks(),
+        source_uri=t.column("source_uri").combine_chunks(),
+        group=group.combine_chunks() if isinstance(group, pa.ChunkedArray) else group,
+        run=np.full(n, run, np.int16),
+        offsets=offsets,
+        hashes=hashes,
+        curves=curves,
+        has_curve=has_curve,
+        pixels=num("width", np.int64) * num("height", np.int64),
+        duration=num("duration_s", np.float64),
+    )
+
+
+def read_clip_columns(run: Location) -> pa.Table:
+    """The columns the search needs, of every accepted clip of a run (column-only Parquet reads)."""
+    files = storage.parquet_files(storage.join(run, "clips"))
+    tables = [storage.read_table(f, columns=COLUMNS) for f in files]
+    if not tables:
+        from vidsift.pipeline.schema import CLIP_SCHEMA
+
+        return pa.schema([CLIP_SCHEMA.field(c) for c in COLUMNS]).empty_table()
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def load_hash_table(runs: list[Location]) -> HashTable:
+    """``runs[0]`` is the run to deduplicate, the others are earlier runs it is compared against."""
+    return concat_tables([table_from_arrow(read_clip_columns(r), run=i) for i, r in enumerate(runs)])
+
+
+def concat_tables(parts: list[HashTable]) -> HashTable:
+    if len(parts) == 1:
+        return parts[0]
+    offsets = [np.zeros(1, np.int64)]
+    base = 0
+    for p in parts:
+        offsets.append(p.offsets[1:] + base)
+        base += int(p.offsets[-1])
+    return HashTable(
+        clip_id=pa.concat_arrays([p.clip_id for p in parts]),
+        source_uri=pa.concat_arrays([p.source_uri for p in parts]),
+        group=pa.concat_arrays([p.group.cast(pa.string()) for p in parts]),
+        run=np.concatenate([p.run for p in parts]),
+        offsets=np.concatenate(offsets),
+        hashes=np.concatenate([p.hashes for p in parts]),
+        curves=np.concatenate([p.curves for p in parts]),
+        has_curve=np.concatenate([p.has_curve for p in parts]),
+        pixels=np.concatenate([p.pixels for p in parts]),
+        duration=np.concatenate([p.duration for p in parts]),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- index
+
+
+def key_bits(entries: int, config: DedupConfig) -> int:
+    """Bits per table key: about 4 keys per entry when ``index_bits`` is 0 (auto), so buckets stay small."""
+    if config.index_bits:
+        return config.index_bits
+    return int(min(40, max(12, np.ceil(np.log2(max(entries, 2))) + 2)))
+
+
+def table_positions(config: DedupConfig) -> list[np.ndarray]:
+    """One permutation of the 64 bits per table: its first ``key_bits`` key it, the rest split big buckets."""
+    rng = np.random.default_rng(config.index_seed)
+    return [rng.permutation(64) for _ in range(config.index_tables)]
+
+
+def _keys(h: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """The bits of ``h`` at ``positions``, packed into a uint64 key (byte-wise lookup tables)."""
+    key = np.zeros(len(h), np.uint64)
+    for byte in range(8):
+        lut = np.zeros(256, np.uint64)
+        v = np.arange(256, dtype=np.uint64)
+        for out_bit, pos in enumerate(positions):
+            if pos // 8 == byte:
+                lut |= ((v >> np.uint64(pos % 8)) & np.uint64(1)) << np.uint64(out_bit)
+        if lut.any():
+            key |= lut[(h >> np.uint64(8 * byte)) & np.uint64(0xFF)]
+    return key
+
+
+def entries(table: HashTable) -> tuple[np.ndarray, np.ndarray]:
+    """The index entries: each clip's distinct hashes (``hash``, ``clip``), static shots repeat them."""
+    clip = np.repeat(np.arange(len(table), dtype=np.int64), np.diff(table.offsets))
+    if len(clip) == 0:
+        return np.zeros(0, np.uint64), np.zeros(0, np.int32)
+    order = np.lexsort((table.hashes, clip))
+    h, c = table.hashes[order], clip[order]
+    first = np.ones(len(h), bool)
+    first[1:] = (h[1:] != h[:-1]) | (c[1:] != c[:-1])
+    return h[first], c[first].astype(np.int32)
+
+
+def table_pairs(
+    hashes: np.ndarray,
+    clips: np.ndarray,
+    runs: np.ndarray,
+    positions: np.ndarray,
+    bits: int,
+    config: DedupConfig,
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Candidate clip pairs (``i * 2**32 + j``, ``i < j``, unique) found by one hash table, and its counts.
+
+    ``positions`` is a permutation of the 64 bits: the first ``bits`` key the table; a bucket over
+    ``config.max_bucket`` entries is keyed again on the next 8 positions, until it is small enough or the
+    whole hash is the key (then it is searched whatever its size: identical hashes).
+    """
+    counts = {"hash_pairs_compared": 0, "split_buckets": 0, "split_entries": 0}
+    found: list[np.ndarray] = []
+    todo = np.arange(len(hashes), dtype=np.int64)
+    used = bits
+    keys = _keys(hashes, positions[:bits])
+    while len(todo):
+        order = np.argsort(keys[todo], kind="stable")
+        idx = todo[order]
+        sk = keys[idx]
+        start = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]])
+        size = np.diff(np.r_[start, len(sk)])
+        big = size > config.max_bucket if used < 64 else np.zeros(len(size), bool)
+        member_big = np.repeat(big, size)
+        small_idx = idx[~member_big]
+        small_keys = sk[~member_big]
+        found.extend(_bucket_pairs(hashes, clips, runs, small_idx, small_keys, config, counts))
+        if not big.any():
+            break
+        counts["split_buckets"] += int(big.sum())
+        counts["split_entries"] += int(member_big.sum())
+        todo = idx[member_big]
+        extra = positions[used : used + 8]
+        keys[todo] = (keys[todo] << np.uint64(len(extra))) | _keys(hashes[todo], extra)
+        used += len(extra)
+    pairs = np.unique(np.concatenate(found)) if found else np.zeros(0, np.uint64)
+    return pairs, counts
+
+
+def _bucket_pairs(
+    hashes: np.ndarray,
+    clips: np.ndarray,
+    runs: np.ndarray,
+    idx: np.ndarray,
+    sk: np.ndarray,
+    config: DedupConfig,
+    counts: dict[str, int],
+) -> list[np.ndarray]:
+    """Every pair inside each run of equal keys in ``sk`` (sorted), kept when within ``max_hamming``."""
+    out = []
+    pos = np.flatnonzero(sk[1:] == sk[:-1]) if len(sk) > 1 else np.zeros(0, np.int64)
+    offset = 1
+    limit = np.uint64(config.max_hamming)
+    while len(pos):
+        a, b = idx[pos], idx[pos + offset]
+        counts["hash_pairs_compared"] += len(pos)
+        ca, cb = clips[a], clips[b]
+        ok = (ca != cb) & (np.bitwise_count(hashes[a] ^ hashes[b]) <= limit)
+        if runs is not None:
+            ok &= (runs[ca] == 0) | (runs[cb] == 0)  # two clips of --against runs: not our business
+        if ok.any():
+            lo = np.minimum(ca[ok], cb[ok]).astype(np.uint64)
+            hi = np.maximum(ca[ok], cb[ok]).astype(np.uint64)
+            out.append(np.unique((lo << np.uint64(32)) | hi))
+        offset += 1
+        nxt = pos + offset
+        pos = pos[nxt < len(sk)]
+        pos = pos[sk[pos] == sk[pos + offset]]
+    return out
+
+
+def verify_pairs(
+    pairs: np.ndarray,
+    offsets: np.ndarray,
+    hashes: np.ndarray,
+    curves: np.ndarray,
+    has_curve: np.ndarray,
+    config: DedupConfig,
+) -> np.ndarray:
+    """The decision rule on each candidate pair: a bool mask over ``pairs``."""
+    keep = np.zeros(len(pairs), bool)
+    signed = hashes.view(np.int64)
+    for k, p in enumerate(pairs.tolist()):
+        i, j = p >> 32, p & 0xFFFFFFFF
+        a = signed[offsets[i] : offsets[i + 1]].reshape(-1, SCALES)
+        b = signed[offsets[j] : offsets[j + 1]].reshape(-1, SCALES)
+        if not _matches(a, b, config):
+            continue
+        ca = curves[i].tolist() if has_curve[i] else []
+        cb = curves[j].tolist() if has_curve[j] else []
+        keep[k] = _curves_agree(ca, cb, config)
+    return keep
+
+
+# ----------------------------------------------------------------------------------------------- search
+
+
+def _ray_table_pairs(h, c, r, positions, bits, config):  # runs inside a Ray task
+    return table_pairs(h, c, r, positions, bits, config)
+
+
+def _ray_verify(pairs, offsets, hashes, curves, has_curve, config):  # runs inside a Ray task
+    return verify_pairs(pairs, offsets, hashes, curves, has_curve, config)
+
+
+def search_pairs(table: HashTable, config: DedupConfig, stats: SearchStats) -> np.ndarray:
+    """Verified duplicate clip pairs (uint64 ``i << 32 | j``)."""
+    import time
+
+    t0 = time.time()
+    h, c = entries(table)
+    runs = table.run if (table.run != 0).any() else None
+    bits = key_bits(len(h), config)
+    stats.hashes, stats.tables, stats.key_bits = len(h), config.index_tables, bits
+    perms = table_positions(config)
+    distributed = len(table) > config.distribute_above
+    stats.distributed = distributed
+    if distributed:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        task = ray.remote(_ray_table_pairs).options(num_cpus=1, max_retries=2)
+        h_ref, c_ref, r_ref = ray.put(h), ray.put(c), ray.put(runs)
+        results = ray.get([task.remote(h_ref, c_ref, r_ref, p, bits, config) for p in perms])
+        del h_ref, c_ref, r_ref
+    else:
+        results = [table_pairs(h, c, runs, p, bits, config) for p in perms]
+    del h, c
+    found = []
+    for pairs, counts in results:
+        found.append(pairs)
+        stats.hash_pairs_compared += counts["hash_pairs_compared"]
+        stats.split_buckets += counts["split_buckets"]
+        stats.split_entries += counts["split_entries"]
+    candidates = np.unique(np.concatenate(found)) if found else np.zeros(0, np.uint64)
+    del found, results
+    stats.candidate_pairs = len(candidates)
+    t1 = time.time()
+    stats.seconds["candidates"] = round(t1 - t0, 3)
+    if distributed and len(candidates) > VERIFY_CHUNK:
+        import ray
+
+        task = ray.remote(_ray_verify).options(num_cpus=1, max_retries=2)
+        refs = [ray.put(x) for x in (table.offsets, table.hashes, table.curves, table.has_curve)]
+        chunks = [candidates[s : s + VERIFY_CHUNK] for s in range(0, len(candidates), VERIFY_CHUNK)]
+        masks = ray.get([task.remote(ch, *refs, config) for ch in chunks])
+        mask = np.concatenate(masks)
+    else:
+        mask = verify_pairs(candidates, table.offsets, table.hashes, table.curves, table.has_curve, config)
+    stats.verified_pairs = int(mask.sum())
+    stats.seconds["verify"] = round(time.time() - t1, 3)
+    return candidates[mask]
+
+
+def choose_representatives(table: HashTable, pairs: np.ndarray) -> dict[int, int]:
+    """``{duplicate clip index: kept clip index}`` from verified pairs (connected components)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if len(pairs) == 0:
+        return {}
+    i = (pairs >> np.uint64(32)).astype(np.int64)
+    j = (pairs & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    nodes = np.unique(np.concatenate([i, j]))  # components over the clips in pairs only
+    li, lj = np.searchsorted(nodes, i), np.searchsorted(nodes, j)
+    graph = coo_matrix((np.ones(len(li), np.int8), (li, lj)), shape=(len(nodes), len(nodes)))
+    _, label = connected_components(graph, directed=False)
+    # keep-the-best: an --against clip first (never rewritten), then most pixels, longest, smallest id
+    ids = table.clip_id.take(pa.array(nodes))
+    order = pc.sort_indices(
+        pa.table(
+            {
+                "label": label,
+                "new": (table.run[nodes] == 0).astype(np.int8),
+                "px": -table.pixels[nodes],
+                "dur": -table.duration[nodes],
+                "id": ids,
+            }
+        ),
+        sort_keys=[(k, "ascending") for k in ("label", "new", "px", "dur", "id")],
+    ).to_numpy()
+    sorted_label = label[order]
+    first = np.r_[True, sorted_label[1:] != sorted_label[:-1]]
+    keeper_of_label = np.empty(label.max() + 1, np.int64)
+    keeper_of_label[sorted_label[first]] = nodes[order[first]]
+    keeper = keeper_of_label[label]
+    dup = (keeper != nodes) & (table.run[nodes] == 0)  # clips of --against runs are never rejected
+    return dict(zip(nodes[dup].tolist(), keeper[dup].tolist(), strict=True))
+
+
+def find_near_duplicates(table: HashTable, config: DedupConfig) -> tuple[dict[int, int], SearchStats]:
+    """``{duplicate clip index: kept clip index}`` over ``table``, and what the search did."""
+    stats = SearchStats(clips=len(table))
+    stats.clips_without_hashes = int((np.diff(table.offsets) < SCALES).sum())
+    pairs = search_pairs(table, config, stats)
+    duplicates = choose_representatives(table, pairs)
+    stats.duplicates = len(duplicates)
+    return duplicates, stats
