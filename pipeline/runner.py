@@ -326,7 +326,19 @@ def run_curate(
     quiet: bool = False,
 ) -> int:
     if (address or os.environ.get("RAY_ADDRESS") or "").startswith("ray://"):
-        return _run_through_client(recipe, input_path, output, limit, address, quiet)
+        return _run_through_client(recipe, input_path, output, limit, address, quiet)  # it locks in there
+    from vidsift.pipeline.lock import output_lock
+
+    # one writer per output: a second run on it refuses at once, naming this one (pipeline/lock.py);
+    # the recipe's S3 settings apply to the lock too
+    os.environ.update(storage.s3_environment(recipe.run.s3_endpoint_url, recipe.run.s3_region))
+    with output_lock(output, "curate"):
+        return _curate_locked(recipe, input_path, output, limit, address, quiet)
+
+
+def _curate_locked(
+    recipe: Recipe, input_path: str, output: str, limit: int | None, address: str | None, quiet: bool
+) -> int:
     from rich.console import Console
 
     console = Console(stderr=True, quiet=quiet)
