@@ -25,8 +25,8 @@ FILES = {"model": "model.safetensors", "ema": "ema.safetensors", "state": "state
 JOURNAL = "checkpoint.next"
 
 
-class CheckpointMismatch(ValueError):
-    """The files of a run folder's checkpoint belong to different steps."""
+class CheckpointError(Exception):
+    """A missing, foreign or inconsistent checkpoint; the CLI prints it on one line."""
 
 
 def _fsync(path: str) -> None:
@@ -128,7 +128,7 @@ def load_checkpoint(out: str, device: torch.device) -> tuple[dict, dict, dict]:
     state = torch.load(paths["state"], map_location="cpu", weights_only=True)
     steps = {"state": state["step"], "model": weights_step(paths["model"]), "ema": weights_step(paths["ema"])}
     if len({s for s in steps.values() if s is not None}) != 1:
-        raise CheckpointMismatch(
+        raise CheckpointError(
             f"checkpoint in {out} mixes steps ({', '.join(f'{k} {v}' for k, v in steps.items())}); "
             "it was not written by one save: restore the files of one step or start a new run folder"
         )

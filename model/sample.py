@@ -24,9 +24,7 @@ import os
 import numpy as np
 import torch
 
-
-class CheckpointError(Exception):
-    """A missing or foreign checkpoint; the CLI prints it on one line."""
+from vidsift.model.checkpoint import CheckpointError  # a missing or foreign checkpoint (re-exported)
 
 
 class InputError(Exception):
