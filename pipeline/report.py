@@ -32,6 +32,7 @@ from typing import Any
 import pyarrow as pa
 
 from vidsift.pipeline import storage
+from vidsift.pipeline.formatting import fmt, hours, top_values
 from vidsift.pipeline.stats import (
     SCORE_SHIFT_HEADER,
     RunDb,
@@ -69,26 +70,10 @@ def script_json(obj: Any) -> str:
     return text
 
 
-def fmt(x: Any) -> str:
-    if x is None:
-        return "–"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, int):
-        return f"{x:,}"
-    if isinstance(x, float):
-        return f"{x:,.0f}" if abs(x) >= 1e4 else f"{x:.4g}"
-    return str(x)
-
-
 def table(headers: list[str], rows: list[list[Any]], cls: str = "") -> str:
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{esc(fmt(c))}</td>" for c in r) + "</tr>" for r in rows)
     return f'<table class="{esc(cls)}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def hours(h: float | None) -> str:
-    return "–" if h is None else f"{h:.2f} h" if h >= 1 else f"{h * 60:.1f} min"
 
 
 # ---------------------------------------------------------------- charts (matplotlib, Agg)
@@ -514,10 +499,7 @@ def _sections(s: dict, comparison: dict | None) -> list[tuple[str, str, str]]:
     if s["categories"]:
         body += "<h3>Categorical columns</h3>" + table(
             ["column", "distinct", "top values"],
-            [
-                [c, d["distinct"], ", ".join(f"{x['value']} ({fmt(x['clips'])})" for x in d["top"])]
-                for c, d in s["categories"].items()
-            ],
+            [[c, d["distinct"], top_values(d["top"])] for c, d in s["categories"].items()],
         )
     out.append(("captions", "Captions, flags and categories", body))
     body = table(["kind", "count"], [[k, v] for k, v in s["duplicates"].items()]) if s["duplicates"] else ""
@@ -532,9 +514,7 @@ def _sections(s: dict, comparison: dict | None) -> list[tuple[str, str, str]]:
         )
     out.append(("sources", "Duplicates and sources", body or "<p>No clips.</p>"))
     m = s["models"]
-    rows = [
-        [c, ", ".join(f"{x['value']} ({fmt(x['clips'])})" for x in d["top"])] for c, d in m["columns"].items()
-    ]
+    rows = [[c, top_values(d["top"])] for c, d in m["columns"].items()]
     rows += [[f"manifest: {k}", v if isinstance(v, str) else json.dumps(v)] for k, v in m["manifest"].items()]
     body = table(["column", "written by"], rows) if rows else "<p>No model wrote any column of this run.</p>"
     if any(k.endswith("random_weights") and v is True for k, v in m["manifest"].items()):

@@ -12,6 +12,8 @@ import json
 import sys
 from typing import Any
 
+from vidsift.pipeline.formatting import fmt, hours, top_values
+
 EXIT_USAGE = 2
 DEFAULT_GALLERY = 120
 
@@ -82,18 +84,6 @@ def cmd_stats(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- terminal tables
 
 
-def fmt(x: Any, digits: int = 4) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, int):
-        return f"{x:,}"
-    if isinstance(x, float):
-        return f"{x:,.0f}" if abs(x) >= 10**digits else f"{x:.{digits}g}"
-    return str(x)
-
-
 def _table(title: str, headers: list[str], rows: list[list[Any]], digits: int = 4):
     from rich import box
     from rich.table import Table
@@ -110,10 +100,6 @@ def _table(title: str, headers: list[str], rows: list[list[Any]], digits: int = 
     return t
 
 
-def _hours(h: float | None) -> str:
-    return "-" if h is None else f"{h:.3f} h" if h >= 1 else f"{h * 60:.2f} min"
-
-
 def print_stats(console, s: dict) -> None:
     r = s["run"]
     console.print(
@@ -123,10 +109,10 @@ def print_stats(console, s: dict) -> None:
     f = s["funnel"]
     rows = [
         ["input videos", f.get("input_videos"), None, None],
-        ["readable (decoded)", f.get("readable_videos"), None, _hours(f.get("input_hours"))],
+        ["readable (decoded)", f.get("readable_videos"), None, hours(f.get("input_hours"))],
         ["videos with accepted clips", f.get("videos_with_clips"), None, None],
         ["candidate clips (scenes)", None, f.get("scenes", f["candidate_clips"]), None],
-        ["accepted clips", None, f["accepted_clips"], _hours(f.get("accepted_hours"))],
+        ["accepted clips", None, f["accepted_clips"], hours(f.get("accepted_hours"))],
         ["rejected clips", None, f["rejected_clips"], None],
     ]
     console.print(_table("Funnel", ["stage", "videos", "clips", "duration"], rows))
@@ -148,7 +134,7 @@ def print_stats(console, s: dict) -> None:
             _table(
                 "Rejected clips",
                 ["stage / reason", "clips", "duration"],
-                [[f"{x['stage']} / {x['reason']}", x["clips"], _hours(x["hours"])] for x in rej["clips"]],
+                [[f"{x['stage']} / {x['reason']}", x["clips"], hours(x["hours"])] for x in rej["clips"]],
             )
         )
     for which in ("accepted", "rejected"):
@@ -180,7 +166,7 @@ def print_stats(console, s: dict) -> None:
         rows = [[c, ", ".join(f"{k} {fmt(v)}" for k, v in d.items())] for c, d in s["flags"].items()]
         console.print(_table("Flags", ["column", "counts"], rows))
     if s["categories"]:
-        rows = [[c, _top(d["top"])] for c, d in s["categories"].items()]
+        rows = [[c, top_values(d["top"])] for c, d in s["categories"].items()]
         console.print(_table("Categories (top values)", ["column", "values"], rows))
     if s["duplicates"]:
         console.print(_table("Duplicates", ["kind", "count"], [[k, v] for k, v in s["duplicates"].items()]))
@@ -190,11 +176,11 @@ def print_stats(console, s: dict) -> None:
             _table(
                 f"Top sources by accepted duration ({fmt(src['sources'])} sources contribute)",
                 ["source", "clips", "duration"],
-                [[x["source_uri"], x["clips"], _hours(x["hours"])] for x in src["top"]],
+                [[x["source_uri"], x["clips"], hours(x["hours"])] for x in src["top"]],
             )
         )
     m = s["models"]
-    rows = [[c, _top(d["top"])] for c, d in m["columns"].items()]
+    rows = [[c, top_values(d["top"])] for c, d in m["columns"].items()]
     rows += [
         [f"recipe/manifest: {k}", json.dumps(v) if not isinstance(v, str) else v]
         for k, v in m["manifest"].items()
@@ -225,10 +211,6 @@ def _esc(text: str) -> str:
     return escape(text)
 
 
-def _top(top: list[dict]) -> str:
-    return ", ".join(f"{x['value']} ({fmt(x['clips'])})" for x in top)
-
-
 def _score_table(title: str, scores: dict):
     # p1, p99 and nulls are in --json; nine numbers fit an 80-column terminal
     cols = ["count", "mean", "min", "p5", "p25", "p50", "p75", "p95", "max"]
@@ -237,7 +219,7 @@ def _score_table(title: str, scores: dict):
 
 
 def _print_media(console, media: dict) -> None:
-    rows = [[k, _top(v)] for k, v in media.items() if v]
+    rows = [[k, top_values(v)] for k, v in media.items() if v]
     if rows:
         console.print(_table("Clip media (top values)", ["distribution", "values (clips)"], rows))
 

@@ -16,5 +16,6 @@ def test_ci_runs_the_readme_test_command():
     ci = (REPO / ".ci" / "run").read_text().strip().splitlines()
     assert ci[-1].strip() == test_cmd
     quick = next(b for b in blocks if "vidsift curate" in b)
-    assert "recipes/curate/quickstart.toml" in quick and "../shared/videos/quality" in quick
+    assert "vidsift curate quickstart " in quick and "../shared/videos/quality" in quick
+    assert (REPO / "recipes" / "curate" / "quickstart.toml").exists()  # what the name resolves to
     assert "torch==" in (REPO / "pyproject.toml").read_text()  # never an unpinned torch
