@@ -53,6 +53,7 @@ from vidsift.model.synthetic import (  # noqa: E402
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE_TRAIN = os.path.join(ROOT, "recipes", "train", "learning.toml")  # the learning check's DiT recipe
 
 
 # The curation recipe: weight-free filters, oracle captions. Set on the tune pool (generator seed TUNE_SEED):
@@ -174,17 +175,39 @@ def read_clips(run: str, folder: str = "clips") -> list[dict]:
     return pq.read_table(path, columns=["source_uri", "start_s", "end_s", "caption"]).to_pylist()
 
 
-def funnel(run: str) -> dict:
-    """Rejected candidate clips of a curation run, by stage/reason."""
+# the ground-truth defect each reject reason is meant to catch
+REASON_DEFECT = {
+    "near_duplicate": "duplicate",
+    "black_frames": "black",
+    "frozen_frames": "frozen",
+    "static": "static",
+    "slideshow": "static",
+    "text_overlay": "text",
+}
+
+
+def funnel(pool: dict, run: str) -> dict:
+    """Rejected candidate clips of a curation run by stage/reason, and how many of them truly hold the defect
+    the reason names (ground truth; a near-duplicate counts when its source has a copy in the pool)."""
     import pyarrow.parquet as pq
 
     path = os.path.join(run, "rejected")
     if not os.path.isdir(path) or not os.listdir(path):
         return {}
-    out: dict[str, int] = {}
-    for r in pq.read_table(path, columns=["reject_stage", "reject_reason"]).to_pylist():
-        key = f"{r['reject_stage']}/{r['reject_reason']}"
-        out[key] = out.get(key, 0) + 1
+    cols = ["reject_stage", "reject_reason", "source_uri", "start_s", "end_s"]
+    copied = {t["duplicate_of"] for t in pool["sources"].values() if t["duplicate_of"]}
+    out: dict[str, dict] = {}
+    for r in pq.read_table(path, columns=cols).to_pylist():
+        entry = out.setdefault(f"{r['reject_stage']}/{r['reject_reason']}", {"rejected": 0, "truly": 0})
+        entry["rejected"] += 1
+        name = os.path.basename(r["source_uri"])
+        defect = REASON_DEFECT.get(r["reject_reason"])
+        if defect == "duplicate":
+            entry["truly"] += bool(pool["sources"][name]["duplicate_of"]) or name in copied
+        elif defect and r["start_s"] is not None:
+            entry["truly"] += defects_in_range(pool["sources"][name], r["start_s"], r["end_s"])[defect]
+        else:
+            entry.pop("truly", None)
     return dict(sorted(out.items()))
 
 
@@ -224,6 +247,39 @@ def evaluate(
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}
 
 
+def train_and_judge(job: dict) -> dict:
+    """One training run (the DiT recipe on one arm's shards, one seed), then its judged samples. A finished
+    run (OUT/judged.json) is read back instead, so an interrupted ablation resumes."""
+    import torch
+
+    from vidsift.model.train import load_recipe, train
+
+    done = os.path.join(job["out"], "judged.json")
+    if os.path.exists(done):
+        with open(done) as f:
+            return json.load(f)
+    torch.set_num_threads(job["threads"])
+    cfg = load_recipe(RECIPE_TRAIN, job["overrides"])
+    cfg.data, cfg.out = job["data"], job["out"]
+    t0 = time.time()
+    m = train(cfg)
+    t1 = time.time()
+    judged = evaluate(
+        cfg.out, job["prompts"], cfg.frames, cfg.height, job["sample_seeds"], job["sample_steps"], job["cfg"]
+    )
+    run = {
+        "seed": job["seed"],
+        "val_loss": m.get("val_loss"),
+        "train_s": round(t1 - t0, 1),
+        "sample_s": round(time.time() - t1, 1),
+        **judged,
+    }
+    with open(done, "w") as f:
+        json.dump(run, f)
+    print(f"{job['arm']} seed {job['seed']}: {json.dumps(run)}", flush=True)
+    return run
+
+
 def summarise(values: list[float]) -> dict:
     """Mean, spread (max - min), 95% t-interval half-width over seeds, and the values."""
     m = float(np.mean(values))
@@ -250,13 +306,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--sample-steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=4.0)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (1 on a busy box)")
+    p.add_argument("--jobs", type=int, default=1, help="training runs side by side (each --threads threads)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="DiT recipe override")
     args = p.parse_args(argv)
-
-    import torch
-
-    torch.set_num_threads(args.threads)
-    from vidsift.model.train import load_recipe, train
 
     steps = args.steps or (4 if args.toy else 1500 if args.quick else 5000)
     sources = args.sources or (4 if args.toy else 48)
@@ -289,7 +341,7 @@ def main(argv: list[str] | None = None) -> dict:
             "drawn": pool["counts"],
             "windows": info,
             "curate_counts": counts,
-            "curate_rejected": funnel(curated),
+            "curate_rejected": funnel(pool, curated),
             "train_clips_hold": {
                 "uncurated": training_defects(pool, read_clips(windows)),
                 "curated": training_defects(pool, read_clips(curated)),
@@ -308,28 +360,33 @@ def main(argv: list[str] | None = None) -> dict:
     overrides = [f"steps={steps}", "frame_stride=4", "eval_every=0", "val_clips=4", *args.set]
     if args.toy:
         overrides += ["log_every=1", "warmup=1", "val_clips=1"]
+    jobs = [
+        {
+            "arm": arm,
+            "seed": seed,
+            "data": data,
+            "out": os.path.join(args.out, "runs", f"{arm}-seed{seed}"),
+            "overrides": [*overrides, f"seed={seed}"],
+            "prompts": prompts,
+            "sample_seeds": sample_seeds,
+            "sample_steps": args.sample_steps,
+            "cfg": args.cfg,
+            "threads": args.threads,
+        }
+        for seed in range(args.seeds)
+        for arm, data in arms.items()
+    ]
     runs: dict = {arm: [] for arm in arms}
-    for seed in range(args.seeds):
-        for arm, data in arms.items():
-            cfg = load_recipe(
-                os.path.join(ROOT, "recipes", "train", "learning.toml"), [*overrides, f"seed={seed}"]
-            )
-            cfg.data, cfg.out = data, os.path.join(args.out, "runs", f"{arm}-seed{seed}")
-            t0 = time.time()
-            m = train(cfg)
-            t1 = time.time()
-            judged = evaluate(
-                cfg.out, prompts, cfg.frames, cfg.height, sample_seeds, args.sample_steps, args.cfg
-            )
-            run = {
-                "seed": seed,
-                "val_loss": m.get("val_loss"),
-                "train_s": round(t1 - t0, 1),
-                "sample_s": round(time.time() - t1, 1),
-                **judged,
-            }
-            runs[arm].append(run)
-            print(f"{arm} seed {seed}: {json.dumps(run)}", flush=True)
+    if args.jobs > 1:  # training runs side by side, one process each (spawned: torch is not fork-safe)
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            done = list(pool.map(train_and_judge, jobs))
+    else:
+        done = [train_and_judge(job) for job in jobs]
+    for job, run in zip(jobs, done, strict=True):
+        runs[job["arm"]].append(run)
     results["runs"] = runs
     metrics = ["adherence", "colour", "direction", "shape", "all_three", *SAMPLE_DEFECTS, "cut_or_black"]
     metrics.append("diversity")

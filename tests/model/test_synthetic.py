@@ -55,6 +55,7 @@ def test_judges_on_clips_with_and_without_each_defect():
     held = np.concatenate([a[:5], np.repeat(a[5:6], 8, axis=0), a[5:]])
     assert judge_defects(_as_sample(held)) == {**clean, "frozen": True}
     assert judge_defects(_as_sample(burn_text(np.concatenate([a, a]), "NEWS 24"))) == {**clean, "text": True}
+    assert not judge_defects(np.random.default_rng(0).uniform(-1, 1, (3, 4, 32, 32)))["text"]  # noise
 
 
 def test_raw_pool_sidecar_and_windows(tmp_path):
