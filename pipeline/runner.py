@@ -62,8 +62,13 @@ def list_inputs(path: str) -> dict[str, int]:
     """``{uri: size}`` of every file under ``path`` (or ``path`` itself), sorted; nothing is filtered by name.
 
     Local paths come back absolute, not resolved (a symlink keeps the name the user gave it);
-    ``s3://bucket/prefix`` lists every key under the prefix.
+    ``s3://bucket/prefix`` lists every key under the prefix. An input list (``list.csv``, ``.jsonl`` or
+    ``.parquet``, ``pipeline/input_lists.py``) gives its ``uri`` column, in the list's order.
     """
+    from vidsift.pipeline.input_lists import is_input_list, read_input_list
+
+    if is_input_list(path):
+        return {uri: entry.size for uri, entry in read_input_list(path).items()}
     try:
         files = storage.list_files(path)
     except FileNotFoundError:
@@ -115,16 +120,20 @@ def fingerprint(inputs: list[str], recipe: Recipe) -> str:
     return h.hexdigest()
 
 
-def video_task(batch: pa.Table, recipe_dict: dict) -> pa.Table:
-    """Ray Data UDF: one input row (source_uri, group) -> work rows for that video."""
-    from vidsift.pipeline.process import process_video
+def video_task(batch: pa.Table, recipe_dict: dict, fetch: dict | None = None) -> pa.Table:
+    """Ray Data UDF: one input row (source_uri, group, source_meta) -> work rows for that video."""
+    from vidsift.pipeline.input_lists import FetchLimits, process_input
     from vidsift.pipeline.recipe import build_recipe
 
     recipe = build_recipe(recipe_dict)
     placement = json.dumps({"video": _node_id()})
     rows = []
     for item in batch.to_pylist():
-        video, clips = process_video(item["source_uri"], item["group"], recipe, item["duplicate_of"])
+        limits = FetchLimits(**(fetch or {}))
+        video, clips = process_input(item["source_uri"], item["group"], recipe, item["duplicate_of"], limits)
+        if item.get("source_meta"):  # an input list's other columns, carried into every row of the video
+            for row in [video, *clips]:
+                row["source_meta"] = item["source_meta"]
         n = len(clips) + 1
         rows.append(
             {
@@ -377,7 +386,10 @@ def _curate_locked(
     if pending:
         duplicates = find_duplicates({u: sizes[u] for u in inputs}, recipe.stage("probe").hash_full_file)
         worker_env = aws_env if storage.is_remote(input_path) else {}
-        placement = _run_groups(recipe, pending, duplicates, out, address, console, worker_env)
+        from vidsift.pipeline.input_lists import source_metas
+
+        meta = source_metas(input_path)  # {} unless --input is an input list
+        placement = _run_groups(recipe, pending, duplicates, out, address, console, worker_env, meta)
     if any(s.name == "dedup" for s in recipe.stages):
         from vidsift.pipeline.select import apply_dedup
         from vidsift.pipeline.stages.dedup import find_duplicates as find_near_duplicates
@@ -517,9 +529,12 @@ def _run_groups(
     address: str | None,
     console,
     worker_env: dict[str, str],
+    source_meta: dict[str, str | None] | None = None,
 ) -> dict:
     import ray
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from vidsift.pipeline.input_lists import FetchLimits
 
     _init_ray(address)
     nodes = [n for n in ray.nodes() if n["Alive"]]
@@ -539,7 +554,8 @@ def _run_groups(
             object_store_memory=recipe.run.object_store_gb * 2**30
         )
     items = [
-        {"source_uri": uri, "group": g, "duplicate_of": duplicates.get(uri)}
+        {"source_uri": uri, "group": g, "duplicate_of": duplicates.get(uri),
+         "source_meta": (source_meta or {}).get(uri)}  # fmt: skip
         for g, files in pending.items()
         for uri in files
     ]
@@ -556,7 +572,7 @@ def _run_groups(
         video_task,
         batch_size=1,
         batch_format="pyarrow",
-        fn_kwargs={"recipe_dict": recipe.to_dict()},
+        fn_kwargs={"recipe_dict": recipe.to_dict(), "fetch": dataclasses.asdict(FetchLimits.from_env())},
         **video_res,
     )
     for entry in recipe.stages_of_kind("clip"):

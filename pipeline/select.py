@@ -45,7 +45,10 @@ def parse_where(expr: str) -> Callable[[dict], bool]:
 
     Allowed: column names, numbers, strings, ``true``/``false``, comparisons (``< <= > >= == !=``,
     chained), ``and``, ``or``, ``not`` and parentheses. A comparison with a null value is false.
+    ``source_meta.KEY`` (or ``source_meta["KEY"]``) is a key of the input list's metadata.
     """
+    from vidsift.pipeline.input_lists import meta_key, meta_value
+
     try:
         tree = ast.parse(expr.replace(" true", " True").replace(" false", " False"), mode="eval")
     except SyntaxError as e:
@@ -83,6 +86,9 @@ def parse_where(expr: str) -> Callable[[dict], bool]:
                 return all(op(a, b) for op, a, b in zip(ops, values, values[1:], strict=False))
 
             return compare
+        if meta_key(node) is not None:  # source_meta.KEY or source_meta["KEY"]: a key of the input list
+            key = meta_key(node)
+            return lambda r: meta_value(r.get("source_meta"), key)
         if isinstance(node, ast.Name):
             if node.id not in columns:
                 raise SelectError(f"--where: unknown column {node.id!r}")

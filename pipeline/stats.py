@@ -704,6 +704,7 @@ def compute_stats(path: str | Path) -> dict:
         funnel, video_reasons, dup_files = _videos(db, run)
         acc = _table_stats(db, "clips", details=True)
         rej = _table_stats(db, "rejected", details=False)
+        licences = _licences(db)
     finally:
         db.con.close()
     funnel["candidate_clips"] = run.rows["clips"] + run.rows["rejected"]
@@ -737,9 +738,24 @@ def compute_stats(path: str | Path) -> dict:
         "categories": acc["categories"],
         "duplicates": duplicates,
         "sources": acc["sources"],
+        "licences": licences,
         "models": {"columns": acc["models"], "manifest": _manifest_models(run.manifest)},
         "stage_seconds": (run.manifest or {}).get("stage_seconds", {}),
     }
+
+
+def _licences(db: RunDb) -> dict:
+    """Accepted clips and input videos per ``licence`` of their input list row (``source_meta``); rows
+    without one count as ``unknown``. ``{}`` for a run without ``source_meta`` (not from a list)."""
+    out = {}
+    spellings = ", ".join(f"json_extract_string(source_meta, '$.{k}')" for k in ("licence", "license"))
+    for key, table in (("clips", "clips"), ("videos", "videos")):
+        if not db.has(table, "source_meta"):
+            continue
+        lic = f"COALESCE({spellings}, 'unknown')"
+        rows = db.rows(f"SELECT {lic} AS l, count(*) FROM {table} GROUP BY l ORDER BY l")
+        out[key] = {str(k): int(n) for k, n in rows}
+    return out if any(k != "unknown" for counts in out.values() for k in counts) else {}
 
 
 def _checks(run: RunFolder, funnel: dict) -> list[dict]:
