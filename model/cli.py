@@ -36,7 +36,7 @@ def _guard(handler):
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("recipe", help="training recipe (TOML), e.g. recipes/train/tiny.toml")
+    p.add_argument("recipe", help="training recipe: a TOML path or a shipped name (tiny, small, ...)")
     p.add_argument("--data", required=True, help="curation run folder holding clips/*.parquet")
     p.add_argument("--out", help="run folder (default: the recipe's `out`)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
@@ -63,6 +63,18 @@ def run_train_vae(args: argparse.Namespace) -> int:
     if args.out:
         cfg.out = args.out
     train_vae(cfg)
+    return 0
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    """``vidsift finetune``: LoRA or full fine-tuning of a diffusers video model (model/finetune/)."""
+    import dataclasses
+
+    from vidsift.model.finetune.loop import finetune, load_recipe
+
+    cfg = load_recipe(args.recipe, args.set)
+    cfg = dataclasses.replace(cfg, data=args.data, out=args.out or cfg.out)
+    finetune(cfg, resume=args.resume)
     return 0
 
 
@@ -179,6 +191,12 @@ def register(subparsers) -> None:
     add_train_args(p)
     p.set_defaults(func=_guard(run_train_vae))
 
+    p = subparsers.add_parser(
+        "finetune", help="fine-tune a diffusers video model (Wan, LTX-Video, CogVideoX) with LoRA or fully"
+    )
+    add_train_args(p)
+    p.set_defaults(func=_guard(run_finetune))
+
     p = subparsers.add_parser("sample", help="generate a video from a DiT checkpoint")
     p.add_argument("ckpt", help="training run folder or a *.safetensors checkpoint")
     p.add_argument("--prompt", required=True)
@@ -222,7 +240,7 @@ def register(subparsers) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (``python -m model.cli``) until pipeline/cli.py wires ``register``."""
+    """The trainer's commands alone (``python -m vidsift.model``, what torchrun launches)."""
     parser = argparse.ArgumentParser(prog="vidsift")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

@@ -1,0 +1,480 @@
+"""``vidsift finetune``: adapt a pretrained diffusers video transformer (Wan 2.1, LTX-Video, CogVideoX) to a
+curated run, with LoRA (peft) or full training. One loop for all families; families.py holds what differs.
+
+A step: draw clips of one bucket, decode them, encode with the frozen VAE and text encoder, noise the
+latents with the family's convention, regress the transformer's output on the target (MSE), AdamW.
+
+All randomness of a micro-batch (which clips, where in each clip, caption dropout, VAE posterior sample,
+timesteps, noise) comes from a generator seeded by (seed, step, micro-batch), where micro-batch =
+rank * grad_accum + accumulation index. So a resumed run replays exactly the batches an uninterrupted run
+sees (bitwise-equal weights on the same machine), and 2 processes under torchrun see the same global batch
+as 1 process accumulating 2 micro-batches. Clips are drawn with replacement.
+
+Evaluation (``eval_clips``): the same loss at fixed timesteps and noise, on clips held out from training
+("check") and on as many training clips ("tune"), before training and every ``eval_every`` steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from vidsift.model.finetune import checkpoint as ckpt
+from vidsift.model.finetune.families import FAMILIES, Components, Family, Text, nearest_frames
+from vidsift.model.finetune.shards import Bucket, Clip, ClipIndex, index_clips
+from vidsift.pipeline.config import RecipeError, build_config, parse_override, read_recipe, to_toml
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneConfig:
+    model: str = ""  # hub id or local folder in the hub layout (transformer/, vae/, text_encoder/, ...)
+    family: str = "wan"  # wan | ltx | cogvideox (families.py)
+    mode: str = "lora"  # lora: train peft LoRA matrices on lora_targets; full: train every transformer weight
+    lora_rank: int = 16
+    lora_alpha: float = 16.0
+    lora_targets: list = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    data: str = ""  # curation run folder (clips/*.parquet); `--data` on the command line
+    out: str = "out/finetune"
+    caption_column: str = "caption"  # or caption_short
+    caption_dropout: float = (
+        0.1  # train this share of samples on the empty caption (classifier-free guidance)
+    )
+    text_tokens: int = 0  # 0: the family's length (Wan 512, LTX 128; CogVideoX is fixed by the model)
+    frames: int = 49  # the bucket when `buckets` is empty
+    height: int = 480
+    width: int = 832
+    buckets: list = field(default_factory=list)  # [[frames, height, width], ...]: sizes by aspect/duration
+    bucket_policy: str = "crop"  # crop: centre-crop any aspect to its bucket; drop: drop if off by more than
+    max_aspect_change: float = 0.1  # ... this relative aspect change (bucket_policy = "drop")
+    frame_stride: int = 1  # take every n-th source frame
+    eval_clips: int = 0  # held out from training; the loss on them ("check") and on as many training clips
+    batch_size: int = 1  # per micro-batch and process
+    grad_accum: int = 1
+    steps: int = 1000
+    lr: float = 1e-4
+    warmup: int = 0  # linear warm-up steps, then constant
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # 0: off
+    timestep_sampling: str = "logit_normal"  # or uniform: u in (0, 1) per sample
+    flow_shift: float = 1.0  # flow families: sigma = shift u / (1 + (shift - 1) u); > 1 favours more noise
+    seed: int = 0
+    precision: str = "fp32"  # bf16: frozen parts and (LoRA) the base transformer in bf16, autocast; GPU
+    gradient_checkpointing: bool = False
+    fsdp: bool = False  # under torchrun: FSDP2 (fully_shard per block) instead of DDP
+    device: str = "auto"
+    log_every: int = 10
+    eval_every: int = 0  # 0: before and after training only
+    save_every: int = 0  # checkpoint/state.pt every n steps (always at the end)
+
+    def __post_init__(self) -> None:
+        choices = {
+            "family": tuple(FAMILIES),
+            "mode": ("lora", "full"),
+            "bucket_policy": ("crop", "drop"),
+            "timestep_sampling": ("logit_normal", "uniform"),
+            "precision": ("fp32", "bf16"),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
+        for key in ("lora_rank", "batch_size", "grad_accum", "frame_stride", "frames", "height", "width"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if not 0 <= self.caption_dropout < 1:
+            raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
+        if self.steps < 0 or self.eval_clips < 0 or self.flow_shift <= 0:
+            raise ValueError("steps and eval_clips must be >= 0 and flow_shift > 0")
+        for b in self.buckets:
+            if not (isinstance(b, list) and len(b) == 3 and all(isinstance(v, int) and v > 0 for v in b)):
+                raise ValueError(f"buckets holds [frames, height, width] lists of positive ints, got {b!r}")
+        if not self.lora_targets or not all(isinstance(t, str) for t in self.lora_targets):
+            raise ValueError("lora_targets must be a non-empty list of module names")
+
+    @property
+    def bucket_list(self) -> list[Bucket]:
+        return [tuple(b) for b in self.buckets] or [(self.frames, self.height, self.width)]
+
+
+def load_recipe(path: str | None, overrides: list[str] = ()) -> FinetuneConfig:
+    """A fine-tuning config from a recipe (a path, or a shipped name such as ``wan_lora``) and ``--set``."""
+    values: dict = {}
+    if path:
+        data, file = read_recipe(path, "finetune")
+        build_config(FinetuneConfig, data, str(file))
+        values.update(data)
+    for item in overrides:
+        keys, value = parse_override(item)
+        if len(keys) > 1:
+            raise RecipeError(f"--set {item}: fine-tuning recipes are flat (no dotted keys)")
+        build_config(FinetuneConfig, {keys[0]: value}, "--set")
+        values[keys[0]] = value
+    return build_config(FinetuneConfig, values, str(path or "--set"))
+
+
+# -------------------------------------------------------------------------------------------------------
+# Set-up: processes, model, data
+
+
+@dataclass
+class Dist:
+    on: bool  # launched by torchrun
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(cfg: FinetuneConfig) -> Dist:
+    """DDP/FSDP2 only when launched by torchrun (gloo on CPU, NCCL on GPU); else one process."""
+    kind = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    kind = torch.device(kind).type
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        if cfg.fsdp:
+            raise RecipeError("fsdp = true needs torchrun (several processes)")
+        return Dist(False, 0, 1, torch.device(kind if cfg.device == "auto" else cfg.device))
+    import torch.distributed as dist
+
+    dist.init_process_group(backend="nccl" if kind == "cuda" else "gloo")
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device(f"cuda:{local}") if kind == "cuda" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return Dist(True, dist.get_rank(), dist.get_world_size(), device)
+
+
+def load_model(cfg: FinetuneConfig, family: Family, device: torch.device) -> tuple[Components, object]:
+    """The checkpoint's components on ``device``, the transformer made trainable (LoRA or full); returns
+    the components and the peft LoraConfig (None in full mode)."""
+    if not cfg.model:
+        raise RecipeError("model is empty: set it to a hub id or a local folder (--set model=PATH)")
+    bf16 = cfg.precision == "bf16"
+    frozen = torch.bfloat16 if bf16 else torch.float32
+    base = torch.bfloat16 if bf16 and cfg.mode == "lora" else torch.float32
+    try:
+        c = family.load(cfg.model, base, frozen)
+    except (OSError, ValueError) as e:
+        raise RecipeError(
+            f"cannot load {family.name} model {cfg.model!r}: {str(e).splitlines()[0]}"
+        ) from None
+    c.vae.to(device)
+    c.text_encoder.to(device)
+    t = c.transformer.to(device)
+    lora = None
+    if cfg.mode == "lora":
+        from peft import LoraConfig
+
+        t.requires_grad_(False)
+        lora = LoraConfig(
+            r=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha,
+            init_lora_weights=True,
+            target_modules=cfg.lora_targets,
+        )
+        torch.manual_seed(cfg.seed)  # LoRA A matrices start random: same seed, same start
+        try:
+            t.add_adapter(lora, adapter_name=ckpt.ADAPTER)
+        except ValueError as e:
+            raise RecipeError(f"lora_targets {cfg.lora_targets}: {str(e).splitlines()[0]}") from None
+        for p in t.parameters():  # trained in fp32 even when the base is bf16
+            if p.requires_grad:
+                p.data = p.data.float()
+    else:
+        t.requires_grad_(True)
+    if cfg.gradient_checkpointing:
+        t.enable_gradient_checkpointing()
+    t.train()
+    return c, lora
+
+
+def check_buckets(family: Family, c: Components, buckets: list[Bucket]) -> None:
+    """Every bucket must be a size the family takes; say the nearest valid ones if not."""
+    m = family.spatial_multiple(c)
+    for f, h, w in buckets:
+        if not family.frames_ok(c, f):
+            lo, hi = nearest_frames(family, c, f)
+            raise RecipeError(f"{family.name}: {f} frames is not a valid length (nearest: {lo} or {hi})")
+        if h % m or w % m:
+            raise RecipeError(f"{family.name}: {h}x{w} (height x width) must be multiples of {m}")
+
+
+def _distribute(cfg: FinetuneConfig, d: Dist, transformer):
+    """DDP or FSDP2 around the transformer under torchrun; the transformer itself otherwise."""
+    if not d.on:
+        return transformer
+    if cfg.fsdp:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh(d.device.type, (d.world,))
+        block_types = tuple(getattr(transformer, "_no_split_modules", None) or ())
+        for m in transformer.modules():
+            if type(m).__name__ in block_types:
+                fully_shard(m, mesh=mesh)
+        fully_shard(transformer, mesh=mesh)
+        return transformer
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(transformer, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+
+
+# -------------------------------------------------------------------------------------------------------
+# One micro-batch
+
+
+def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
+    """All randomness of one micro-batch: a function of (seed, step, micro-batch) only."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step * 1009 + micro)
+
+
+def draw(clips: list[Clip], by_bucket: dict[int, list[Clip]], n: int, g: torch.Generator) -> list[Clip]:
+    """``n`` clips of one bucket: the first at random, the rest from its bucket (with replacement)."""
+    first = clips[int(torch.randint(len(clips), (1,), generator=g))]
+    pool = by_bucket[first.bucket]
+    return [first] + [pool[int(i)] for i in torch.randint(len(pool), (n - 1,), generator=g)]
+
+
+@dataclass
+class Batch:
+    latent: torch.Tensor  # normalised, [B, C, T, h, w]
+    text: Text
+    u: torch.Tensor  # [B] in (0, 1): the timestep before the family's convention
+    noise: torch.Tensor
+
+
+class Trainer:
+    """The model, data and conventions of one run; ``loss`` is a micro-batch's loss."""
+
+    def __init__(self, cfg: FinetuneConfig, family: Family, c: Components, index: ClipIndex, device) -> None:
+        self.cfg, self.family, self.c, self.index, self.device = cfg, family, c, index, device
+        self.tokens = family.text_tokens(c, cfg.text_tokens)
+        self.null = family.encode_text(c, [""], self.tokens)
+        self.autocast = (
+            torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext()
+        )
+
+    def batch(
+        self, clips: list[Clip], g: torch.Generator, dropout: float, starts=None, u=None, posterior=True
+    ) -> Batch:
+        """Decoded, encoded and noised clips. Fixed ``starts`` (window in the clip) and ``u`` (timestep), and
+        ``posterior=False`` (the VAE's mode, not a sample), make an evaluation batch."""
+        starts = torch.rand(len(clips), generator=g) if starts is None else starts
+        decoded = [self.index.pixels(c, float(s)) for c, s in zip(clips, starts, strict=True)]
+        pixels = torch.stack(decoded).to(self.device)
+        with torch.no_grad():
+            latent = self.family.encode_video(self.c, pixels, g if posterior else None)
+        text = self.family.encode_text(self.c, [c.caption for c in clips], self.tokens)
+        keep = torch.rand(len(clips), generator=g) >= dropout
+        text = text.select(keep, self.null)
+        if u is None:
+            if self.cfg.timestep_sampling == "logit_normal":
+                u = torch.sigmoid(torch.randn(len(clips), generator=g))
+            else:
+                u = torch.rand(len(clips), generator=g)
+        noise = torch.randn(latent.shape, generator=g).to(self.device)
+        return Batch(latent, text, u.to(self.device), noise)
+
+    def loss(self, model, b: Batch) -> torch.Tensor:
+        noisy, timestep, target = self.family.noise(self.c, b.latent, b.noise, b.u, self.cfg.flow_shift)
+        dtype = self.c.transformer.dtype if self.cfg.precision == "bf16" else torch.float32
+        with self.autocast:
+            pred = self.family.predict(
+                self.c, model, noisy.to(dtype), timestep, b.text.to(self.device, dtype)
+            )
+        return torch.nn.functional.mse_loss(pred.float(), target.float())
+
+    @torch.no_grad()
+    def evaluate(self, model, clips: list[Clip]) -> float:
+        """Mean loss at fixed u in {0.1, 0.3, 0.5, 0.7, 0.9} and fixed noise: comparable across steps."""
+        if not clips:
+            return float("nan")
+        total = 0.0
+        grid = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9])
+        for i, clip in enumerate(clips):
+            g = torch.Generator().manual_seed(self.cfg.seed + 7919 * (i + 1))
+            starts = torch.full((len(grid),), 0.5)
+            b = self.batch([clip] * len(grid), g, 0.0, starts=starts, u=grid, posterior=False)
+            total += float(self.loss(model, b))
+        return total / len(clips)
+
+
+# -------------------------------------------------------------------------------------------------------
+# The loop
+
+
+def lr_at(step: int, cfg: FinetuneConfig) -> float:
+    return cfg.lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else cfg.lr
+
+
+def finetune(cfg: FinetuneConfig, resume: bool = False, log=print) -> dict:
+    """Train; returns (and writes to OUT/manifest.json) the run summary."""
+    d = setup_distributed(cfg)
+    try:
+        return _finetune(cfg, d, resume, log if d.master else (lambda *a, **k: None))
+    finally:
+        if d.on:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _finetune(cfg: FinetuneConfig, d: Dist, resume: bool, log) -> dict:
+    family = FAMILIES[cfg.family]
+    out = Path(cfg.out)
+    state_path = out / "checkpoint" / "state.pt"
+    saved = None
+    if resume:
+        if not state_path.exists():
+            raise RecipeError(f"--resume: no checkpoint at {state_path}")
+        saved = ckpt.load_state(state_path)
+        changed = [k for k in ckpt.RESUME_KEYS if saved["config"].get(k) != getattr(cfg, k)]
+        if changed:
+            raise RecipeError(f"--resume: {', '.join(changed)} differ from the run in {out}")
+    elif state_path.exists():
+        raise RecipeError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+
+    c, lora = load_model(cfg, family, d.device)
+    buckets = cfg.bucket_list
+    check_buckets(family, c, buckets)
+    index = index_clips(
+        cfg.data, cfg.caption_column, buckets, cfg.frame_stride, cfg.bucket_policy, cfg.max_aspect_change
+    )
+    held = index.clips[: cfg.eval_clips]
+    train_clips = index.clips[cfg.eval_clips :]
+    if not train_clips:
+        raise RecipeError(
+            f"eval_clips = {cfg.eval_clips} leaves no clip to train on ({len(index.clips)} clips)"
+        )
+    tune = train_clips[: cfg.eval_clips]
+    by_bucket: dict[int, list[Clip]] = {}
+    for clip in train_clips:
+        by_bucket.setdefault(clip.bucket, []).append(clip)
+    summary = index.summary()
+    log(
+        f"{family.name} {cfg.mode}: {len(train_clips)} training clips, {len(held)} held out; dropped "
+        f"{sum(index.dropped.values())} {dict(sorted(index.dropped.items()))}; buckets "
+        + ", ".join(f"{b['frames']}x{b['height']}x{b['width']}: {b['clips']}" for b in summary["buckets"])
+    )
+
+    trainer = Trainer(cfg, family, c, index, d.device)
+    model = _distribute(cfg, d, c.transformer)
+    params = [p for p in c.transformer.parameters() if p.requires_grad]
+    log(f"trainable parameters: {sum(p.numel() for p in params):,} of {c.transformer.num_parameters():,}")
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step, history, evals = 0, [], []
+    if saved is not None:
+        ckpt.restore(c.transformer, opt, saved)
+        step, history, evals = saved["step"], saved["history"], saved["evals"]
+        log(f"resumed at step {step}")
+
+    def evaluate() -> None:
+        c.transformer.eval()
+        e = {"step": step, "tune": trainer.evaluate(model, tune), "check": trainer.evaluate(model, held)}
+        c.transformer.train()
+        evals.append(e)
+        log(f"eval step {step}: tune {e['tune']:.4f}  check (held out) {e['check']:.4f}")
+
+    def save() -> None:
+        state = {
+            "step": step,
+            "trainable": ckpt.trainable_state(c.transformer, cfg.fsdp and d.on),
+            "optimizer": ckpt.optimizer_state(c.transformer, opt, cfg.fsdp and d.on),
+            "history": history,
+            "evals": evals,
+            "config": dataclasses.asdict(cfg),
+        }
+        if d.master:
+            ckpt.save_state(state_path, state)
+        return state
+
+    if held and step == 0:
+        evaluate()
+    t0, done_at_start = time.perf_counter(), step
+    while step < cfg.steps:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        total = torch.zeros(())
+        for a in range(cfg.grad_accum):
+            g = step_generator(cfg.seed, step, d.rank * cfg.grad_accum + a)
+            b = trainer.batch(draw(train_clips, by_bucket, cfg.batch_size, g), g, cfg.caption_dropout)
+            last = a == cfg.grad_accum - 1
+            if cfg.fsdp and d.on:
+                model.set_requires_gradient_sync(last)
+            sync = model.no_sync() if d.on and not cfg.fsdp and not last else nullcontext()
+            with sync:
+                loss = trainer.loss(model, b) / cfg.grad_accum
+                loss.backward()
+            total += loss.detach().float().cpu()
+        if d.on:
+            import torch.distributed as dist
+
+            total = total.to(d.device)
+            dist.all_reduce(total)
+            total = total.cpu() / d.world
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        history.append([step, float(total)])
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            per = (time.perf_counter() - t0) / max(1, step - done_at_start)
+            lr = lr_at(step - 1, cfg)
+            log(f"step {step}/{cfg.steps}  loss {float(total):.4f}  lr {lr:.2e}  {per:.2f} s/step")
+        if held and cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
+            evaluate()
+        if cfg.save_every and step % cfg.save_every == 0 and step != cfg.steps:
+            save()
+    if held and (not evals or evals[-1]["step"] != step):
+        evaluate()
+    state = save()
+    outputs = {"checkpoint": str(state_path)}
+    if cfg.mode == "lora":
+        path = out / "lora" / "pytorch_lora_weights.safetensors"
+        if d.master:
+            path = ckpt.save_lora(family, state["trainable"], out / "lora", lora)
+        outputs["lora"] = str(path)
+    else:
+        target = out / "transformer"
+        if cfg.fsdp and d.on:
+            full = state["trainable"]
+            if d.master:
+                family.classes()["transformer"].from_config(c.transformer.config).save_pretrained(
+                    str(target), state_dict=full
+                )
+        elif d.master:
+            c.transformer.save_pretrained(str(target))
+        outputs["transformer"] = str(target)
+    manifest = {
+        "family": family.name,
+        "mode": cfg.mode,
+        "steps": step,
+        "data": summary,
+        "held_out": [clip.clip_id for clip in held],
+        "text_tokens": trainer.tokens,
+        "final_loss": _mean_tail(history),
+        "evals": evals,
+        "history": history,
+        "outputs": outputs,
+        "recipe": dataclasses.asdict(cfg),
+    }
+    if d.master:
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        (out / "recipe.resolved.toml").write_text(to_toml(dataclasses.asdict(cfg)))
+        log(f"wrote {', '.join(outputs.values())}")
+    return manifest
+
+
+def _mean_tail(history: list, n: int = 10) -> float:
+    tail = [loss for _, loss in history[-n:]]
+    return sum(tail) / len(tail) if tail else math.nan

@@ -1,0 +1,142 @@
+"""Curated clips for fine-tuning: an index of every clip in a run's shards, assigned to size buckets.
+
+The index reads only small columns (clip_id, the caption column, width, height, num_frames) once; a clip's
+``clip_mp4`` bytes are read when a batch needs it, one row group at a time through a small cache, and decoded
+with ``vidsift.model.data.decode_clip`` (resize to cover, centre crop, frame stride).
+
+Buckets are (frames, height, width) sizes that the family accepts. Each clip goes to the bucket whose aspect
+ratio is nearest its own, among the buckets it is long enough for (after the frame stride). What happens to a
+clip that does not fit is the recipe's ``bucket_policy``:
+
+- ``crop``: every clip long enough for some bucket is used; its frame is scaled to cover the bucket and
+  centre-cropped to it, whatever its aspect ratio;
+- ``drop``: as ``crop``, but a clip whose aspect ratio differs from its bucket's by more than
+  ``max_aspect_change`` (relative) is dropped instead of cropped.
+
+Under both, a clip shorter than every bucket is dropped (reason ``too_short``), and a clip without a caption
+or clip bytes is dropped (``no_caption``, ``no_clip``). Every drop is counted by reason, printed, and written
+to the run's manifest.json.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+
+from vidsift.model.data import DataError, decode_clip, shard_files
+from vidsift.pipeline import storage
+
+Bucket = tuple[int, int, int]  # (frames, height, width)
+
+
+@dataclass(frozen=True)
+class Clip:
+    clip_id: str
+    caption: str
+    ref: tuple[int, int, int]  # (file, row group, row)
+    bucket: int
+
+
+@dataclass
+class ClipIndex:
+    """The usable clips of a run, each with its bucket, and what was dropped, by reason."""
+
+    files: list[str]
+    buckets: list[Bucket]
+    stride: int
+    clips: list[Clip] = field(default_factory=list)
+    dropped: Counter = field(default_factory=Counter)
+    cache: OrderedDict = field(default_factory=OrderedDict)
+
+    def summary(self) -> dict:
+        per_bucket = Counter(c.bucket for c in self.clips)
+        return {
+            "clips": len(self.clips),
+            "dropped": dict(sorted(self.dropped.items())),
+            "buckets": [
+                {"frames": b[0], "height": b[1], "width": b[2], "clips": per_bucket[i]}
+                for i, b in enumerate(self.buckets)
+            ],
+        }
+
+    def pixels(self, clip: Clip, start: float) -> torch.Tensor:
+        """The clip decoded at its bucket's size: [3, F, H, W] in [-1, 1]."""
+        f, h, w = self.buckets[clip.bucket]
+        key = clip.ref[:2]
+        if key not in self.cache:
+            pf = storage.open_parquet(self.files[key[0]])
+            self.cache[key] = pf.read_row_group(key[1], columns=["clip_mp4"]).column(0).to_pylist()
+            while len(self.cache) > 4:
+                self.cache.popitem(last=False)
+        self.cache.move_to_end(key)
+        data = self.cache[key][clip.ref[2]]
+        try:
+            return decode_clip(data, f, h, w, self.stride, start)
+        except Exception as e:  # noqa: BLE001 - PyAV raises many types; all mean "bad clip bytes"
+            raise DataError(f"clip {clip.clip_id}: unreadable clip_mp4 ({type(e).__name__}: {e})") from e
+
+
+def choose_bucket(
+    width: int, height: int, frames: int, buckets: list[Bucket], policy: str, max_aspect_change: float
+) -> tuple[int | None, str]:
+    """(bucket index, "") for a clip of ``frames`` (after stride) at width x height, or (None, reason)."""
+    fits = [i for i, b in enumerate(buckets) if b[0] <= frames]
+    if not fits:
+        return None, "too_short"
+    aspect = width / height
+
+    def change(i: int) -> float:
+        return abs(math.log(aspect / (buckets[i][2] / buckets[i][1])))
+
+    # Nearest aspect first, then the longest bucket the clip fills.
+    best = min(fits, key=lambda i: (round(change(i), 6), -buckets[i][0]))
+    if policy == "drop" and math.exp(change(best)) - 1 > max_aspect_change:
+        return None, "aspect"
+    return best, ""
+
+
+def index_clips(
+    data: str,
+    caption_column: str,
+    buckets: list[Bucket],
+    stride: int,
+    policy: str,
+    max_aspect_change: float,
+) -> ClipIndex:
+    """Every clip of the run's shards with its bucket, in clip_id order (deterministic across runs)."""
+    files = shard_files(data)
+    index = ClipIndex(files, buckets, stride)
+    clips = []
+    for fi, path in enumerate(files):
+        pf = storage.open_parquet(path)
+        names = pf.schema_arrow.names
+        if caption_column not in names:
+            raise DataError(f"{path} has no column {caption_column!r} (caption_column in the recipe)")
+        cols = [c for c in ("clip_id", caption_column, "width", "height", "num_frames") if c in names]
+        for g in range(pf.metadata.num_row_groups):
+            t = pf.read_row_group(g, columns=cols).to_pylist()
+            for r, row in enumerate(t):
+                caption = (row.get(caption_column) or "").strip()
+                if not caption:
+                    index.dropped["no_caption"] += 1
+                    continue
+                w, h, n = (
+                    int(row.get("width") or 0),
+                    int(row.get("height") or 0),
+                    int(row.get("num_frames") or 0),
+                )
+                if not (w and h and n):
+                    index.dropped["no_size"] += 1
+                    continue
+                b, reason = choose_bucket(w, h, -(-n // stride), buckets, policy, max_aspect_change)
+                if b is None:
+                    index.dropped[reason] += 1
+                    continue
+                clips.append(Clip(row["clip_id"], caption, (fi, g, r), b))
+    index.clips = sorted(clips, key=lambda c: c.clip_id)
+    if not index.clips:
+        raise DataError(f"no usable clips in {data}: dropped {dict(index.dropped)}")
+    return index
