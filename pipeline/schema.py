@@ -201,7 +201,12 @@ CLIP_COLUMNS: list[Column] = [
     Column("fps", pa.float64(), "transcode", "clip frame rate"),
     Column("num_frames", pa.int64(), "transcode", "frames in the clip, verified after encoding"),
     Column("duration_s", pa.float64(), "transcode", "num_frames / fps"),
-    Column("clip_mp4", pa.binary(), "transcode", "H.264 MP4 bytes (yuv420p, faststart, no audio)"),
+    Column(
+        "clip_mp4",
+        pa.binary(),
+        "transcode",
+        "H.264 MP4 bytes (yuv420p, faststart; AAC audio only with transcode.keep_audio)",
+    ),
     Column("preview_jpeg", pa.binary(), "transcode", "middle frame, short side 128"),
     # captions (filled by the captioning stages when a recipe has them)
     Column("caption", pa.string(), "caption_expand", "final long caption the trainer conditions on"),

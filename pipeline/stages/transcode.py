@@ -11,6 +11,12 @@ One sequential decode serves all clips of a video; frames outside every clip are
 not converted. The display rotation and sample aspect are applied, the short side is scaled down
 to at most ``max_short_side`` with even dimensions, and the encoded frame count is verified.
 A clip whose encoding fails or whose frame count does not verify is rejected with a reason.
+
+With ``keep_audio = true`` the clip also carries the source's first audio stream, cut to the same
+span (from the presentation time of the clip's first frame, for the clip's duration, to the sample),
+resampled to planar float at the source's rate, mono or stereo (more channels are downmixed) and
+encoded as AAC at ``AUDIO_BITRATE``. A source without audio gives video-only clips (its video row
+says ``has_audio = false``); audio that cannot be decoded rejects the clip as ``transcode_audio_failed``.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 
 import av
 import cv2
@@ -35,6 +42,7 @@ class TranscodeConfig:
     preset: str = "veryfast"  # x264 speed/size trade-off
     preview_short_side: int = 128  # short side of preview_jpeg
     max_decode_errors: int = 200  # as analyze: the same packets must be skipped for indices to agree
+    keep_audio: bool = False  # keep the source's audio (AAC), cut with the video; off: clips are video only
 
     def __post_init__(self) -> None:
         if not 16 <= self.max_short_side <= 4320:
@@ -98,8 +106,11 @@ def output_size(display_w: int, display_h: int, max_short_side: int) -> tuple[in
 class _ClipEncoder:
     """One open MP4 output: frames in display orientation at the output size, CFR timestamps."""
 
-    def __init__(self, cut: ClipCut, geometry: Geometry, config: TranscodeConfig, tmp: str):
+    def __init__(
+        self, cut: ClipCut, geometry: Geometry, config: TranscodeConfig, tmp: str, start: float = 0.0
+    ) -> None:
         self.cut = cut
+        self.start = start  # presentation time of the clip's first frame in the source (seconds)
         self.path = os.path.join(tmp, f"{cut.clip_id}.mp4")
         self.geometry = geometry
         self.size = size = geometry.size
@@ -176,15 +187,16 @@ def transcode_clips(path: str, probe: dict, cuts: list[ClipCut], config: Transco
     with tempfile.TemporaryDirectory(prefix="vidsift-transcode-") as tmp:
         with av.open(path, metadata_errors="ignore") as container:
             frames = decode_frames(container, log, config.max_decode_errors, probe.get("fps_nominal") or 25.0)
-            for index, _, frame in frames:
+            for index, seconds, frame in frames:
                 if current is None and pending and index == pending[0].start_frame:
                     cut = pending.pop(0)
                     geometry = Geometry.of(display, rotation, cut.crop, config.max_short_side)
-                    current = _ClipEncoder(cut, geometry, config, tmp)
+                    current = _ClipEncoder(cut, geometry, config, tmp, seconds)
                 if current is not None:
                     current.add(frame)
                     if index + 1 == current.cut.end_frame:
-                        results[current.cut.clip_id] = _finish(current, config)
+                        audio = path if config.keep_audio and probe.get("has_audio") else None
+                        results[current.cut.clip_id] = _finish(current, config, audio)
                         current = None
                 if current is None and not pending:
                     break  # nothing left to cut: stop decoding here
@@ -203,7 +215,7 @@ def transcode_clips(path: str, probe: dict, cuts: list[ClipCut], config: Transco
     return results
 
 
-def _finish(enc: _ClipEncoder, config: TranscodeConfig) -> dict:
+def _finish(enc: _ClipEncoder, config: TranscodeConfig, audio_source: str | None = None) -> dict:
     try:
         enc.finish()
         packets = _count_video_packets(enc.path)
@@ -215,7 +227,15 @@ def _finish(enc: _ClipEncoder, config: TranscodeConfig) -> dict:
             "reject_reason": "transcode_frame_mismatch",
             "reject_detail": f"encoded {packets} frames, expected {expected}",
         }
-    with open(enc.path, "rb") as f:
+    path = enc.path
+    if audio_source is not None:
+        path = enc.path.removesuffix(".mp4") + "-audio.mp4"
+        try:
+            add_audio(enc.path, audio_source, enc.start, expected / float(enc.rate), path)
+        except (av.error.FFmpegError, ValueError, IndexError) as e:
+            detail = f"audio from {enc.start:.3f} s: {getattr(e, 'strerror', None) or e}"
+            return {"reject_reason": "transcode_audio_failed", "reject_detail": detail}
+    with open(path, "rb") as f:
         data = f.read()
     return {
         "width": enc.size[0],
@@ -228,3 +248,48 @@ def _finish(enc: _ClipEncoder, config: TranscodeConfig) -> dict:
         if enc.preview is not None
         else None,
     }
+
+
+AUDIO_BITRATE = 128_000  # bit/s of the AAC track of keep_audio
+
+
+def add_audio(video_path: str, source: str, start: float, seconds: float, out_path: str) -> None:
+    """Write ``out_path``: the video stream of ``video_path`` (copied) plus the source's first audio
+    stream from ``start`` for ``seconds`` (sample-exact), encoded as AAC."""
+    with av.open(source, metadata_errors="ignore") as src, av.open(video_path) as vin:
+        a_in = src.streams.audio[0]
+        rate = a_in.codec_context.sample_rate or 48000
+        layout = "stereo" if a_in.codec_context.layout.nb_channels >= 2 else "mono"
+        with av.open(out_path, "w", format="mp4", options={"movflags": "+faststart"}) as out:
+            v_out = out.add_stream_from_template(vin.streams.video[0])
+            a_out = out.add_stream("aac", rate=rate, layout=layout)
+            a_out.bit_rate = AUDIO_BITRATE
+            for packet in vin.demux(vin.streams.video[0]):
+                if packet.dts is not None:
+                    packet.stream = v_out
+                    out.mux(packet)
+            first, last = round(start * rate), round((start + seconds) * rate)  # sample positions
+            # seek a little early: a decoder may need the packets before the first sample
+            src.seek(max(0, int((start - 0.5) / a_in.time_base)), stream=a_in, any_frame=False)
+            resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)  # same rate: no delay
+            written = 0
+            for frame in src.decode(a_in):
+                if frame.time is None:
+                    continue
+                pos = round(frame.time * rate)
+                if pos >= last:
+                    break
+                for piece in resampler.resample(frame):
+                    samples = piece.to_ndarray()  # (channels, samples), planar float
+                    lo, hi = max(first, pos) - pos, min(last, pos + samples.shape[1]) - pos
+                    pos += samples.shape[1]
+                    if hi <= lo:
+                        continue
+                    part = np.ascontiguousarray(samples[:, lo:hi])
+                    cut = av.AudioFrame.from_ndarray(part, format="fltp", layout=layout)
+                    cut.sample_rate, cut.pts, cut.time_base = rate, written, Fraction(1, rate)
+                    written += hi - lo
+                    for packet in a_out.encode(cut):
+                        out.mux(packet)
+            for packet in a_out.encode(None):
+                out.mux(packet)

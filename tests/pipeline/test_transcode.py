@@ -58,3 +58,76 @@ def test_config_validation():
         TranscodeConfig(preset="warp9")
     with pytest.raises(ValueError, match="crf"):
         TranscodeConfig(crf=99)
+
+
+def _probe_streams(path) -> dict[str, dict]:
+    """ffprobe's view of a file's streams, by type (it must read the file)."""
+    import json
+    import subprocess
+
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "stream=codec_type,codec_name,duration,sample_rate",
+         "-of", "json", str(path)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return {s["codec_type"]: s for s in json.loads(out)["streams"]}
+
+
+@pytest.fixture
+def beep_clip(tmp_path, ffmpeg):
+    """4 s at 30 fps with a 48 kHz mono track that is silent until exactly 2.0 s (frame 60), then a tone."""
+    import subprocess
+
+    path = tmp_path / "beep.mp4"
+    subprocess.run(
+        [ffmpeg, "-v", "error", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=30", "-f", "lavfi",
+         "-i", "aevalsrc=if(gte(t\\,2)\\,0.8*sin(2*PI*440*t)\\,0):s=48000:d=4", "-t", "4",
+         "-c:v", "libx264", "-g", "60", "-bf", "2", "-pix_fmt", "yuv420p", "-c:a", "aac", str(path)],
+        check=True,
+    )  # fmt: skip
+    return path
+
+
+@pytest.mark.parametrize("span", [(45, 105), (17, 77), (61, 119)])
+def test_keep_audio_cuts_the_audio_with_the_video(beep_clip, tmp_path, span):
+    import numpy as np
+
+    start, end = span
+    probe = probe_video(str(beep_clip))
+    assert probe["has_audio"]
+    config = TranscodeConfig(keep_audio=True)
+    out = transcode_clips(str(beep_clip), probe, [_cut("a", start, end, 30.0)], config)
+    clip = tmp_path / "a.mp4"
+    clip.write_bytes(out["a"]["clip_mp4"])
+    streams = _probe_streams(clip)
+    assert streams["audio"]["codec_name"] == "aac" and streams["video"]["codec_name"] == "h264"
+    frame = 1 / 30
+    assert abs(float(streams["audio"]["duration"]) - float(streams["video"]["duration"])) <= frame
+    assert read_numbers_count(clip) == end - start  # the video is untouched: every frame still there
+    # the tone starts where the source's does, relative to the clip's first frame, within one frame
+    with av.open(str(clip)) as c:
+        samples = np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(audio=0)])
+    loud = np.flatnonzero(np.abs(samples) > 0.2)
+    want = 2.0 - start / 30
+    if want >= 0:
+        assert loud.size and abs(loud[0] / 48000 - want) <= frame, (loud[:1] / 48000, want)
+    else:
+        assert loud.size and loud[0] / 48000 <= frame  # the clip starts inside the tone
+
+
+def read_numbers_count(path) -> int:
+    with av.open(str(path)) as c:
+        return sum(1 for _ in c.decode(video=0))
+
+
+def test_audio_is_off_by_default_and_a_silent_source_stays_video_only(beep_clip, tmp_path):
+    probe = probe_video(str(beep_clip))
+    out = transcode_clips(str(beep_clip), probe, [_cut("a", 10, 40, 30.0)], TranscodeConfig())
+    (tmp_path / "a.mp4").write_bytes(out["a"]["clip_mp4"])
+    assert set(_probe_streams(tmp_path / "a.mp4")) == {"video"}
+    src = make_numbered_clip(tmp_path / "numbers.mp4", frames=60)  # no audio stream at all
+    config = TranscodeConfig(keep_audio=True)
+    out = transcode_clips(str(src), probe_video(str(src)), [_cut("b", 5, 30)], config)
+    assert read_numbers(out["b"]["clip_mp4"]) == list(range(5, 30))
+    (tmp_path / "b.mp4").write_bytes(out["b"]["clip_mp4"])
+    assert set(_probe_streams(tmp_path / "b.mp4")) == {"video"}
