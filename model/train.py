@@ -1,7 +1,7 @@
 """Train the DiT on curated shards with rectified flow: one visible loop, nanoGPT style.
 
     vidsift train recipes/train/tiny.toml --data OUT [--set key=value ...] [--out RUN] [--resume]
-    torchrun --nproc-per-node 8 -m vidsift.model.train recipes/train/small.toml --data OUT
+    torchrun --nproc-per-node 8 -m vidsift.model train small --data OUT
 
 Runs on CPU or GPU; DDP (or FSDP with ``parallel = "fsdp"``) switches on only when launched by torchrun (gloo
 on CPU, NCCL on GPU). A run folder
@@ -565,18 +565,3 @@ def _first_value(index, column: str):
     if column not in pf.schema_arrow.names:
         return None
     return pf.read_row_group(0, columns=[column]).column(column)[0].as_py()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m vidsift.model.train RECIPE --data OUT ...`` (what torchrun launches)."""
-    import argparse
-
-    from vidsift.model.cli import add_train_args, run_train
-
-    p = argparse.ArgumentParser(prog="vidsift.model.train")
-    add_train_args(p)
-    return run_train(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -59,7 +59,7 @@ def test_sigkill_while_saving_then_resume_continues_from_a_consistent_step(shard
     out = tmp_path / "run"
     sets = ["--set=model_args={depth = 2, patch = [1, 4, 4]}", "--set=frames=8", "--set=height=16",
             "--set=width=16", "--set=batch_size=2", "--set=eval_every=0", "--set=save_every=1"]  # fmt: skip
-    cmd = [sys.executable, "-m", "vidsift.model.train", "tiny", "--data", shards, "--out", str(out), *sets]
+    cmd = [sys.executable, "-m", "vidsift.model", "train", "tiny", "--data", shards, "--out", str(out), *sets]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [*cmd, "--set=steps=400"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE

@@ -113,7 +113,7 @@ def test_smoke_run_validation_loss_falls_and_writes_a_run_folder(shards, tmp_pat
 
 
 def torchrun(shards: str, out, *sets: str, procs: int = 2) -> None:
-    """``torchrun -m vidsift.model.train`` with 2 CPU processes (gloo), the FAST settings plus ``sets``."""
+    """``torchrun -m vidsift.model train`` with 2 CPU processes (gloo), the FAST settings plus ``sets``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
     cmd = [
         sys.executable,
@@ -122,7 +122,8 @@ def torchrun(shards: str, out, *sets: str, procs: int = 2) -> None:
         f"--nproc-per-node={procs}",
         f"--master-port={free_port()}",
         "-m",
-        "vidsift.model.train",
+        "vidsift.model",
+        "train",
         TINY,
         "--data",
         shards,
