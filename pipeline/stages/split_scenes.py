@@ -43,13 +43,36 @@ _MAX_FADE_STEP = 40.0
 # A black stretch at least this long, entered or left by a cut, is a shot boundary on each side
 # (a cut into black, then a fade-in, is two boundaries); a shorter one is a single transition.
 _MIN_BLACK_SHOT_S = 0.25
+# TransNetV2's input size (transnet.WIDTH, transnet.HEIGHT), kept here so "fast" never imports torch.
+_NET_W, _NET_H = 48, 27
+# A rise of mean brightness (0..255) this large in one frame that falls back soon after is a flash.
+_FLASH_JUMP = 30.0
+# A cut candidate must be the largest content score among its +-_PEAK_GAP neighbours.
+_PEAK_GAP = 2
 _CD_WEIGHTS = np.array(ContentDetector.DEFAULT_COMPONENT_WEIGHTS[:3], dtype=np.float64)
+
+
+DETECTORS = ("fast", "transnetv2", "fused")
 
 
 @dataclass(frozen=True, kw_only=True)
 class SplitScenesConfig:
     """Recipe key ``split_scenes``."""
 
+    # fast: weight-free (below); transnetv2: the TransNetV2 network on 48x27 frames of the same pass;
+    # fused: TransNetV2's probabilities checked against the weight-free signals (docs/scenes.md).
+    detector: str = "fast"
+    # transnetv2/fused: where the network runs: auto (a GPU when this process sees one), cpu, cuda, cuda:N.
+    device: str = "auto"
+    # transnetv2: a frame whose probability exceeds this ends a shot (the package's default, 0.5).
+    transnet_threshold: float = 0.5
+    # fused: a network peak at least this probable is a boundary unless the picture returns after it.
+    fused_threshold: float = 0.5
+    # fused: a weaker peak (at least this) is a boundary where the weight-free detector found one too.
+    fused_support: float = 0.1
+    # fused: a stretch where the network's all-frames head exceeds 0.5 and peaks at or above this, and whose
+    # ends differ, is a gradual transition.
+    fused_gradual: float = 0.9
     # Scenes shorter than this become rejected candidates (reason scene_too_short), not dropped.
     min_scene_s: float = 2.0
     # Scenes longer than this are cut into near-equal chunks no longer than it.
@@ -108,6 +131,20 @@ class SplitScenesConfig:
             )
         if self.edge_s < 0:
             raise ValueError(f"split_scenes.edge_s must be >= 0, got {self.edge_s}")
+        if self.detector not in DETECTORS:
+            raise ValueError(
+                f"split_scenes.detector must be one of {', '.join(DETECTORS)}, got {self.detector!r}"
+            )
+        if not 0 < self.transnet_threshold < 1:
+            raise ValueError(
+                f"split_scenes.transnet_threshold must be in (0, 1), got {self.transnet_threshold}"
+            )
+        if self.detector != "fast":
+            from vidsift.pipeline.stages.transnet import missing_dependency
+
+            why = missing_dependency()
+            if why:
+                raise ValueError(f"split_scenes.detector={self.detector} needs the TransNetV2 model: {why}")
 
 
 @dataclass(frozen=True)
@@ -163,6 +200,12 @@ class SceneSignals:
         self._thumb = _Growable((_THUMB_H, _THUMB_W, 3), np.uint8)
         self._luma = _Growable((), np.float32)  # mean HSV value
         self._lit = _Growable((), np.float32)  # fraction of pixels brighter than dark_level
+        # transnetv2/fused: the network, fed a 48x27 RGB copy of every analysis frame as it is decoded
+        self._net = None
+        if config.detector != "fast":
+            from vidsift.pipeline.stages.transnet import ShotProbabilities
+
+            self._net = ShotProbabilities(config.device)
 
     def update(self, bgr: np.ndarray) -> None:
         hsv = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)
@@ -178,6 +221,9 @@ class SceneSignals:
         self._thumb.append(cv2.resize(bgr, (_THUMB_W, _THUMB_H), interpolation=cv2.INTER_AREA))
         self._luma.append(cv2.mean(value)[0])
         self._lit.append(np.count_nonzero(value > self.config.dark_level) / value.size)
+        if self._net is not None:
+            small = cv2.resize(bgr, (_NET_W, _NET_H), interpolation=cv2.INTER_AREA)
+            self._net.push(cv2.cvtColor(small, cv2.COLOR_BGR2RGB))
 
     @property
     def num_frames(self) -> int:
@@ -200,6 +246,10 @@ class SceneSignals:
     def lit_fraction(self) -> np.ndarray:
         return self._lit.view()
 
+    def shot_probabilities(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """TransNetV2's ``(single, many)`` probabilities per frame (transnetv2/fused), else None."""
+        return self._net.finish() if self._net is not None else None
+
 
 class _Thumbs:
     """Contrast-normalised distances between frame thumbnails.
@@ -209,8 +259,11 @@ class _Thumbs:
     two bright ones, and a global exposure change counts for less than a change of picture.
     """
 
-    # Contrast floor (0..255) so that near-flat frames (black, white) do not blow the ratio up.
+    # Contrast floor (0..255) so that near-flat frames (black, white) do not blow the ratio up. In footage
+    # that is dim throughout it drops to half the video's median contrast (not below MIN_FLOOR), so a
+    # change of picture in the dark still counts.
     CONTRAST_FLOOR = 8.0
+    MIN_FLOOR = 2.0
 
     # Frames per block when computing distances for a whole video, so that an hour of video never
     # needs more than a few MB of float temporaries.
@@ -225,6 +278,8 @@ class _Thumbs:
             if len(self.t)
             else np.zeros(0, np.float32)
         )
+        typical = float(np.median(self.contrast)) if len(self.contrast) else self.CONTRAST_FLOOR
+        self.floor = float(np.clip(0.5 * typical, self.MIN_FLOOR, self.CONTRAST_FLOOR))
 
     @staticmethod
     def _contrast(rows: np.ndarray) -> np.ndarray:
@@ -241,17 +296,13 @@ class _Thumbs:
         for i in range(0, len(fa), self.BLOCK):
             ia, ib = fa[i : i + self.BLOCK], fb[i : i + self.BLOCK]
             d = np.abs(self.t[ia].astype(np.int16) - self.t[ib].astype(np.int16)).mean(axis=-1)
-            fo[i : i + self.BLOCK] = d / np.maximum(
-                0.5 * (self.contrast[ia] + self.contrast[ib]), self.CONTRAST_FLOOR
-            )
+            fo[i : i + self.BLOCK] = d / np.maximum(0.5 * (self.contrast[ia] + self.contrast[ib]), self.floor)
         return out
 
     def cross_min(self, pre: np.ndarray, post: np.ndarray) -> float:
         """Smallest distance between any frame of ``pre`` and any frame of ``post``."""
         d = np.abs(self.t[pre][:, None, :].astype(np.int16) - self.t[post][None, :, :]).mean(axis=-1)
-        scale = np.maximum(
-            0.5 * (self.contrast[pre][:, None] + self.contrast[post][None, :]), self.CONTRAST_FLOOR
-        )
+        scale = np.maximum(0.5 * (self.contrast[pre][:, None] + self.contrast[post][None, :]), self.floor)
         return float((d / scale).min())
 
 
@@ -328,7 +379,9 @@ def _cut_candidates(signals: SceneSignals, fps: float, config: SplitScenesConfig
             continue
         lo, hi = max(1, i - w), min(n, i + w + 1)
         window = c[lo:hi]
-        if c[i] < window.max():
+        # A peak among its +-2 neighbours, not the whole window: a shot of 3 frames between two cuts
+        # gives two peaks that both count.
+        if c[i] < c[max(1, i - _PEAK_GAP) : i + _PEAK_GAP + 1].max():
             continue
         # The median of the neighbourhood without the candidate and its direct neighbours, which a
         # cut that straddles two frames (a field-blended cut) would otherwise inflate.
@@ -340,15 +393,33 @@ def _cut_candidates(signals: SceneSignals, fps: float, config: SplitScenesConfig
     return np.asarray(cands, dtype=np.int64)
 
 
+def _is_flash(luma: np.ndarray, i: int, ahead: int) -> bool:
+    """Frame ``i`` jumps up in brightness and the brightness falls back within ``ahead`` frames.
+
+    A camera flash, a strobe or a firework burst lights the picture for a few frames and decays; a cut
+    to a brighter shot stays bright.
+    """
+    if i < 1 or i + 1 >= len(luma):
+        return False
+    jump = float(luma[i] - luma[i - 1])
+    if jump < _FLASH_JUMP:
+        return False
+    after = luma[i + 1 : i + 1 + ahead]
+    return bool(after.min() <= luma[i - 1] + 0.25 * jump)
+
+
 def _verify_cuts(
-    candidates: np.ndarray, thumbs: _Thumbs, n: int, fps: float, config: SplitScenesConfig
+    candidates: np.ndarray, thumbs: _Thumbs, luma: np.ndarray, fps: float, config: SplitScenesConfig
 ) -> list[Transition]:
     """Keep candidates whose before and after frames never meet again (see the module docstring)."""
+    n = len(luma)
     back = max(2, round(config.lookback_s * fps))
     ahead = max(2, round(config.lookahead_s * fps))
     cuts: list[Transition] = []
     last_cut = 0
     for i in candidates:
+        if _is_flash(luma, int(i), ahead):
+            continue
         # Look back only as far as the last accepted cut: the shot before it may legitimately return
         # (shot / reverse shot), but the current shot repeating itself is not a new shot.
         pre = np.arange(max(last_cut, i - back), i)
@@ -373,6 +444,23 @@ def _blend_residual(thumbs: _Thumbs, a: int, b: int, m: int) -> tuple[float, flo
     alpha = float(np.dot(z - y, diff) / max(float(np.dot(diff, diff)), 1e-6))
     residual = float(np.abs(z - y - alpha * diff).mean() / max(float(np.abs(diff).mean()), 1e-6))
     return alpha, residual
+
+
+def _wipe_fit(thumbs: _Thumbs, a: int, b: int, m: int) -> tuple[float, float]:
+    """Frame ``m`` as a wipe from ``a`` to ``b``: each pixel shows one end or the other.
+
+    Over the pixels where the ends differ, returns the share that already shows ``b`` and the
+    residual: the mean distance to the nearer end relative to the distance between the ends (a blend
+    halfway scores 0.5, a clean wipe near 0).
+    """
+    x, y, z = thumbs.row(a), thumbs.row(b), thumbs.row(m)
+    gap = np.abs(x - y)
+    strong = gap > max(16.0, float(np.median(gap)))
+    if strong.sum() < 8:
+        return 0.0, 1.0
+    to_a, to_b = np.abs(z - x)[strong], np.abs(z - y)[strong]
+    share = float(np.mean(to_b < to_a))
+    return share, float(np.minimum(to_a, to_b).mean() / gap[strong].mean())
 
 
 def _detect_dissolves(
@@ -406,14 +494,22 @@ def _detect_dissolves(
             # The quarter, middle and three-quarter frames must all be blends of the ends, with the
             # weight of the first shot falling through the window: motion and lighting changes are
             # not blends, or not monotone ones.
-            fits = [_blend_residual(thumbs, lo, hi, q) for q in (m - k // 2, m, m + k // 2)]
+            quarters = (m - k // 2, m, m + k // 2)
+            fits = [_blend_residual(thumbs, lo, hi, q) for q in quarters]
             alphas = [f[0] for f in fits]
-            if max(f[1] for f in fits) > config.max_blend_residual:
-                continue
-            if not (
+            blend = max(f[1] for f in fits) <= config.max_blend_residual and (
                 alphas[0] > alphas[1] > alphas[2] and alphas[0] - alphas[2] >= 0.3 and 0.2 <= alphas[1] <= 0.8
-            ):
-                continue
+            )
+            if not blend:
+                # A wipe: every pixel shows one shot or the other, and the second shot's share grows.
+                wipes = [_wipe_fit(thumbs, lo, hi, q) for q in quarters]
+                shares = [w[0] for w in wipes]
+                if max(w[1] for w in wipes) > config.max_blend_residual or not (
+                    shares[0] < shares[1] < shares[2]
+                    and shares[2] - shares[0] >= 0.3
+                    and 0.2 <= shares[1] <= 0.8
+                ):
+                    continue
             found.append((float(span[i]), Transition(frame=m, first=lo + 1, last=hi - 1, kind="dissolve")))
     # Strongest first; drop finds overlapping a stronger one.
     kept: list[Transition] = []
@@ -421,6 +517,41 @@ def _detect_dissolves(
         if all(t.last < o.first or t.first > o.last for o in kept):
             kept.append(t)
     return kept
+
+
+def _detect_fast(
+    signals: SceneSignals, thumbs: _Thumbs, fps: float, config: SplitScenesConfig
+) -> list[Transition]:
+    """The weight-free detector: fades, verified hard cuts, dissolves (module docstring)."""
+    n = signals.num_frames
+    fades = _detect_fades(signals, fps, config)
+    busy = np.zeros(n, bool)
+    for t in fades:
+        # A cut into or out of the black, or a flicker of the ramp, is part of the fade.
+        busy[max(0, t.first - 2) : t.last + 3] = True
+    candidates = _cut_candidates(signals, fps, config)
+    candidates = candidates[~busy[candidates]] if len(candidates) else candidates
+    cuts = _verify_cuts(candidates, thumbs, signals.luma, fps, config)
+    for t in cuts:
+        busy[max(0, t.frame - 2) : t.frame + 2] = True
+    dissolves = _detect_dissolves(thumbs, busy, signals.content, fps, config)
+    return fades + cuts + dissolves
+
+
+def _transnet_transitions(single: np.ndarray, threshold: float) -> list[Transition]:
+    """Runs of frames above ``threshold``: TransNetV2 marks the last frame(s) of the old shot.
+
+    A run of one or two frames is a hard cut whose new shot starts after the peak; a longer run is a
+    gradual transition whose frames are trimmed, reported at the frame after its peak.
+    """
+    out = []
+    for s, e in _runs(single > threshold):
+        peak = s + int(np.argmax(single[s : e + 1]))
+        if e - s < 2:
+            out.append(Transition(frame=peak + 1, first=peak + 1, last=peak, kind="cut"))
+        else:
+            out.append(Transition(frame=peak + 1, first=s, last=e, kind="dissolve"))
+    return out
 
 
 def detect_transitions(signals: SceneSignals, fps: float, config: SplitScenesConfig) -> list[Transition]:
@@ -431,21 +562,105 @@ def detect_transitions(signals: SceneSignals, fps: float, config: SplitScenesCon
     if not fps > 0 or not math.isfinite(fps):
         raise ValueError(f"fps must be a positive number, got {fps!r}")
     thumbs = _Thumbs(signals.thumbs)
-    fades = _detect_fades(signals, fps, config)
-    busy = np.zeros(n, bool)
-    for t in fades:
-        # A cut into or out of the black, or a flicker of the ramp, is part of the fade.
-        busy[max(0, t.first - 2) : t.last + 3] = True
-    candidates = _cut_candidates(signals, fps, config)
-    candidates = candidates[~busy[candidates]] if len(candidates) else candidates
-    cuts = _verify_cuts(candidates, thumbs, n, fps, config)
-    for t in cuts:
-        busy[max(0, t.frame - 2) : t.frame + 2] = True
-    dissolves = _detect_dissolves(thumbs, busy, signals.content, fps, config)
+    if config.detector == "fast":
+        found = _detect_fast(signals, thumbs, fps, config)
+    else:
+        probs = signals.shot_probabilities()
+        if probs is None:
+            raise ValueError(f"detector {config.detector!r} needs SceneSignals built with that detector")
+        if config.detector == "transnetv2":
+            found = _transnet_transitions(probs[0], config.transnet_threshold)
+        else:
+            found = _fuse(signals, thumbs, probs, fps, config)
     edge = round(config.edge_s * fps)
-    found = sorted(fades + cuts + dissolves, key=lambda t: t.frame)
+    found = sorted(found, key=lambda t: t.frame)
     # frame == n (a fade-out that runs to the end) is kept: it trims the last scene.
     return [t for t in found if edge <= t.frame and (t.frame == n or t.frame < n - edge)]
+
+
+def _returns(
+    thumbs: _Thumbs, first: int, last: int, floor: int, fps: float, config: SplitScenesConfig
+) -> bool:
+    """Does the picture from before frames ``first..last`` come back shortly after them?
+
+    A flash, a strobe, a burst of fireworks or an occlusion changes the picture and then gives it back;
+    a shot boundary does not. Frames before ``floor`` (the previous boundary) are not looked at.
+    """
+    back = max(2, round(config.lookback_s * fps))
+    ahead = max(2, round(config.lookahead_s * fps))
+    n = len(thumbs.t)
+    pre = np.arange(max(floor, first - back), first)
+    post = np.arange(last + 1, min(n, last + 1 + ahead))
+    if len(pre) == 0 or len(post) == 0:
+        return False
+    return thumbs.cross_min(pre, post) < config.min_cut_distance
+
+
+def _fuse(
+    signals: SceneSignals,
+    thumbs: _Thumbs,
+    probs: tuple[np.ndarray, np.ndarray],
+    fps: float,
+    config: SplitScenesConfig,
+) -> list[Transition]:
+    """TransNetV2's candidates, each checked against what the weight-free pass measured.
+
+    - fades through black come from the weight-free detector (a dark stretch is unambiguous), and any
+      network detection inside one is part of it;
+    - a network peak is a boundary when its probability reaches ``fused_threshold``, or reaches
+      ``fused_support`` while the weight-free detector found a transition there, unless the picture from
+      before it returns right after it (flash, strobe, fireworks, occlusion);
+    - a stretch where the network's all-frames head stays above ``fused_gradual`` and whose ends show
+      different pictures is a gradual transition (fades through white, slow dissolves);
+    - the weight-free detector's dissolves and wipes stand on their own shape test.
+    """
+    single, many = probs
+    n = signals.num_frames
+    fast = _detect_fast(signals, thumbs, fps, config)
+    fades = [
+        t
+        for t in fast
+        if t.kind == "fade"
+        or (t.kind == "cut" and signals.lit_fraction[min(t.frame, n - 1)] <= config.dark_max_fraction)
+    ]
+    busy = np.zeros(n + 1, bool)
+    for t in fades:
+        busy[max(0, t.first - 2) : t.last + 3] = True
+    fast_at = np.zeros(n + 2, bool)  # frames where the weight-free detector reports a boundary, +-1
+    for t in fast:
+        fast_at[max(0, t.frame - 1) : t.frame + 2] = True
+    ahead = max(2, round(config.lookahead_s * fps))
+    found: list[Transition] = list(fades)
+    floor = 0
+    for s, e in _runs(single > config.fused_support):
+        peak = s + int(np.argmax(single[s : e + 1]))
+        p = float(single[peak])
+        if busy[peak + 1]:
+            continue
+        if p < config.fused_threshold and not fast_at[peak + 1]:
+            continue
+        if _is_flash(signals.luma, peak + 1, ahead) or _returns(thumbs, s, e, floor, fps, config):
+            continue
+        if e - s < 2:
+            found.append(Transition(frame=peak + 1, first=peak + 1, last=peak, kind="cut"))
+        else:
+            found.append(Transition(frame=peak + 1, first=s, last=e, kind="dissolve"))
+        busy[max(0, s - 2) : e + 3] = True
+        floor = peak + 1
+    for s, e in _runs(many > 0.5):
+        if e - s + 1 < 3 or many[s : e + 1].max() < config.fused_gradual or busy[s : e + 1].any():
+            continue
+        a, b = max(0, s - 1), min(n - 1, e + 1)
+        if float(thumbs.dist(a, b)) < config.min_dissolve_distance:
+            continue  # the same picture on both sides: a flash or a dip, not a transition
+        frame = s + int(np.argmax(many[s : e + 1])) + 1
+        found.append(Transition(frame=min(frame, e + 1), first=s, last=e, kind="dissolve"))
+        busy[max(0, s - 2) : e + 3] = True
+    for t in fast:
+        if t.kind == "dissolve" and not busy[t.first : t.last + 1].any():
+            found.append(t)
+            busy[max(0, t.first - 2) : t.last + 3] = True
+    return found
 
 
 def scenes_from_transitions(
