@@ -76,6 +76,66 @@ def failed_video(source_uri: str, group: str, error: BaseException, where: str) 
             "reason": reason, "detail": detail}  # fmt: skip
 
 
+TRIES = "_tries"  # OUT/_tries/<group>: how many runs met a transient failure in that group
+EXIT_INCOMPLETE = 3  # vidsift curate's exit status while groups wait for a rerun (transient failures)
+
+
+def _transient_in(out: storage.Location, group: str) -> int:
+    """Rows of a written group (videos and rejected clips) that failed transiently."""
+    n = 0
+    for table, column in (("videos", "reason"), ("rejected", "reject_reason")):
+        path = storage.join(out, table, f"{group}.parquet")
+        if storage.exists(path):
+            n += storage.read_table(path, [column]).column(column).to_pylist().count("transient_failure")
+    return n
+
+
+def _delete(location: str) -> None:
+    fs, path = storage.filesystem(location)
+    try:
+        fs.delete_file(path)
+    except FileNotFoundError:
+        pass
+
+
+def hold_back_transient(out: storage.Location, groups: list[str]) -> dict[str, tuple[int, int]]:
+    """After a run: every group of ``groups`` that was written with transient failures counts one more
+    try (``OUT/_tries/<group>``) and, while it has had fewer than ``TRANSIENT_TRIES``, loses its
+    completion marker so the next run of the same command does it again. Returns ``{group: (rows,
+    tries)}`` of the groups held back."""
+    done = set(storage.list_names(storage.join(out, "_done")))
+    held = {}
+    for group in groups:
+        if group not in done:
+            continue
+        rows = _transient_in(out, group)
+        path = storage.join(out, TRIES, group)
+        if not rows:
+            _delete(path)
+            continue
+        tries = (int(storage.read_text(path)) if storage.exists(path) else 0) + 1
+        if tries >= TRANSIENT_TRIES:
+            _delete(path)  # final: the rows keep reason transient_failure
+            continue
+        storage.makedirs(storage.join(out, TRIES))
+        storage.write_text_atomic(path, f"{tries}\n")
+        _delete(storage.join(out, "_done", group))
+        held[group] = (rows, tries)
+    return held
+
+
+def reopen_transient(out: storage.Location) -> list[str]:
+    """``vidsift curate --retry-failed``: finished groups that hold transient failures lose their
+    completion marker and their try count, so this run does them again (same ids for the rest)."""
+    reopened = []
+    for group in sorted(storage.list_names(storage.join(out, "_done"))):
+        if _transient_in(out, group):
+            _delete(storage.join(out, "_done", group))
+            _delete(storage.join(out, TRIES, group))
+            reopened.append(group)
+    return reopened
+
+
 def make_clip_id(video_id: str, start_frame: int, end_frame: int) -> str:
     return hashlib.blake2b(f"{video_id}:{start_frame}:{end_frame}".encode(), digest_size=16).hexdigest()
 
@@ -123,11 +183,13 @@ def scan_video(path: str, recipe: Recipe) -> Scan:
     if video["status"] != "ok":
         return Scan(video)
     try:
-        quality = bool(recipe.stages_of_kind("video_filter"))
+        filters = [STAGES[s.name] for s in recipe.stages_of_kind("video_filter")]
+        hooks = [f.measure_sample for f in filters if f.measure_sample is not None]  # in the one decode
         budget = decode_budget_s(video, recipe.stage("probe"))
         analysis = analyze_video(
-            path, video, recipe.stage("analyze"), recipe.stage("split_scenes"), quality, budget_s=budget
-        )
+            path, video, recipe.stage("analyze"), recipe.stage("split_scenes"), bool(filters),
+            budget_s=budget, hooks=hooks,
+        )  # fmt: skip
     except av.error.FFmpegError as e:
         video.update(status="rejected", reason="undecodable", detail=f"decoding failed: {e.strerror or e}")
         return Scan(video)

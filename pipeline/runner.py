@@ -333,21 +333,30 @@ def run_curate(
     limit: int | None = None,
     address: str | None = None,
     quiet: bool = False,
+    retry_failed: bool = False,
 ) -> int:
-    if (address or os.environ.get("RAY_ADDRESS") or "").startswith("ray://"):
-        return _run_through_client(recipe, input_path, output, limit, address, quiet)  # it locks in there
+    if (address or os.environ.get("RAY_ADDRESS") or "").startswith("ray://"):  # it locks in there
+        return _run_through_client(recipe, input_path, output, limit, address, quiet, retry_failed)
     from vidsift.pipeline.lock import output_lock
 
     # one writer per output: a second run on it refuses at once, naming this one (pipeline/lock.py);
     # the recipe's S3 settings apply to the lock too
     os.environ.update(storage.s3_environment(recipe.run.s3_endpoint_url, recipe.run.s3_region))
     with output_lock(output, "curate"):
-        return _curate_locked(recipe, input_path, output, limit, address, quiet)
+        return _curate_locked(recipe, input_path, output, limit, address, quiet, retry_failed)
 
 
 def _curate_locked(
-    recipe: Recipe, input_path: str, output: str, limit: int | None, address: str | None, quiet: bool
+    recipe: Recipe,
+    input_path: str,
+    output: str,
+    limit: int | None,
+    address: str | None,
+    quiet: bool,
+    retry_failed: bool = False,
 ) -> int:
+    from vidsift.pipeline.process import EXIT_INCOMPLETE, hold_back_transient, reopen_transient
+
     from rich.console import Console
 
     console = Console(stderr=True, quiet=quiet)
@@ -375,6 +384,9 @@ def _curate_locked(
     write_text_atomic(state_path, json.dumps({"fingerprint": fp, "inputs": len(inputs)}) + "\n")
     write_text_atomic(storage.join(out, "recipe.resolved.toml"), recipe.to_toml())
     groups = make_groups(inputs, run.group_size)
+    if retry_failed:  # groups finished with transient failures (after their tries) run again
+        reopened = reopen_transient(out)
+        console.print(f"--retry-failed: {len(reopened)} groups with transient failures run again")
     finished = done_groups(out)
     pending = {g: files for g, files in groups.items() if g not in finished}
     console.print(
@@ -383,6 +395,7 @@ def _curate_locked(
     )
     started = time.time()
     placement: dict = {}
+    held: dict = {}
     if pending:
         duplicates = find_duplicates({u: sizes[u] for u in inputs}, recipe.stage("probe").hash_full_file)
         worker_env = aws_env if storage.is_remote(input_path) else {}
@@ -390,6 +403,7 @@ def _curate_locked(
 
         meta = source_metas(input_path)  # {} unless --input is an input list
         placement = _run_groups(recipe, pending, duplicates, out, address, console, worker_env, meta)
+        held = hold_back_transient(out, list(pending))  # transient failures: left for a rerun
     if any(s.name == "dedup" for s in recipe.stages):
         from vidsift.pipeline.select import apply_dedup
         from vidsift.pipeline.stages.dedup import find_duplicates as find_near_duplicates
@@ -402,11 +416,25 @@ def _curate_locked(
     manifest["last_run_placement"] = placement
     write_manifest(out, manifest)
     print_summary(console, manifest)
+    if held:
+        rows = sum(n for n, _ in held.values())
+        print(
+            f"vidsift: {rows} videos or clips in {len(held)} groups failed transiently (storage, network "
+            "or a server out of reach); rerun the same command to retry them",
+            file=sys.stderr,
+        )
+        return EXIT_INCOMPLETE
     return 0
 
 
 def _run_through_client(
-    recipe: Recipe, input_path: str, output: str, limit: int | None, address: str | None, quiet: bool
+    recipe: Recipe,
+    input_path: str,
+    output: str,
+    limit: int | None,
+    address: str | None,
+    quiet: bool,
+    retry_failed: bool = False,
 ) -> int:
     """``--address ray://...``: run the whole curation as one task inside the cluster.
 
@@ -422,23 +450,29 @@ def _run_through_client(
     task = ray.remote(_curate_in_cluster).options(
         num_cpus=0, max_retries=0, runtime_env={"env_vars": env} if env else None
     )
-    error = ray.get(task.remote(recipe.to_dict(), input_path, output, limit, quiet))
+    error = ray.get(task.remote(recipe.to_dict(), input_path, output, limit, quiet, retry_failed))
     if error:
         raise RecipeError(error)
     return 0
 
 
 def _curate_in_cluster(
-    recipe_dict: dict, input_path: str, output: str, limit: int | None, quiet: bool
+    recipe_dict: dict,
+    input_path: str,
+    output: str,
+    limit: int | None,
+    quiet: bool,
+    retry_failed: bool = False,
 ) -> str:
     """The driver of a ``ray://`` run, inside the cluster; returns a user error's message, or ""."""
     from vidsift.pipeline.recipe import build_recipe
 
+    recipe = build_recipe(recipe_dict)
     try:
-        run_curate(build_recipe(recipe_dict), input_path, output, limit=limit, address=None, quiet=quiet)
+        rc = run_curate(recipe, input_path, output, limit, None, quiet, retry_failed)
     except RecipeError as e:
         return str(e)
-    return ""
+    return "transient failures left groups unfinished; rerun the same command to retry them" if rc else ""
 
 
 def _demands(recipe: Recipe) -> tuple[dict[str, float], list[tuple[str, dict[str, float]]]]:

@@ -9,9 +9,11 @@ import pytest
 
 from tests.conftest import make_numbered_clip
 from vidsift.pipeline import process, storage
-from vidsift.pipeline.recipe import load_recipe
+from vidsift.pipeline.recipe import build_recipe
 from vidsift.pipeline.runner import VIDEO_PREFIX, video_task
 from vidsift.pipeline.stages import analyze
+
+PLAIN = ("probe", "analyze", "split_scenes", "transcode", "write_shards")  # the required stages
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +23,9 @@ def two_clips(tmp_path_factory):
 
 
 def recipe(*overrides: str):
-    return load_recipe("default", ["split_scenes.min_scene_s=0.5", *overrides])
+    """The required stages only (the per-video path with nothing optional)."""
+    stages = [{"name": n} for n in PLAIN]
+    return build_recipe({"stage": stages}, ["split_scenes.min_scene_s=0.5", *overrides])
 
 
 def run_videos(paths, rec) -> dict[str, tuple[dict, list[dict]]]:
@@ -106,3 +110,96 @@ def test_fetch_failures_are_transient_or_permanent(two_clips, monkeypatch, error
     video, clips = process.process_video(str(two_clips[0]), "g000000", recipe())
     assert video["status"] == "rejected" and video["reason"] == reason and clips == []
     assert str(error) in video["detail"]
+
+
+# Loaded by every Python process of the run (driver and Ray workers) through PYTHONPATH: while
+# VIDSIFT_TEST_FAIL_FETCH names an input, fetching it fails as an unreachable S3 endpoint does.
+FAIL_HOOK = """
+import os
+_uri = os.environ.get("VIDSIFT_TEST_FAIL_FETCH")
+if _uri:
+    import contextlib
+    from vidsift.pipeline import storage
+    _real = storage.local_file
+
+    @contextlib.contextmanager
+    def _failing(location, spool_dir=""):
+        if str(location) == _uri:
+            raise OSError("When reading information for key 'v1.mp4': AWS Error NETWORK_CONNECTION (test)")
+        with _real(location, spool_dir) as path:
+            yield path
+
+    storage.local_file = _failing
+"""
+
+
+@pytest.mark.slow
+def test_transient_failure_leaves_its_group_for_the_rerun(two_clips, tmp_path):
+    """The fetch of one input fails transiently: its group is written but not finished, the run exits 3
+    saying so; the rerun completes it with the ids of a run that never failed."""
+    import os
+    import subprocess
+
+    import pyarrow.parquet as pq
+
+    from tests.conftest import vidsift_exe
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(FAIL_HOOK)
+    recipe_file = tmp_path / "plain.toml"
+    recipe_file.write_text("\n".join(f'[[stage]]\nname = "{n}"' for n in PLAIN))
+    src = two_clips[0].parent
+
+    def curate(out, fail: str = "", *extra):
+        env = {**os.environ, "PYTHONPATH": f"{hook}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        env["VIDSIFT_TEST_FAIL_FETCH"] = fail
+        args = [vidsift_exe(), "curate", str(recipe_file), "--input", str(src), "--output", str(out),
+                "--quiet",
+                "--set", "split_scenes.min_scene_s=0.5", "--set", "run.group_size=1", *extra]  # fmt: skip
+        return subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+
+    def ids(out):
+        return sorted(
+            (r["source_uri"], r["clip_id"])
+            for t in ("clips", "rejected")
+            for f in sorted((out / t).glob("*.parquet"))
+            for r in pq.read_table(f, columns=["source_uri", "clip_id"]).to_pylist()
+        )
+
+    out = tmp_path / "out"
+    first = curate(out, str(two_clips[1]))
+    assert first.returncode == 3, first.stderr[-2000:]
+    assert "1 videos or clips in 1 groups failed transiently" in first.stderr
+    assert "Traceback" not in first.stderr
+    assert sorted(p.name for p in (out / "_done").iterdir()) == ["g000000"]  # v1's group waits for a rerun
+    [video] = pq.read_table(out / "videos" / "g000001.parquet").to_pylist()
+    assert video["reason"] == "transient_failure" and "NETWORK_CONNECTION" in video["detail"]
+    assert (out / "_tries" / "g000001").read_text().strip() == "1"
+    second = curate(out)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert sorted(p.name for p in (out / "_done").iterdir()) == ["g000000", "g000001"]
+    assert not (out / "_tries" / "g000001").exists()
+    clean = sorted((c["source_uri"], c["clip_id"]) for _, clips in run_videos(two_clips, recipe()).values()
+                   for c in clips)  # fmt: skip
+    assert ids(out) == clean and {u for u, _ in clean} == {str(p) for p in two_clips}  # as if it never failed
+
+
+def test_transient_groups_are_held_back_then_final_then_reopened(tmp_path):
+    """The bookkeeping of ``hold_back_transient`` over ``TRANSIENT_TRIES`` runs and ``--retry-failed``."""
+    from vidsift.pipeline.stages.write_shards import WriteShardsConfig, done_groups, write_group
+
+    def write(group, reason):
+        video = {"source_uri": f"/v/{group}.mp4", "group": group, "status": "rejected", "reason": reason}
+        write_group(tmp_path, group, [], [], [video], WriteShardsConfig())
+
+    for n in range(process.TRANSIENT_TRIES):
+        write("g0", "transient_failure")
+        write("g1", "undecodable")
+        held = process.hold_back_transient(tmp_path, ["g0", "g1"])
+        if n < process.TRANSIENT_TRIES - 1:
+            assert held == {"g0": (1, n + 1)} and done_groups(tmp_path) == {"g1"}
+        else:  # the last try: finished, with the reason kept
+            assert held == {} and done_groups(tmp_path) == {"g0", "g1"}
+    assert not (tmp_path / process.TRIES / "g0").exists()
+    assert process.reopen_transient(tmp_path) == ["g0"] and done_groups(tmp_path) == {"g1"}
