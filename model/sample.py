@@ -238,9 +238,8 @@ def expand_prompt(
     seed: int = 0,
 ) -> tuple[str, bool]:
     """(long prompt, written by a random-weight test model) via the captioning backends
-    (pipeline/backends: transformers in-process, vLLM, or an OpenAI-compatible server). Local files or
-    an already-cached model only: the hub is never contacted."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    (pipeline/backends: transformers in-process, vLLM, or an OpenAI-compatible server). A local path, or
+    a hub name (downloaded unless the user sets HF_HUB_OFFLINE=1: the environment is left as it is)."""
     from vidsift.pipeline.backends import load_backend
     from vidsift.pipeline.backends.base import BackendConfig, ChatRequest
 

