@@ -23,6 +23,10 @@ def cmd_curate(args: argparse.Namespace) -> int:
 
     try:
         recipe = load_recipe(args.recipe, args.set)
+        if args.dry_run:  # inputs, groups, stages, resources, placement check; nothing runs or is written
+            from vidsift.pipeline.plan import dry_run
+
+            return dry_run(recipe, args.input, args.output, args.limit, args.address)
         return run_curate(
             recipe,
             args.input,
@@ -138,15 +142,25 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from vidsift.pipeline.select import SelectError, select_run
 
     try:
-        moves = select_run(Path(args.run), args.where, Path(args.output))
+        moves = select_run(args.run, args.output, where=args.where, sql=args.sql)
     except SelectError as e:
         return _fail(str(e))
-    print(json.dumps({"output": args.output, "where": args.where, "moves": moves}, indent=1))
+    condition = {"where": args.where} if args.where is not None else {"sql": args.sql}
+    print(json.dumps({"output": args.output, **condition, "moves": moves}, indent=1))
+    return 0
+
+
+def cmd_dedup(args: argparse.Namespace) -> int:
+    from vidsift.pipeline.select import SelectError, dedup_finished_run
+
+    try:
+        result = dedup_finished_run(args.run, args.against, args.set)
+    except SelectError as e:
+        return _fail(str(e))
+    print(json.dumps(result, indent=1))
     return 0
 
 
@@ -220,6 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress display or summary")
     p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list inputs, groups, stages, resources and the placement check; run and write nothing",
+    )
+    p.add_argument(
         "--retry-failed",
         action="store_true",
         help="run again the videos and clips an earlier run rejected as transient_failure",
@@ -246,9 +265,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("select", help="decide a finished run again from its stored scores, into a new folder")
     p.add_argument("run", metavar="OUT", help="a finished vidsift curate output")
-    p.add_argument("--where", required=True, help='e.g. "motion_score > 0.3 and text_score < 0.1"')
-    p.add_argument("--output", required=True, help="new run folder (must not exist or be empty)")
+    condition = p.add_mutually_exclusive_group(required=True)
+    condition.add_argument("--where", help='e.g. "motion_score > 0.3 and text_score < 0.1"')
+    condition.add_argument(
+        "--sql",
+        help="a DuckDB WHERE condition instead, e.g. \"caption ILIKE '%%dog%%' AND motion_score > 0.3\"",
+    )
+    p.add_argument(
+        "--output", required=True, help="new run folder, local or s3:// (must not exist or be empty)"
+    )
     p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser(
+        "dedup", help="remove near-duplicate clips from a finished run, optionally against earlier runs"
+    )
+    p.add_argument("run", metavar="OUT", help="a finished vidsift curate output (rewritten in place)")
+    p.add_argument(
+        "--against",
+        action="append",
+        default=[],
+        metavar="RUN",
+        help="an earlier run whose clips are kept (repeatable)",
+    )
+    p.add_argument(
+        "--set", action="append", default=[], metavar="dedup.KEY=VALUE", help="override a dedup value"
+    )
+    p.set_defaults(func=cmd_dedup)
 
     p = sub.add_parser(
         "export", help="write a run's accepted clips as WebDataset tars, a videofolder or a HF dataset"

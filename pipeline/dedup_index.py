@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 
 from vidsift.pipeline import storage
 from vidsift.pipeline.measures import HASH_SCALES
-from vidsift.pipeline.stages.dedup import CURVE_POINTS, DedupConfig, _curves_agree, _matches
+from vidsift.pipeline.stages.dedup import CURVE_POINTS, DedupConfig, _matches, curves_agree_many
 from vidsift.pipeline.storage import Location
 
 COLUMNS = ["clip_id", "group", "source_uri", "dedup_hashes", "dedup_curve", "width", "height", "duration_s"]
@@ -297,18 +297,25 @@ def verify_pairs(
     has_curve: np.ndarray,
     config: DedupConfig,
 ) -> np.ndarray:
-    """The decision rule on each candidate pair: a bool mask over ``pairs``."""
+    """The decision rule on each candidate pair: a bool mask over ``pairs``.
+
+    The time curves are compared first, for all pairs at once; the frame hashes of those that agree
+    then one pair at a time (both must hold, so the order changes nothing but the cost).
+    """
     keep = np.zeros(len(pairs), bool)
     signed = hashes.view(np.int64)
-    for k, p in enumerate(pairs.tolist()):
-        i, j = p >> 32, p & 0xFFFFFFFF
-        a = signed[offsets[i] : offsets[i + 1]].reshape(-1, SCALES)
-        b = signed[offsets[j] : offsets[j + 1]].reshape(-1, SCALES)
-        if not _matches(a, b, config):
-            continue
-        ca = curves[i].tolist() if has_curve[i] else []
-        cb = curves[j].tolist() if has_curve[j] else []
-        keep[k] = _curves_agree(ca, cb, config)
+    for s in range(0, len(pairs), VERIFY_CHUNK):
+        chunk = pairs[s : s + VERIFY_CHUNK]
+        i = (chunk >> np.uint64(32)).astype(np.int64)
+        j = (chunk & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        a, b = curves[i], curves[j]
+        a[~has_curve[i]] = np.nan
+        b[~has_curve[j]] = np.nan
+        agree = curves_agree_many(a, b, config)
+        for k in np.flatnonzero(agree):
+            x = signed[offsets[i[k]] : offsets[i[k] + 1]].reshape(-1, SCALES)
+            y = signed[offsets[j[k]] : offsets[j[k] + 1]].reshape(-1, SCALES)
+            keep[s + k] = _matches(x, y, config)
     return keep
 
 

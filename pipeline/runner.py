@@ -26,35 +26,26 @@ import sys
 import time
 import warnings
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 
 from vidsift.pipeline import storage
+from vidsift.pipeline.manifest import build_manifest, print_summary
+from vidsift.pipeline.publish import (
+    PARTS,
+    VIDEO_PREFIX,
+    WORK_SCHEMA,
+    GroupBuffer,
+    publish_group,
+    write_parts,
+)
 from vidsift.pipeline.recipe import Recipe, RecipeError
-from vidsift.pipeline.schema import CLIP_SCHEMA, REJECTED_SCHEMA, SCHEMA_VERSION, VIDEO_SCHEMA
 from vidsift.pipeline.stages.write_shards import (
     done_groups,
     remove_partial_files,
-    write_group,
     write_manifest,
     write_text_atomic,
-)
-
-VIDEO_PREFIX = "video__"
-# One flat row type travels through Ray Data: a candidate clip (clip + reject columns), or the
-# one row per video that carries the video table's columns (prefixed) and how many rows it sent.
-# ``placement``: JSON {stage: Ray node id} of where this row was processed (driver-side bookkeeping,
-# not a shard column).
-WORK_SCHEMA = pa.schema(
-    [
-        pa.field("row_kind", pa.string()),
-        pa.field("rows_of_video", pa.int32()),
-        pa.field("placement", pa.string()),
-    ]
-    + [pa.field(f.name, f.type) for f in REJECTED_SCHEMA]
-    + [pa.field(VIDEO_PREFIX + f.name, f.type) for f in VIDEO_SCHEMA]
 )
 
 
@@ -176,89 +167,6 @@ def _node_id() -> str:
     import ray
 
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
-
-
-PARTS = "_parts"  # OUT/_parts/<group>/<part>.parquet: rows written by workers, not yet a published group
-RECEIPT_COLUMNS = ("group", "source_uri", "row_kind", "rows_of_video", "reject_reason", "placement", "part")
-
-
-def write_parts(batch: pa.Table, out: str) -> pa.Table:
-    """Ray Data UDF, the pipeline's last step: the batch's rows go to one part file per group, on the
-    worker, and only a small receipt per row (group, video, kind, part file, placement) goes on to the
-    driver. So clip bytes never pass through the driver; it publishes a group once every video of it
-    has all its receipts (``publish_group``)."""
-    import uuid
-
-    def either(name: str) -> list[str]:  # clip rows carry it plain, video rows prefixed
-        clip, video = batch[name].to_pylist(), batch[VIDEO_PREFIX + name].to_pylist()
-        return [c or v for c, v in zip(clip, video, strict=True)]
-
-    groups, uris = either("group"), either("source_uri")
-    parts = [""] * len(groups)
-    for g in sorted(set(groups)):
-        rows = [i for i, x in enumerate(groups) if x == g]
-        path = storage.join(out, PARTS, g, f"{uuid.uuid4().hex}.parquet")
-        storage.makedirs(storage.join(out, PARTS, g))
-        storage.write_table_atomic(batch.take(rows), path)
-        for i in rows:
-            parts[i] = path
-    columns = {"group": groups, "source_uri": uris, "part": parts}
-    return pa.table({c: columns[c] if c in columns else batch[c] for c in RECEIPT_COLUMNS})
-
-
-def publish_group(out: str, group: str, files: list[str], parts: list[str], config: dict) -> int:
-    """Ray task: read a finished group's part files (only those the driver has receipts for: a part a
-    retried task wrote twice is read once), write the group's three tables and its ``_done`` marker, then
-    delete the parts. Returns the group's accepted clips."""
-    from vidsift.pipeline.stages.write_shards import WriteShardsConfig
-
-    if storage.exists(storage.join(out, "_done", group)):  # a retry of this task after it had finished
-        return len(storage.read_table(storage.join(out, "clips", f"{group}.parquet"), ["clip_id"]))
-    buf = GroupBuffer(expected=set(files))
-    for part in sorted(set(parts)):
-        for row in storage.read_table(part).to_pylist():
-            buf.add(row)
-    if not buf.complete():
-        raise RuntimeError(f"group {group}: its part files do not hold every row of its videos")
-    write_group(out, group, buf.clips, buf.rejected, buf.accounted_videos(), WriteShardsConfig(**config))
-    storage.remove_tree(storage.join(out, PARTS, group))
-    return len(buf.clips)
-
-
-@dataclass
-class GroupBuffer:
-    expected: set[str]
-    rows_seen: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    rows_due: dict[str, int] = field(default_factory=dict)
-    videos: list[dict] = field(default_factory=list)
-    clips: list[dict] = field(default_factory=list)
-    rejected: list[dict] = field(default_factory=list)
-
-    def count(self, row: dict) -> None:
-        """Completion bookkeeping only (the driver, from receipts)."""
-        uri = row["source_uri"] or row.get(VIDEO_PREFIX + "source_uri")
-        self.rows_seen[uri] += 1
-        self.rows_due[uri] = row["rows_of_video"]
-
-    def add(self, row: dict) -> None:
-        self.count(row)
-        if row["row_kind"] == "video":
-            self.videos.append(
-                {k[len(VIDEO_PREFIX) :]: v for k, v in row.items() if k.startswith(VIDEO_PREFIX)}
-            )
-        elif row["reject_reason"]:
-            self.rejected.append({k: row[k] for k in REJECTED_SCHEMA.names})
-        else:
-            self.clips.append({k: row[k] for k in CLIP_SCHEMA.names})
-
-    def complete(self) -> bool:
-        return all(u in self.rows_due and self.rows_seen[u] == self.rows_due[u] for u in self.expected)
-
-    def accounted_videos(self) -> list[dict]:
-        """Video rows with their final accepted-clip counts (clip stages may have rejected some)."""
-        from vidsift.pipeline.process import account_group
-
-        return account_group(self.videos, self.clips, self.rejected)
 
 
 def _init_ray(address: str | None) -> None:
@@ -404,16 +312,15 @@ def _curate_locked(
         meta = source_metas(input_path)  # {} unless --input is an input list
         placement = _run_groups(recipe, pending, duplicates, out, address, console, worker_env, meta)
         held = hold_back_transient(out, list(pending))  # transient failures: left for a rerun
+    dedup: dict | None = None
     if any(s.name == "dedup" for s in recipe.stages):
-        from vidsift.pipeline.select import apply_dedup
-        from vidsift.pipeline.stages.dedup import find_duplicates as find_near_duplicates
+        from vidsift.pipeline.select import dedup_run  # the index, its counts and the group rewrites
 
-        cfg = recipe.stage("dedup")
-        moved = apply_dedup(out, lambda rows: find_near_duplicates(rows, cfg), recipe.stage("write_shards"))
-        if moved:
-            console.print(f"dedup: {moved} near-duplicate clips moved to the rejected table")
+        dedup = dedup_run(out, recipe.stage("dedup"), recipe.stage("write_shards"), log=console.print)
     manifest = build_manifest(out, recipe, len(inputs), len(groups), time.time() - started)
     manifest["last_run_placement"] = placement
+    if dedup is not None:
+        manifest["dedup"] = dedup
     write_manifest(out, manifest)
     print_summary(console, manifest)
     if held:
@@ -498,15 +405,23 @@ def _as_ray_resources(opts: dict) -> dict[str, float]:
     return {k: float(v) for k, v in res.items() if v}
 
 
+MIN_VIDEO_CPUS = 0.1  # the least CPU share a per-video task is given to fit beside the pools
+
+
 def check_fits(
     video: dict[str, float], actors: list[tuple[str, dict[str, float]]], nodes: list[dict]
-) -> None:
-    """Raise ``RecipeError`` unless every pool's starting actors and one video task fit the nodes.
+) -> float:
+    """The CPUs to give each per-video task so that it and every pool's starting actors can be placed;
+    raise ``RecipeError``, naming the stage, when no share can.
 
-    Ray Data starts ``min_actors`` of every clip-stage pool up front; if they, together with at
-    least one per-video task, cannot all be placed, the run waits forever for resources that
-    never come. ``nodes`` are ``{resource: total}`` per alive node. Placement is first-fit,
-    largest demand first: a conservative stand-in for Ray's scheduler.
+    Ray Data starts ``min_actors`` of every clip-stage pool up front and spreads them over the nodes
+    (its SPREAD strategy); a per-video task then needs one node with its whole demand still free.
+    Totals can hide that: two 1-CPU nodes with four quarter-CPU actors spread over them have 1 CPU
+    free in all but half a CPU on each node, and a 1-CPU task waits forever. So the actors are placed
+    per node the way Ray spreads them (largest first, each on the node with the most CPU left; the
+    first-fit packing is tried when spreading leaves one out), and the per-video task gets its
+    ``num_cpus``, or the largest share at least ``MIN_VIDEO_CPUS`` that one node still has (the caller
+    says so). ``nodes`` are ``{resource: total}`` per alive node.
     """
 
     def fits(need: dict[str, float], free: dict[str, float]) -> bool:
@@ -530,24 +445,43 @@ def check_fits(
                 f"(cluster: {have}); lower its resources (fractional num_cpus are fine) or add a node "
                 "that has them"
             )
-    free = [dict(n) for n in nodes]
-    for name, need in sorted(
-        [("per-video task", video)] + actors, key=lambda a: -a[1].get("GPU", 0) - a[1].get("CPU", 0)
-    ):
-        node = next((f for f in free if fits(need, f)), None)
-        if node is None:
-            asked = defaultdict(float)
-            for _, n in [("per-video task", video)] + actors:
-                for k, v in n.items():
-                    asked[k] += v
-            raise RecipeError(
-                f"the clip-stage pools' min_actors plus one per-video task need {describe(dict(asked))} "
-                f"at once, more than the cluster can place (cluster: {have}; {name} does not fit); the run "
-                "would wait forever. Lower min_actors or num_cpus/num_gpus of the clip stages, or add nodes "
-                "(--set run.check_resources=false skips this check, e.g. on an autoscaling cluster)"
-            )
-        for k, v in need.items():
-            node[k] -= v
+    def wait_forever(name: str) -> RecipeError:
+        asked = defaultdict(float)
+        for _, n in [("per-video task", video)] + actors:
+            for k, v in n.items():
+                asked[k] += v
+        return RecipeError(
+            f"the clip-stage pools' min_actors plus one per-video task need {describe(dict(asked))} "
+            f"at once, more than the cluster can place (cluster: {have}; {name} does not fit); the run "
+            "would wait forever. Lower min_actors or num_cpus/num_gpus of the clip stages, or add nodes "
+            "(--set run.check_resources=false skips this check, e.g. on an autoscaling cluster)"
+        )
+
+    def place(spread: bool) -> list[dict[str, float]] | str:
+        """Free resources per node once the actors are placed, or the stage that finds no node."""
+        free = [dict(n) for n in nodes]
+        for name, need in sorted(actors, key=lambda a: -a[1].get("GPU", 0) - a[1].get("CPU", 0)):
+            room = [f for f in free if fits(need, f)]
+            if not room:
+                return name
+            node = max(room, key=lambda f: f.get("CPU", 0.0)) if spread else room[0]
+            for k, v in need.items():
+                node[k] -= v
+        return free
+
+    placed = place(spread=True)
+    if isinstance(placed, str):
+        placed = place(spread=False)
+        if isinstance(placed, str):
+            raise wait_forever(placed)
+    others = {k: v for k, v in video.items() if k != "CPU"}
+    cpus = max((f.get("CPU", 0.0) for f in placed if fits(others, f)), default=-1.0)
+    want = video.get("CPU", 0.0)
+    if cpus + 1e-9 >= want:
+        return want
+    if cpus + 1e-9 < min(want, MIN_VIDEO_CPUS):
+        raise wait_forever("per-video task")
+    return round(cpus - 0.005, 2)  # a hair under what is left: float sums of shares
 
 
 def _video_stages(recipe: Recipe) -> list:
@@ -691,119 +625,3 @@ def _max_resources(resources: list) -> dict:
             else:
                 opts[k] = max(opts.get(k, 0), v)
     return opts
-
-
-def _read_columns(out: Path | str, table: str, columns: list[str]) -> pa.Table:
-    files = storage.parquet_files(storage.join(out, table))
-    if not files:
-        return pa.table({c: pa.array([], type=pa.null()) for c in columns})
-    return pa.concat_tables([storage.read_table(f, columns=columns) for f in files])
-
-
-def build_manifest(out: Path | str, recipe: Recipe, n_inputs: int, n_groups: int, wall_s: float) -> dict:
-    vcols = [
-        "status",
-        "reason",
-        "duration_s",
-        "num_scenes",
-        "num_clips_accepted",
-        "analysis_decode_passes",
-        "time_probe_s",
-        "time_analyze_s",
-        "time_split_s",
-        "time_transcode_s",
-    ]
-    videos = _read_columns(out, "videos", vcols).to_pylist()
-    clips = _read_columns(out, "clips", ["duration_s"]).to_pylist()
-    rejected = _read_columns(out, "rejected", ["reject_stage", "reject_reason"]).to_pylist()
-    analysed = [v for v in videos if v["analysis_decode_passes"]]  # readable: decoded once for analysis
-    by_video_reason: dict[str, int] = defaultdict(int)
-    for v in videos:
-        if v["status"] == "rejected":
-            by_video_reason[v["reason"]] += 1
-    by_clip_reason: dict[str, int] = defaultdict(int)
-    for r in rejected:
-        by_clip_reason[f"{r['reject_stage']}/{r['reject_reason']}"] += 1
-    captions = _caption_summary(out)
-    # every column a random-weight test model wrote: such scores and captions are not real
-    flags = [c for c in CLIP_SCHEMA.names if c.endswith("_random_weights")]
-    flagged = _read_columns(out, "clips", flags).to_pylist()
-    random_weights = {c: n for c in flags if (n := sum(bool(r.get(c)) for r in flagged))}
-    timing = {
-        s: round(sum(v[f"time_{s}_s"] or 0.0 for v in videos), 3)
-        for s in ("probe", "analyze", "split", "transcode")
-    }
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "recipe": recipe.to_dict(),
-        "counts": {
-            "input_files": n_inputs,
-            "groups": n_groups,
-            "groups_done": len(done_groups(out)),
-            "videos_ok": sum(v["status"] == "ok" for v in videos),
-            "videos_rejected": sum(v["status"] == "rejected" for v in videos),
-            "videos_rejected_by_reason": dict(sorted(by_video_reason.items())),
-            "videos_analysed": len(analysed),
-            "input_hours": round(sum(v["duration_s"] or 0.0 for v in analysed) / 3600, 6),
-            "candidate_clips": len(clips) + len(rejected),
-            "clips_accepted": len(clips),
-            "clips_rejected": len(rejected),
-            "clips_rejected_by_reason": dict(sorted(by_clip_reason.items())),
-            "accepted_hours": round(sum(c["duration_s"] or 0.0 for c in clips) / 3600, 6),
-        },
-        "captions": captions,
-        "random_weights": random_weights,
-        "analysis_decode_passes": sum(v["analysis_decode_passes"] or 0 for v in videos),
-        "stage_seconds": timing,
-        "last_run_wall_s": round(wall_s, 3),
-    }
-
-
-def _caption_summary(out: Path | str) -> dict:
-    """Which models wrote the accepted clips' captions, and whether any had random weights."""
-    cols = ["caption_vlm_model", "caption_vlm_backend", "caption_model", "caption_backend",
-            "caption_random_weights", "caption_source", "caption_qa_flags"]  # fmt: skip
-    rows = _read_columns(out, "clips", cols).to_pylist()
-    writers: dict[str, Counter] = {c: Counter() for c in cols[:4]}
-    sources, flags = Counter(), Counter()
-    random_rows = 0
-    for r in rows:
-        for c in writers:
-            if r.get(c):
-                writers[c][r[c]] += 1
-        random_rows += bool(r.get("caption_random_weights"))
-        if r.get("caption_source"):
-            sources[r["caption_source"]] += 1
-        flags.update(r.get("caption_qa_flags") or [])
-    return {
-        "writers": {c: dict(v) for c, v in writers.items() if v},
-        # rows written by random-weight test models are not real captions, and say so here
-        "random_weights": random_rows > 0,
-        "random_weights_rows": random_rows,
-        "caption_source": dict(sources),
-        "qa_flags": dict(sorted(flags.items())),
-    }
-
-
-def print_summary(console, manifest: dict) -> None:
-    from rich.table import Table
-
-    c = manifest["counts"]
-    t = Table(title="vidsift curate: summary", show_header=False)
-    t.add_row("input files", str(c["input_files"]))
-    t.add_row("videos ok / rejected", f"{c['videos_ok']} / {c['videos_rejected']}")
-    for reason, n in c["videos_rejected_by_reason"].items():
-        t.add_row(f"  video rejected: {reason}", str(n))
-    t.add_row("candidate clips", str(c["candidate_clips"]))
-    t.add_row("clips accepted", f"{c['clips_accepted']} ({c['accepted_hours'] * 60:.2f} min)")
-    for reason, n in c["clips_rejected_by_reason"].items():
-        t.add_row(f"  clip rejected: {reason}", str(n))
-    t.add_row("videos analysed", f"{c['videos_analysed']} ({c['input_hours'] * 60:.2f} min)")
-    t.add_row("analysis decode passes", str(manifest["analysis_decode_passes"]))
-    console.print(t)
-    caps = manifest.get("captions") or {}
-    if caps.get("random_weights"):
-        console.print(
-            f"[bold yellow]warning:[/] captions of {caps['random_weights_rows']} clips were written by "
-            "random-weight test models: they are NOT real captions"
-        )

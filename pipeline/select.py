@@ -1,13 +1,16 @@
-"""Deciding again over a finished run, without decoding anything.
+"""Deciding again over a finished run, without decoding anything; the run-wide dedup pass.
 
 - ``select_run``: ``vidsift select OUT --where "aesthetic_score >= 4.5 and motion_score > 0.3"
-  --output OUT2`` replaces the filters' thresholds by a predicate over the stored score columns
-  and writes a new run folder, with the accounting of which clips moved between accepted and
-  rejected, and why.
-- ``apply_dedup``: the run-wide half of ``dedup``: after the last group of ``vidsift curate``,
-  near-duplicate accepted clips are moved to the rejected table in place, group by group.
+  --output OUT2`` (or ``--sql "<DuckDB WHERE condition>"``) replaces the filters' thresholds by a
+  predicate over the stored score columns and writes a new run folder, with the accounting of which
+  clips moved between accepted and rejected, and why. It streams group by group in Arrow: rows never
+  become Python objects and MP4 bytes are copied as bytes. Local, NFS and ``s3://`` runs.
+- ``dedup_run``: the run-wide half of ``dedup`` (after the last group of ``vidsift curate``, and
+  ``vidsift dedup OUT [--against RUN ...]``): the index of ``pipeline/dedup_index.py`` over the hash
+  columns, then near-duplicate accepted clips move to the rejected table in place, group by group.
 
-Both rewrite whole group files with ``write_shards.write_group`` (temporary file, then rename).
+Both rewrite whole group files (temporary file, then rename, in ``write_shards.TABLES`` order) and
+then recount the manifest from column scans.
 """
 
 from __future__ import annotations
@@ -15,15 +18,19 @@ from __future__ import annotations
 import ast
 import json
 import operator
-import shutil
+import sys
 from collections import Counter
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from functools import reduce
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from vidsift.pipeline import storage
 from vidsift.pipeline.process import account_group
-from vidsift.pipeline.schema import CLIP_SCHEMA, REJECTED_SCHEMA
-from vidsift.pipeline.stages.write_shards import WriteShardsConfig, done_groups, write_group, write_manifest
+from vidsift.pipeline.schema import CLIP_SCHEMA, REJECTED_SCHEMA, VIDEO_SCHEMA
+from vidsift.pipeline.stages.write_shards import TABLES, WriteShardsConfig, done_groups, write_manifest
 from vidsift.pipeline.storage import Location
 
 _COMPARE = {
@@ -103,107 +110,474 @@ def parse_where(expr: str) -> Callable[[dict], bool]:
     return lambda row: bool(predicate(row))
 
 
+# ------------------------------------------------------------------------------------ Arrow predicates
+
+_ARROW_COMPARE = {
+    ast.Lt: pc.less,
+    ast.LtE: pc.less_equal,
+    ast.Gt: pc.greater,
+    ast.GtE: pc.greater_equal,
+    ast.Eq: pc.equal,
+    ast.NotEq: pc.not_equal,
+}
+
+Mask = Callable[[pa.Table], np.ndarray]
+
+
+def where_mask(expr: str) -> Mask:
+    """``parse_where``'s language evaluated on Arrow tables: a bool numpy mask per table.
+
+    The same rules: a comparison with a null is false, ``not`` of it is true.
+    """
+    parse_where(expr)  # the same allowlist and error messages
+    from vidsift.pipeline.input_lists import meta_array, meta_key
+
+    tree = ast.parse(expr.replace(" true", " True").replace(" false", " False"), mode="eval")
+
+    def condition(value, node: ast.AST):
+        if isinstance(value, pa.Scalar | pa.Array | pa.ChunkedArray) and pa.types.is_boolean(value.type):
+            return pc.fill_null(value, False)
+        raise SelectError(f"--where: {ast.unparse(node)!r} is not a condition (compare it with a value)")
+
+    def build(node: ast.AST) -> Callable[[pa.Table], object]:
+        if isinstance(node, ast.BoolOp):
+            parts = [(build(v), v) for v in node.values]
+            combine = pc.and_kleene if isinstance(node.op, ast.And) else pc.or_kleene
+            return lambda t: reduce(combine, [condition(p(t), v) for p, v in parts])
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            inner = build(node.operand)
+            return lambda t: pc.invert(condition(inner(t), node.operand))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            value = pa.scalar(-node.operand.value)
+            return lambda t: value
+        if isinstance(node, ast.Compare):
+            terms = [build(node.left)] + [build(c) for c in node.comparators]
+            ops = [_ARROW_COMPARE[type(op)] for op in node.ops]
+
+            def compare(t: pa.Table):
+                values = [term(t) for term in terms]
+                parts = [
+                    pc.fill_null(op(a, b), False) for op, a, b in zip(ops, values, values[1:], strict=False)
+                ]
+                return reduce(pc.and_kleene, parts)
+
+            return compare
+        if meta_key(node) is not None:  # source_meta.KEY: a key of the input list (pipeline/input_lists.py)
+            key = meta_key(node)
+            return lambda t: meta_array(t, key)
+        if isinstance(node, ast.Name):
+            name = node.id
+            return lambda t: t.column(name) if name in t.column_names else pa.nulls(t.num_rows)
+        value = pa.scalar(node.value)  # a constant: parse_where allowed nothing else
+        return lambda t: value
+
+    predicate = build(tree.body)
+
+    def mask(t: pa.Table) -> np.ndarray:
+        try:
+            result = condition(predicate(t), tree.body)
+        except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise SelectError(f"--where: cannot evaluate {expr!r}: {str(e).splitlines()[0]}") from None
+        if isinstance(result, pa.Scalar):
+            return np.full(t.num_rows, bool(result.as_py()))
+        return np.asarray(result.to_numpy(zero_copy_only=False), dtype=bool)
+
+    mask(REJECTED_SCHEMA.empty_table())  # type errors (a string column against a number) fail up front
+    return mask
+
+
+ROW = "__vidsift_row"
+
+
+def sql_mask(condition: str) -> Mask:
+    """A DuckDB SQL ``WHERE`` condition as a bool mask per Arrow table.
+
+    The text is never pasted into a statement: it is parsed by DuckDB as one expression
+    (``Relation.filter``) over the table, on a connection that can read no file, reach no network
+    and see no Python variable, with its settings locked. ``;`` is refused outright.
+    """
+    import duckdb
+
+    if ";" in condition:
+        raise SelectError("--sql: one WHERE condition only, without ';'")
+    if not condition.strip():
+        raise SelectError("--sql: empty condition")
+    con = duckdb.connect(":memory:")
+    for setting in ("enable_external_access = false", "python_enable_replacements = false"):
+        con.execute(f"SET {setting}")
+    con.execute("SET lock_configuration = true")
+
+    def mask(t: pa.Table) -> np.ndarray:
+        indexed = t.append_column(ROW, pa.array(np.arange(t.num_rows, dtype=np.int64)))
+        try:
+            rows = con.from_arrow(indexed).filter(condition).project(ROW).fetch_arrow_table()
+        except duckdb.Error as e:
+            raise SelectError(f"--sql: {str(e).splitlines()[0]}") from None
+        out = np.zeros(t.num_rows, bool)
+        out[rows.column(ROW).to_numpy()] = True
+        return out
+
+    mask(REJECTED_SCHEMA.empty_table())  # parse and bind errors before anything is written
+    return mask
+
+
+# --------------------------------------------------------------------------------------- group files
+
+
+def read_group_tables(out: Location, group: str) -> dict[str, pa.Table]:
+    """One published group's tables (Arrow), empty where a file is missing."""
+    tables = {}
+    for name, schema in TABLES.items():
+        path = storage.join(out, name, f"{group}.parquet")
+        t = storage.read_table(path) if storage.exists(path) else schema.empty_table()
+        tables[name] = _conform(t, schema)
+    return tables
+
+
+def _conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``t`` with exactly ``schema``'s columns, in order (a missing column is nulls)."""
+    cols = [t.column(f.name) if f.name in t.column_names else pa.nulls(t.num_rows, f.type) for f in schema]
+    return pa.Table.from_arrays([c.cast(f.type) for c, f in zip(cols, schema, strict=True)], schema=schema)
+
+
 def read_group(out: Location, group: str) -> tuple[list[dict], list[dict], list[dict]]:
-    """One published group's rows, from a local, NFS or ``s3://`` run folder."""
-
-    def read(table: str) -> list[dict]:
-        path = storage.join(out, table, f"{group}.parquet")
-        return storage.read_table(path).to_pylist() if storage.exists(path) else []
-
-    return read("clips"), read("rejected"), read("videos")
+    """One published group's rows as dicts (small runs and tests; the passes here stay in Arrow)."""
+    t = read_group_tables(out, group)
+    return t["clips"].to_pylist(), t["rejected"].to_pylist(), t["videos"].to_pylist()
 
 
-def _publish(out: Location, group: str, clips: list[dict], rejected: list[dict], videos: list[dict],
-             config: WriteShardsConfig) -> None:  # fmt: skip
-    write_group(out, group, clips, rejected, account_group(videos, clips, rejected), config)
+_SORT = [("source_uri", "ascending"), ("start_frame", "ascending"), ("clip_id", "ascending")]
 
 
-def _is_filter_reject(row: dict) -> bool:
-    return (row.get("reject_stage") or "").startswith("score_") or row.get("reject_stage") == "select"
+def _account_videos(videos: pa.Table, clips: pa.Table, rejected: pa.Table) -> pa.Table:
+    """``process.account_group`` over narrow columns (a group's videos are few; no media is touched)."""
+    narrow = ["source_uri", "reject_stage", "reject_reason"]
+    accepted = [{"source_uri": u} for u in clips.column("source_uri").to_pylist()]
+    rows = account_group(videos.to_pylist(), accepted, rejected.select(narrow).to_pylist())
+    return _conform(pa.Table.from_pylist(rows, schema=VIDEO_SCHEMA), VIDEO_SCHEMA)
 
 
-def select_run(src: Path, where: str, dst: Path, config: WriteShardsConfig | None = None) -> dict:
-    """Write ``dst``: the rows of ``src`` decided again by ``where``; returns the move counts."""
+def write_group_tables(
+    out: Location,
+    group: str,
+    clips: pa.Table,
+    rejected: pa.Table,
+    videos: pa.Table,
+    config: WriteShardsConfig,
+) -> None:
+    """``write_shards.write_group`` for Arrow tables: same order of files, sort order and marker."""
+    tables = {
+        "clips": _conform(clips, CLIP_SCHEMA).sort_by(_SORT),
+        "rejected": _conform(rejected, REJECTED_SCHEMA).sort_by(_SORT),
+        "videos": _account_videos(videos, clips, rejected).sort_by([("source_uri", "ascending")]),
+    }
+    for name in TABLES:
+        storage.makedirs(storage.join(out, name))
+        storage.write_table_atomic(
+            tables[name],
+            storage.join(out, name, f"{group}.parquet"),
+            compression=config.compression,
+            row_group_size=config.row_group_rows,
+        )
+    storage.makedirs(storage.join(out, "_done"))
+    storage.touch(storage.join(out, "_done", group))
+
+
+def _with_reason(t: pa.Table, stage: str, reason: str, detail: str | pa.Array | pa.ChunkedArray) -> pa.Table:
+    n = t.num_rows
+    values = {
+        "reject_stage": pa.array([stage] * n, pa.string()),
+        "reject_reason": pa.array([reason] * n, pa.string()),
+        "reject_detail": pa.array([detail] * n, pa.string()) if isinstance(detail, str) else detail,
+    }
+    for name, arr in values.items():
+        t = t.set_column(t.schema.get_field_index(name), REJECTED_SCHEMA.field(name), arr)
+    return t
+
+
+def _clear_reason(t: pa.Table) -> pa.Table:
+    for name in ("reject_stage", "reject_reason", "reject_detail"):
+        t = t.set_column(
+            t.schema.get_field_index(name), REJECTED_SCHEMA.field(name), pa.nulls(t.num_rows, pa.string())
+        )
+    return t
+
+
+# -------------------------------------------------------------------------------------------- select
+
+
+def _is_run(out: Location) -> bool:
+    return storage.exists(storage.join(out, "manifest.json"))
+
+
+def _is_empty(dst: Location) -> bool:
+    try:
+        return not storage.list_files(dst)
+    except FileNotFoundError:
+        return True
+
+
+def select_run(
+    src: Location,
+    dst: Location,
+    where: str | None = None,
+    sql: str | None = None,
+    config: WriteShardsConfig | None = None,
+) -> dict:
+    """Write ``dst``: the rows of ``src`` decided again by ``where`` (or a DuckDB ``sql`` condition).
+
+    Returns the move counts. Rows rejected by a stage select does not decide (scenes, dedup, transcode,
+    captioning) stay rejected as they are.
+    """
     config = config or WriteShardsConfig()
-    predicate = parse_where(where)
-    if not (src / "manifest.json").exists():
+    if (where is None) == (sql is None):
+        raise SelectError("give one of --where or --sql")
+    mask_of = where_mask(where) if where is not None else sql_mask(sql)
+    text = where if where is not None else sql
+    src, dst = (str(x) if storage.is_remote(str(x)) else x for x in (src, dst))
+    if not _is_run(src):
         raise SelectError(f"{src} is not a finished vidsift run (no manifest.json)")
-    if dst.exists() and any(dst.iterdir()):
+    if not _is_empty(dst):
         raise SelectError(f"--output {dst} exists and is not empty")
     moves: Counter = Counter()
     for group in sorted(done_groups(src)):
-        clips, rejected, videos = read_group(src, group)
-        new_clips, new_rejected = [], []
-        for row in clips + rejected:
-            was_accepted = not row.get("reject_reason")
-            if not was_accepted and not _is_filter_reject(row):
-                new_rejected.append(row)  # rejected by a stage select does not decide (scenes, dedup, ...)
-                moves["rejected_kept"] += 1
-                continue
-            row = {**row, "reject_stage": None, "reject_reason": None, "reject_detail": None}
-            if not predicate(row):
-                row.update(
-                    reject_stage="select", reject_reason="select_where", reject_detail=f"fails: {where}"
-                )
-                new_rejected.append(row)
-                moves["accepted_to_rejected" if was_accepted else "rejected_kept"] += 1
-            elif row.get("clip_mp4") is None:
-                row.update(
-                    reject_stage="select",
-                    reject_reason="not_transcoded",
-                    reject_detail="passes, but a filter rejected it before transcode: "
+        t = read_group_tables(src, group)
+        clips = _conform(t["clips"], REJECTED_SCHEMA)
+        rows = pa.concat_tables([clips, t["rejected"]])
+        reason = rows.column("reject_reason")
+        stage = pc.fill_null(rows.column("reject_stage"), "")
+        was_accepted = pc.is_null(reason).to_numpy(zero_copy_only=False)
+        by_filter = pc.or_(pc.starts_with(stage, "score_"), pc.equal(stage, "select")).to_numpy(
+            zero_copy_only=False
+        )
+        decide = was_accepted | by_filter
+        base = _clear_reason(rows)
+        passed = mask_of(base)
+        has_mp4 = pc.is_valid(rows.column("clip_mp4")).to_numpy(zero_copy_only=False)
+        accepted = decide & passed & has_mp4
+        failed = decide & ~passed
+        not_transcoded = decide & passed & ~has_mp4
+        new_rejected = pa.concat_tables(
+            [
+                rows.filter(pa.array(~decide)),
+                _with_reason(base.filter(pa.array(failed)), "select", "select_where", f"fails: {text}"),
+                _with_reason(
+                    base.filter(pa.array(not_transcoded)),
+                    "select",
+                    "not_transcoded",
+                    "passes, but a filter rejected it before transcode: "
                     "curate again with looser thresholds to get its media",
-                )
-                new_rejected.append(row)
-                moves["rejected_not_transcoded"] += 1
-            else:
-                new_clips.append({k: row.get(k) for k in CLIP_SCHEMA.names})
-                moves["accepted_kept" if was_accepted else "rejected_to_accepted"] += 1
-        _publish(dst, group, new_clips, new_rejected, videos, config)
-    manifest = json.loads((src / "manifest.json").read_text())
-    manifest["select"] = {"source": str(src), "where": where, "moves": dict(sorted(moves.items()))}
-    for name in ("recipe.resolved.toml",):
-        if (src / name).exists():
-            shutil.copy(src / name, dst / name)
-    write_manifest(dst, manifest)
+                ),
+            ]
+        )
+        new_clips = base.filter(pa.array(accepted))
+        moves["accepted_kept"] += int((accepted & was_accepted).sum())
+        moves["rejected_to_accepted"] += int((accepted & ~was_accepted).sum())
+        moves["accepted_to_rejected"] += int((failed & was_accepted).sum())
+        moves["rejected_kept"] += int((~decide).sum() + (failed & ~was_accepted).sum())
+        moves["rejected_not_transcoded"] += int(not_transcoded.sum())
+        write_group_tables(dst, group, new_clips, new_rejected, t["videos"], config)
+    moves = Counter({k: v for k, v in moves.items() if v})
+    manifest = json.loads(storage.read_text(storage.join(src, "manifest.json")))
+    kind = "where" if where is not None else "sql"
+    manifest["select"] = {"source": str(src), kind: text, "moves": dict(sorted(moves.items()))}
+    recipe = storage.join(src, "recipe.resolved.toml")
+    if storage.exists(recipe):
+        storage.write_text_atomic(storage.join(dst, "recipe.resolved.toml"), storage.read_text(recipe))
+    write_manifest(dst, recount(dst, manifest))
     return dict(moves)
+
+
+# ----------------------------------------------------------------------------------------- counting
+
+
+def _scan(out: Location, table: str, columns: list[str]) -> pa.Table:
+    files = storage.parquet_files(storage.join(out, table))
+    schema = TABLES[table]
+    parts = [_conform(storage.read_table(f, columns=columns), pa.schema([schema.field(c) for c in columns]))
+             for f in files]  # fmt: skip
+    return pa.concat_tables(parts) if parts else pa.schema([schema.field(c) for c in columns]).empty_table()
+
+
+def recount(out: Location, manifest: dict) -> dict:
+    """``manifest`` with its clip and video counts taken again from the run's files (column scans only)."""
+    counts = dict(manifest.get("counts") or {})
+    clips = _scan(out, "clips", ["duration_s"])
+    rejected = _scan(out, "rejected", ["reject_stage", "reject_reason"])
+    videos = _scan(out, "videos", ["status", "reason"])
+    by_reason = (
+        rejected.group_by(["reject_stage", "reject_reason"]).aggregate([([], "count_all")]).to_pylist()
+    )
+    rejected_videos = videos.filter(pc.equal(videos.column("status"), "rejected"))
+    by_video = rejected_videos.group_by(["reason"]).aggregate([([], "count_all")]).to_pylist()
+    counts.update(
+        candidate_clips=clips.num_rows + rejected.num_rows,
+        clips_accepted=clips.num_rows,
+        clips_rejected=rejected.num_rows,
+        clips_rejected_by_reason=dict(
+            sorted((f"{r['reject_stage']}/{r['reject_reason']}", r["count_all"]) for r in by_reason)
+        ),
+        accepted_hours=round(float(pc.sum(clips.column("duration_s")).as_py() or 0.0) / 3600, 6),
+        videos_ok=int(pc.sum(pc.equal(videos.column("status"), "ok")).as_py() or 0),
+        videos_rejected=rejected_videos.num_rows,
+        videos_rejected_by_reason=dict(sorted((r["reason"], r["count_all"]) for r in by_video)),
+        groups_done=len(done_groups(out)),
+    )
+    return {**manifest, "counts": counts}
+
+
+# ------------------------------------------------------------------------------------------ dedup
+
+
+def move_duplicates(
+    out: Location,
+    moves: pa.Table,
+    config: WriteShardsConfig,
+) -> int:
+    """Move accepted clips of ``out`` to its rejected table as ``dedup/near_duplicate``; returns how many.
+
+    ``moves`` has ``group``, ``clip_id``, ``dup_of`` and ``reject_detail``. Rows already moved by an
+    interrupted pass are merged by ``clip_id`` (never twice).
+    """
+    moved_total = 0
+    for group in sorted(set(moves.column("group").to_pylist())):
+        mine = moves.filter(pc.equal(moves.column("group"), group))
+        t = read_group_tables(out, group)
+        clips, rejected = t["clips"], t["rejected"]
+        ids = mine.column("clip_id")
+        in_moves = pc.is_in(clips.column("clip_id"), value_set=ids)
+        moved = _conform(clips.filter(in_moves), REJECTED_SCHEMA)
+        at = pc.index_in(moved.column("clip_id"), value_set=ids)
+        moved = moved.set_column(
+            moved.schema.get_field_index("dup_of"),
+            REJECTED_SCHEMA.field("dup_of"),
+            mine.column("dup_of").take(at),
+        )
+        moved = _with_reason(
+            moved, "dedup", "near_duplicate", mine.column("reject_detail").combine_chunks().take(at)
+        )
+        earlier = rejected.filter(
+            pc.invert(pc.is_in(rejected.column("clip_id"), value_set=moved.column("clip_id")))
+        )
+        keep = clips.filter(pc.invert(in_moves))
+        write_group_tables(out, group, keep, pa.concat_tables([earlier, moved]), t["videos"], config)
+        moved_total += moved.num_rows
+    return moved_total
+
+
+def dedup_run(
+    out: Location,
+    config,
+    write_config: WriteShardsConfig,
+    against: Sequence[Location] = (),
+    log: Callable[[str], None] = print,
+) -> dict:
+    """The run-wide near-duplicate pass over ``out`` (and against earlier runs); returns what it did.
+
+    Only ``out`` is rewritten: a clip of ``out`` that duplicates a clip of an ``against`` run is rejected
+    with ``dup_of`` set to that clip and the run named in ``reject_detail``; clips of ``against`` runs
+    are always the ones kept.
+    """
+    from vidsift.pipeline.dedup_index import find_near_duplicates, load_hash_table
+
+    runs = [out, *against]
+    log(f"dedup: reading hash columns of {len(runs)} run(s)")
+    table = load_hash_table(runs)
+    log(f"dedup: searching {len(table)} clips ({int(table.offsets[-1])} hashes)")
+    duplicates, stats = find_near_duplicates(table, config)
+    if duplicates:
+        dup = np.fromiter(duplicates.keys(), np.int64, len(duplicates))
+        rep = np.fromiter(duplicates.values(), np.int64, len(duplicates))
+        rep_id = table.clip_id.take(pa.array(rep))
+        rep_src = table.source_uri.take(pa.array(rep)).to_pylist()
+        run_names = [str(r) for r in runs]
+        details = [
+            f"duplicates {i} from {s}" + (f" in run {run_names[r]}" if r else "")
+            for i, s, r in zip(rep_id.to_pylist(), rep_src, table.run[rep].tolist(), strict=True)
+        ]
+        moves = pa.table(
+            {
+                "group": table.group.take(pa.array(dup)),
+                "clip_id": table.clip_id.take(pa.array(dup)),
+                "dup_of": rep_id,
+                "reject_detail": pa.array(details, pa.string()),
+            }
+        )
+        moved = move_duplicates(out, moves, write_config)
+    else:
+        moved = 0
+    result = {**stats.as_dict(), "moved": moved, "against": [str(a) for a in against]}
+    log(
+        f"dedup: {stats.candidate_pairs} candidate pairs from {stats.hash_pairs_compared} hash comparisons "
+        f"in {stats.tables} tables of {stats.key_bits} bits; {stats.verified_pairs} verified; "
+        f"{moved} near-duplicate clips moved to the rejected table"
+    )
+    if stats.clips_without_hashes:
+        log(f"dedup: {stats.clips_without_hashes} clips have no hash (only flat frames): not compared")
+    if stats.split_buckets:
+        log(f"dedup: {stats.split_buckets} crowded buckets ({stats.split_entries} hashes) split by more bits")
+    return result
 
 
 def apply_dedup(
     out: Location, find: Callable[[list[dict]], dict[str, str]], config: WriteShardsConfig
 ) -> int:
-    """Move near-duplicate accepted clips of a finished run to its rejected table; returns how many."""
-    columns = [
-        "clip_id",
-        "group",
-        "source_uri",
-        "dedup_hashes",
-        "dedup_curve",
-        "width",
-        "height",
-        "duration_s",
-    ]
-    rows = []
-    for f in storage.parquet_files(storage.join(out, "clips")):
-        rows.extend(storage.read_table(f, columns=columns).to_pylist())
+    """Move the duplicates ``find`` names (``{clip_id: kept clip_id}``) over the run's rows; returns how many.
+
+    For small runs and tests: ``find`` gets the hash columns as dicts. ``dedup_run`` is the scalable pass.
+    """
+    from vidsift.pipeline.dedup_index import read_clip_columns
+
+    rows = read_clip_columns(out).to_pylist()
     duplicates = find(rows)
     if not duplicates:
         return 0
     source_of = {r["clip_id"]: r["source_uri"] for r in rows}
-    for group in sorted({r["group"] for r in rows if r["clip_id"] in duplicates}):
-        clips, rejected, videos = read_group(out, group)
-        keep = [c for c in clips if c["clip_id"] not in duplicates]
-        # by clip_id: a pass interrupted between the two files may already have moved a row
-        moved = {r["clip_id"]: r for r in rejected}
-        for c in clips:
-            if c["clip_id"] in duplicates:
-                rep = duplicates[c["clip_id"]]
-                moved[c["clip_id"]] = {
-                    **c,
-                    "dup_of": rep,
-                    "reject_stage": "dedup",
-                    "reject_reason": "near_duplicate",
-                    "reject_detail": f"duplicates {rep} from {source_of[rep]}",
-                }
-        _publish(out, group, keep, list(moved.values()), videos, config)
-    return len(duplicates)
+    dup = [r for r in rows if r["clip_id"] in duplicates]
+    moves = pa.table(
+        {
+            "group": pa.array([r["group"] for r in dup], pa.string()),
+            "clip_id": pa.array([r["clip_id"] for r in dup], pa.string()),
+            "dup_of": pa.array([duplicates[r["clip_id"]] for r in dup], pa.string()),
+            "reject_detail": pa.array(
+                [
+                    f"duplicates {duplicates[r['clip_id']]} from {source_of[duplicates[r['clip_id']]]}"
+                    for r in dup
+                ],
+                pa.string(),
+            ),
+        }
+    )
+    return move_duplicates(out, moves, config)
+
+
+def dedup_finished_run(out: str, against: Sequence[str] = (), overrides: Sequence[str] = ()) -> dict:
+    """``vidsift dedup OUT [--against RUN ...] [--set dedup.KEY=VALUE]``: the pass on a finished run.
+
+    The dedup settings are the run's own recipe's (from its manifest) with ``overrides`` applied; the
+    manifest is recounted afterwards and records what the pass did under ``dedup``.
+    """
+    import os
+
+    from vidsift.pipeline.config import RecipeError
+    from vidsift.pipeline.recipe import build_recipe
+
+    for run in (out, *against):
+        if not _is_run(run):
+            raise SelectError(f"{run} is not a finished vidsift run (no manifest.json)")
+    manifest = json.loads(storage.read_text(storage.join(out, "manifest.json")))
+    sets = [s if s.startswith("dedup.") or "." in s.split("=", 1)[0] else f"dedup.{s}" for s in overrides]
+    try:
+        recipe = build_recipe(manifest.get("recipe") or {}, sets)
+        config = recipe.stage("dedup")
+    except RecipeError as e:
+        raise SelectError(str(e)) from None
+    except KeyError:
+        raise SelectError(f"{out} was curated without the dedup stage: its clips have no hashes") from None
+    os.environ.update(storage.s3_environment(recipe.run.s3_endpoint_url, recipe.run.s3_region))
+    log = lambda message: print(message, file=sys.stderr)  # noqa: E731  (stdout carries the JSON result)
+    result = dedup_run(out, config, recipe.stage("write_shards"), against, log=log)
+    manifest = recount(out, manifest)
+    manifest["dedup"] = result
+    write_manifest(out, manifest)
+    return {"run": str(out), **result, "counts": manifest["counts"]}

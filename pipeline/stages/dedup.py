@@ -22,12 +22,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vidsift.pipeline.measures import dhashes
 from vidsift.pipeline.rows import sample_indices
 
 FLAT_PROFILE_STD = 2.0  # row means varying less than this: a flat frame, its hash is noise
 CURVE_POINTS = 32  # points per over-time signature (duration-free: speed changes still match)
 FLAT_LUMA_STD = 1.0  # brightness curve this steady (luma levels) carries no timing information
 FLAT_DIFF_STD = 0.2  # nor does a frame-difference curve this steady
+
+
+def measure_sample(frame) -> dict:
+    """The analysis pass calls this on every sample frame (``analyze.SampleFrame``): the hashes compared."""
+    return {"hashes": dhashes(frame.gray)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,6 +101,32 @@ def _curves_agree(a: list[float], b: list[float], config: DedupConfig) -> bool:
     return True
 
 
+def curves_agree_many(a: np.ndarray, b: np.ndarray, config: DedupConfig) -> np.ndarray:
+    """``_curves_agree`` for many pairs at once: ``a``, ``b`` are ``n x 2*CURVE_POINTS`` curves (a row of
+    NaN: no curve, the frames alone decide); returns a bool per pair."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    missing = np.isnan(a).any(axis=1) | np.isnan(b).any(axis=1)
+    decided = np.zeros(len(a), bool)
+    result = np.ones(len(a), bool)
+    for channel, flat in (
+        (slice(0, CURVE_POINTS), FLAT_LUMA_STD),
+        (slice(CURVE_POINTS, None), FLAT_DIFF_STD),
+    ):
+        x, y = a[:, channel], b[:, channel]
+        sx, sy = x.std(axis=1), y.std(axis=1)
+        vx, vy = sx >= flat, sy >= flat
+        zx = (x - x.mean(axis=1, keepdims=True)) / np.where(sx > 0, sx, 1)[:, None]
+        zy = (y - y.mean(axis=1, keepdims=True)) / np.where(sy > 0, sy, 1)[:, None]
+        corr = np.maximum((zx * zy).mean(axis=1), (zx * zy[:, ::-1]).mean(axis=1))
+        both = ~decided & vx & vy
+        result[both] = corr[both] >= config.min_curve_corr
+        one = ~decided & (vx != vy)
+        result[one] = False
+        decided |= both | one
+    result[missing] = True
+    return result
+
+
 def hash_clips(config: DedupConfig, video: dict, analysis, clips: list[dict]) -> list[dict]:
     out = []
     for clip in clips:
@@ -112,9 +144,7 @@ def hash_clips(config: DedupConfig, video: dict, analysis, clips: list[dict]) ->
 
 
 def _popcount(x: np.ndarray) -> np.ndarray:
-    x = x.view(np.uint64)
-    bits = np.unpackbits(x.view(np.uint8).reshape(*x.shape, 8), axis=-1)
-    return bits.sum(axis=-1)
+    return np.bitwise_count(x.view(np.uint64))
 
 
 def _matches(a: np.ndarray, b: np.ndarray, config: DedupConfig) -> bool:

@@ -1,0 +1,279 @@
+"""The run-wide near-duplicate pass: real copies among synthetic rows, --against, crowded buckets, Ray."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as ds
+import pytest
+
+from tests.conftest import REPO, run_cli
+from vidsift.pipeline.dedup_index import find_near_duplicates, load_hash_table
+from vidsift.pipeline.process import process_video
+from vidsift.pipeline.recipe import build_recipe, load_recipe
+from vidsift.pipeline.stages.dedup import DedupConfig
+from vidsift.pipeline.stages.write_shards import WriteShardsConfig, write_group, write_manifest
+
+BUNNY = "quality/Big_Buck_Bunny_180_10s.webm"
+STAGES = ("probe", "analyze", "split_scenes", "dedup", "transcode", "write_shards")
+
+
+def _copy(ffmpeg: str, src: Path, dst: Path, *vf: str) -> Path:
+    cmd = [ffmpeg, "-v", "error", "-y", "-i", str(src)] + (["-vf", ",".join(vf)] if vf else [])
+    subprocess.run(cmd + ["-an", "-c:v", "libx264", "-crf", "30", str(dst)], check=True)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def real(videos, ffmpeg, tmp_path_factory) -> dict[str, list[dict]]:
+    """Accepted clip rows of a real clip, three copies of it and another clip, by the real hashing code."""
+    tmp = tmp_path_factory.mktemp("copies")
+    src = videos / BUNNY
+    paths = {
+        "original": src,
+        "reencoded": _copy(ffmpeg, src, tmp / "reencoded.mp4"),
+        "cropped": _copy(ffmpeg, src, tmp / "cropped.mp4", "crop=iw*0.8:ih*0.8", "scale=320:180"),
+        "reversed": _copy(ffmpeg, src, tmp / "reversed.mp4", "reverse"),
+        "other": videos / "quality/flipping_a_pancake.mkv",
+    }
+    recipe = load_recipe(REPO / "recipes/curate/default.toml")
+    rows = {
+        k: [c for c in process_video(str(p), "g", recipe)[1] if not c.get("reject_reason")]
+        for k, p in paths.items()
+    }
+    assert all(rows.values()), {k: len(v) for k, v in rows.items()}
+    return rows
+
+
+def synthetic(n: int, seed: int, prefix: str = "s", independent: bool = False) -> list[dict]:
+    """``n`` clip rows with random hashes and curves: 1-10 samples x 3 crops drifting a bit from sample to
+    sample, as frames of one shot do, or (``independent``) 10 samples of 3 unrelated random hashes."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        if independent:
+            hashes = rng.integers(-(2**63), 2**63 - 1, 30, dtype=np.int64)
+        else:
+            samples = int(rng.integers(1, 11))
+            base = rng.integers(0, 2**63, 3, dtype=np.int64)
+            drift = rng.integers(0, 64, (samples, 3))
+            hashes = (base[None, :] ^ (np.int64(1) << drift)).ravel()
+        rows.append(
+            {
+                "clip_id": f"{prefix}{seed:04d}{i:027x}",
+                "video_id": f"{prefix}{i:015x}",
+                "source_uri": f"/raw/{prefix}{seed}/{i // 4:06d}.mp4",
+                "start_frame": (i % 4) * 300,
+                "end_frame": (i % 4) * 300 + 150,
+                "duration_s": 5.0,
+                "width": 640,
+                "height": 360,
+                "clip_mp4": b"\x00mp4" + i.to_bytes(4, "big"),
+                "dedup_hashes": hashes.tolist(),
+                "dedup_curve": (np.cumsum(rng.normal(0, 3, 64)) + 100).astype(np.float32).tolist(),
+            }
+        )
+    return rows
+
+
+def write_run(out: Path, clips: list[dict], groups: int = 4) -> Path:
+    """A finished run folder holding ``clips`` (accepted), one video row per source, in ``groups`` groups."""
+    by_group: dict[str, list[dict]] = {}
+    for c in clips:  # a source's clips all in one group, as curate writes them
+        g = f"g{zlib.crc32(c['source_uri'].encode()) % groups:06d}"
+        by_group.setdefault(g, []).append({**c, "group": g})
+    for g, rows in by_group.items():
+        videos = {
+            r["source_uri"]: {
+                "source_uri": r["source_uri"],
+                "group": g,
+                "status": "ok",
+                "video_id": r["video_id"],
+            }
+            for r in rows
+        }
+        write_group(out, g, rows, [], list(videos.values()), WriteShardsConfig())
+    recipe = build_recipe({"stage": [{"name": s} for s in STAGES]})
+    write_manifest(out, {"schema_version": 1, "recipe": recipe.to_dict(), "counts": {"input_files": 0}})
+    return out
+
+
+def _table(out: Path, name: str) -> list[dict]:
+    return ds.dataset(out / name, format="parquet").to_table().to_pylist()
+
+
+def _by_source(rows: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        out.setdefault(r["source_uri"], []).append(r)
+    return out
+
+
+def test_dedup_finds_real_copies_among_synthetic_rows(real, tmp_path):
+    clips = [r for rows in real.values() for r in rows]
+    out = write_run(tmp_path / "run", clips + synthetic(3000, seed=1), groups=3)
+    before = _table(out, "clips")
+    result = run_cli("dedup", str(out))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    kept = _table(out, "clips")
+    rejected = _table(out, "rejected")
+    bunny = {r["clip_id"] for k in ("original", "reencoded", "cropped", "reversed") for r in real[k]}
+    assert len(bunny) == 4 and len(rejected) == 3 and {r["clip_id"] for r in rejected} < bunny
+    assert all(r["reject_reason"] == "near_duplicate" and r["reject_stage"] == "dedup" for r in rejected)
+    (kept_id,) = bunny - {r["clip_id"] for r in rejected}  # one representative, every copy points at it
+    assert {r["dup_of"] for r in rejected} == {kept_id}
+    copies = {r["clip_id"] for r in rejected}
+    assert all(r["reject_detail"].startswith(f"duplicates {r['dup_of']} from ") for r in rejected)
+    assert len(kept) + len(rejected) == len(before)
+    # moved rows keep their media bytes and every other column
+    old = {r["clip_id"]: r for r in before}
+    for r in rejected:
+        assert (
+            r["clip_mp4"] == old[r["clip_id"]]["clip_mp4"]
+            and r["dedup_hashes"] == old[r["clip_id"]]["dedup_hashes"]
+        )
+    # accounting: the copies' videos have no accepted clip any more; the manifest is recounted
+    videos = {v["source_uri"]: v for v in _table(out, "videos")}
+    for r in rejected:
+        assert videos[r["source_uri"]]["status"] == "rejected"
+        assert videos[r["source_uri"]]["reason"] == "no_clip_accepted"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["clips_accepted"] == len(kept)
+    assert manifest["counts"]["clips_rejected_by_reason"] == {"dedup/near_duplicate": len(copies)}
+    assert manifest["dedup"]["moved"] == len(copies) == report["moved"]
+    assert manifest["dedup"]["clips"] == len(before)
+    # a second pass finds nothing more and changes nothing
+    again = run_cli("dedup", str(out))
+    assert again.returncode == 0 and json.loads(again.stdout)["moved"] == 0
+    assert {r["clip_id"] for r in _table(out, "rejected")} == copies
+
+
+def test_dedup_against_an_earlier_run(real, tmp_path):
+    earlier = write_run(tmp_path / "earlier", real["original"] + synthetic(500, seed=2))
+    files = {p: p.read_bytes() for p in sorted(earlier.rglob("*")) if p.is_file()}
+    batch = [r for k in ("reencoded", "reversed", "other") for r in real[k]]
+    new = write_run(tmp_path / "new", batch + synthetic(500, seed=3))
+    result = run_cli("dedup", str(new), "--against", str(earlier))
+    assert result.returncode == 0, result.stderr
+    rejected = _table(new, "rejected")
+    copies = {r["clip_id"] for k in ("reencoded", "reversed") for r in real[k]}
+    assert {r["clip_id"] for r in rejected} == copies
+    # the kept clip is the earlier run's (never rewritten), named with its run
+    original = real["original"][0]["clip_id"]
+    assert {r["dup_of"] for r in rejected} == {original}
+    assert all(f" in run {earlier}" in r["reject_detail"] for r in rejected)
+    assert {p: p.read_bytes() for p in sorted(earlier.rglob("*")) if p.is_file()} == files
+    assert {r["clip_id"] for r in real["other"]} <= {r["clip_id"] for r in _table(new, "clips")}
+    assert json.loads((new / "manifest.json").read_text())["dedup"]["against"] == [str(earlier)]
+
+
+def test_dedup_refuses_a_folder_that_is_not_a_run(tmp_path):
+    r = run_cli("dedup", str(tmp_path))
+    assert r.returncode == 2 and "not a finished vidsift run" in r.stderr and "Traceback" not in r.stderr
+    run = write_run(tmp_path / "run", synthetic(10, seed=4))
+    r = run_cli("dedup", str(run), "--set", "max_hamming=99")
+    assert r.returncode == 2 and "max_hamming" in r.stderr and "Traceback" not in r.stderr
+
+
+def _planted_copy(row: dict, seed: int) -> dict:
+    """``row`` with 3 random bits flipped in every hash, the same curve: a re-encode."""
+    rng = np.random.default_rng(seed)
+    h = np.asarray(row["dedup_hashes"], np.int64).view(np.uint64)
+    for _ in range(3):
+        h = h ^ (np.uint64(1) << rng.integers(0, 64, len(h)).astype(np.uint64))
+    return {
+        **row,
+        "clip_id": row["clip_id"] + "-copy",
+        "width": 320,
+        "dedup_hashes": h.view(np.int64).tolist(),
+    }
+
+
+def test_once_skipped_buckets_are_still_compared(tmp_path):
+    # 10,000 clips x up to 30 hashes: every value of every 8-bit band of the old index was shared by more
+    # than 1,000 clips, so the old search skipped all of them and found nothing
+    rows = synthetic(12_000, seed=5, independent=True)
+    plants = [_planted_copy(rows[k], k) for k in (123, 4567, 9999)]
+    run = write_run(tmp_path / "run", rows + plants)
+    table = load_hash_table([run])
+    clip = np.repeat(np.arange(len(table)), np.diff(table.offsets))
+    for band in range(8):  # clips per value of each 8-bit band of the old index
+        value = ((table.hashes >> np.uint64(8 * band)) & np.uint64(0xFF)).astype(np.int64)
+        clips_per_value = np.bincount(np.unique(clip * 256 + value) % 256, minlength=256)
+        assert clips_per_value.min() > 1000
+    duplicates, stats = find_near_duplicates(table, DedupConfig())
+    ids = table.clip_id.to_pylist()
+    assert {ids[d]: ids[k] for d, k in duplicates.items()} == {
+        p["clip_id"]: p["clip_id"][:-5] for p in plants
+    }
+    assert stats.candidate_pairs >= 3 and stats.verified_pairs == 3
+
+
+def test_crowded_buckets_are_split_and_counted_not_skipped(tmp_path):
+    # 300 clips whose hashes agree on 48 of 64 bits: with 16-bit keys every table has one bucket of all of
+    # them; buckets over max_bucket are keyed again on more bits, counted, and still searched
+    rng = np.random.default_rng(6)
+    common = np.int64(rng.integers(0, 2**63))
+    rows = synthetic(300, seed=7)
+    for r in rows:
+        free = rng.integers(0, 2**16, len(r["dedup_hashes"]), dtype=np.int64)
+        r["dedup_hashes"] = ((common & ~np.int64(0xFFFF)) | free).tolist()
+        r["dedup_curve"] = rng.normal(100, 10, 64).tolist()  # only the copy shares a history
+    copy = _planted_copy(rows[42], 1)
+    run = write_run(tmp_path / "run", rows + [copy])
+    config = DedupConfig(index_tables=4, index_bits=16, max_bucket=16)
+    table = load_hash_table([run])
+    duplicates, stats = find_near_duplicates(table, config)
+    ids = table.clip_id.to_pylist()
+    assert {ids[d]: ids[k] for d, k in duplicates.items()} == {copy["clip_id"]: rows[42]["clip_id"]}
+    assert stats.split_buckets > 0 and stats.split_entries > 0
+    result = run_cli(
+        "dedup", str(run), "--set", "index_tables=4", "--set", "index_bits=16", "--set", "max_bucket=16"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "crowded buckets" in result.stderr  # printed, and counted in the manifest
+    assert json.loads((run / "manifest.json").read_text())["dedup"]["split_buckets"] == stats.split_buckets
+
+
+@pytest.mark.slow
+def test_ray_tasks_find_the_same_duplicates(real, tmp_path):
+    clips = [r for k in ("original", "reencoded", "reversed") for r in real[k]]
+    rows = synthetic(2000, seed=8)
+    run = write_run(tmp_path / "run", clips + rows + [_planted_copy(rows[7], 2)])
+    table = load_hash_table([run])
+    local, local_stats = find_near_duplicates(table, DedupConfig())
+    import ray
+
+    try:
+        distributed, stats = find_near_duplicates(table, DedupConfig(distribute_above=0))
+    finally:
+        ray.shutdown()
+    assert stats.distributed and not local_stats.distributed
+    assert distributed == local and len(local) == 3
+    assert stats.candidate_pairs == local_stats.candidate_pairs
+
+
+def test_curve_rule_for_many_pairs_is_the_rule_for_one():
+    from vidsift.pipeline.stages.dedup import _curves_agree, curves_agree_many
+
+    rng = np.random.default_rng(9)
+    n = 400
+    a = np.cumsum(rng.normal(0, 3, (n, 64)), axis=1) + 100
+    b = a + rng.normal(0, rng.choice([0.5, 5, 50], n)[:, None], (n, 64))  # near copies to strangers
+    b[::7] = b[::7, ::-1]  # time-reversed copies
+    a[::5, :32] = 80.0  # flat brightness: the frame difference decides
+    b[::10, 32:] = 0.0  # flat motion in one of the two
+    a[::11] = np.nan  # no curve: the frames alone decide
+    config = DedupConfig()
+    one = [
+        _curves_agree([] if np.isnan(x).any() else x.tolist(), y.tolist(), config)
+        for x, y in zip(a, b, strict=True)
+    ]
+    many = curves_agree_many(a, b, config)
+    assert many.tolist() == one
+    assert 0 < sum(one) < n  # both outcomes occur
