@@ -1,0 +1,175 @@
+"""``vidsift select`` in Arrow and DuckDB: the same decisions as the row language, hostile SQL, S3 runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as ds
+import pytest
+
+from tests.cluster.conftest import s3  # noqa: F401  (moto on loopback)
+from tests.conftest import run_cli
+from tests.pipeline.test_dedup import _planted_copy, synthetic, write_run
+from vidsift.pipeline import storage
+from vidsift.pipeline.select import dedup_finished_run, parse_where, select_run
+from vidsift.pipeline.stages.write_shards import WriteShardsConfig, write_group
+
+
+def _reason(stage: str, reason: str) -> dict:
+    return {"reject_stage": stage, "reject_reason": reason, "reject_detail": f"{reason} (test)"}
+
+
+def scored_run(out: Path, n: int = 400) -> Path:
+    """Accepted clips with scores and captions, filter-rejected ones with and without media, and rows
+    rejected by split_scenes (select never decides those), in 3 groups."""
+    rng = np.random.default_rng(11)
+    rows = synthetic(n, seed=12)
+    for k, r in enumerate(rows):
+        r["motion_score"] = float(rng.gamma(2.0, 0.5)) if k % 9 else None  # some nulls
+        r["aesthetic_score"] = float(rng.normal(4.5, 0.8))
+        r["caption"] = ["a dog runs on a beach", "a city street at night", None][k % 3]
+        r["clip_mp4"] = rng.bytes(int(rng.integers(10, 200)))
+    write_run(out, rows, groups=3)
+    # rewrite each group with a share of its rows rejected, as curate leaves them
+    for f in sorted((out / "clips").glob("*.parquet")):
+        g = f.stem
+        clips = ds.dataset(f).to_table().to_pylist()
+        videos = ds.dataset(out / "videos" / f.name).to_table().to_pylist()
+        accepted, rejected = [], []
+        for k, c in enumerate(clips):
+            if k % 4 == 1:
+                rejected.append({**c, **_reason("score_motion", "low_motion")})
+            elif k % 4 == 2:  # rejected before transcode: no media
+                rejected.append({**c, "clip_mp4": None, **_reason("score_aesthetic", "low_aesthetic")})
+            elif k % 8 == 3:
+                rejected.append({**c, "clip_mp4": None, **_reason("split_scenes", "scene_too_short")})
+            else:
+                accepted.append(c)
+        write_group(out, g, accepted, rejected, videos, WriteShardsConfig())
+    return out
+
+
+def _rows(out, table: str) -> dict[str, dict]:
+    return {r["clip_id"]: r for r in ds.dataset(Path(out) / table, format="parquet").to_table().to_pylist()}
+
+
+def _reference(src: Path, where: str) -> set[str]:
+    """Accepted clip ids after select, by the row-dict language (the semantics select always had)."""
+    predicate = parse_where(where)
+    rows = list(_rows(src, "clips").values()) + list(_rows(src, "rejected").values())
+    keep = set()
+    for r in rows:
+        decidable = not r.get("reject_reason") or r["reject_stage"].startswith("score_")
+        if decidable and predicate(r) and r["clip_mp4"] is not None:
+            keep.add(r["clip_id"])
+    return keep
+
+
+def test_select_where_and_sql_agree_with_the_row_language(tmp_path):
+    src = scored_run(tmp_path / "run")
+    where = "motion_score > 0.8 and not aesthetic_score < 4.0"
+    sql = "motion_score > 0.8 AND NOT aesthetic_score < 4.0"
+    a = run_cli("select", str(src), "--where", where, "--output", str(tmp_path / "a"))
+    b = run_cli("select", str(src), "--sql", sql, "--output", str(tmp_path / "b"))
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    expected = _reference(src, where)
+    assert 0 < len(expected) < len(_rows(src, "clips")) + len(_rows(src, "rejected"))
+    for out in (tmp_path / "a", tmp_path / "b"):
+        clips, rejected = _rows(out, "clips"), _rows(out, "rejected")
+        assert set(clips) == expected
+        before = {**_rows(src, "clips"), **_rows(src, "rejected")}
+        assert set(clips) | set(rejected) == set(before)  # nothing lost
+        for cid, r in clips.items():  # media bytes copied as bytes
+            assert (
+                r["clip_mp4"] == before[cid]["clip_mp4"] and r["dedup_hashes"] == before[cid]["dedup_hashes"]
+            )
+        # split_scenes rejections stay as they were; passing rows without media say so
+        assert {r["reject_reason"] for r in rejected.values()} <= {
+            "scene_too_short",
+            "select_where",
+            "not_transcoded",
+        }
+        assert all(before[c]["reject_stage"] == "split_scenes" for c, r in rejected.items()
+                   if r["reject_reason"] == "scene_too_short")  # fmt: skip
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["counts"]["clips_accepted"] == len(clips)
+        videos = ds.dataset(out / "videos", format="parquet").to_table().to_pylist()
+        assert sum(v["num_clips_accepted"] or 0 for v in videos) == len(clips)
+    moves_a, moves_b = json.loads(a.stdout)["moves"], json.loads(b.stdout)["moves"]
+    assert moves_a == moves_b and moves_a["rejected_to_accepted"] > 0 and moves_a["accepted_to_rejected"] > 0
+    # DuckDB's own functions are there for --sql
+    c = run_cli("select", str(src), "--sql", "caption ILIKE '%dog%'", "--output", str(tmp_path / "c"))
+    assert c.returncode == 0, c.stderr
+    assert {r["caption"] for r in _rows(tmp_path / "c", "clips").values()} == {"a dog runs on a beach"}
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        ("1=1; DROP TABLE clips", "without ';'"),
+        ("(SELECT count(*) FROM read_csv('/etc/passwd')) > 0", "disabled by configuration"),
+        ("(SELECT count(*) FROM read_parquet('clips/*.parquet')) > 0", "disabled by configuration"),
+        ("motion > 1", "motion"),
+        ("motion_score >", "syntax error"),
+        ("caption > 3 OR", "syntax error"),
+    ],
+)
+def test_sql_is_one_condition_that_reads_nothing_else(tmp_path, sql, message):
+    src = write_run(tmp_path / "run", synthetic(5, seed=13))
+    out = tmp_path / "out"
+    r = run_cli("select", str(src), "--sql", sql, "--output", str(out))
+    assert r.returncode == 2, r.stdout
+    assert message in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_where_type_errors_are_one_line(tmp_path):
+    src = write_run(tmp_path / "run", synthetic(5, seed=14))
+    for where in ("caption > 3", "motion_score"):
+        r = run_cli("select", str(src), "--where", where, "--output", str(tmp_path / "o"))
+        assert r.returncode == 2 and "Traceback" not in r.stderr and "--where" in r.stderr, r.stderr
+    r = run_cli(
+        "select", str(src), "--where", "motion_score > 1", "--sql", "1=1", "--output", str(tmp_path / "o")
+    )
+    assert r.returncode == 2 and "not allowed with" in r.stderr
+
+
+def _upload(local: Path, prefix: str) -> None:
+    for p in sorted(local.rglob("*")):
+        if p.is_file():
+            storage.write_bytes_atomic(f"{prefix}/{p.relative_to(local).as_posix()}", p.read_bytes())
+
+
+def _remote_rows(prefix: str) -> dict[str, dict]:
+    return {r["clip_id"]: r for f in storage.parquet_files(prefix) for r in storage.read_table(f).to_pylist()}
+
+
+@pytest.mark.slow
+def test_select_and_dedup_on_s3_match_local(s3, tmp_path):  # noqa: F811
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket="select-dedup")
+    local = scored_run(tmp_path / "run")
+    rows = synthetic(50, seed=15, prefix="d")
+    plants = [_planted_copy(rows[k], k) for k in (3, 30)]
+    write_run(tmp_path / "dups", rows + plants)
+    _upload(local, "s3://select-dedup/run")
+    _upload(tmp_path / "dups", "s3://select-dedup/dups")
+    where = "motion_score > 0.8"
+    assert select_run(local, tmp_path / "sel", where=where) == select_run(
+        "s3://select-dedup/run", "s3://select-dedup/sel", where=where
+    )
+    remote = {r["clip_id"]: r for f in storage.parquet_files("s3://select-dedup/sel/clips")
+              for r in storage.read_table(f).to_pylist()}  # fmt: skip
+    assert remote == _rows(tmp_path / "sel", "clips")
+    assert json.loads(storage.read_text("s3://select-dedup/sel/manifest.json"))["counts"][
+        "clips_accepted"
+    ] == len(remote)
+    here = dedup_finished_run(str(tmp_path / "dups"))
+    there = dedup_finished_run("s3://select-dedup/dups")
+    assert here["moved"] == there["moved"] == 2
+    remote_rejected = {c: r["dup_of"] for c, r in _remote_rows("s3://select-dedup/dups/rejected").items()}
+    assert remote_rejected == {c: r["dup_of"] for c, r in _rows(tmp_path / "dups", "rejected").items()}
+    assert set(remote_rejected) == {p["clip_id"] for p in plants}
