@@ -256,3 +256,31 @@ def _members(tar_path: Path) -> dict[str, bytes]:
 
     with tarfile.open(tar_path) as t:
         return {m.name: t.extractfile(m).read() for m in t.getmembers()}
+
+
+def test_keep_audio_run_exports_clips_whose_audio_lasts_as_long_as_the_video(videos, tmp_path):
+    """curate with transcode.keep_audio on two sample clips with sound (Opus and AAC sources), export, and
+    ffprobe every exported MP4: an AAC stream as long as the video, within one frame."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("flipping_a_pancake.mkv", "realshort.mp4"):
+        shutil.copy(videos / "quality" / name, src / name)
+    run_dir = tmp_path / "run"
+    r = run_cli("curate", "default", "--input", str(src), "--output", str(run_dir), "--quiet",
+                "--set", "transcode.keep_audio=true", "--set", "split_scenes.min_scene_s=0.5")  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    dst = tmp_path / "export"
+    r = run_cli("export", str(run_dir), "--format", "videofolder", "--output", str(dst), "--quiet")
+    assert r.returncode == 0, r.stderr[-3000:]
+    mp4s = sorted((dst / "train" / "videos").rglob("*.mp4"))
+    assert len(mp4s) == len(clip_rows(run_dir)) >= 2
+    for path in mp4s:
+        entries = "stream=codec_type,codec_name,duration,avg_frame_rate"
+        cmd = ["ffprobe", "-v", "error", "-show_entries", entries, "-of", "json", str(path)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        streams = {s["codec_type"]: s for s in json.loads(out)["streams"]}
+        assert streams["audio"]["codec_name"] == "aac", path
+        num, den = streams["video"]["avg_frame_rate"].split("/")
+        frame = int(den) / int(num)
+        gap = abs(float(streams["audio"]["duration"]) - float(streams["video"]["duration"]))
+        assert gap <= frame, (path.name, gap, frame)
