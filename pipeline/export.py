@@ -383,11 +383,16 @@ def _md(text: object) -> str:
     return " ".join(str(text).replace("|", "\\|").split())
 
 
-LOADERS = {
-    "webdataset": 'webdataset.WebDataset("DIR/shard-{000000..NNNNNN}.tar")  # keys: mp4, json, txt',
-    "videofolder": 'datasets.load_dataset("videofolder", data_dir="DIR")',
-    "hf": 'datasets.load_from_disk("DIR/data")',
-}
+def loader_line(result: ExportResult) -> str:
+    """The one line of Python that reads this export."""
+    if result.format == "webdataset":
+        tars = [f for f in result.files if f.endswith(".tar")]
+        last = len(tars) - 1
+        shards = "shard-000000.tar" if last <= 0 else f"shard-{{000000..{last:06d}}}.tar"
+        return f'webdataset.WebDataset("DIR/{shards}")  # keys: mp4, json, txt'
+    if result.format == "videofolder":
+        return 'datasets.load_dataset("videofolder", data_dir="DIR")'
+    return 'datasets.load_from_disk("DIR/data")'
 
 
 def dataset_card(source: ClipSource, result: ExportResult) -> str:
@@ -407,7 +412,7 @@ def dataset_card(source: ClipSource, result: ExportResult) -> str:
         f"Accepted clips of the vidsift run `{_md(result.source)}` as `{result.format}`"
         + (f", filtered by `{_md(result.where)}`." if result.where else "."),
         "",
-        f"Load it with `{LOADERS[result.format]}`. `clip_ids.txt` lists every clip id, so results join "
+        f"Load it with `{loader_line(result)}`. `clip_ids.txt` lists every clip id, so results join "
         "back to the run's scores (`clip_id` column).",
         "",
         "## Counts",

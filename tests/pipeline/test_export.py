@@ -93,6 +93,13 @@ def test_webdataset_iterates_and_every_mp4_decodes(run, exports):
     assert seen.keys() == ref.keys()
     ids = (exports["webdataset"] / "clip_ids.txt").read_text().split()
     assert sorted(ids) == sorted(ref)
+    # the card's loader line names exactly the shards
+    import re
+
+    from braceexpand import braceexpand
+
+    pattern = re.search(r'WebDataset\("DIR/([^"]+)"\)', (exports["webdataset"] / "README.md").read_text())[1]
+    assert sorted(str(exports["webdataset"] / p) for p in braceexpand(pattern)) == tars
 
 
 def test_videofolder_loads_with_datasets_and_ffprobe_reads_every_mp4(run, exports, tmp_path):
