@@ -85,9 +85,9 @@ class Family:
         cls = self.classes()
         pipeline_cls = cls["pipeline"]
         transformer = cls["transformer"].from_pretrained(
-            model, subfolder="transformer", torch_dtype=transformer_dtype
+            model, subfolder="transformer", dtype=transformer_dtype
         )
-        vae = cls["vae"].from_pretrained(model, subfolder="vae", torch_dtype=frozen_dtype)
+        vae = cls["vae"].from_pretrained(model, subfolder="vae", dtype=frozen_dtype)
         from transformers.utils import logging as hf_logging
 
         shown = hf_logging.is_progress_bar_enabled()

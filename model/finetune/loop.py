@@ -400,7 +400,10 @@ def _finetune(cfg: FinetuneConfig, d: Dist, resume: bool, log) -> dict:
     if held and step == 0:
         evaluate()
     t0, done_at_start = time.perf_counter(), step
+    # Steps after this session's first (its warm-up), without evaluation and saving: wall and process CPU time.
+    timed_steps, timed_s, timed_cpu = 0, 0.0, 0.0
     while step < cfg.steps:
+        t_step, c_step = time.perf_counter(), time.process_time()
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         total = torch.zeros(())
@@ -427,6 +430,10 @@ def _finetune(cfg: FinetuneConfig, d: Dist, resume: bool, log) -> dict:
         opt.zero_grad(set_to_none=True)
         step += 1
         history.append([step, float(total)])
+        if step > done_at_start + 1:
+            timed_steps += 1
+            timed_s += time.perf_counter() - t_step
+            timed_cpu += time.process_time() - c_step
         if step % cfg.log_every == 0 or step == cfg.steps:
             per = (time.perf_counter() - t0) / max(1, step - done_at_start)
             lr = lr_at(step - 1, cfg)
@@ -463,6 +470,7 @@ def _finetune(cfg: FinetuneConfig, d: Dist, resume: bool, log) -> dict:
         "held_out": [clip.clip_id for clip in held],
         "text_tokens": trainer.tokens,
         "final_loss": _mean_tail(history),
+        "timing": {"steps": timed_steps, "seconds": timed_s, "cpu_seconds": timed_cpu},
         "evals": evals,
         "history": history,
         "outputs": outputs,

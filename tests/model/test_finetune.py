@@ -112,23 +112,33 @@ def test_full_finetuning_saves_a_transformer_the_pipeline_runs(tiny, shards, tmp
     assert not torch.allclose(out, base)
 
 
-def test_gradient_checkpointing_and_accumulation_keep_the_result(tiny, shards, tmp_path):
+def test_gradient_checkpointing_keeps_the_result_and_bf16_runs(tiny, shards, tmp_path):
     ref = finetune(config(tiny, shards, tmp_path / "ref", steps=2))
     ckp = finetune(config(tiny, shards, tmp_path / "ckp", steps=2, gradient_checkpointing=True))
     a, b = load_file(ref["outputs"]["lora"]), load_file(ckp["outputs"]["lora"])
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    # bf16 (meant for GPUs, runs on CPU): bf16 base and autocast; LoRA weights trained and saved in fp32.
+    half = finetune(config(tiny, shards, tmp_path / "bf16", steps=2, precision="bf16"))
+    c = load_file(half["outputs"]["lora"])
+    assert c.keys() == a.keys() and all(v.dtype == torch.float32 for v in c.values())
+    assert all(
+        torch.allclose(a[k], c[k], atol=0.05) and not torch.equal(a[k], c[k]) for k in a if "lora_B" in k
+    )
 
 
 @pytest.mark.slow
-def test_two_process_ddp_agrees_with_one_process(tiny, shards, tmp_path):
-    """torchrun, 2 gloo processes of 1 clip each == 1 process accumulating 2 micro-batches of 1 clip."""
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
+def test_two_processes_agree_with_one_process(fsdp, tiny, shards, tmp_path):
+    """torchrun, 2 gloo processes of 1 clip each (DDP, or FSDP2 sharding the transformer) == 1 process
+    accumulating 2 micro-batches of 1 clip."""
     one = finetune(config(tiny, shards, tmp_path / "one", steps=3, batch_size=1, grad_accum=2))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
-        "-m", "vidsift.pipeline.cli", "finetune", "tiny", "--data", shards, "--out", str(tmp_path / "two"),
-        "--set", f"model={json.dumps(str(tiny['wan']))}", "--set", "steps=3", "--set", "batch_size=1",
-        "--set", "eval_clips=0", "--set", "lr=3e-3",
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+        str(29517 + fsdp), "-m", "vidsift.pipeline.cli", "finetune", "tiny", "--data", shards,
+        "--out", str(tmp_path / "two"), "--set", f"model={json.dumps(str(tiny['wan']))}", "--set", "steps=3",
+        "--set", "batch_size=1", "--set", "eval_clips=0", "--set", "lr=3e-3",
+        "--set", f"fsdp={str(fsdp).lower()}",
     ]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
