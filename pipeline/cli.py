@@ -35,6 +35,7 @@ def cmd_curate(args: argparse.Namespace) -> int:
             address=args.address,
             quiet=args.quiet,
             retry_failed=args.retry_failed,
+            stall_timeout_s=args.stall_timeout,
         )
     except RecipeError as e:
         return _fail(str(e))
@@ -242,6 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--retry-failed",
         action="store_true",
         help="run again the videos and clips an earlier run rejected as transient_failure",
+    )
+    p.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="end the run with an error after this long without progress while Ray holds a demand it "
+        "cannot place (0: wait forever; default 600)",
     )
     p.set_defaults(func=cmd_curate)
 

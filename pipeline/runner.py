@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -242,6 +243,7 @@ def run_curate(
     address: str | None = None,
     quiet: bool = False,
     retry_failed: bool = False,
+    stall_timeout_s: float = 600.0,
 ) -> int:
     if (address or os.environ.get("RAY_ADDRESS") or "").startswith("ray://"):  # it locks in there
         return _run_through_client(recipe, input_path, output, limit, address, quiet, retry_failed)
@@ -250,8 +252,17 @@ def run_curate(
     # one writer per output: a second run on it refuses at once, naming this one (pipeline/lock.py);
     # the recipe's S3 settings apply to the lock too
     os.environ.update(storage.s3_environment(recipe.run.s3_endpoint_url, recipe.run.s3_region))
+    from vidsift.pipeline import watchdog
+
+    watchdog.configure(stall_timeout_s)
     with output_lock(output, "curate"):
-        return _curate_locked(recipe, input_path, output, limit, address, quiet, retry_failed)
+        try:
+            return _curate_locked(recipe, input_path, output, limit, address, quiet, retry_failed)
+        except KeyboardInterrupt:
+            watchdog.raise_if_stalled()  # the stall watchdog interrupted the run: its error, one line
+            raise
+        finally:
+            watchdog.stop_all()
 
 
 def _curate_locked(
@@ -481,7 +492,23 @@ def check_fits(
         return want
     if cpus + 1e-9 < min(want, MIN_VIDEO_CPUS):
         raise wait_forever("per-video task")
-    return round(cpus - 0.005, 2)  # a hair under what is left: float sums of shares
+    return math.floor(cpus * 100 + 1e-6) / 100  # hundredths of a CPU, never more than is left
+
+
+def _describe(need: dict[str, float]) -> str:
+    from vidsift.pipeline.watchdog import _describe as describe
+
+    return describe({k: v for k, v in need.items() if v})
+
+
+def forwarded_env(recipe: Recipe) -> dict[str, str]:
+    """Environment variables every task and actor of the run gets (Ray ``runtime_env``): those the
+    recipe names (each backend's ``api_key_env``) and the AWS settings (``storage.AWS_VARIABLES``),
+    where this process has them. Their values go to Ray only: never to the manifest, the resolved
+    recipe, the shards or our output (docs/cluster.md says what Ray itself shows of them)."""
+    names = set(storage.AWS_VARIABLES)
+    names.update(getattr(s.config, "api_key_env", "") or "" for s in recipe.stages)
+    return {n: os.environ[n] for n in sorted(names) if n and os.environ.get(n)}
 
 
 def _video_stages(recipe: Recipe) -> list:
@@ -504,10 +531,13 @@ def _run_groups(
 
     from vidsift.pipeline.input_lists import FetchLimits
 
+    from vidsift.pipeline.watchdog import StallWatchdog
+
     _init_ray(address)
     nodes = [n for n in ray.nodes() if n["Alive"]]
+    video_cpus = None
     if recipe.run.check_resources:
-        check_fits(*_demands(recipe), [n["Resources"] for n in nodes])
+        video_cpus = check_fits(*_demands(recipe), [n["Resources"] for n in nodes])
     ctx = ray.data.DataContext.get_current()
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     # Ray 2.60 warns that scheduling_strategy/runtime_env passed to map_batches will need its new named
@@ -528,11 +558,18 @@ def _run_groups(
         for uri in files
     ]
     video_res = _max_resources([s.resources for s in _video_stages(recipe)])
+    if video_cpus is not None and video_cpus < video_res["num_cpus"]:
+        console.print(
+            f"vidsift curate: per-video tasks run with num_cpus={video_cpus:g} instead of "
+            f"{video_res['num_cpus']:g}: no node has more left once the clip-stage pools are spread over it"
+        )
+        video_res["num_cpus"] = video_cpus
     # per-video work is CPU-bound and independent: spread it over the nodes instead of Ray's default of
     # filling the driver's node first (one node alone on a 1-node Ray)
     video_res["scheduling_strategy"] = "SPREAD"
+    worker_env = {**forwarded_env(recipe), **worker_env}  # to every task and actor of the run
     if worker_env:
-        video_res["runtime_env"] = {"env_vars": worker_env}  # S3 endpoint and credentials
+        video_res["runtime_env"] = {"env_vars": worker_env}  # S3 settings, API keys
     if recipe.run.max_videos_in_flight:
         video_res["compute"] = ray.data.TaskPoolStrategy(size=recipe.run.max_videos_in_flight)
     ds = ray.data.from_items(items, override_num_blocks=len(items))
@@ -552,6 +589,7 @@ def _run_groups(
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors),
             **res.ray_options(),
+            **({"runtime_env": video_res["runtime_env"]} if worker_env else {}),
         )
     ds = ds.map_batches(write_parts, batch_format="pyarrow", fn_kwargs={"out": str(out)}, **video_res)
     buffers = {g: GroupBuffer(expected=set(files)) for g, files in pending.items()}
@@ -575,7 +613,12 @@ def _run_groups(
     ) as progress:
         task = progress.add_task("curate", total=len(items), clips=0, groups=0)
         written = 0
+        video_demand, actor_demands = _demands(recipe)
+        names = {_describe(d): f"stage {n}" for n, d in actor_demands}
+        names[_describe({**video_demand, "CPU": video_res["num_cpus"]})] = "the per-video task"
+        watchdog = StallWatchdog(names).start()  # no progress while Ray holds unplaceable demands: an error
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            watchdog.progress()
             for row in batch.to_pylist():  # receipts: a few short strings per row
                 buffers[row["group"]].count(row)
                 parts[row["group"]].add(row["part"])
@@ -593,6 +636,7 @@ def _run_groups(
             ray.get(done)  # a group that could not be written fails the run here, with its error
             written += len(done)
             progress.update(task, clips=accepted, groups=written)
+        watchdog.stop()
         if buffers:
             raise RuntimeError(f"groups never completed: {sorted(buffers)}")
         while publishing:

@@ -76,7 +76,8 @@ def test_pools_the_cluster_cannot_place_fail_fast(cluster, tiny_clips, recipes, 
             "text_embed.resources={num_cpus=0.25, custom={gpu_node=1}, min_actors=2, max_actors=2}",
             "wait forever",
         ),
-        ("text_embed.resources={num_cpus=0.75, min_actors=2, max_actors=2}", "would wait forever"),
+        # 0.05 CPU left per node: under the least share a per-video task is given (0.75 would run at 0.25)
+        ("text_embed.resources={num_cpus=0.95, min_actors=2, max_actors=2}", "would wait forever"),
     ]
     for i, (override, message) in enumerate(cases):
         started = time.time()
@@ -101,6 +102,119 @@ def test_check_fits_packs_pools_onto_nodes():
     # whole CPUs on 2 cores: two 1-CPU actors leave no room for the per-video task (the 2-core stall)
     with pytest.raises(RecipeError, match="would wait forever"):
         check_fits({"CPU": 1.0}, [("a", {"CPU": 1.0}), ("b", {"CPU": 1.0})], [{"CPU": 2.0}])
-    check_fits({"CPU": 1.0}, [("a", {"CPU": 0.25}), ("b", {"CPU": 0.25})], [{"CPU": 2.0}])
+    assert check_fits({"CPU": 1.0}, [("a", {"CPU": 0.25}), ("b", {"CPU": 0.25})], [{"CPU": 2.0}]) == 1.0
     with pytest.raises(RecipeError, match="memory=64.0GiB"):
         check_fits(video, [("caption_expand", {"CPU": 1.0, "memory": 64 * 2**30})], [head, gpu])
+
+
+def test_check_fits_sees_what_each_node_has_left():
+    """The quick start's shape on two 1-CPU nodes (issue 17): four quarter-CPU caption actors spread over
+    both leave half a CPU on each, so a whole-CPU per-video task would wait forever; it gets half."""
+    nodes = [{"CPU": 1.0}, {"CPU": 1.0}]
+    quarter = [(f"caption_{i}", {"CPU": 0.25}) for i in range(4)]
+    assert check_fits({"CPU": 1.0}, quarter, nodes) == 0.5  # totals (2 - 1 >= 1) would say 1.0 fits
+    assert check_fits({"CPU": 0.5}, quarter, nodes) == 0.5
+    assert check_fits({"CPU": 1.0}, quarter, [{"CPU": 2.0}]) == 1.0  # one node: room for the whole CPU
+    thirds = [(f"s{i}", {"CPU": 0.3}) for i in range(5)]  # 0.9 and 0.6 used: 0.4 left at most
+    assert check_fits({"CPU": 1.0}, thirds, nodes) == 0.4
+    with pytest.raises(RecipeError, match=r"per-video task does not fit\); the run would wait forever"):
+        check_fits({"CPU": 1.0}, [(f"s{i}", {"CPU": 0.95}) for i in range(2)], nodes)
+    # other resources of the per-video task must fit on the same node as its CPU share
+    with pytest.raises(RecipeError, match="per-video task does not fit"):
+        nodes = [{"CPU": 2, "GPU": 1}, {"CPU": 8}]
+        check_fits({"CPU": 1.0, "GPU": 1.0}, [("g", {"CPU": 0.1, "GPU": 1.0})], nodes)
+
+
+def test_stall_watchdog_names_the_demand_it_cannot_place():
+    from vidsift.pipeline import watchdog
+
+    pending = ([({"CPU": 1.0}, 1)], {"a1b2c3d4": {"CPU": 0.5}, "e5f6a7b8": {"CPU": 0.5, "gpu_node": 1.0}})
+    w = watchdog.StallWatchdog({"CPU=1": "the per-video task"}, stall_s=0.2, probe=lambda: pending)
+    assert w.stalled() is None  # it has not been quiet long enough
+    watchdog._fired.clear()
+    w.start()
+    with pytest.raises(KeyboardInterrupt):  # what the driver's main thread gets
+        for _ in range(600):
+            time.sleep(0.05)
+    with pytest.raises(RecipeError) as e:
+        watchdog.raise_if_stalled()
+    message = str(e.value)
+    assert "while Ray cannot place 1 x {CPU=1} (the per-video task)" in message
+    assert "node a1b2c3d4: CPU=0.5; node e5f6a7b8: CPU=0.5, gpu_node=1" in message
+    quiet = watchdog.StallWatchdog(stall_s=0.01, probe=lambda: ([], {}))
+    time.sleep(0.05)
+    assert quiet.stalled() is None  # slow but nothing waiting: no verdict
+    watchdog._fired.clear()
+
+
+CAPTIONED = """
+[run]
+group_size = 1
+
+[[stage]]
+name = "probe"
+
+[[stage]]
+name = "analyze"
+frames_per_clip = 1
+
+[[stage]]
+name = "split_scenes"
+min_scene_s = 0.5
+
+[[stage]]
+name = "transcode"
+max_short_side = 64
+preset = "ultrafast"
+{captions}
+[[stage]]
+name = "write_shards"
+"""
+CAPTION = """
+[[stage]]
+name = "{name}"
+resources = {{ num_cpus = 0.25, min_actors = 2, max_actors = 2 }}
+backend = "openai"
+model = "ok"
+base_url = "{url}"
+"""
+
+
+@pytest.mark.timeout(600)
+def test_quick_start_shape_runs_on_two_one_cpu_nodes_with_the_key_forwarded(cluster, tiny_clips, tmp_path):
+    """Issue 17's stall: whole-CPU per-video tasks beside four quarter-CPU caption actors, on two 1-CPU nodes
+    (it hung for 15 minutes). Now it finishes with exactly the clip ids of an embedded local run; the API key
+    of this process reaches the caption actors on both nodes (Ray starts them without it), and appears in no
+    file of the output."""
+
+    from tests.pipeline.test_caption_openai import DESCRIPTION, KEY, Server, start
+
+    server = start(Server())
+    try:
+        captions = "".join(CAPTION.format(name=n, url=server.url) for n in ("caption_vlm", "caption_expand"))
+        recipe = tmp_path / "captioned.toml"
+        recipe.write_text(CAPTIONED.format(captions=captions))
+        args = [vidsift_exe(), "curate", str(recipe), "--input", str(tiny_clips), "--stall-timeout", "120"]
+        env = cluster.env() | {"OPENAI_API_KEY": KEY}
+        out = tmp_path / "cluster"
+        result = subprocess.run(
+            [*args, "--output", str(out), "--address", cluster.address],
+            capture_output=True, text=True, env=env, timeout=500,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "per-video tasks run with num_cpus=0.5 instead of 1" in result.stderr
+        # the raylets were started without the key (cluster.env()): the actors had it from runtime_env
+        assert sum(server.calls.values()) and set(server.auth) == {f"Bearer {KEY}"}  # on every request
+        assert sum(manifest(str(out))["last_run_placement"]["rows"]["caption_vlm"].values()) >= 4
+        local = tmp_path / "local"
+        local_env = {k: v for k, v in env.items() if not k.startswith("RAY_")} | {"OPENAI_API_KEY": KEY}
+        again = subprocess.run([*args, "--output", str(local)], capture_output=True, text=True, env=local_env,
+                               timeout=500)  # fmt: skip
+        assert again.returncode == 0, again.stderr[-3000:]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert clip_ids(str(out)) == clip_ids(str(local)) and clip_ids(str(out))
+    assert all(c["caption"] == DESCRIPTION for c in read_rows(str(out), "clips"))
+    leaked = [p for p in out.rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]
+    assert not leaked

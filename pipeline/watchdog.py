@@ -1,0 +1,137 @@
+"""The stall watchdog of a curation run: no progress while Ray holds a demand it cannot place is an error.
+
+``check_fits`` (``pipeline/runner.py``) refuses, before anything runs, recipes whose pools and per-video
+task cannot be placed on the cluster as it is. A cluster can still change under a run (a node leaves,
+another job takes its CPUs), so while the run goes, ``StallWatchdog`` watches it: when no row has
+arrived for ``stall_s`` seconds and Ray reports task or actor demands that wait for resources (what
+``ray status`` lists as pending demands), it ends the run with an error that names those demands,
+which stage they belong to and what each node has free. Slow work alone never trips it: a demand
+must be waiting too. ``vidsift curate --stall-timeout SECONDS`` sets ``stall_s`` (0: off).
+
+The watchdog thread interrupts the driver's main thread (``_thread.interrupt_main``); ``run_curate``
+turns that interruption into the error with ``raise_if_stalled``.
+"""
+
+from __future__ import annotations
+
+import _thread
+import threading
+import time
+from collections.abc import Callable
+
+from vidsift.pipeline.config import RecipeError
+
+STALL_S = 600.0  # default of --stall-timeout
+_settings = {"stall_s": STALL_S}
+_fired: list[str] = []  # the message of a watchdog that interrupted the driver
+_active: list[StallWatchdog] = []
+
+
+def configure(stall_s: float) -> None:
+    """The stall time of watchdogs created from now on (seconds; 0 turns them off)."""
+    _settings["stall_s"] = stall_s
+    _fired.clear()
+
+
+def _describe(bundle: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v / 2**30:.1f}GiB" if k == "memory" else f"{k}={v:g}" for k, v in bundle.items())
+
+
+def pending_demands() -> tuple[list[tuple[dict[str, float], int]], dict[str, dict[str, float]]]:
+    """Ray's pending task/actor demands ``[(bundle, count)]`` and each node's free resources."""
+    import ray
+    from ray.autoscaler.v2.sdk import get_cluster_status
+
+    status = get_cluster_status(ray.get_runtime_context().gcs_address)
+    demands = [
+        (dict(b.bundle), b.count)
+        for d in status.resource_demands.ray_task_actor_demand
+        for b in d.bundles_by_count
+    ]
+    free = {
+        n.node_id[:8]: {
+            u.resource_name: u.total - u.used
+            for u in n.resource_usage.usage
+            if not u.resource_name.startswith(("node:", "object_store"))
+        }
+        for n in status.active_nodes + status.idle_nodes
+    }
+    return demands, free
+
+
+class StallWatchdog:
+    """``progress()`` on every arrival; ``stop()`` when the run's loop ends.
+
+    ``names`` maps a demand (as ``_describe`` writes it) to the stage that asks for it.
+    """
+
+    def __init__(
+        self,
+        names: dict[str, str] | None = None,
+        stall_s: float | None = None,
+        probe: Callable[[], tuple[list, dict]] = pending_demands,
+    ) -> None:
+        self.names = names or {}
+        self.stall_s = _settings["stall_s"] if stall_s is None else stall_s
+        self.probe = probe
+        self.last = time.monotonic()
+        self.done = threading.Event()
+        self.message: str | None = None
+        self.thread = threading.Thread(target=self._watch, name="vidsift-stall-watchdog", daemon=True)
+
+    def start(self) -> StallWatchdog:
+        if self.stall_s > 0:
+            _active.append(self)
+            self.thread.start()
+        return self
+
+    def progress(self) -> None:
+        self.last = time.monotonic()
+
+    def stop(self) -> None:
+        self.done.set()
+        if self in _active:
+            _active.remove(self)
+
+    def stalled(self) -> str | None:
+        """The error to end the run with, or None while it is not stalled."""
+        idle = time.monotonic() - self.last
+        if idle < self.stall_s:
+            return None
+        try:
+            demands, free = self.probe()
+        except Exception:  # noqa: BLE001 - no status from Ray: no verdict this time
+            return None
+        if not demands:
+            return None
+        waiting = "; ".join(
+            f"{count} x {{{_describe(b)}}} ({self.names.get(_describe(b), 'a Ray task or actor')})"
+            for b, count in demands
+        )
+        nodes = "; ".join(f"node {n}: {_describe(r)}" for n, r in sorted(free.items())) or "no nodes"
+        return (
+            f"no progress for {idle:.0f} s while Ray cannot place {waiting}; free now: {nodes}. The run "
+            "would wait forever: lower that stage's resources (fractional num_cpus are fine), or add a node "
+            "that has them (--stall-timeout 0 waits anyway)"
+        )
+
+    def _watch(self) -> None:
+        period = max(0.2, min(5.0, self.stall_s / 4))
+        while not self.done.wait(period):
+            message = self.stalled()
+            if message and not self.done.is_set():
+                self.message = message
+                _fired.append(message)
+                _thread.interrupt_main()
+                return
+
+
+def stop_all() -> None:
+    for w in list(_active):
+        w.stop()
+
+
+def raise_if_stalled() -> None:
+    """In the driver's ``except KeyboardInterrupt``: the watchdog's error, if it was the watchdog."""
+    if _fired:
+        raise RecipeError(_fired[-1])
