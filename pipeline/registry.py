@@ -25,17 +25,22 @@ from vidsift.pipeline.stages.caption_from_sidecar import CaptionFromSidecar, Cap
 from vidsift.pipeline.stages.caption_qa import CaptionQa, CaptionQaConfig
 from vidsift.pipeline.stages.caption_vlm import CaptionVlm, CaptionVlmConfig
 from vidsift.pipeline.stages.dedup import DedupConfig, hash_clips
+from vidsift.pipeline.stages.dedup import measure_sample as measure_dedup
 from vidsift.pipeline.stages.probe import ProbeConfig
 from vidsift.pipeline.stages.score_aesthetic import ScoreAesthetic, ScoreAestheticConfig
 from vidsift.pipeline.stages.score_bars import ScoreBarsConfig, score_bars
+from vidsift.pipeline.stages.score_bars import measure_sample as measure_bars
 from vidsift.pipeline.stages.score_blockiness import ScoreBlockinessConfig, score_blockiness
+from vidsift.pipeline.stages.score_blockiness import measure_sample as measure_blockiness
 from vidsift.pipeline.stages.score_bounds import ScoreBoundsConfig, score_bounds
 from vidsift.pipeline.stages.score_brightness import ScoreBrightnessConfig, score_brightness
 from vidsift.pipeline.stages.score_clip_text import ScoreClipText, ScoreClipTextConfig
 from vidsift.pipeline.stages.score_motion import ScoreMotionConfig, score_motion
 from vidsift.pipeline.stages.score_ocr import ScoreOcr, ScoreOcrConfig
 from vidsift.pipeline.stages.score_sharpness import ScoreSharpnessConfig, score_sharpness
+from vidsift.pipeline.stages.score_sharpness import measure_sample as measure_sharpness
 from vidsift.pipeline.stages.score_text import ScoreTextConfig, score_text
+from vidsift.pipeline.stages.score_text import measure_sample as measure_text
 from vidsift.pipeline.stages.split_scenes import SplitScenesConfig
 from vidsift.pipeline.stages.text_embed import TextEmbed, TextEmbedConfig
 from vidsift.pipeline.stages.transcode import TranscodeConfig
@@ -90,6 +95,9 @@ class StageSpec:
     doc: str
     impl: Callable | None = None  # video_filter: function; clip: callable class; core stages: None
     needs: tuple[str, ...] = ()  # optional stages this one reads the columns of
+    # video_filter: called by analyze on every sample frame inside the one decode pass; returns the named
+    # measurements its impl reduces over each clip (the filter owns both, in its one file)
+    measure_sample: Callable | None = None
 
 
 STAGES: dict[str, StageSpec] = {
@@ -102,7 +110,13 @@ STAGES: dict[str, StageSpec] = {
     ),
     # weight-free filters: scores from the analysis pass, run before transcode (docs/filters.md)
     "score_bars": StageSpec(
-        ScoreBarsConfig, "video_filter", False, Resources(), "letterbox crop box", score_bars
+        ScoreBarsConfig,
+        "video_filter",
+        False,
+        Resources(),
+        "letterbox crop box",
+        score_bars,
+        measure_sample=measure_bars,
     ),
     "score_bounds": StageSpec(
         ScoreBoundsConfig, "video_filter", False, Resources(), "duration, resolution, aspect", score_bounds
@@ -111,16 +125,34 @@ STAGES: dict[str, StageSpec] = {
         ScoreBrightnessConfig, "video_filter", False, Resources(), "dark, washed out, black", score_brightness
     ),
     "score_sharpness": StageSpec(
-        ScoreSharpnessConfig, "video_filter", False, Resources(), "focus and blur", score_sharpness
+        ScoreSharpnessConfig,
+        "video_filter",
+        False,
+        Resources(),
+        "focus and blur",
+        score_sharpness,
+        measure_sample=measure_sharpness,
     ),
     "score_motion": StageSpec(
         ScoreMotionConfig, "video_filter", False, Resources(), "flow, static, frozen, shake", score_motion
     ),
     "score_text": StageSpec(
-        ScoreTextConfig, "video_filter", False, Resources(), "burned-in text", score_text
+        ScoreTextConfig,
+        "video_filter",
+        False,
+        Resources(),
+        "burned-in text",
+        score_text,
+        measure_sample=measure_text,
     ),
     "score_blockiness": StageSpec(
-        ScoreBlockinessConfig, "video_filter", False, Resources(), "compression blocking", score_blockiness
+        ScoreBlockinessConfig,
+        "video_filter",
+        False,
+        Resources(),
+        "compression blocking",
+        score_blockiness,
+        measure_sample=measure_blockiness,
     ),
     "dedup": StageSpec(
         DedupConfig,
@@ -129,6 +161,7 @@ STAGES: dict[str, StageSpec] = {
         Resources(),
         "near-duplicate hashes; decided over the run",
         hash_clips,
+        measure_sample=measure_dedup,
     ),
     "transcode": StageSpec(
         TranscodeConfig, "video", True, Resources(), "frame-accurate H.264 clips + previews"

@@ -107,7 +107,7 @@ QUICKSTART_VIDEOS = ["Big_Buck_Bunny_180_10s.webm", "flipping_a_pancake.mkv", "i
 
 @pytest.fixture(scope="session")
 def quickstart_run(videos: Path, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """The README quick start as it is (recipes/curate/quickstart.toml, reading the tiny models its first
+    """The README quick start as it is (``vidsift curate quickstart``, reading the tiny models its first
     command builds into out/tiny-models) run once through the CLI on four short sample videos, shared by the
     caption test and the training smoke test: (run folder, the finished ``vidsift curate`` process)."""
     from tests.make_tiny_models import build_all
@@ -118,7 +118,7 @@ def quickstart_run(videos: Path, tmp_path_factory) -> tuple[Path, subprocess.Com
     src.mkdir()
     for name in QUICKSTART_VIDEOS:
         shutil.copy(videos / "quality" / name, src / name)
-    recipe = REPO / "recipes" / "curate" / "quickstart.toml"
-    result = run_cli("curate", str(recipe), "--input", str(src), "--output", str(root / "run"), cwd=root)
+    # by name, as the README runs it: the recipe shipped as package data (recipes/curate/quickstart.toml)
+    result = run_cli("curate", "quickstart", "--input", str(src), "--output", str(root / "run"), cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
     return root / "run", result

@@ -15,7 +15,9 @@ video); a container that breaks off mid-file ends the pass with what was decoded
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import av
 import cv2
@@ -50,17 +52,34 @@ class AnalyzeConfig:
             raise ValueError(f"analyze.sample_short_side must be in 32..1024, got {self.sample_short_side}")
 
 
-@dataclass
-class SampleMeasures:
-    """Measurements of one mid-resolution sample frame (display orientation)."""
+class SampleFrame:
+    """One mid-resolution sample frame (display orientation) as the filters' ``measure_sample`` hooks see
+    it: ``bgr``, ``gray`` and the full-resolution ``luma`` plane of the decoded frame (computed once, when a
+    hook first asks)."""
 
-    sharpness: float
-    text_area: float
-    blockiness: float
-    height: int  # of the sample frame
-    width: int
-    lines: np.ndarray  # measures.line_profiles: row means, row stds, column means, column stds
-    hashes: list[int]
+    def __init__(self, bgr: np.ndarray, frame: av.VideoFrame) -> None:
+        self.bgr, self.frame = bgr, frame
+
+    @cached_property
+    def gray(self) -> np.ndarray:
+        return cv2.cvtColor(self.bgr, cv2.COLOR_BGR2GRAY)
+
+    @cached_property
+    def luma(self) -> np.ndarray:
+        if self.frame.format.name in FAST_FORMATS:
+            return _plane(self.frame, 0, self.frame.width, self.frame.height)
+        return self.frame.reformat(format="gray").to_ndarray()
+
+
+class SampleMeasures(dict):
+    """What the recipe's filters measured on one sample frame, by name, plus its ``height`` and ``width``;
+    attribute access reads a key (``s.sharpness``)."""
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
 
 
 @dataclass
@@ -152,21 +171,13 @@ def small_bgr(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
     return frame.reformat(width=width, height=height, format="bgr24").to_ndarray()
 
 
-def _measure_sample(bgr: np.ndarray, frame: av.VideoFrame) -> SampleMeasures:
-    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-    if frame.format.name in FAST_FORMATS:
-        luma = _plane(frame, 0, frame.width, frame.height)
-    else:
-        luma = frame.reformat(format="gray").to_ndarray()
-    return SampleMeasures(
-        sharpness=measures.sharpness(gray),
-        text_area=measures.text_area(gray),
-        blockiness=measures.blockiness(luma),
-        height=gray.shape[0],
-        width=gray.shape[1],
-        lines=measures.line_profiles(gray),
-        hashes=measures.dhashes(gray),
-    )
+def measure_sample(bgr: np.ndarray, frame: av.VideoFrame, hooks: Sequence[Callable]) -> SampleMeasures:
+    """Every hook's measurements of one sample frame (the filters of the recipe own the hooks)."""
+    sample = SampleFrame(bgr, frame)
+    out = SampleMeasures(height=bgr.shape[0], width=bgr.shape[1])
+    for hook in hooks:
+        out.update(hook(sample))
+    return out
 
 
 def analyze_video(
@@ -176,11 +187,12 @@ def analyze_video(
     split_config: SplitScenesConfig,
     quality: bool = True,
     budget_s: float | None = None,
+    hooks: Sequence[Callable] = (),
 ) -> Analysis:
     """One decode pass over ``path``. ``probe`` is the probe row (coded size, sar, rotation).
 
-    ``quality``: also take the measurements the quality filters read (optical flow, and per
-    sample frame sharpness, text, blockiness, bar profiles, hashes); off when no filter runs.
+    ``quality``: also take the measurements the quality filters read (optical flow, and on every sample
+    frame the ``measure_sample`` ``hooks`` of the recipe's filters); off when no filter runs.
     ``budget_s``: wall seconds the pass may take (``probe.decode_budget_s``); past them it raises
     ``DecodeTimeout`` at the next frame.
     """
@@ -235,7 +247,7 @@ def analyze_video(
                     sample_times.append(t)
                     sample_jpegs.append(jpg.tobytes())
                     if quality:
-                        samples.append(_measure_sample(img, frame))
+                        samples.append(measure_sample(img, frame, hooks))
     arr = np.asarray(stats, dtype=np.float32).reshape(-1, 4)
     return Analysis(
         num_frames=len(times),

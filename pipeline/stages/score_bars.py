@@ -1,8 +1,8 @@
 """score_bars: letterbox and pillarbox bars, and the crop box that removes them.
 
-Reads: the row and column profiles (mean, standard deviation) of the analysis sample frames,
-display orientation. A bar is a run of rows (or columns) from an edge that is dark and flat in
-nearly every sample of the clip, with a clearly brighter picture next to it; bars come in
+Reads: the row and column profiles (mean, standard deviation; ``line_profiles`` below) of the
+analysis sample frames, display orientation. A bar is a run of rows (or columns) from an edge that
+is dark and flat in nearly every sample of the clip, with a clearly brighter picture next to it; bars come in
 pairs of similar size (top/bottom, left/right), which keeps dark scenes from being cropped.
 Writes ``bars_score`` (share of the picture the bars cover) and ``crop_x``, ``crop_y``,
 ``crop_w``, ``crop_h`` (the picture without bars, display pixels, even; null when there are no
@@ -17,6 +17,20 @@ import numpy as np
 
 from vidsift.pipeline.media import even
 from vidsift.pipeline.rows import reject, sample_indices
+
+
+def line_profiles(gray: np.ndarray) -> np.ndarray:
+    """Mean and standard deviation of every row and column: ``[row_mean, row_std, col_mean, col_std]``.
+
+    Letterbox and pillarbox bars are rows/columns that are dark and flat in every frame of a clip.
+    """
+    g = gray.astype(np.float32)
+    return np.concatenate([g.mean(axis=1), g.std(axis=1), g.mean(axis=0), g.std(axis=0)]).astype(np.float16)
+
+
+def measure_sample(frame) -> dict:
+    """The analysis pass calls this on every sample frame (``analyze.SampleFrame``), in the one decode."""
+    return {"lines": line_profiles(frame.gray)}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -279,7 +279,8 @@ def test_clip_text_config_from_toml_lists():
 
 def test_runner_actor_writes_the_shard_schema(tiny):
     """The Ray actor wrapper (without Ray): config through asdict, rows through the work schema."""
-    from vidsift.pipeline.runner import WORK_SCHEMA, ClipStageTask
+    from vidsift.pipeline.publish import WORK_SCHEMA
+    from vidsift.pipeline.runner import ClipStageTask
 
     config = ScoreAestheticConfig(**tiny, min_score=0, device="cpu")
     task = ClipStageTask("score_aesthetic", dataclasses.asdict(config))

@@ -51,7 +51,8 @@ def test_workers_write_parts_and_a_group_is_published_from_the_parts_it_has_rece
 
     from tests.conftest import make_numbered_clip
     from vidsift.pipeline.cli import _default_recipe
-    from vidsift.pipeline.runner import PARTS, RECEIPT_COLUMNS, publish_group, video_task, write_parts
+    from vidsift.pipeline.publish import PARTS, RECEIPT_COLUMNS, publish_group, write_parts
+    from vidsift.pipeline.runner import video_task
 
     src = make_numbered_clip(tmp_path / "v.mp4", frames=60, cut_every=20)
     recipe = _default_recipe(["split_scenes.min_scene_s=0.5"])
