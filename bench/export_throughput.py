@@ -9,7 +9,8 @@ matters is how many bytes it moves and how many clips). Then, each as a fresh su
 - ``vidsift export OUT --format F --quiet`` for webdataset, videofolder and hf, and once with a
   ``--where`` that keeps nothing (start-up and Parquet reads alone);
 
-and prints seconds, MB/s and the ratio export/tar (lower is better; 1.0 = as fast as tar). Export also
+and prints seconds, MB/s, the ratio export/tar (lower is better; 1.0 = as fast as tar) and each
+process's peak resident memory (export streams: it should not grow with the run). Export also
 reads Parquet, filters, writes JSON metadata and (hf) goes through ``datasets``' Arrow writer.
 
     nice .venv/bin/python bench/export_throughput.py --clips 400 --work /tmp/vidsift_export_bench
@@ -53,12 +54,24 @@ def synthetic_run(out: Path, clips: int) -> Path:
     return out
 
 
-def timed(cmd: list[str]) -> float:
+def timed(cmd: list[str]) -> tuple[float, float]:
+    """Seconds and peak resident MB of one subprocess (psutil, polled every 20 ms)."""
+    import psutil
+
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{r.stderr[-2000:]}")
-    return time.perf_counter() - t0
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    watched = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        try:
+            peak = max(peak, watched.memory_info().rss)
+        except psutil.Error:
+            pass
+        time.sleep(0.02)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr.read()[-2000:]}")
+    return seconds, peak / 1e6
 
 
 def main() -> None:
@@ -85,24 +98,24 @@ def main() -> None:
                 total += len(r["clip_mp4"])
                 n += 1
     mb = total / 1e6
-    tar_s = timed(["tar", "-cf", str(work / "baseline.tar"), "-C", str(files), "."])
+    tar_s, tar_mb = timed(["tar", "-cf", str(work / "baseline.tar"), "-C", str(files), "."])
     exe = str(Path(sys.executable).parent / "vidsift")
     print(f"{n} clips, {mb:.1f} MB of MP4 (busy machine: rough numbers)")
-    print(f"{'':14} {'seconds':>8} {'MB/s':>8} {'x tar':>7}")
-    print(f"{'tar -cf':14} {tar_s:8.2f} {mb / tar_s:8.1f} {1.0:7.2f}")
+    print(f"{'':14} {'seconds':>8} {'MB/s':>8} {'x tar':>7} {'peak RSS MB':>12}")
+    print(f"{'tar -cf':14} {tar_s:8.2f} {mb / tar_s:8.1f} {1.0:7.2f} {tar_mb:12.0f}")
     # reading every batch but exporting none: interpreter start-up plus the Parquet reads
     out = work / "export-none"
     shutil.rmtree(out, ignore_errors=True)
-    s = timed([exe, "export", str(run), "--format", "webdataset", "--output", str(out), "--quiet",
-               "--where", "num_frames < 0"])  # fmt: skip
-    print(f"{'read, no write':14} {s:8.2f} {mb / s:8.1f} {s / tar_s:7.2f}")
+    s, rss = timed([exe, "export", str(run), "--format", "webdataset", "--output", str(out), "--quiet",
+                    "--where", "num_frames < 0"])  # fmt: skip
+    print(f"{'read, no write':14} {s:8.2f} {mb / s:8.1f} {s / tar_s:7.2f} {rss:12.0f}")
     shutil.rmtree(out, ignore_errors=True)
     for fmt in ("webdataset", "videofolder", "hf"):
         out = work / f"export-{fmt}"
         shutil.rmtree(out, ignore_errors=True)
         cmd = [exe, "export", str(run), "--format", fmt, "--output", str(out), "--quiet"]
-        s = timed([*cmd, "--shard-size", str(args.shard_size)])
-        print(f"{fmt:14} {s:8.2f} {mb / s:8.1f} {s / tar_s:7.2f}")
+        s, rss = timed([*cmd, "--shard-size", str(args.shard_size)])
+        print(f"{fmt:14} {s:8.2f} {mb / s:8.1f} {s / tar_s:7.2f} {rss:12.0f}")
         shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(files, ignore_errors=True)
     (work / "baseline.tar").unlink()
