@@ -25,9 +25,9 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
 
 import pyarrow as pa
 
@@ -151,9 +151,12 @@ def _size(uri: str) -> int:
         return 0  # missing or unreadable: the video is rejected with its reason when it is processed
 
 
-@lru_cache(maxsize=4)
-def read_input_list(path: str) -> dict[str, ListedInput]:
-    """``{uri: ListedInput}`` of a list file (local or ``s3://``), in the list's order."""
+SIZE_THREADS = 16  # concurrent size look-ups (a HEAD request each for s3:// entries)
+
+
+def read_input_list(path: str, sizes: bool = True) -> dict[str, ListedInput]:
+    """``{uri: ListedInput}`` of a list file (local or ``s3://``), in the list's order; ``sizes=False``
+    skips the size look-ups (all 0), which only the duplicate check of ``runner.find_duplicates`` needs."""
     try:
         with storage.open_input(path) as f:
             data = f.read()
@@ -173,7 +176,7 @@ def read_input_list(path: str) -> dict[str, ListedInput]:
             if uri in listed:
                 raise RecipeError(f"{path} line {line}: {uri} is listed twice (first on line {lines[uri]})")
             meta = json.dumps(row, ensure_ascii=False, sort_keys=True, default=str) if row else None
-            listed[uri], lines[uri] = ListedInput(_size(uri), meta), line
+            listed[uri], lines[uri] = ListedInput(0, meta), line
     except (UnicodeDecodeError, csv.Error) as e:
         raise RecipeError(f"cannot read the input list {path}: {e}") from None
     except Exception as e:  # pyarrow's errors for a file that is not Parquet
@@ -182,6 +185,10 @@ def read_input_list(path: str) -> dict[str, ListedInput]:
         raise RecipeError(f"cannot read the input list {path}: {type(e).__name__}: {e}") from None
     if not listed:
         raise RecipeError(f"input list holds no rows: {path}")
+    if sizes:
+        with ThreadPoolExecutor(SIZE_THREADS) as pool:
+            found = list(pool.map(_size, listed))
+        listed = {uri: ListedInput(n, listed[uri].source_meta) for uri, n in zip(listed, found, strict=True)}
     return listed
 
 
@@ -189,7 +196,7 @@ def source_metas(path: str) -> dict[str, str | None]:
     """``{uri: source_meta}`` of an input list; ``{}`` for any other ``--input``."""
     if not is_input_list(path):
         return {}
-    return {uri: entry.source_meta for uri, entry in read_input_list(path).items()}
+    return {uri: entry.source_meta for uri, entry in read_input_list(path, sizes=False).items()}
 
 
 # ---------------------------------------------------------------- fetching http(s) inputs
