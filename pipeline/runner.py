@@ -170,12 +170,17 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
-def _init_ray(address: str | None) -> None:
+def _init_ray(address: str | None, env: dict[str, str] | None = None) -> bool:
+    """Start or join Ray. ``env``: variables every worker of this job gets (``forwarded_env``), set by
+    a worker setup hook rather than ``runtime_env`` ``env_vars``, whose values Ray writes to its logs
+    (runtime_env_agent.log); the hook travels pickled in Ray's key-value store. False when Ray was
+    already running here (a driver inside the cluster): then nothing was set up."""
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
-        return
+        return False
+    runtime_env = {"worker_process_setup_hook": _set_environment(dict(env))} if env else None
     # Ray's C++ core logs straight to stderr, e.g. an error-level line about every clip-stage actor's
     # constructor arguments (ray-project/ray#53727) that means nothing here; failures that matter reach
     # the driver as exceptions. Set RAY_BACKEND_LOG_LEVEL yourself to see more.
@@ -183,18 +188,28 @@ def _init_ray(address: str | None) -> None:
     if address:
         # a cluster: "auto", "host:6379", or "ray://head:10001" (Ray Client); inside `ray job submit`
         # RAY_ADDRESS is set for us
-        _connect(address)
+        _connect(address, runtime_env)
     else:
         # Embedded local Ray; workers import vidsift from the same environment as the driver. Their
         # output (model-loading progress bars, library warnings) stays in Ray's log files
         # (/tmp/ray/session_latest/logs): errors still reach the driver as exceptions.
-        ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False, runtime_env=runtime_env)
+    return True
+
+
+def _set_environment(values: dict[str, str]):
+    """A Ray worker setup hook that puts ``values`` into the worker's environment."""
+
+    def setup() -> None:
+        os.environ.update(values)
+
+    return setup
 
 
 CLIENT_ATTEMPTS = 3
 
 
-def _connect(address: str) -> None:
+def _connect(address: str, runtime_env: dict | None = None) -> None:
     """Join a running cluster, or raise ``RecipeError`` saying why not (no traceback, no long hang).
 
     A ``host:port`` or ``ray://host:port`` that nothing listens on fails at once instead of after
@@ -218,7 +233,7 @@ def _connect(address: str) -> None:
             raise RecipeError(f"cannot reach the Ray cluster at {address}: {e}") from None
     for attempt in range(1, CLIENT_ATTEMPTS + 1):
         try:
-            ray.init(address=address, logging_level="ERROR")
+            ray.init(address=address, logging_level="ERROR", runtime_env=runtime_env)
             return
         except ConnectionError as e:  # ConnectionAbortedError from Ray Client is one
             reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
@@ -502,10 +517,10 @@ def _describe(need: dict[str, float]) -> str:
 
 
 def forwarded_env(recipe: Recipe) -> dict[str, str]:
-    """Environment variables every task and actor of the run gets (Ray ``runtime_env``): those the
+    """Environment variables every task and actor of the run gets (``_init_ray``'s setup hook): those the
     recipe names (each backend's ``api_key_env``) and the AWS settings (``storage.AWS_VARIABLES``),
-    where this process has them. Their values go to Ray only: never to the manifest, the resolved
-    recipe, the shards or our output (docs/cluster.md says what Ray itself shows of them)."""
+    where this process has them. Their values go to Ray's key-value store only: never to the manifest,
+    the resolved recipe, the shards, our output or Ray's logs (docs/architecture.md, "Failure classes")."""
     names = set(storage.AWS_VARIABLES)
     names.update(getattr(s.config, "api_key_env", "") or "" for s in recipe.stages)
     return {n: os.environ[n] for n in sorted(names) if n and os.environ.get(n)}
@@ -533,7 +548,8 @@ def _run_groups(
 
     from vidsift.pipeline.watchdog import StallWatchdog
 
-    _init_ray(address)
+    worker_env = {**forwarded_env(recipe), **worker_env}  # to every task and actor of the run
+    hooked = _init_ray(address, worker_env)
     nodes = [n for n in ray.nodes() if n["Alive"]]
     video_cpus = None
     if recipe.run.check_resources:
@@ -567,8 +583,7 @@ def _run_groups(
     # per-video work is CPU-bound and independent: spread it over the nodes instead of Ray's default of
     # filling the driver's node first (one node alone on a 1-node Ray)
     video_res["scheduling_strategy"] = "SPREAD"
-    worker_env = {**forwarded_env(recipe), **worker_env}  # to every task and actor of the run
-    if worker_env:
+    if worker_env and not hooked:  # a driver inside the cluster (ray://): Ray logs these values
         video_res["runtime_env"] = {"env_vars": worker_env}  # S3 settings, API keys
     if recipe.run.max_videos_in_flight:
         video_res["compute"] = ray.data.TaskPoolStrategy(size=recipe.run.max_videos_in_flight)
@@ -589,7 +604,7 @@ def _run_groups(
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors),
             **res.ray_options(),
-            **({"runtime_env": video_res["runtime_env"]} if worker_env else {}),
+            **({"runtime_env": video_res["runtime_env"]} if "runtime_env" in video_res else {}),
         )
     ds = ds.map_batches(write_parts, batch_format="pyarrow", fn_kwargs={"out": str(out)}, **video_res)
     buffers = {g: GroupBuffer(expected=set(files)) for g, files in pending.items()}
