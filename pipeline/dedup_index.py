@@ -4,18 +4,19 @@ Steps (``find_near_duplicates``):
 
 1. **Read** (``load_hash_table``): only the columns the decision needs, straight from the shards into flat
    numpy arrays (hashes and their per-clip offsets, curves as an ``N x 64`` matrix); no row dicts.
-2. **Candidates** (``table_pairs``): ``index_tables`` hash tables, each keyed on ``index_bits`` bit positions
-   drawn at random (a fixed seed) from the 64. Two hashes ``d`` bits apart share a table's key with
-   probability ``C(64-d, k) / C(64, k)``; a copy has many samples and three crop scales that match, so
-   one collision among them is enough. Inside a bucket every pair of hashes is compared *exactly*
-   (popcount of the XOR); only pairs within ``max_hamming`` bits, from two different clips, become
-   candidate clip pairs. Exact multi-index hashing (``max_hamming + 1`` bands) is not used: at 10 bits
-   it needs bands of <= 6 bits, whose 64 values each hold 1/64 of the run, so its candidate count
-   grows with the square of the run (see docs/filters.md).
+2. **Candidates** (``table_pairs``): ``index_tables`` hash tables, each keyed on bit positions drawn
+   at random (a fixed seed) from the 64, as many as it takes for their measured entropy to reach
+   ``log2(entries) + 2`` (real dHash bits are skewed), or ``index_bits``. Two hashes ``d`` bits apart
+   share a ``k``-bit key with probability ``C(64-d, k) / C(64, k)``; a copy has many samples and three
+   crop scales that match, so one collision among them is enough. Inside a bucket every pair of hashes
+   is compared *exactly* (popcount of the XOR); only pairs within ``max_hamming`` bits, from two
+   different clips, become candidate clip pairs. Exact multi-index hashing (``max_hamming + 1`` bands)
+   is not used: at 10 bits it needs bands of <= 6 bits, whose 64 values each hold 1/64 of the run, so
+   its candidate count grows with the square of the run (see docs/filters.md).
    No bucket is skipped: a bucket larger than ``max_bucket`` entries is split by further bit positions
    and searched again; such splits are counted (``split_buckets``, ``split_entries``) and printed.
-3. **Verify** (``verify_pairs``): today's decision rule on each candidate pair (``dedup._matches`` over
-   the samples at three crops, then ``dedup._curves_agree``).
+3. **Verify** (``verify_pairs``): today's decision rule on each candidate pair (the time curves,
+   vectorised over pairs, then ``dedup._matches`` over the samples at three crops).
 4. **Group**: connected components over the verified pairs only (scipy), then the keep-the-best rule:
    most pixels, then longest, then smallest ``clip_id``; a clip of an ``--against`` run is always kept
    before a clip of the run being deduplicated (those runs are never rewritten).
@@ -70,7 +71,7 @@ class SearchStats:
     clips_without_hashes: int = 0  # only flat (black/white) frames: nothing to compare, never a duplicate
     hashes: int = 0
     tables: int = 0
-    key_bits: int = 0
+    key_bits: float = 0  # mean over the tables
     hash_pairs_compared: int = 0  # inside buckets, exact popcount
     split_buckets: int = 0  # buckets over max_bucket entries, split by more bits (not skipped)
     split_entries: int = 0
@@ -176,11 +177,25 @@ def concat_tables(parts: list[HashTable]) -> HashTable:
 # ---------------------------------------------------------------------------------------------- index
 
 
-def key_bits(entries: int, config: DedupConfig) -> int:
-    """Bits per table key: about 4 keys per entry when ``index_bits`` is 0 (auto), so buckets stay small."""
+def bit_entropy(hashes: np.ndarray, sample: int = 1_000_000) -> np.ndarray:
+    """Entropy (in bits) of each of the 64 hash bits over (a sample of) the entries."""
+    h = hashes[:: max(1, len(hashes) // sample)]
+    if len(h) == 0:
+        return np.ones(64)
+    p = np.array([((h >> np.uint64(b)) & np.uint64(1)).mean() for b in range(64)])
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+
+
+def key_bits(entries: int, entropy: np.ndarray, positions: np.ndarray, config: DedupConfig) -> int:
+    """Bits keying one table: ``index_bits``, or (auto) as many of ``positions`` as it takes for their
+    entropy to reach ``log2(entries) + 2``, i.e. about 4 keys per entry, so buckets stay small whatever
+    the skew of the bits."""
     if config.index_bits:
         return config.index_bits
-    return int(min(40, max(12, np.ceil(np.log2(max(entries, 2))) + 2)))
+    target = np.log2(max(entries, 2)) + 2
+    reached = np.flatnonzero(np.cumsum(entropy[positions]) >= target)
+    return int(min(48, max(12, reached[0] + 1 if len(reached) else 64)))
 
 
 def table_positions(config: DedupConfig) -> list[np.ndarray]:
@@ -337,9 +352,10 @@ def search_pairs(table: HashTable, config: DedupConfig, stats: SearchStats) -> n
     t0 = time.time()
     h, c = entries(table)
     runs = table.run if (table.run != 0).any() else None
-    bits = key_bits(len(h), config)
-    stats.hashes, stats.tables, stats.key_bits = len(h), config.index_tables, bits
     perms = table_positions(config)
+    entropy = bit_entropy(h)
+    bits = [key_bits(len(h), entropy, p, config) for p in perms]
+    stats.hashes, stats.tables, stats.key_bits = len(h), config.index_tables, round(float(np.mean(bits)), 1)
     distributed = len(table) > config.distribute_above
     stats.distributed = distributed
     if distributed:
@@ -349,10 +365,12 @@ def search_pairs(table: HashTable, config: DedupConfig, stats: SearchStats) -> n
             ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
         task = ray.remote(_ray_table_pairs).options(num_cpus=1, max_retries=2)
         h_ref, c_ref, r_ref = ray.put(h), ray.put(c), ray.put(runs)
-        results = ray.get([task.remote(h_ref, c_ref, r_ref, p, bits, config) for p in perms])
+        results = ray.get(
+            [task.remote(h_ref, c_ref, r_ref, p, b, config) for p, b in zip(perms, bits, strict=True)]
+        )
         del h_ref, c_ref, r_ref
     else:
-        results = [table_pairs(h, c, runs, p, bits, config) for p in perms]
+        results = [table_pairs(h, c, runs, p, b, config) for p, b in zip(perms, bits, strict=True)]
     del h, c
     found = []
     for pairs, counts in results:

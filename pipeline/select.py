@@ -18,9 +18,12 @@ from __future__ import annotations
 import ast
 import json
 import operator
+import os
 import sys
+import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import reduce
 
 import numpy as np
@@ -187,6 +190,7 @@ def where_mask(expr: str) -> Mask:
 
 
 ROW = "__vidsift_row"
+SELECT_THREADS = min(4, os.cpu_count() or 1)  # groups decided at once by select_run
 
 
 def sql_mask(condition: str) -> Mask:
@@ -207,10 +211,13 @@ def sql_mask(condition: str) -> Mask:
         con.execute(f"SET {setting}")
     con.execute("SET lock_configuration = true")
 
+    lock = threading.Lock()  # one DuckDB connection: select_run's threads take turns
+
     def mask(t: pa.Table) -> np.ndarray:
         indexed = t.append_column(ROW, pa.array(np.arange(t.num_rows, dtype=np.int64)))
         try:
-            rows = con.from_arrow(indexed).filter(condition).project(ROW).fetch_arrow_table()
+            with lock:
+                rows = con.from_arrow(indexed).filter(condition).project(ROW).fetch_arrow_table()
         except duckdb.Error as e:
             raise SelectError(f"--sql: {str(e).splitlines()[0]}") from None
         out = np.zeros(t.num_rows, bool)
@@ -236,7 +243,8 @@ def read_group_tables(out: Location, group: str) -> dict[str, pa.Table]:
 
 def _conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
     """``t`` with exactly ``schema``'s columns, in order (a missing column is nulls)."""
-    cols = [t.column(f.name) if f.name in t.column_names else pa.nulls(t.num_rows, f.type) for f in schema]
+    have = set(t.column_names)
+    cols = [t.column(f.name) if f.name in have else pa.nulls(t.num_rows, f.type) for f in schema]
     return pa.Table.from_arrays([c.cast(f.type) for c, f in zip(cols, schema, strict=True)], schema=schema)
 
 
@@ -317,6 +325,50 @@ def _is_empty(dst: Location) -> bool:
         return True
 
 
+def _select_group(
+    src: Location, dst: Location, group: str, mask_of: Mask, text: str, config: WriteShardsConfig
+) -> Counter:
+    """One group of ``select_run``: decide its rows again and write them to ``dst``; the move counts."""
+    moves: Counter = Counter()
+    t = read_group_tables(src, group)
+    clips = _conform(t["clips"], REJECTED_SCHEMA)
+    rows = pa.concat_tables([clips, t["rejected"]])
+    reason = rows.column("reject_reason")
+    stage = pc.fill_null(rows.column("reject_stage"), "")
+    was_accepted = pc.is_null(reason).to_numpy(zero_copy_only=False)
+    by_filter = pc.or_(pc.starts_with(stage, "score_"), pc.equal(stage, "select")).to_numpy(
+        zero_copy_only=False
+    )
+    decide = was_accepted | by_filter
+    base = _clear_reason(rows)
+    passed = mask_of(base)
+    has_mp4 = pc.is_valid(rows.column("clip_mp4")).to_numpy(zero_copy_only=False)
+    accepted = decide & passed & has_mp4
+    failed = decide & ~passed
+    not_transcoded = decide & passed & ~has_mp4
+    new_rejected = pa.concat_tables(
+        [
+            rows.filter(pa.array(~decide)),
+            _with_reason(base.filter(pa.array(failed)), "select", "select_where", f"fails: {text}"),
+            _with_reason(
+                base.filter(pa.array(not_transcoded)),
+                "select",
+                "not_transcoded",
+                "passes, but a filter rejected it before transcode: "
+                "curate again with looser thresholds to get its media",
+            ),
+        ]
+    )
+    new_clips = base.filter(pa.array(accepted))
+    moves["accepted_kept"] += int((accepted & was_accepted).sum())
+    moves["rejected_to_accepted"] += int((accepted & ~was_accepted).sum())
+    moves["accepted_to_rejected"] += int((failed & was_accepted).sum())
+    moves["rejected_kept"] += int((~decide).sum() + (failed & ~was_accepted).sum())
+    moves["rejected_not_transcoded"] += int(not_transcoded.sum())
+    write_group_tables(dst, group, new_clips, new_rejected, t["videos"], config)
+    return moves
+
+
 def select_run(
     src: Location,
     dst: Location,
@@ -340,43 +392,13 @@ def select_run(
     if not _is_empty(dst):
         raise SelectError(f"--output {dst} exists and is not empty")
     moves: Counter = Counter()
-    for group in sorted(done_groups(src)):
-        t = read_group_tables(src, group)
-        clips = _conform(t["clips"], REJECTED_SCHEMA)
-        rows = pa.concat_tables([clips, t["rejected"]])
-        reason = rows.column("reject_reason")
-        stage = pc.fill_null(rows.column("reject_stage"), "")
-        was_accepted = pc.is_null(reason).to_numpy(zero_copy_only=False)
-        by_filter = pc.or_(pc.starts_with(stage, "score_"), pc.equal(stage, "select")).to_numpy(
-            zero_copy_only=False
-        )
-        decide = was_accepted | by_filter
-        base = _clear_reason(rows)
-        passed = mask_of(base)
-        has_mp4 = pc.is_valid(rows.column("clip_mp4")).to_numpy(zero_copy_only=False)
-        accepted = decide & passed & has_mp4
-        failed = decide & ~passed
-        not_transcoded = decide & passed & ~has_mp4
-        new_rejected = pa.concat_tables(
-            [
-                rows.filter(pa.array(~decide)),
-                _with_reason(base.filter(pa.array(failed)), "select", "select_where", f"fails: {text}"),
-                _with_reason(
-                    base.filter(pa.array(not_transcoded)),
-                    "select",
-                    "not_transcoded",
-                    "passes, but a filter rejected it before transcode: "
-                    "curate again with looser thresholds to get its media",
-                ),
-            ]
-        )
-        new_clips = base.filter(pa.array(accepted))
-        moves["accepted_kept"] += int((accepted & was_accepted).sum())
-        moves["rejected_to_accepted"] += int((accepted & ~was_accepted).sum())
-        moves["accepted_to_rejected"] += int((failed & was_accepted).sum())
-        moves["rejected_kept"] += int((~decide).sum() + (failed & ~was_accepted).sum())
-        moves["rejected_not_transcoded"] += int(not_transcoded.sum())
-        write_group_tables(dst, group, new_clips, new_rejected, t["videos"], config)
+    # groups are independent: a few threads overlap Parquet reads, compute and writes (all release the GIL)
+    with ThreadPoolExecutor(max_workers=SELECT_THREADS) as pool:
+        jobs = [
+            pool.submit(_select_group, src, dst, g, mask_of, text, config) for g in sorted(done_groups(src))
+        ]
+        for job in jobs:
+            moves.update(job.result())
     moves = Counter({k: v for k, v in moves.items() if v})
     manifest = json.loads(storage.read_text(storage.join(src, "manifest.json")))
     kind = "where" if where is not None else "sql"
@@ -557,8 +579,6 @@ def dedup_finished_run(out: str, against: Sequence[str] = (), overrides: Sequenc
     The dedup settings are the run's own recipe's (from its manifest) with ``overrides`` applied; the
     manifest is recounted afterwards and records what the pass did under ``dedup``.
     """
-    import os
-
     from vidsift.pipeline.config import RecipeError
     from vidsift.pipeline.recipe import build_recipe
 

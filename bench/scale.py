@@ -1,0 +1,561 @@
+"""Run-wide steps at dataset scale: dedup, select, stats and the manifest over 100k-3M clip rows.
+
+    .venv/bin/python bench/scale.py --sizes 100000 1000000 [--work out/bench-scale] [--baseline-clips 1000]
+
+1. **Planted copies from real clips.** Sample clips of ``../shared/videos`` and their re-encoded, cropped,
+   time-reversed and sped-up copies (ffmpeg) go through the real analysis and hashing code
+   (``process_video`` with ``recipes/curate/default.toml``); their rows are cached in ``WORK/real.parquet``.
+   The truth is today's decision rule applied to *every* pair of these rows (no index), split by the
+   source they came from.
+2. **Background rows.** Each size gets a run folder of that many accepted clip rows (plus 10% rejected
+   rows and one video row per 5 clips, in groups of ``--group-size``), schema-valid, with tiny media
+   (64 bytes per clip). Their hashes follow the real hashes' per-bit frequencies (each clip: three
+   crop-scale base hashes drifting a few bits from sample to sample, as frames of one shot do), their
+   curves are smooth random walks; the real rows are mixed in at random groups.
+3. **Steps, each in a fresh process** (peak RSS of the process and of every process it started, i.e. Ray
+   workers, sampled every 0.2 s): ``dedup`` (``vidsift dedup``'s code), ``select`` (``--where``) beside a
+   DuckDB ``COPY (SELECT ... WHERE ...) TO`` of the same rows, ``stats`` (``compute_stats``) and the
+   manifest recount. Recall and precision are on the planted pairs: a pair counts as found when the two
+   real clips end in one duplicate group; any duplicate involving a background row is a false positive.
+4. The growth exponent between consecutive sizes: ``log(t2/t1) / log(n2/n1)``.
+
+``--baseline-clips N`` also times the banded search this replaced (``git show 7a38e5a:pipeline/stages/
+dedup.py``) on N background clips, for the ratio. Timings on a shared machine are rough.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parent.parent
+VIDEOS = REPO.parent / "shared" / "videos"
+SOURCES = [  # distinct content (no two cuts of one film): a cross-source duplicate would be a real one
+    "quality/Big_Buck_Bunny_180_10s.webm",
+    "quality/flipping_a_pancake.mkv",
+    "quality/video2.mp4",
+    "cuts/test1.mp4",
+    "quality/traffic_camera.mp4",
+    "cuts/video1.mp4",
+    "quality/in.mp4",
+    "quality/video_for_blend_modes.mp4",
+]
+COPIES = {
+    "reencoded": [],
+    "cropped": ["crop=iw*0.8:ih*0.8"],
+    "reversed": ["reverse"],
+    "sped_up": ["setpts=PTS/1.25"],
+}
+REAL_COLUMNS = ["clip_id", "source_uri", "dedup_hashes", "dedup_curve", "width", "height", "duration_s"]
+WHERE = "motion_score > 0.5 and aesthetic_score >= 4.0"
+SQL_WHERE = "motion_score > 0.5 AND aesthetic_score >= 4.0"
+
+
+# ------------------------------------------------------------------------------------ real planted rows
+
+
+def real_rows(work: Path) -> pa.Table:
+    """Accepted clip rows of the sources and their copies, through the real hashing code (cached)."""
+    cache = work / "real.parquet"
+    if cache.exists():
+        return pq.read_table(cache)
+    from vidsift.pipeline.process import process_video
+    from vidsift.pipeline.recipe import load_recipe
+
+    recipe = load_recipe(REPO / "recipes/curate/default.toml")
+    copies = work / "copies"
+    copies.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for src in SOURCES:
+        versions = {"original": VIDEOS / src}
+        for kind, vf in COPIES.items():
+            dst = copies / f"{Path(src).stem}_{kind}.mp4"
+            if not dst.exists():
+                cmd = ["ffmpeg", "-v", "error", "-y", "-i", str(VIDEOS / src)]
+                cmd += (["-vf", ",".join(vf)] if vf else []) + [
+                    "-an",
+                    "-c:v",
+                    "libx264",
+                    "-crf",
+                    "30",
+                    str(dst),
+                ]
+                subprocess.run(cmd, check=True)
+            versions[kind] = dst
+        for kind, path in versions.items():
+            for c in process_video(str(path), "g", recipe)[1]:
+                if not c.get("reject_reason"):
+                    rows.append({**{k: c.get(k) for k in REAL_COLUMNS}, "family": src, "kind": kind})
+        print(f"  real clips: {src} done ({len(rows)} rows)", flush=True)
+    table = pa.Table.from_pylist(rows)
+    pq.write_table(table, cache)
+    return table
+
+
+def truth_pairs(real: pa.Table) -> tuple[set[tuple[int, int]], int]:
+    """Duplicate pairs by today's rule over every pair of real rows (no index), within one source family;
+    and how many cross-family pairs the rule itself calls duplicates (reported, not planted)."""
+    from vidsift.pipeline.dedup_index import table_from_arrow, verify_pairs
+    from vidsift.pipeline.stages.dedup import DedupConfig
+
+    t = table_from_arrow(real)
+    n = len(t)
+    i, j = np.triu_indices(n, 1)
+    pairs = (i.astype(np.uint64) << np.uint64(32)) | j.astype(np.uint64)
+    ok = verify_pairs(pairs, t.offsets, t.hashes, t.curves, t.has_curve, DedupConfig())
+    family = real.column("family").to_pylist()
+    same = {
+        (a, b)
+        for a, b, k in zip(i.tolist(), j.tolist(), ok.tolist(), strict=True)
+        if k and family[a] == family[b]
+    }
+    cross = int(
+        sum(
+            1
+            for a, b, k in zip(i.tolist(), j.tolist(), ok.tolist(), strict=True)
+            if k and family[a] != family[b]
+        )
+    )
+    return same, cross
+
+
+# ------------------------------------------------------------------------------------- background rows
+
+
+def bit_frequencies(real: pa.Table) -> np.ndarray:
+    """P(bit set) for each of the 64 bits, over every real hash."""
+    values = pa.compute.list_flatten(real.column("dedup_hashes")).to_numpy().astype(np.int64).view(np.uint64)
+    bits = (values[:, None] >> np.arange(64, dtype=np.uint64)) & np.uint64(1)
+    return bits.mean(axis=0).astype(np.float64)
+
+
+def background_hashes(n: int, rng: np.random.Generator, p_bit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per clip 1-20 samples (1 per second) x 3 scales: offsets and flat uint64 hashes."""
+    samples = rng.integers(1, 21, n)
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(samples * 3, out=offsets[1:])
+    weights = np.uint64(1) << np.arange(64, dtype=np.uint64)
+    total = int(offsets[-1])
+    out = np.empty(total, np.uint64)
+    chunk = 200_000
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        bases = (rng.random((e - s, 3, 64)) < p_bit).astype(np.uint64) @ weights  # clip x scale
+        lo, hi = offsets[s], offsets[e]
+        m = int(hi - lo)
+        clip = np.repeat(np.arange(e - s), samples[s:e] * 3)
+        scale = np.tile(np.arange(3), int(samples[s:e].sum()))
+        h = bases[clip, scale]
+        flips = rng.integers(0, 4, m)  # a few bits drift from sample to sample within a shot
+        for k in range(3):
+            bit = rng.integers(0, 64, m).astype(np.uint64)
+            h ^= np.where(flips > k, np.uint64(1) << bit, np.uint64(0))
+        out[lo:hi] = h
+    return offsets, out
+
+
+def _list(offsets: np.ndarray, values: np.ndarray, type_: pa.DataType) -> pa.Array:
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, type_.value_type))
+
+
+def make_run(out: Path, n: int, real: pa.Table, seed: int, group_size: int) -> dict:
+    """Write a finished run folder of ``n`` accepted background clips plus the real rows; returns where
+    the real rows went (``real_index -> clip_id``)."""
+    from vidsift.pipeline.schema import CLIP_SCHEMA, REJECTED_SCHEMA, VIDEO_SCHEMA
+    from vidsift.pipeline.select import _conform
+
+    rng = np.random.default_rng(seed)
+    p_bit = bit_frequencies(real)
+    shutil.rmtree(out, ignore_errors=True)
+    for d in ("clips", "rejected", "videos", "_done"):
+        (out / d).mkdir(parents=True)
+    n_rej = n // 10
+    total = n + n_rej
+    offsets, hashes = background_hashes(total, rng, p_bit)
+    curve = np.cumsum(rng.normal(0, 3, (total, 64)), axis=1).astype(np.float32) + 100
+    clip_ids = np.array([f"{seed:04x}{i:028x}" for i in range(total)])
+    video_of = np.arange(total) // 5
+    sources = np.array([f"s3://raw/videos/{v:09d}.mp4" for v in range(int(video_of[-1]) + 1)])
+    dims = np.array([(1280, 720), (1920, 1080), (720, 1280), (640, 480)])[rng.integers(0, 4, total)]
+    duration = np.diff(offsets) / 3.0
+    accepted = np.zeros(total, bool)
+    accepted[rng.permutation(total)[:n]] = True
+    n_groups = max(1, math.ceil(total / group_size))
+    group_of_video = rng.integers(0, n_groups, len(sources))
+    cols = {
+        "clip_id": pa.array(clip_ids),
+        "video_id": pa.array([f"{v:016x}" for v in video_of]),
+        "source_uri": pa.array(sources[video_of]),
+        "group": pa.array([f"g{g:06d}" for g in group_of_video[video_of]]),
+        "scene_index": pa.array(np.arange(total) % 5, pa.int32()),
+        "start_frame": pa.array((np.arange(total) % 5) * 600, pa.int64()),
+        "end_frame": pa.array((np.arange(total) % 5) * 600 + (duration * 30).astype(np.int64), pa.int64()),
+        "start_s": pa.array((np.arange(total) % 5) * 20.0),
+        "end_s": pa.array((np.arange(total) % 5) * 20.0 + duration),
+        "width": pa.array(dims[:, 0], pa.int32()),
+        "height": pa.array(dims[:, 1], pa.int32()),
+        "fps": pa.array(np.full(total, 30.0)),
+        "num_frames": pa.array((duration * 30).astype(np.int64)),
+        "duration_s": pa.array(duration),
+        "motion_score": pa.array(rng.gamma(2.0, 0.5, total).astype(np.float32)),
+        "aesthetic_score": pa.array(rng.normal(4.5, 0.8, total).astype(np.float32)),
+        "sharpness_score": pa.array(rng.random(total).astype(np.float32)),
+        "caption": pa.array(
+            np.where(rng.random(total) < 0.5, "a dog runs on a beach", "a city street at night")
+        ),
+        "clip_mp4": pa.array([rng.bytes(64) for _ in range(1000)] * (total // 1000 + 1), pa.binary()).slice(
+            0, total
+        ),
+        "dedup_hashes": pa.ListArray.from_arrays(pa.array(offsets), pa.array(hashes.view(np.int64))).cast(
+            pa.list_(pa.int64())
+        ),
+        "dedup_curve": pa.FixedSizeListArray.from_arrays(pa.array(curve.ravel()), 64).cast(
+            pa.list_(pa.float32())
+        ),
+        "reject_stage": pa.array(np.where(accepted, None, "score_motion")),
+        "reject_reason": pa.array(np.where(accepted, None, "low_motion")),
+        "reject_detail": pa.array(np.where(accepted, None, "motion_score 0.01 < 0.05")),
+    }
+    rows = pa.table(cols)
+    # the real rows, each in a random group, as accepted clips of their own sources
+    r = real.num_rows
+    real_groups = rng.integers(0, n_groups, r)
+    real_ids = [f"real{i:028x}" for i in range(r)]
+    real_src = [
+        f"s3://raw/real/{i:04d}/{Path(s).name}" for i, s in enumerate(real.column("source_uri").to_pylist())
+    ]
+    extra = pa.table(
+        {
+            "clip_id": pa.array(real_ids),
+            "video_id": pa.array([f"r{i:015x}" for i in range(r)]),
+            "source_uri": pa.array(real_src),
+            "group": pa.array([f"g{g:06d}" for g in real_groups]),
+            "start_frame": pa.array(np.zeros(r, np.int64)),
+            "width": real.column("width"),
+            "height": real.column("height"),
+            "duration_s": real.column("duration_s"),
+            "motion_score": pa.array(np.ones(r, np.float32)),
+            "aesthetic_score": pa.array(np.full(r, 5.0, np.float32)),
+            "caption": pa.array(["a real clip"] * r),
+            "clip_mp4": pa.array([b"\0" * 64] * r, pa.binary()),
+            "dedup_hashes": real.column("dedup_hashes").cast(pa.list_(pa.int64())),
+            "dedup_curve": real.column("dedup_curve").cast(pa.list_(pa.float32())),
+        }
+    )
+    rows = pa.concat_tables([_conform(rows, REJECTED_SCHEMA), _conform(extra, REJECTED_SCHEMA)])
+    videos = pa.table(
+        {
+            "source_uri": pa.array(list(sources) + real_src),
+            "video_id": pa.array(
+                [f"{v:016x}" for v in range(len(sources))] + [f"r{i:015x}" for i in range(r)]
+            ),
+            "group": pa.array([f"g{g:06d}" for g in group_of_video] + [f"g{g:06d}" for g in real_groups]),
+            "status": pa.array(["ok"] * (len(sources) + r)),
+            "duration_s": pa.array(np.full(len(sources) + r, 100.0)),
+            "analysis_decode_passes": pa.array(np.ones(len(sources) + r, np.int32)),
+            "num_scenes": pa.array(np.full(len(sources) + r, 5, np.int32)),
+        }
+    )
+    videos = _conform(videos, VIDEO_SCHEMA)
+    groups = rows.column("group").to_numpy(zero_copy_only=False)
+    vgroups = videos.column("group").to_numpy(zero_copy_only=False)
+    order = np.argsort(groups, kind="stable")
+    vorder = np.argsort(vgroups, kind="stable")
+    names = [f"g{g:06d}" for g in range(n_groups)]
+    bounds = np.searchsorted(groups[order], names + ["~"])
+    vbounds = np.searchsorted(vgroups[vorder], names + ["~"])
+    for k, name in enumerate(names):
+        part = rows.take(order[bounds[k] : bounds[k + 1]])
+        acc = pa.compute.is_null(part.column("reject_reason"))
+        clips = _conform(part.filter(acc), CLIP_SCHEMA)
+        rej = part.filter(pa.compute.invert(acc))
+        vids = videos.take(vorder[vbounds[k] : vbounds[k + 1]])
+        n_acc = pa.compute.value_counts(clips.column("source_uri")).to_pylist()
+        per = {d["values"]: d["counts"] for d in n_acc}
+        vids = vids.set_column(
+            vids.schema.get_field_index("num_clips_accepted"),
+            VIDEO_SCHEMA.field("num_clips_accepted"),
+            pa.array([per.get(u, 0) for u in vids.column("source_uri").to_pylist()], pa.int32()),
+        )
+        for table, t in (("rejected", rej), ("videos", vids), ("clips", clips)):
+            pq.write_table(t, out / table / f"{name}.parquet", compression="zstd", row_group_size=1024)
+        (out / "_done" / name).touch()
+    from vidsift.pipeline.recipe import build_recipe
+
+    stages = ("probe", "analyze", "split_scenes", "dedup", "transcode", "write_shards")
+    recipe = build_recipe({"stage": [{"name": s} for s in stages]})
+    manifest = {
+        "schema_version": 1,
+        "recipe": recipe.to_dict(),
+        "counts": {"input_files": len(videos), "groups": n_groups},
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return {"real_ids": real_ids, "groups": n_groups, "rows": rows.num_rows}
+
+
+# ------------------------------------------------------------------------------------------------ steps
+
+
+def step(name: str, run: Path, scratch: Path) -> dict:
+    """One step in this process (the parent measures time and memory); returns what it found."""
+    if name == "dedup":
+        from vidsift.pipeline.select import dedup_finished_run
+
+        return dedup_finished_run(str(run))
+    if name == "select":
+        from vidsift.pipeline.select import select_run
+
+        shutil.rmtree(scratch, ignore_errors=True)
+        return select_run(run, scratch, where=WHERE)
+    if name == "select_sql":
+        from vidsift.pipeline.select import select_run
+
+        shutil.rmtree(scratch, ignore_errors=True)
+        return select_run(run, scratch, sql=SQL_WHERE)
+    if name == "duckdb_copy":  # the baseline: the same rows (clips, rejected) filtered and copied by DuckDB
+        import duckdb
+
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+        con = duckdb.connect()
+        rows = f"read_parquet(['{run}/clips/*.parquet', '{run}/rejected/*.parquet'], union_by_name=true)"
+        target = f"'{scratch}/rows.parquet' (FORMAT parquet, COMPRESSION zstd)"
+        con.execute(f"COPY (SELECT * FROM {rows} WHERE {SQL_WHERE}) TO {target}")
+        return {"rows": con.execute(f"SELECT count(*) FROM '{scratch}/rows.parquet'").fetchone()[0]}
+    if name == "stats":
+        from vidsift.pipeline.stats import compute_stats
+
+        s = compute_stats(run)
+        return {"accepted": s["funnel"]["accepted_clips"]}
+    if name == "manifest":
+        from vidsift.pipeline.select import recount
+
+        return recount(run, {})["counts"]
+    if name == "baseline_dedup":
+        return {}
+    raise SystemExit(f"unknown step {name}")
+
+
+def measure(name: str, run: Path, scratch: Path) -> dict:
+    """Run ``step`` in a fresh process: wall and CPU seconds, peak RSS of it and of each process it started
+    (Ray workers), sampled every 0.2 s."""
+    import resource
+
+    import psutil
+
+    cmd = [sys.executable, __file__, "--step", name, "--run", str(run), "--scratch", str(scratch)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    peak = {"driver": 0, "worker": 0}
+    worker_cpu: dict[int, float] = {}
+    done = threading.Event()
+
+    def sample() -> None:
+        p = psutil.Process(proc.pid)
+        while not done.is_set():
+            try:
+                peak["driver"] = max(peak["driver"], p.memory_info().rss)
+                for c in p.children(recursive=True):
+                    try:
+                        peak["worker"] = max(peak["worker"], c.memory_info().rss)
+                        t = c.cpu_times()
+                        worker_cpu[c.pid] = t.user + t.system
+                    except psutil.Error:
+                        pass
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    out, _ = proc.communicate()
+    wall = time.time() - t0
+    done.set()
+    th.join()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise SystemExit(f"step {name} failed ({proc.returncode})")
+    return {
+        "wall_s": round(wall, 2),
+        "cpu_s": round(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, 2),
+        "worker_cpu_s": round(sum(worker_cpu.values()), 2),
+        "driver_gib": round(peak["driver"] / 2**30, 3),
+        "worker_gib": round(peak["worker"] / 2**30, 3),
+        "result": json.loads(out.strip().splitlines()[-1]),
+    }
+
+
+def score(run: Path, real_ids: list[str], truth: set[tuple[int, int]]) -> dict:
+    """Recall and precision on the planted pairs, from the ``near_duplicate`` rows dedup left in the run.
+
+    A planted pair is found when its two clips end in one group (``dup_of`` names the kept clip). A rejected
+    clip is right when it and its kept clip are real clips of one source family (a truth pair links them,
+    directly or through the group); any rejection touching a background row is wrong, counted by kind.
+    """
+    from vidsift.pipeline.select import _scan
+
+    rej = _scan(run, "rejected", ["clip_id", "reject_reason", "dup_of"])
+    rej = rej.filter(pa.compute.equal(rej.column("reject_reason"), "near_duplicate"))
+    kept_of = dict(zip(rej.column("clip_id").to_pylist(), rej.column("dup_of").to_pylist(), strict=True))
+    index = {cid: i for i, cid in enumerate(real_ids)}
+    root = lambda x: kept_of.get(x, x)  # noqa: E731
+    found = sum(1 for a, b in truth if root(real_ids[a]) == root(real_ids[b]))
+    linked: dict[int, set[int]] = {}
+    for a, b in truth:
+        linked.setdefault(a, {a}).add(b)
+        linked.setdefault(b, {b}).add(a)
+    family = {}  # transitive closure of the truth pairs: clip -> component id
+    for start in linked:
+        if start in family:
+            continue
+        stack = [start]
+        while stack:
+            x = stack.pop()
+            if x not in family:
+                family[x] = start
+                stack.extend(linked[x])
+    right = sum(
+        1
+        for c, d in kept_of.items()
+        if c in index and d in index and family.get(index[c], -1) == family.get(index[d], -2)
+    )
+    both_bg = sum(1 for c, d in kept_of.items() if c not in index and d not in index)
+    return {
+        "planted_pairs": len(truth),
+        "found_pairs": found,
+        "recall": round(found / len(truth), 4) if truth else 1.0,
+        "rejected": len(kept_of),
+        "precision": round(right / len(kept_of), 4) if kept_of else 1.0,
+        "wrong_background_pairs": both_bg,
+        "wrong_real_background_pairs": sum(1 for c, d in kept_of.items() if (c in index) != (d in index)),
+        "wrong_real_pairs": sum(1 for c, d in kept_of.items() if c in index and d in index) - right,
+    }
+
+
+def baseline_dedup(n: int, real: pa.Table, seed: int) -> float:
+    """The banded search this replaced, on ``n`` background clips: seconds."""
+    import importlib.util
+
+    show = ["git", "-C", str(REPO), "show", "7a38e5a:pipeline/stages/dedup.py"]
+    code = subprocess.run(show, capture_output=True, text=True, check=True).stdout
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / "vidsift_old_dedup.py"
+    path.write_text(code)
+    spec = importlib.util.spec_from_file_location("vidsift_old_dedup", path)
+    old = importlib.util.module_from_spec(spec)
+    sys.modules["vidsift_old_dedup"] = old
+    spec.loader.exec_module(old)
+    rng = np.random.default_rng(seed)
+    offsets, hashes = background_hashes(n, rng, bit_frequencies(real))
+    signed = hashes.view(np.int64)
+    rows = []
+    for i in range(n):
+        h = signed[offsets[i] : offsets[i + 1]].tolist()
+        rows.append(
+            {
+                "clip_id": f"{i:032x}",
+                "dedup_hashes": h,
+                "dedup_curve": [],
+                "width": 640,
+                "height": 360,
+                "duration_s": 5.0,
+            }
+        )
+    t0 = time.time()
+    old.find_duplicates(rows, old.DedupConfig())
+    return time.time() - t0
+
+
+STEPS = ["dedup", "select", "duckdb_copy", "select_sql", "stats", "manifest"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100_000])
+    ap.add_argument("--work", type=Path, default=REPO / "out" / "bench-scale")
+    ap.add_argument("--group-size", type=int, default=500, help="clip rows per group file")
+    ap.add_argument("--steps", nargs="+", default=STEPS, choices=STEPS)
+    ap.add_argument("--baseline-clips", type=int, default=0, help="also time the old banded search on N")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--step", help=argparse.SUPPRESS)
+    ap.add_argument("--run", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--scratch", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.step:
+        print(json.dumps(step(args.step, args.run, args.scratch), default=str))
+        return
+    args.work.mkdir(parents=True, exist_ok=True)
+    print("real clips and copies through the real hashing code (cached)...", flush=True)
+    real = real_rows(args.work)
+    truth, cross = truth_pairs(real)
+    print(
+        f"{real.num_rows} real clip rows; {len(truth)} duplicate pairs by the rule over all pairs "
+        f"({cross} cross-source pairs, not counted)",
+        flush=True,
+    )
+    results = []
+    for n in args.sizes:
+        run = args.work / f"run-{n}"
+        t0 = time.time()
+        made = make_run(run, n, real, args.seed, args.group_size)
+        print(
+            f"\n{n} clips: run folder written in {time.time() - t0:.0f} s ({made['groups']} groups, "
+            f"{made['rows']} clip rows incl. rejected)",
+            flush=True,
+        )
+        row: dict = {"clips": n}
+        for name in args.steps:
+            m = measure(name, run, args.work / "scratch")
+            row[name] = m
+            print(
+                f"  {name:12s} wall {m['wall_s']:7.1f} s  cpu {m['cpu_s']:7.1f} s"
+                f" (+workers {m['worker_cpu_s']:.1f})"
+                f"  peak driver {m['driver_gib']:.2f} GiB, worker {m['worker_gib']:.2f} GiB",
+                flush=True,
+            )
+            if name == "dedup":
+                row["quality"] = score(run, made["real_ids"], truth)
+                r = m["result"]
+                print(
+                    f"    {r['hashes']} hashes, {r['key_bits']} key bits, "
+                    f"{r['hash_pairs_compared']} hash pairs "
+                    f"compared, {r['candidate_pairs']} candidate clip pairs, {r['verified_pairs']} verified, "
+                    f"{r['moved']} moved, split buckets {r['split_buckets']}, Ray tasks {r['distributed']}",
+                    flush=True,
+                )
+                print(f"    planted: {row['quality']}", flush=True)
+        for a_, b_ in (("select", "duckdb_copy"), ("select_sql", "duckdb_copy")):
+            if a_ in row and b_ in row:
+                print(
+                    f"  {a_} / duckdb COPY: wall {row[a_]['wall_s'] / row[b_]['wall_s']:.2f}x, "
+                    f"cpu {row[a_]['cpu_s'] / max(row[b_]['cpu_s'], 0.01):.2f}x"
+                )
+        results.append(row)
+    for a, b in zip(results, results[1:], strict=False):
+        ratio = math.log(b["clips"] / a["clips"])
+        for name in args.steps:
+            gw = math.log(b[name]["wall_s"] / a[name]["wall_s"]) / ratio
+            gc = math.log(max(b[name]["cpu_s"], 0.01) / max(a[name]["cpu_s"], 0.01)) / ratio
+            print(f"growth {a['clips']} -> {b['clips']}: {name:12s} exponent wall {gw:.2f}, cpu {gc:.2f}")
+    if args.baseline_clips:
+        s = baseline_dedup(args.baseline_clips, real, args.seed)
+        print(f"\nold banded search (7a38e5a), {args.baseline_clips} background clips: {s:.1f} s")
+    (args.work / "results.json").write_text(json.dumps(results, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    mp.set_start_method("spawn", force=True)
+    main()
