@@ -3,10 +3,13 @@
 ``check_fits`` (``pipeline/runner.py``) refuses, before anything runs, recipes whose pools and per-video
 task cannot be placed on the cluster as it is. A cluster can still change under a run (a node leaves,
 another job takes its CPUs), so while the run goes, ``StallWatchdog`` watches it: when no row has
-arrived for ``stall_s`` seconds and Ray reports task or actor demands that wait for resources (what
-``ray status`` lists as pending demands), it ends the run with an error that names those demands,
-which stage they belong to and what each node has free. Slow work alone never trips it: a demand
-must be waiting too. ``vidsift curate --stall-timeout SECONDS`` sets ``stall_s`` (0: off).
+arrived for ``stall_s`` seconds and Ray reports a pending task or actor demand (what ``ray status``
+lists) that cannot be placed, it ends the run with an error that names those demands, which stage
+they belong to and what each node has free. A demand cannot be placed when no node could ever hold
+it, or when the cluster has enough free in total but no single node has it (the fragmentation that
+stalled issue 17's run). A backlog is not a stall: demands that wait because every node is busy
+with work that will finish (the free total is short of them) never trip it, however slow the work.
+``vidsift curate --stall-timeout SECONDS`` sets ``stall_s`` (0: off).
 
 The watchdog thread interrupts the driver's main thread (``_thread.interrupt_main``); ``run_curate``
 turns that interruption into the error with ``raise_if_stalled``.
@@ -37,8 +40,11 @@ def _describe(bundle: dict[str, float]) -> str:
     return ", ".join(f"{k}={v / 2**30:.1f}GiB" if k == "memory" else f"{k}={v:g}" for k, v in bundle.items())
 
 
-def pending_demands() -> tuple[list[tuple[dict[str, float], int]], dict[str, dict[str, float]]]:
-    """Ray's pending task/actor demands ``[(bundle, count)]`` and each node's free resources."""
+Resources = dict[str, float]
+
+
+def pending_demands() -> tuple[list[tuple[Resources, int]], dict[str, Resources], dict[str, Resources]]:
+    """Ray's pending task/actor demands ``[(bundle, count)]``, and each node's free and total resources."""
     import ray
     from ray.autoscaler.v2.sdk import get_cluster_status
 
@@ -48,15 +54,28 @@ def pending_demands() -> tuple[list[tuple[dict[str, float], int]], dict[str, dic
         for d in status.resource_demands.ray_task_actor_demand
         for b in d.bundles_by_count
     ]
-    free = {
-        n.node_id[:8]: {
-            u.resource_name: u.total - u.used
-            for u in n.resource_usage.usage
-            if not u.resource_name.startswith(("node:", "object_store"))
-        }
-        for n in status.active_nodes + status.idle_nodes
-    }
-    return demands, free
+    nodes = status.active_nodes + status.idle_nodes
+    hidden = ("node:", "object_store")
+    shown = [(n, [u for u in n.resource_usage.usage if not u.resource_name.startswith(hidden)])
+             for n in nodes]  # fmt: skip
+    free = {n.node_id[:8]: {u.resource_name: u.total - u.used for u in usage} for n, usage in shown}
+    total = {n.node_id[:8]: {u.resource_name: u.total for u in usage} for n, usage in shown}
+    return demands, free, total
+
+
+def unplaceable(bundle: Resources, free: dict[str, Resources], total: dict[str, Resources]) -> bool:
+    """True when no node could ever hold ``bundle``, or the nodes have enough free in total but no single
+    node has it; False while it fits somewhere now, or waits for busy nodes (a backlog)."""
+
+    def fits(need: Resources, have: Resources) -> bool:
+        return all(have.get(k, 0.0) + 1e-9 >= v for k, v in need.items())
+
+    if any(fits(bundle, f) for f in free.values()):
+        return False
+    if not any(fits(bundle, t) for t in total.values()):
+        return True
+    pooled = {k: sum(f.get(k, 0.0) for f in free.values()) for k in bundle}
+    return fits(bundle, pooled)
 
 
 class StallWatchdog:
@@ -69,7 +88,7 @@ class StallWatchdog:
         self,
         names: dict[str, str] | None = None,
         stall_s: float | None = None,
-        probe: Callable[[], tuple[list, dict]] = pending_demands,
+        probe: Callable[[], tuple[list, dict, dict]] = pending_demands,
     ) -> None:
         self.names = names or {}
         self.stall_s = _settings["stall_s"] if stall_s is None else stall_s
@@ -99,9 +118,10 @@ class StallWatchdog:
         if idle < self.stall_s:
             return None
         try:
-            demands, free = self.probe()
+            demands, free, total = self.probe()
         except Exception:  # noqa: BLE001 - no status from Ray: no verdict this time
             return None
+        demands = [(b, n) for b, n in demands if unplaceable(b, free, total)]
         if not demands:
             return None
         waiting = "; ".join(

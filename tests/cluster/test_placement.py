@@ -129,7 +129,9 @@ def test_check_fits_sees_what_each_node_has_left():
 def test_stall_watchdog_names_the_demand_it_cannot_place():
     from vidsift.pipeline import watchdog
 
-    pending = ([({"CPU": 1.0}, 1)], {"a1b2c3d4": {"CPU": 0.5}, "e5f6a7b8": {"CPU": 0.5, "gpu_node": 1.0}})
+    free = {"a1b2c3d4": {"CPU": 0.5}, "e5f6a7b8": {"CPU": 0.5, "gpu_node": 1.0}}
+    total = {"a1b2c3d4": {"CPU": 1.0}, "e5f6a7b8": {"CPU": 1.0, "gpu_node": 1.0}}
+    pending = ([({"CPU": 1.0}, 1)], free, total)
     w = watchdog.StallWatchdog({"CPU=1": "the per-video task"}, stall_s=0.2, probe=lambda: pending)
     assert w.stalled() is None  # it has not been quiet long enough
     watchdog._fired.clear()
@@ -142,9 +144,15 @@ def test_stall_watchdog_names_the_demand_it_cannot_place():
     message = str(e.value)
     assert "while Ray cannot place 1 x {CPU=1} (the per-video task)" in message
     assert "node a1b2c3d4: CPU=0.5; node e5f6a7b8: CPU=0.5, gpu_node=1" in message
-    quiet = watchdog.StallWatchdog(stall_s=0.01, probe=lambda: ([], {}))
+    busy = {"a1b2c3d4": {"CPU": 0.0}, "e5f6a7b8": {"CPU": 0.25, "gpu_node": 1.0}}
+    for probe in (lambda: ([], free, total), lambda: ([({"CPU": 1.0}, 9)], busy, total)):
+        quiet = watchdog.StallWatchdog(stall_s=0.01, probe=probe)
+        time.sleep(0.05)
+        assert quiet.stalled() is None  # slow, but nothing waits, or only a backlog on busy nodes
+    left = {"x": {"CPU": 4.0}}  # the node with gpu_node left the cluster
+    gone = watchdog.StallWatchdog(stall_s=0.01, probe=lambda: ([({"gpu_node": 1.0}, 1)], left, left))
     time.sleep(0.05)
-    assert quiet.stalled() is None  # slow but nothing waiting: no verdict
+    assert "cannot place 1 x {gpu_node=1} (a Ray task or actor)" in gone.stalled()  # no node has it any more
     watchdog._fired.clear()
 
 
