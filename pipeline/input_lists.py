@@ -10,7 +10,9 @@ like any input.
 A URL is fetched on the worker that processes it, into one spool file (``run.spool_dir``), deleted
 afterwards, with two limits (``FetchLimits``): a body larger than ``max_bytes`` is a rejected video
 ``fetch_too_large``; a download that takes longer than ``timeout_s`` in all is ``fetch_timeout``; an HTTP
-error or an unreachable host is ``fetch_failed``. The rows keep the URL as ``source_uri``.
+4xx answer or a host name that does not resolve is ``fetch_failed``. A refused, reset or unreachable
+connection and a 5xx or 429 answer are ``transient_failure`` (``process.failed_video``: the group is
+retried by a rerun). The rows keep the URL as ``source_uri``.
 """
 
 from __future__ import annotations
@@ -224,9 +226,12 @@ class FetchLimits:
 
 
 class FetchError(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
+    """Why a URL could not be fetched; ``cause`` is set when a later try may succeed (the server or the
+    network failed, not the request)."""
+
+    def __init__(self, reason: str, detail: str, cause: BaseException | None = None) -> None:
         super().__init__(detail)
-        self.reason, self.detail = reason, detail
+        self.reason, self.detail, self.cause = reason, detail, cause
 
 
 @contextmanager
@@ -274,12 +279,15 @@ def _download(url: str, out, limits: FetchLimits, deadline: float) -> None:
     except FetchError:
         raise
     except urllib.error.HTTPError as e:
-        raise FetchError("fetch_failed", f"HTTP {e.code} {e.reason}") from None
+        detail = f"HTTP {e.code} {e.reason}"
+        busy = e.code >= 500 or e.code == 429  # the server's trouble, not the URL's: a rerun may succeed
+        raise FetchError("fetch_failed", detail, ConnectionError(detail) if busy else None) from None
     except TimeoutError:
         raise FetchError("fetch_timeout", f"no data within {limits.timeout_s:g} s") from None
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
-        raise FetchError("fetch_failed", f"cannot fetch: {reason}") from None
+        cause = reason if isinstance(reason, OSError) else None
+        raise FetchError("fetch_failed", f"cannot fetch: {reason}", cause) from None
 
 
 def process_input(source_uri: str, group: str, recipe, duplicate_of: str | None, limits: FetchLimits):
@@ -293,6 +301,10 @@ def process_input(source_uri: str, group: str, recipe, duplicate_of: str | None,
         with fetched(source_uri, limits, recipe.run.spool_dir) as path:
             video, clips = process_video(path, group, recipe, duplicate_of)
     except FetchError as e:
+        from vidsift.pipeline.process import failed_video, is_transient
+
+        if e.cause is not None and is_transient(e.cause):  # a refused connection, a 5xx: retried by a rerun
+            return failed_video(source_uri, group, e.cause, "cannot fetch the input"), []
         video = {"source_uri": source_uri, "group": group, "num_clips_accepted": 0, "status": "rejected",
                  "reason": e.reason, "detail": e.detail}  # fmt: skip
         return video, []

@@ -118,6 +118,8 @@ class Server:
                         self.wfile.write(b"\0" * BIG)
                     except OSError:
                         pass  # the client hung up on the oversized body, as it should
+                elif self.path.startswith("/busy"):
+                    self.send_error(503)
                 elif self.path.startswith("/slow"):
                     self.send_response(200)
                     self.send_header("Content-Length", "1000")  # under the limit: only time stops it
@@ -170,6 +172,29 @@ def test_fetch_limits(server, tmp_path):
         with fetched(f"{server.url}/files/ok.bin", small):
             pass
     assert e.value.reason == "fetch_too_large"
+
+
+def test_fetch_failures_become_rejections_or_transient_failures(server, tmp_path):
+    import socket
+
+    from vidsift.pipeline.input_lists import process_input
+    from vidsift.pipeline.recipe import load_recipe
+
+    recipe = load_recipe("default", [f"run.spool_dir={tmp_path / 'spool'}"])
+    limits = FetchLimits(max_bytes=LIMIT_MB << 20, timeout_s=TIMEOUT_S)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}/x.mp4"
+    cases = {
+        f"{server.url}/files/missing.mp4": "fetch_failed",  # 404: the URL is wrong, a rerun will not help
+        f"{server.url}/big": "fetch_too_large",
+        f"{server.url}/busy": "transient_failure",  # 503: the server's trouble, the group is retried
+        closed: "transient_failure",  # connection refused
+    }
+    for url, reason in cases.items():
+        video, clips = process_input(url, "g000000", recipe, None, limits)
+        assert (video["status"], video["reason"], clips) == ("rejected", reason, []), (url, video)
+        assert video["source_uri"] == url and video["detail"]
 
 
 # ---------------------------------------------------------------- a curation run from a list
