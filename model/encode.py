@@ -95,6 +95,27 @@ def _row_group_size(path: str) -> int:
     return max((md.row_group(i).num_rows for i in range(md.num_row_groups)), default=1) or 1
 
 
+def actor_resources(gpus: float | None, cluster_gpus: float, workers: int, files: int) -> dict:
+    """The Ray options of the encode actors: ``num_gpus`` each and the pool size.
+
+    ``gpus`` is what each actor asks for; ``None`` means one GPU when the cluster has any, else none (Ray
+    hides GPUs from actors that do not request one, so without this an actor on a GPU node encodes on its
+    CPU). The pool never asks for more GPUs than the cluster has (its actors would wait forever).
+    """
+    if gpus is None:
+        gpus = 1.0 if cluster_gpus >= 1 else 0.0
+    if gpus < 0:
+        raise ValueError(f"encode: gpus per worker must be >= 0, got {gpus}")
+    if gpus > cluster_gpus:
+        raise ValueError(
+            f"encode: each worker asks for {gpus} GPU(s) but the Ray cluster has {cluster_gpus:g}"
+        )
+    size = max(1, min(workers, files))
+    if gpus:
+        size = max(1, min(size, int(cluster_gpus // gpus)))
+    return {"num_gpus": gpus, "size": size}
+
+
 def encode_shards(
     data: str,
     vae: str,
@@ -105,8 +126,12 @@ def encode_shards(
     stride: int = 2,
     text_tokens: int = 32,
     workers: int = 1,
+    gpus: float | None = None,
 ) -> list[dict]:
-    """Encode every shard of a run folder in place; returns one summary row per file."""
+    """Encode every shard of a run folder in place; returns one summary row per file.
+
+    ``gpus``: GPUs per actor (``None``: one if the Ray cluster has GPUs; see ``actor_resources``).
+    """
     import ray
 
     from vidsift.model.data import shard_files
@@ -122,6 +147,7 @@ def encode_shards(
         env = storage.s3_environment() if storage.is_remote(data) else {}
         ray.init(log_to_driver=False, runtime_env={"env_vars": env} if env else None)
     try:
+        resources = actor_resources(gpus, ray.cluster_resources().get("GPU", 0.0), workers, len(files))
         paths = [p if storage.is_remote(p) else os.path.abspath(p) for p in files]
         ds = ray.data.from_items([{"path": p} for p in paths])
         ds = ds.map_batches(
@@ -136,7 +162,8 @@ def encode_shards(
                 text_tokens=text_tokens,
             ),
             batch_size=1,
-            compute=ray.data.ActorPoolStrategy(size=max(1, min(workers, len(files)))),
+            num_gpus=resources["num_gpus"],
+            compute=ray.data.ActorPoolStrategy(size=resources["size"]),
         )
         return ds.take_all()
     finally:
