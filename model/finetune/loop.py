@@ -29,6 +29,7 @@ import torch
 
 from vidsift.model.finetune import checkpoint as ckpt
 from vidsift.model.finetune.families import FAMILIES, Components, Family, Text, nearest_frames
+from vidsift.model.finetune.sample import sample_grid, write_grid
 from vidsift.model.finetune.shards import Bucket, Clip, ClipIndex, index_clips
 from vidsift.pipeline.config import RecipeError, build_config, parse_override, read_recipe, to_toml
 
@@ -73,6 +74,10 @@ class FinetuneConfig:
     log_every: int = 10
     eval_every: int = 0  # 0: before and after training only
     save_every: int = 0  # checkpoint/state.pt every n steps (always at the end)
+    sample_every: int = 0  # samples/step_N.mp4 every n steps with the family pipeline (0: never)
+    sample_prompts: int = 4  # caption_short of this many clips, held-out ones first
+    sample_steps: int = 30  # denoising steps of the pipeline
+    sample_guidance: float = 5.0  # classifier-free guidance scale
 
     def __post_init__(self) -> None:
         choices = {
@@ -90,8 +95,10 @@ class FinetuneConfig:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         if not 0 <= self.caption_dropout < 1:
             raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
-        if self.steps < 0 or self.eval_clips < 0 or self.flow_shift <= 0:
-            raise ValueError("steps and eval_clips must be >= 0 and flow_shift > 0")
+        if min(self.steps, self.eval_clips, self.sample_every, self.save_every, self.eval_every) < 0:
+            raise ValueError("steps, eval_clips, eval_every, save_every and sample_every must be >= 0")
+        if self.flow_shift <= 0 or self.sample_prompts < 1 or self.sample_steps < 1 or self.log_every < 1:
+            raise ValueError("flow_shift must be > 0; sample_prompts, sample_steps and log_every >= 1")
         for b in self.buckets:
             if not (isinstance(b, list) and len(b) == 3 and all(isinstance(v, int) and v > 0 for v in b)):
                 raise ValueError(f"buckets holds [frames, height, width] lists of positive ints, got {b!r}")
@@ -384,7 +391,16 @@ def _finetune(cfg: FinetuneConfig, d: Dist, resume: bool, log) -> dict:
         evals.append(e)
         log(f"eval step {step}: tune {e['tune']:.4f}  check (held out) {e['check']:.4f}")
 
-    def save() -> None:
+    prompts = [clip.prompt for clip in (held + train_clips)[: cfg.sample_prompts]]
+
+    def sample() -> None:
+        grid = sample_grid(
+            family, c, prompts, buckets[0], cfg.sample_steps, cfg.sample_guidance, trainer.tokens, cfg.seed
+        )
+        if d.master:
+            log(f"wrote {write_grid(grid, prompts, out / 'samples', step)}")
+
+    def save() -> dict:
         state = {
             "step": step,
             "trainable": ckpt.trainable_state(c.transformer, cfg.fsdp and d.on),
@@ -400,7 +416,7 @@ def _finetune(cfg: FinetuneConfig, d: Dist, resume: bool, log) -> dict:
     if held and step == 0:
         evaluate()
     t0, done_at_start = time.perf_counter(), step
-    # Steps after this session's first (its warm-up), without evaluation and saving: wall and process CPU time.
+    # Time of the steps after this session's first (its warm-up), without evaluation, saving and sampling.
     timed_steps, timed_s, timed_cpu = 0, 0.0, 0.0
     while step < cfg.steps:
         t_step, c_step = time.perf_counter(), time.process_time()
@@ -442,6 +458,8 @@ def _finetune(cfg: FinetuneConfig, d: Dist, resume: bool, log) -> dict:
             evaluate()
         if cfg.save_every and step % cfg.save_every == 0 and step != cfg.steps:
             save()
+        if cfg.sample_every and step % cfg.sample_every == 0 and (d.master or cfg.fsdp):
+            sample()  # under FSDP every rank runs the sharded transformer; the master writes
     if held and (not evals or evals[-1]["step"] != step):
         evaluate()
     state = save()

@@ -38,6 +38,7 @@ class Clip:
     caption: str
     ref: tuple[int, int, int]  # (file, row group, row)
     bucket: int
+    prompt: str  # caption_short (the caption when the clip has none): sampling prompts
 
 
 @dataclass
@@ -115,7 +116,8 @@ def index_clips(
         names = pf.schema_arrow.names
         if caption_column not in names:
             raise DataError(f"{path} has no column {caption_column!r} (caption_column in the recipe)")
-        cols = [c for c in ("clip_id", caption_column, "width", "height", "num_frames") if c in names]
+        wanted = ("clip_id", caption_column, "caption_short", "width", "height", "num_frames")
+        cols = [c for c in dict.fromkeys(wanted) if c in names]
         for g in range(pf.metadata.num_row_groups):
             t = pf.read_row_group(g, columns=cols).to_pylist()
             for r, row in enumerate(t):
@@ -135,7 +137,8 @@ def index_clips(
                 if b is None:
                     index.dropped[reason] += 1
                     continue
-                clips.append(Clip(row["clip_id"], caption, (fi, g, r), b))
+                prompt = (row.get("caption_short") or "").strip() or caption
+                clips.append(Clip(row["clip_id"], caption, (fi, g, r), b, prompt))
     index.clips = sorted(clips, key=lambda c: c.clip_id)
     if not index.clips:
         raise DataError(f"no usable clips in {data}: dropped {dict(index.dropped)}")

@@ -6,6 +6,7 @@ the hub layout), the real peft LoRA, and its real diffusers pipeline for loading
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -232,3 +233,17 @@ def test_resume_needs_a_checkpoint_and_a_new_run_needs_a_new_folder(tiny, shards
     assert "--resume: lora_rank differ" in capsys.readouterr().err
     adapter_keys = torch.load(tmp_path / "r/checkpoint/state.pt", weights_only=False)["trainable"]
     assert all(f".{ADAPTER}." in k for k in adapter_keys)
+
+
+def test_sample_every_writes_a_grid_from_the_family_pipeline(tiny, shards, tmp_path):
+    import av
+
+    cfg = config(tiny, shards, tmp_path / "s", steps=2, sample_every=2, sample_prompts=2, sample_steps=2)
+    cfg = dataclasses.replace(cfg, eval_clips=2)
+    m = finetune(cfg)
+    with av.open(str(tmp_path / "s/samples/step_2.mp4")) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == 9 and frames[0].shape == (16, 32, 3)  # two 16x16 videos side by side
+    prompts = (tmp_path / "s/samples/step_2.txt").read_text().splitlines()
+    assert len(prompts) == 2 and all(prompts)
+    assert m["held_out"] and len(m["held_out"]) == 2
