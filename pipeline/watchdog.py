@@ -37,7 +37,8 @@ def configure(stall_s: float) -> None:
 
 
 def _describe(bundle: dict[str, float]) -> str:
-    return ", ".join(f"{k}={v / 2**30:.1f}GiB" if k == "memory" else f"{k}={v:g}" for k, v in bundle.items())
+    items = sorted(bundle.items(), key=lambda kv: (kv[0] not in ("CPU", "GPU", "memory"), kv[0]))
+    return ", ".join(f"{k}={v / 2**30:.1f}GiB" if k == "memory" else f"{k}={v:g}" for k, v in items)
 
 
 Resources = dict[str, float]

@@ -228,3 +228,29 @@ def test_quick_start_shape_runs_on_two_one_cpu_nodes_with_the_key_forwarded(clus
     # nowhere in the output, nor in what Ray logged on the cluster's nodes (runtime_env env_vars would be)
     files = [p for where in (out, Path(cluster.temp_dir)) for p in where.rglob("*") if p.is_file()]
     assert len(files) > 20 and not [p for p in files if KEY.encode() in p.read_bytes()]
+
+
+@pytest.mark.timeout(300)
+def test_a_run_that_cannot_place_its_tasks_ends_with_the_demand_named(tmp_path):
+    """The placement check off (as on an autoscaling cluster) and a per-video resource no node has: on an
+    embedded Ray the watchdog ends the run after --stall-timeout, naming the demand; the lock is released."""
+    from tests.conftest import make_numbered_clip
+
+    src = tmp_path / "in"
+    src.mkdir()
+    make_numbered_clip(src / "v.mp4", frames=30)
+    recipe = tmp_path / "tpu.toml"
+    stages = ["probe", "analyze", "split_scenes", "transcode", "write_shards"]
+    recipe.write_text("".join(f'[[stage]]\nname = "{n}"\n' for n in stages).replace(
+        'name = "probe"\n', 'name = "probe"\nresources = { num_cpus = 0.5, custom = { tpu = 1 } }\n'
+    ))  # fmt: skip
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [vidsift_exe(), "curate", str(recipe), "--input", str(src), "--output", str(out), "--quiet",
+         "--set", "run.check_resources=false", "--stall-timeout", "3"],
+        capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    line = [x for x in result.stderr.splitlines() if x.startswith("vidsift: error:")]
+    assert line and "Ray cannot place 1 x {CPU=1, tpu=1} (the per-video task); free now: node " in line[0]
+    assert "Traceback" not in result.stderr and not (out / "_lock.json").exists()
