@@ -13,7 +13,7 @@ from tests.cluster.conftest import s3  # noqa: F401  (moto on loopback)
 from tests.conftest import run_cli
 from tests.pipeline.test_dedup import _planted_copy, synthetic, write_run
 from vidsift.pipeline import storage
-from vidsift.pipeline.select import dedup_finished_run, parse_where, select_run
+from vidsift.pipeline.select import SelectError, dedup_finished_run, parse_where, select_run
 from vidsift.pipeline.stages.write_shards import WriteShardsConfig, write_group
 
 
@@ -114,15 +114,31 @@ def test_select_where_and_sql_agree_with_the_row_language(tmp_path):
         ("motion > 1", "motion"),
         ("motion_score >", "syntax error"),
         ("caption > 3 OR", "syntax error"),
+        ("", "empty condition"),
     ],
 )
 def test_sql_is_one_condition_that_reads_nothing_else(tmp_path, sql, message):
     src = write_run(tmp_path / "run", synthetic(5, seed=13))
     out = tmp_path / "out"
-    r = run_cli("select", str(src), "--sql", sql, "--output", str(out))
-    assert r.returncode == 2, r.stdout
-    assert message in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    with pytest.raises(SelectError, match=message) as e:
+        select_run(src, out, sql=sql)
+    assert len(str(e.value).splitlines()) == 1
     assert not out.exists()
+
+
+def test_bad_sql_is_one_line_from_the_cli(tmp_path):
+    src = write_run(tmp_path / "run", synthetic(5, seed=13))
+    r = run_cli(
+        "select",
+        str(src),
+        "--sql",
+        "(SELECT 1 FROM read_text('/etc/passwd')) = 1",
+        "--output",
+        str(tmp_path / "o"),
+    )
+    assert r.returncode == 2, r.stdout
+    assert "disabled by configuration" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
 
 
 def test_where_type_errors_are_one_line(tmp_path):
