@@ -356,14 +356,19 @@ def search_pairs(table: HashTable, config: DedupConfig, stats: SearchStats) -> n
     entropy = bit_entropy(h)
     bits = [key_bits(len(h), entropy, p, config) for p in perms]
     stats.hashes, stats.tables, stats.key_bits = len(h), config.index_tables, round(float(np.mean(bits)), 1)
+    started_ray = False
     distributed = len(table) > config.distribute_above
     stats.distributed = distributed
     if distributed:
         import ray
 
-        if not ray.is_initialized():
+        if not ray.is_initialized():  # joins RAY_ADDRESS when set, else a local Ray for this search
             ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-        task = ray.remote(_ray_table_pairs).options(num_cpus=1, max_retries=2)
+            started_ray = True
+        # a task holds one table's keys, order and bucket arrays beside the shared entries: memory is
+        # declared so Ray runs no more of them on a node than its memory holds
+        need = int(6 * h.nbytes + 4 * c.nbytes) + (256 << 20)
+        task = ray.remote(_ray_table_pairs).options(num_cpus=1, memory=need, max_retries=2)
         h_ref, c_ref, r_ref = ray.put(h), ray.put(c), ray.put(runs)
         results = ray.get(
             [task.remote(h_ref, c_ref, r_ref, p, b, config) for p, b in zip(perms, bits, strict=True)]
@@ -395,6 +400,10 @@ def search_pairs(table: HashTable, config: DedupConfig, stats: SearchStats) -> n
         mask = verify_pairs(candidates, table.offsets, table.hashes, table.curves, table.has_curve, config)
     stats.verified_pairs = int(mask.sum())
     stats.seconds["verify"] = round(time.time() - t1, 3)
+    if started_ray:
+        import ray
+
+        ray.shutdown()
     return candidates[mask]
 
 
