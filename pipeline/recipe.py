@@ -90,6 +90,48 @@ class Recipe:
         run = {k: v for k, v in dataclasses.asdict(self.run).items() if k not in EXECUTION_KEYS}
         return {"run": run, "stage": [{"name": s.name, **dataclasses.asdict(s.config)} for s in self.stages]}
 
+    def differs_from(self, earlier: dict) -> str | None:
+        """Why this recipe would not give the rows of ``earlier`` (the row settings of a run written by an
+        older vidsift, read back from its recipe.resolved.toml), or None when it gives the same rows.
+
+        Keys the older code did not have are fine at their defaults (a new key's default keeps the old
+        behaviour); every key it had must hold the same value, and the stages must be the same."""
+        now = self.row_settings()
+        old_stages, new_stages = earlier.get("stage", []), now["stage"]
+        if [s.get("name") for s in old_stages] != [s["name"] for s in new_stages]:
+            return "the stages differ"
+        pairs = [("run", RunConfig, earlier.get("run", {}), now["run"])]
+        pairs += [
+            (f"stage {n['name']}", STAGES[n["name"]].config, o, n)
+            for o, n in zip(old_stages, new_stages, strict=True)
+        ]
+        for where, cls, old, new in pairs:
+            defaults = {f.name: _default_of(f) for f in dataclasses.fields(cls)}
+            for key, value in new.items():
+                if key == "name" or (key in EXECUTION_KEYS and where == "run"):
+                    continue
+                before = old[key] if key in old else defaults.get(key)
+                if _jsonable(value) != _jsonable(before):
+                    return f"{where}: {key} = {value!r}, the run has {before!r}"
+            unknown = sorted(set(old) - set(new) - {"name", "resources"})
+            if unknown:
+                return f"{where}: the run has key(s) this version does not know: {', '.join(unknown)}"
+        return None
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def _jsonable(value: Any) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True, default=str)
+
 
 def build_recipe(data: dict, overrides: list[str] = ()) -> Recipe:
     data = {"run": dict(data.get("run", {})), "stage": [dict(s) for s in data.get("stage", [])]}

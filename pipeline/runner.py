@@ -105,11 +105,44 @@ def make_groups(inputs: list[str], group_size: int) -> dict[str, list[str]]:
 def fingerprint(inputs: list[str], recipe: Recipe) -> str:
     """Inputs and every recipe value that decides rows; how the run executes (resources, spool
     folder, object-store cap, ...) may change between a run and its resumption."""
+    return _fingerprint(inputs, recipe.row_settings())
+
+
+def _fingerprint(inputs: list[str], row_settings: dict) -> str:
     h = hashlib.blake2b(digest_size=16)
-    h.update(json.dumps(recipe.row_settings(), sort_keys=True, default=str).encode())
+    h.update(json.dumps(row_settings, sort_keys=True, default=str).encode())
     for uri in inputs:
         h.update(uri.encode() + b"\0")
     return h.hexdigest()
+
+
+def resume_mismatch(out: Path | str, inputs: list[str], recipe: Recipe, stored: str) -> str | None:
+    """Why this command cannot resume the run in ``out`` whose stored fingerprint differs from its own, or
+    None when it can: a run written by an older vidsift, with fewer recipe keys, resumes when its
+    recipe.resolved.toml and these inputs give its stored fingerprint, and this recipe has the same value
+    for every key it had and defaults for the keys it lacked (``Recipe.differs_from``)."""
+    import tomllib
+
+    from vidsift.pipeline.recipe import EXECUTION_KEYS
+
+    other = "it holds a run over other inputs or another recipe"
+    path = storage.join(out, "recipe.resolved.toml")
+    try:
+        resolved = tomllib.loads(storage.read_text(path)) if storage.exists(path) else None
+    except (OSError, tomllib.TOMLDecodeError):
+        resolved = None
+    if resolved is None:
+        return other
+    old = {
+        "run": {k: v for k, v in resolved.get("run", {}).items() if k not in EXECUTION_KEYS},
+        "stage": [{k: v for k, v in s.items() if k != "resources"} for s in resolved.get("stage", [])],
+    }
+    if _fingerprint(inputs, old) != stored:
+        return other
+    why = recipe.differs_from(old)
+    if why is None:
+        return None
+    return f"{other} ({why}; to resume it as it was, give its own {path} as the recipe)"
 
 
 def video_task(batch: pa.Table, recipe_dict: dict, fetch: dict | None = None) -> pa.Table:
@@ -289,9 +322,9 @@ def _curate_locked(
     quiet: bool,
     retry_failed: bool = False,
 ) -> int:
-    from vidsift.pipeline.process import EXIT_INCOMPLETE, hold_back_transient, reopen_transient
-
     from rich.console import Console
+
+    from vidsift.pipeline.process import EXIT_INCOMPLETE, hold_back_transient, reopen_transient
 
     console = Console(stderr=True, quiet=quiet)
     run = recipe.run
@@ -308,11 +341,12 @@ def _curate_locked(
     state_path = storage.join(out, "_run.json")
     if storage.exists(state_path):
         earlier = json.loads(storage.read_text(state_path))
-        if earlier.get("fingerprint") != fp:
-            raise RecipeError(
-                f"{out} holds a run over other inputs or another recipe; resume it with the same command, "
-                "or write to a new --output"
-            )
+        stored = earlier.get("fingerprint")
+        why = resume_mismatch(out, inputs, recipe, stored) if stored != fp else None
+        if why:
+            raise RecipeError(f"{out}: {why}; resume it with the same command, or write to a new --output")
+        if stored != fp:
+            console.print(f"{out}: a run written by an earlier vidsift version; resuming it (same rows)")
     remove_partial_files(out)  # left by a run that was killed while writing; one run per output at a time
     storage.remove_tree(storage.join(out, PARTS))  # rows of groups a killed run never published: redone
     write_text_atomic(state_path, json.dumps({"fingerprint": fp, "inputs": len(inputs)}) + "\n")
