@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # starts Ray / loads models in subprocesses
+
 CHECK = """
 import os
 from vidsift.model.sample import InputError, expand_prompt

@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+
 from tests.conftest import REPO, run_cli
+
+pytestmark = pytest.mark.slow  # starts Ray / loads models in subprocesses
 
 RECIPE = str(REPO / "recipes" / "curate" / "default.toml")
 
