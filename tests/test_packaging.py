@@ -61,6 +61,21 @@ def test_one_package_and_no_top_level_pipeline_or_model(installed, tmp_path):
     assert r.stdout.startswith("vidsift ") and "unknown" not in r.stdout
 
 
+def test_every_source_package_is_in_the_wheel(installed):
+    """pyproject.toml lists the packages by hand (package-dir maps them): a new sub-package must be added."""
+    site = Path(
+        run(installed, "import sysconfig; print(sysconfig.get_paths()['purelib'])", REPO).stdout.strip()
+    )
+    for top in ("pipeline", "model"):
+        for init in (REPO / top).rglob("__init__.py"):
+            rel = init.parent.relative_to(REPO)
+            assert (site / "vidsift" / rel / "__init__.py").exists(), f"{rel} is missing from the wheel"
+            for py in init.parent.glob("*.py"):
+                assert (site / "vidsift" / rel / py.name).exists(), (
+                    f"{rel / py.name} is missing from the wheel"
+                )
+
+
 def test_stages_lists_the_registry(installed, tmp_path):
     r = run(installed, "from vidsift.pipeline.cli import main; main(['stages', '--json'])", tmp_path)
     assert r.returncode == 0, r.stderr
