@@ -171,7 +171,7 @@ def _list(offsets: np.ndarray, values: np.ndarray, type_: pa.DataType) -> pa.Arr
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, type_.value_type))
 
 
-def make_run(out: Path, n: int, real: pa.Table, seed: int, group_size: int) -> dict:
+def make_run(out: Path, n: int, real: pa.Table, seed: int, group_size: int, media_bytes: int = 64) -> dict:
     """Write a finished run folder of ``n`` accepted background clips plus the real rows; returns where
     the real rows went (``real_index -> clip_id``)."""
     from vidsift.pipeline.schema import CLIP_SCHEMA, REJECTED_SCHEMA, VIDEO_SCHEMA
@@ -216,9 +216,9 @@ def make_run(out: Path, n: int, real: pa.Table, seed: int, group_size: int) -> d
         "caption": pa.array(
             np.where(rng.random(total) < 0.5, "a dog runs on a beach", "a city street at night")
         ),
-        "clip_mp4": pa.array([rng.bytes(64) for _ in range(1000)] * (total // 1000 + 1), pa.binary()).slice(
-            0, total
-        ),
+        "clip_mp4": pa.array(
+            [rng.bytes(media_bytes) for _ in range(1000)] * (total // 1000 + 1), pa.binary()
+        ).slice(0, total),
         "dedup_hashes": pa.ListArray.from_arrays(pa.array(offsets), pa.array(hashes.view(np.int64))).cast(
             pa.list_(pa.int64())
         ),
@@ -250,7 +250,7 @@ def make_run(out: Path, n: int, real: pa.Table, seed: int, group_size: int) -> d
             "motion_score": pa.array(np.ones(r, np.float32)),
             "aesthetic_score": pa.array(np.full(r, 5.0, np.float32)),
             "caption": pa.array(["a real clip"] * r),
-            "clip_mp4": pa.array([b"\0" * 64] * r, pa.binary()),
+            "clip_mp4": pa.array([b"\0" * media_bytes] * r, pa.binary()),
             "dedup_hashes": real.column("dedup_hashes").cast(pa.list_(pa.int64())),
             "dedup_curve": real.column("dedup_curve").cast(pa.list_(pa.float32())),
         }
@@ -277,12 +277,14 @@ def make_run(out: Path, n: int, real: pa.Table, seed: int, group_size: int) -> d
     names = [f"g{g:06d}" for g in range(n_groups)]
     bounds = np.searchsorted(groups[order], names + ["~"])
     vbounds = np.searchsorted(vgroups[vorder], names + ["~"])
+    rows = rows.take(order).combine_chunks()  # one gather, then zero-copy slices per group
+    videos = videos.take(vorder).combine_chunks()
     for k, name in enumerate(names):
-        part = rows.take(order[bounds[k] : bounds[k + 1]])
+        part = rows.slice(bounds[k], bounds[k + 1] - bounds[k])
         acc = pa.compute.is_null(part.column("reject_reason"))
         clips = _conform(part.filter(acc), CLIP_SCHEMA)
         rej = part.filter(pa.compute.invert(acc))
-        vids = videos.take(vorder[vbounds[k] : vbounds[k + 1]])
+        vids = videos.slice(vbounds[k], vbounds[k + 1] - vbounds[k])
         n_acc = pa.compute.value_counts(clips.column("source_uri")).to_pylist()
         per = {d["values"]: d["counts"] for d in n_acc}
         vids = vids.set_column(
@@ -291,7 +293,9 @@ def make_run(out: Path, n: int, real: pa.Table, seed: int, group_size: int) -> d
             pa.array([per.get(u, 0) for u in vids.column("source_uri").to_pylist()], pa.int32()),
         )
         for table, t in (("rejected", rej), ("videos", vids), ("clips", clips)):
-            pq.write_table(t, out / table / f"{name}.parquet", compression="zstd", row_group_size=1024)
+            pq.write_table(
+                t, out / table / f"{name}.parquet", compression="zstd", row_group_size=64
+            )  # as curate writes
         (out / "_done" / name).touch()
     from vidsift.pipeline.recipe import build_recipe
 
@@ -487,6 +491,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000])
     ap.add_argument("--work", type=Path, default=REPO / "out" / "bench-scale")
     ap.add_argument("--group-size", type=int, default=500, help="clip rows per group file")
+    ap.add_argument("--media-bytes", type=int, default=64, help="bytes of clip_mp4 per clip (random)")
     ap.add_argument("--steps", nargs="+", default=STEPS, choices=STEPS)
     ap.add_argument("--baseline-clips", type=int, default=0, help="also time the old banded search on N")
     ap.add_argument("--seed", type=int, default=1)
@@ -508,9 +513,9 @@ def main() -> None:
     )
     results = []
     for n in args.sizes:
-        run = args.work / f"run-{n}"
+        run = args.work / (f"run-{n}" if args.media_bytes == 64 else f"run-{n}-{args.media_bytes}b")
         t0 = time.time()
-        made = make_run(run, n, real, args.seed, args.group_size)
+        made = make_run(run, n, real, args.seed, args.group_size, args.media_bytes)
         print(
             f"\n{n} clips: run folder written in {time.time() - t0:.0f} s ({made['groups']} groups, "
             f"{made['rows']} clip rows incl. rejected)",
@@ -553,7 +558,7 @@ def main() -> None:
     if args.baseline_clips:
         s = baseline_dedup(args.baseline_clips, real, args.seed)
         print(f"\nold banded search (7a38e5a), {args.baseline_clips} background clips: {s:.1f} s")
-    (args.work / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    (args.work / f"results-{'-'.join(map(str, args.sizes))}.json").write_text(json.dumps(results, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -231,13 +231,22 @@ def sql_mask(condition: str) -> Mask:
 # --------------------------------------------------------------------------------------- group files
 
 
+def _read_table(location: Location) -> pa.Table:
+    """One whole Parquet file, single-threaded (groups run in parallel already; per-file threads only
+    add overhead: 3x the CPU of ``pq.ParquetFile.read`` on small shard files)."""
+    import pyarrow.parquet as pq
+
+    fs, path = storage.filesystem(location)
+    with fs.open_input_file(path) as f:
+        return pq.ParquetFile(f).read(use_threads=False)
+
+
 def read_group_tables(out: Location, group: str) -> dict[str, pa.Table]:
     """One published group's tables (Arrow), empty where a file is missing."""
     tables = {}
     for name, schema in TABLES.items():
         path = storage.join(out, name, f"{group}.parquet")
-        t = storage.read_table(path) if storage.exists(path) else schema.empty_table()
-        tables[name] = _conform(t, schema)
+        tables[name] = _conform(_read_table(path), schema) if storage.exists(path) else schema.empty_table()
     return tables
 
 
@@ -369,6 +378,18 @@ def _select_group(
     return moves
 
 
+def _run_write_config(run: Location) -> WriteShardsConfig:
+    """The ``write_shards`` settings of a run's recipe (its row group size and compression), else defaults."""
+    from vidsift.pipeline.config import RecipeError
+    from vidsift.pipeline.recipe import build_recipe
+
+    try:
+        manifest = json.loads(storage.read_text(storage.join(run, "manifest.json")))
+        return build_recipe(manifest.get("recipe") or {}).stage("write_shards")
+    except (RecipeError, KeyError, ValueError):
+        return WriteShardsConfig()
+
+
 def select_run(
     src: Location,
     dst: Location,
@@ -381,7 +402,6 @@ def select_run(
     Returns the move counts. Rows rejected by a stage select does not decide (scenes, dedup, transcode,
     captioning) stay rejected as they are.
     """
-    config = config or WriteShardsConfig()
     if (where is None) == (sql is None):
         raise SelectError("give one of --where or --sql")
     mask_of = where_mask(where) if where is not None else sql_mask(sql)
@@ -391,6 +411,7 @@ def select_run(
         raise SelectError(f"{src} is not a finished vidsift run (no manifest.json)")
     if not _is_empty(dst):
         raise SelectError(f"--output {dst} exists and is not empty")
+    config = config or _run_write_config(src)
     moves: Counter = Counter()
     # groups are independent: a few threads overlap Parquet reads, compute and writes (all release the GIL)
     with ThreadPoolExecutor(max_workers=SELECT_THREADS) as pool:
