@@ -558,7 +558,9 @@ def main() -> None:
     if args.baseline_clips:
         s = baseline_dedup(args.baseline_clips, real, args.seed)
         print(f"\nold banded search (7a38e5a), {args.baseline_clips} background clips: {s:.1f} s")
-    (args.work / f"results-{'-'.join(map(str, args.sizes))}.json").write_text(json.dumps(results, indent=1, default=str))
+    (args.work / f"results-{'-'.join(map(str, args.sizes))}.json").write_text(
+        json.dumps(results, indent=1, default=str)
+    )
 
 
 if __name__ == "__main__":
