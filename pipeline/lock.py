@@ -11,8 +11,9 @@ belongs to a process that started later) or when its heartbeat is older than ``s
 - Local disks and NFS: the lock file is created with ``O_CREAT | O_EXCL`` (atomic, NFS v3 and later);
   a stale one is renamed away first, so two processes taking it over cannot both win.
 - S3: conditional writes. The lock is created with ``If-None-Match: *`` and heartbeats and takeovers
-  replace it with ``If-Match: <etag>``, so exactly one writer wins every race (needs ``boto3``, which
-  reads the usual AWS settings; a store that ignores conditional headers is not protected).
+  replace it with ``If-Match: <etag>``, so exactly one writer wins every race (with ``boto3``, which
+  reads the usual AWS settings; without it, plain writes and a read-back, with a warning; a store that
+  ignores conditional headers is not protected either).
 """
 
 from __future__ import annotations
@@ -230,6 +231,50 @@ class _S3Lock:
             self.client.delete_object(Bucket=self.bucket, Key=self.key)
 
 
+class _PlainS3Lock:
+    """Without boto3: plain writes through ``pipeline/storage.py`` and a read-back. Two processes starting
+    within the same moment can both believe they hold it; ``output_lock`` warns that this is so."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+
+    def read(self) -> tuple[bytes, str] | None:
+        if not storage.exists(self.uri):
+            return None
+        text = storage.read_text(self.uri)
+        return text.encode(), text
+
+    def _write(self, data: bytes) -> str | None:
+        storage.write_text_atomic(self.uri, data.decode())
+        current = self.read()
+        return current[1] if current is not None and current[0] == data else None
+
+    def create(self, data: bytes) -> str | None:
+        return None if storage.exists(self.uri) else self._write(data)
+
+    def replace(self, data: bytes, version: str) -> str | None:
+        current = self.read()
+        return self._write(data) if current is not None and current[1] == version else None
+
+    def take_over(self, data: bytes, version: str) -> str | None:
+        return self.replace(data, version)
+
+    def delete(self, version: str) -> None:
+        current = self.read()
+        if current is not None and current[1] == version:
+            fs, path = storage.filesystem(self.uri)
+            fs.delete_file(path)
+
+
+def _s3_lock(uri: str):
+    try:
+        import boto3  # noqa: F401 - conditional writes need it
+    except ImportError:
+        _warn("boto3 is not installed: the output lock on S3 is a plain write, not atomic (pip install it)")
+        return _PlainS3Lock(uri)
+    return _S3Lock(uri)
+
+
 def _warn(message: str) -> None:
     print(f"vidsift: warning: {message}", file=sys.stderr)
 
@@ -245,7 +290,7 @@ def output_lock(
     if not storage.is_remote(out):
         storage.makedirs(out)  # on S3 folders are prefixes: nothing to make
     where = storage.join(out, LOCK_NAME)
-    lock = _S3Lock(where) if storage.is_remote(where) else _LocalLock(str(where))
+    lock = _s3_lock(where) if storage.is_remote(where) else _LocalLock(str(where))
     me = _me(command)
     version = _acquire(lock, me, out, where, stale_after_s)
     stop = threading.Event()

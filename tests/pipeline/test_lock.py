@@ -168,3 +168,30 @@ def test_two_curates_on_one_output(tmp_path):
                 for t in ("clips", "rejected", "videos")}  # fmt: skip
 
     assert rows(out) == rows(alone) and rows(out)["clips"]
+
+
+def test_plain_lock_without_boto3_keeps_one_holder(tmp_path, monkeypatch, capsys):
+    """Without boto3 the S3 lock is plain writes and a read-back (through pipeline/storage, which takes local
+    paths too): one holder, a stale version cannot be replaced, and the user is told it is not atomic."""
+    import builtins
+
+    from vidsift.pipeline import lock as lock_module
+
+    real_import = builtins.__import__
+
+    def no_boto3(name, *args, **kwargs):
+        if name == "boto3":
+            raise ImportError("no boto3 here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_boto3)
+    plain = lock_module._s3_lock(str(tmp_path / LOCK_NAME))
+    assert isinstance(plain, lock_module._PlainS3Lock) and "not atomic" in capsys.readouterr().err
+    first = plain.create(b'{"token": "a"}')
+    assert first == '{"token": "a"}' and plain.create(b'{"token": "b"}') is None
+    assert plain.replace(b'{"token": "c"}', "stale") is None and plain.read()[1] == first
+    second = plain.replace(b'{"token": "a", "heartbeat": 2}', first)
+    plain.delete(first)  # an old version deletes nothing
+    assert plain.read()[1] == second
+    plain.delete(second)
+    assert plain.read() is None
