@@ -19,8 +19,8 @@ adversarial and perceptual losses are left out because their usual networks need
 measured after training and stored as buffers), which is the scale the diffusion model expects; ``decode``
 undoes it.
 
-``DiffusersVAE`` wraps a pretrained video VAE from diffusers (e.g. Wan 2.1's ``AutoencoderKLWan``) behind
-the same ``encode``/``decode`` interface, for users who have its weights locally.
+Pretrained diffusers video VAEs (Wan 2.1, LTX-Video, CogVideoX) are used by ``vidsift finetune``
+(model/finetune/), each through its own family adapter.
 """
 
 from __future__ import annotations
@@ -319,36 +319,6 @@ def load_vae(path: str, device: str | torch.device = "cpu") -> VideoVAE:
     model = VideoVAE(VAEConfig(**json.loads(meta["config"])))
     model.load_state_dict(load_file(path, device=str(device)))
     return model.to(device).eval()
-
-
-class DiffusersVAE(nn.Module):
-    """A pretrained diffusers video VAE (``AutoencoderKLWan`` by default) with our encode/decode interface.
-    Needs ``diffusers`` and the weights on local disk; never downloads."""
-
-    def __init__(self, path: str, class_name: str = "AutoencoderKLWan") -> None:
-        super().__init__()
-        import diffusers
-
-        self.vae = getattr(diffusers, class_name).from_pretrained(path, local_files_only=True)
-        cfg = self.vae.config
-        self.z_channels = cfg.z_dim
-        mean = torch.tensor(getattr(cfg, "latents_mean", None) or [0.0] * cfg.z_dim)
-        std = torch.tensor(getattr(cfg, "latents_std", None) or [1.0] * cfg.z_dim)
-        self.register_buffer("latent_mean", mean)
-        self.register_buffer("latent_std", std)
-
-    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
-        return self.z_channels, 1 + (frames - 1) // 4, height // 8, width // 8
-
-    @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.vae.encode(x).latent_dist.mode()
-        return (z - self.latent_mean.view(1, -1, 1, 1, 1)) / self.latent_std.view(1, -1, 1, 1, 1)
-
-    @torch.no_grad()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        z = z * self.latent_std.view(1, -1, 1, 1, 1) + self.latent_mean.view(1, -1, 1, 1, 1)
-        return self.vae.decode(z).sample.clamp(-1, 1)
 
 
 # ---------------------------------------------------------------------------------------------------------
