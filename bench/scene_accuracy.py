@@ -22,22 +22,27 @@ Scoring is ``../shared/tools/eval_cuts.py``'s (+-``--tol`` frames). Prints, per 
 recall and hard-negative hits for every method, then the same per category of hard case, and (with
 ``--files``) one row per file and method.
 
-``--baseline-cache FILE`` keeps the three baselines' predictions (keyed by method, path, size and
-mtime) so that a rerun after a change to vidsift's detectors only runs vidsift again.
+``--baseline-cache FILE`` keeps the three baselines' predictions, and ``--analysis-cache DIR`` the
+analysis pass's scene signals and TransNetV2 probabilities (both keyed by path, size and mtime), so
+that a rerun after a change to the detection logic takes seconds; ``--baselines-only`` just fills
+the baseline cache. Without the caches every method runs from the files.
 
 usage: python bench/scene_accuracy.py [--videos DIR] [--eval-media DIR] [--only NAME ...] [--files]
-       [--json OUT.json] [--baseline-cache FILE]
+       [--json OUT.json] [--baseline-cache FILE] [--analysis-cache DIR] [--baselines-only]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import importlib.util
 import json
 import sys
 from collections import defaultdict
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -61,18 +66,49 @@ def _load_scorer(videos: Path):
     return module
 
 
-def vidsift_cuts(path: Path, recipe) -> dict[str, list[int]]:
+class StoredSignals:
+    """What ``detect_transitions`` reads from ``SceneSignals``, reloaded from an --analysis-cache file."""
+
+    def __init__(self, data) -> None:
+        self.content, self.thumbs = data["content"], data["thumbs"]
+        self.luma, self.lit_fraction = data["luma"], data["lit"]
+        self.num_frames = int(data["n"])
+        self._probs = (data["single"], data["many"])
+
+    def shot_probabilities(self):
+        return self._probs
+
+
+def _key(method: str, path: Path) -> str:
+    stat = path.stat()
+    return f"{method}|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def vidsift_cuts(path: Path, recipe, cache_dir: Path | None) -> dict[str, list[int]]:
     """Cut frames of each detector from one analysis pass (as ``scenes_report`` lists them)."""
-    scan = scan_video(str(path), recipe)
-    if scan.video["status"] != "ok":
-        raise SystemExit(f"{path}: {scan.video['reason']}: {scan.video['detail']}")
-    n = scan.analysis.num_frames
+    stored = None
+    if cache_dir:
+        stored = cache_dir / (hashlib.sha1(_key("analysis", path).encode()).hexdigest()[:20] + ".npz")
+    if stored is not None and stored.exists():
+        data = np.load(stored)
+        signals, fps = StoredSignals(data), float(data["fps"])
+    else:
+        scan = scan_video(str(path), recipe)
+        if scan.video["status"] != "ok":
+            raise SystemExit(f"{path}: {scan.video['reason']}: {scan.video['detail']}")
+        signals, fps = scan.analysis.signals, scan.fps
+        if stored is not None:
+            single, many = signals.shot_probabilities()
+            np.savez(
+                stored, content=signals.content, thumbs=signals.thumbs, luma=signals.luma,
+                lit=signals.lit_fraction, single=single, many=many, fps=fps, n=signals.num_frames,
+            )  # fmt: skip
     split = recipe.stage("split_scenes")
     out = {}
     for detector in DETECTORS:
         config = dataclasses.replace(split, detector=detector)
-        found = detect_transitions(scan.analysis.signals, scan.fps, config)
-        out[detector] = [t.frame for t in found if t.frame < n]
+        found = detect_transitions(signals, fps, config)
+        out[detector] = [t.frame for t in found if t.frame < signals.num_frames]
     return out
 
 
@@ -149,6 +185,8 @@ def main() -> int:
     parser.add_argument("--files", action="store_true", help="print one row per file and method")
     parser.add_argument("--json", type=Path, help="also write every prediction and score here")
     parser.add_argument("--baseline-cache", type=Path, help="reuse (and store) the baselines' predictions")
+    parser.add_argument("--analysis-cache", type=Path, help="reuse (and store) vidsift's analysis signals")
+    parser.add_argument("--baselines-only", action="store_true", help="only fill --baseline-cache")
     args = parser.parse_args()
     if args.eval_media and not str(args.eval_media).strip():
         args.eval_media = None
@@ -163,11 +201,12 @@ def main() -> int:
     by_split: dict = defaultdict(lambda: {m: dict(zero) for m in METHODS})
     by_cat: dict = defaultdict(lambda: {m: dict(zero) for m in METHODS})
     records = {}
+    if args.analysis_cache:
+        args.analysis_cache.mkdir(parents=True, exist_ok=True)
     for name, (path, gt, split, cats) in files.items():
-        preds = vidsift_cuts(path, recipe)
-        stat = path.stat()
+        preds = {} if args.baselines_only else vidsift_cuts(path, recipe, args.analysis_cache)
         for method in BASELINES:
-            key = f"{method}|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+            key = _key(method, path)
             if key not in cache:
                 if method == "TransNetV2-package":
                     package = package or PackageTransNet()
@@ -177,6 +216,9 @@ def main() -> int:
                 if args.baseline_cache:
                     args.baseline_cache.write_text(json.dumps(cache))
             preds[method] = cache[key]
+        if args.baselines_only:
+            print(f"done {name}", file=sys.stderr, flush=True)
+            continue
         records[name] = {"split": split, "category": cats, "truth": gt, "predictions": preds, "scores": {}}
         for method in METHODS:
             s = scorer.score(gt, preds[method], args.tol)
@@ -193,6 +235,8 @@ def main() -> int:
                 )
         print(f"done {name}", file=sys.stderr, flush=True)
 
+    if args.baselines_only:
+        return 0
     print(f"\n{len(files)} files; scorer eval_cuts.py, tolerance +-{args.tol} frames")
     for split in sorted(by_split, key=lambda s: ("tune", "check", "all").index(s)):
         tables = by_split[split]

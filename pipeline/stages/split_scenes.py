@@ -37,6 +37,7 @@ How the weight-free signals and ``fast`` work, in two passes:
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import cv2
@@ -146,6 +147,8 @@ class SplitScenesConfig:
             raise ValueError(
                 f"split_scenes.detector must be one of {', '.join(DETECTORS)}, got {self.detector!r}"
             )
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"split_scenes.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if not 0 < self.transnet_threshold < 1:
             raise ValueError(
                 f"split_scenes.transnet_threshold must be in (0, 1), got {self.transnet_threshold}"

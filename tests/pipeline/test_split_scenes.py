@@ -330,6 +330,8 @@ def test_detector_config_validation() -> None:
         SplitScenesConfig(detector="magic")
     with pytest.raises(ValueError, match="transnet_threshold"):
         SplitScenesConfig(transnet_threshold=1.5)
+    with pytest.raises(ValueError, match="device must be"):
+        SplitScenesConfig(device="gpu0")
 
 
 def _python(code: str, *args: str, env: dict | None = None):
