@@ -66,7 +66,7 @@ def checkpoint_meta(model, cfg, step: int, text_model: str, vae_path: str) -> di
         "frames": cfg.frames,
         "height": cfg.height,
         "width": cfg.width,
-        "fps": 24.0 / cfg.frame_stride,
+        "fps": cfg.fps or 24.0 / cfg.frame_stride,  # the rate the model learnt; samples are written at it
         "step": step,
     }
 

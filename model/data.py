@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 import os
 import random
 import zlib
@@ -75,6 +76,7 @@ class ShardIndex:
         self.groups: list[tuple[int, int, list[str]]] = []  # (file, row group, clip ids)
         self.num_cached_latents = 0
         self.num_cached_text = 0
+        self.fps: list[float | None] = []  # each clip's frame rate (the fps column), in row order
         for fi, path in enumerate(self.files):
             try:
                 pf = storage.open_parquet(path)
@@ -84,9 +86,11 @@ class ShardIndex:
             if "clip_id" not in names:
                 raise DataError(f"{path} has no clip_id column: not a vidsift clips shard")
             for rg in range(pf.num_row_groups):
-                cols = [c for c in ("clip_id", "latent_shape", "text_emb_shape") if c in names]
+                cols = [c for c in ("clip_id", "latent_shape", "text_emb_shape", "fps") if c in names]
                 t = pf.read_row_group(rg, columns=cols)
                 self.groups.append((fi, rg, t.column("clip_id").to_pylist()))
+                if "fps" in names:
+                    self.fps.extend(t.column("fps").to_pylist())
                 if "latent_shape" in names:
                     self.num_cached_latents += t.num_rows - t.column("latent_shape").null_count
                 if "text_emb_shape" in names:
@@ -141,15 +145,17 @@ def read_video(
     height: int | None = None,
     width: int | None = None,
     frames: int | None = None,
-    stride: int = 1,
+    stride: float = 1,
     start: float = 0.5,
 ) -> tuple[torch.Tensor, float | None]:
     """The one video reader of training, sampling and editing: (frames [3, F, H, W] float in [-1, 1], fps).
 
     ``src`` is encoded bytes (a shard's clip_mp4) or a file path. With ``height`` and ``width`` every frame is
     resized to cover that size and centre-cropped; without them frames keep their decoded size. ``frames``
-    takes that many frames, every ``stride``-th, from a window placed by ``start`` in [0, 1]; when the window
-    runs past the end of a short clip its last existing frame repeats. ``frames=None`` reads every frame.
+    takes that many frames, every ``stride``-th (a fraction when sampling at a frame rate: frame i is the
+    frame on show at that time, so a 30 fps clip at 12 fps takes 0, 2, 5, 7, 10, ...), from a
+    window placed by ``start`` in [0, 1]; when the window runs past the end of a short clip its last
+    existing frame repeats. ``frames=None`` reads every frame.
     PyAV errors propagate; callers turn them into their own one-line errors."""
     import av
 
@@ -160,33 +166,35 @@ def read_video(
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate
         fps = float(rate) if rate else None
-        wanted: set[int] | None = None
-        last = -1
+        wanted: list[int] | None = None  # decode indices of the frames to return, in order
         if frames is not None:
             n_hint = stream.frames or 0
             span = (frames - 1) * stride + 1
             first = int(round(start * max(0, n_hint - span))) if n_hint else 0
-            wanted = {first + i * stride for i in range(frames)}
-            last = max(wanted)
+            wanted = [first + int(i * stride + 1e-9) for i in range(frames)]  # the frame on show at i/fps
+        keep = set(wanted) if wanted is not None else None
         out: dict[int, np.ndarray] = {}
         for i, frame in enumerate(container.decode(stream)):
-            if wanted is None or i in wanted or not out:
+            if keep is None or i in keep or not out:
                 out[i] = cover_crop(frame, height, width) if sized else frame.to_ndarray(format="rgb24")
-            if wanted is not None and i >= last:
+            if wanted is not None and i >= wanted[-1]:
                 break
     if not out:
         raise ValueError("no frames decoded")
     if wanted is None:
         picked = [out[k] for k in sorted(out)]
-    else:
-        have = sorted(k for k in out if k in wanted) or [min(out)]
-        picked = [out[k] for k in have] + [out[have[-1]]] * (frames - len(have))
+    else:  # past the end of a short clip its last existing frame repeats
+        last = out[min(out)]
+        picked = []
+        for k in wanted:
+            last = out.get(k, last)
+            picked.append(last)
     video = torch.from_numpy(np.stack(picked)).permute(3, 0, 1, 2).float()
     return video / 127.5 - 1.0, fps
 
 
 def decode_clip(
-    data: bytes, frames: int, height: int, width: int, stride: int = 1, start: float = 0.5
+    data: bytes, frames: int, height: int, width: int, stride: float = 1, start: float = 0.5
 ) -> torch.Tensor:
     """``frames`` frames, every ``stride``-th, of an encoded clip at height x width (``read_video``)."""
     return read_video(data, height, width, frames, stride, start)[0]
@@ -213,7 +221,7 @@ class NativeSize:
 
     area: int  # pixels per frame, e.g. 256 * 256
     max_frames: int
-    stride: int = 1
+    stride: float = 1
     multiple: int = 1
     frame_multiple: int = 1  # model-input frames must divide into temporal patches of this size
     vae_time: int = 1  # the causal VAE's time factor (1 + vae_time * k frames); 1 in pixel space
@@ -228,9 +236,12 @@ class NativeSize:
         # Round down, so no clip exceeds the area (and the token budget sized for it).
         return max(m, int(height * scale) // m * m), max(m, int(width * scale) // m * m)
 
-    def video(self, width: int, height: int, num_frames: int) -> tuple[int, int, int]:
-        """(frames, height, width) for a clip of num_frames source frames at width x height."""
-        f = max(1, min(self.max_frames, -(-int(num_frames) // self.stride)))
+    def video(
+        self, width: int, height: int, num_frames: int, stride: float | None = None
+    ) -> tuple[int, int, int]:
+        """(frames, height, width) for a clip of num_frames source frames at width x height, taking every
+        ``stride``-th frame (default: the configured stride)."""
+        f = max(1, min(self.max_frames, math.ceil(int(num_frames) / (stride or self.stride))))
         while f > 1 and not self.frames_ok(f):
             f -= 1
         return (f, *self.frame_size(width, height))
@@ -250,6 +261,14 @@ class ClipSource:
     use_latents: bool = False
     use_text_emb: bool = False
     native: NativeSize | None = None  # packing: each clip at its own size (frames/height/width unused)
+    fps: float = 0.0  # > 0: frames at this rate from each clip's own (fps column), instead of every stride-th
+
+    def stride_of(self, row: dict) -> float:
+        """Source frames per training frame: time-true from the clip's rate when ``fps`` is set (a clip
+        slower than it repeats frames), else the fixed stride."""
+        if self.fps > 0 and row.get("fps"):
+            return float(row["fps"]) / self.fps
+        return self.stride
 
     @property
     def columns(self) -> list[str]:
@@ -257,6 +276,7 @@ class ClipSource:
         cols += ["latent", "latent_shape"] if self.use_latents else ["clip_mp4"]
         cols += ["text_emb", "text_emb_shape"] if self.use_text_emb else []
         cols += ["width", "height", "num_frames"] if self.native else []
+        cols += ["fps"] if self.fps > 0 else []
         return cols
 
     def size(self, row: dict, image: bool) -> tuple[int, int, int]:
@@ -265,7 +285,9 @@ class ClipSource:
         w, h = int(row.get("width") or self.width), int(row.get("height") or self.height)
         if image:
             return self.native.image(w, h)
-        return self.native.video(w, h, int(row.get("num_frames") or self.native.max_frames * self.stride))
+        stride = self.stride_of(row)
+        n = int(row.get("num_frames") or self.native.max_frames * stride)
+        return self.native.video(w, h, n, stride)
 
     def sample(self, row: dict, start: float, image: bool = False) -> Sample:
         """The clip (``image``: one frame of it, at ``start`` within the clip) as a training sample."""
@@ -281,7 +303,7 @@ class ClipSource:
                 raise DataError(f"clip {cid} has no clip_mp4 bytes")
             f, h, w = self.size(row, image)
             try:
-                x = decode_clip(row["clip_mp4"], f, h, w, self.stride, start)
+                x = decode_clip(row["clip_mp4"], f, h, w, self.stride_of(row), start)
             except Exception as e:  # noqa: BLE001 - PyAV raises many types; all mean "bad clip bytes"
                 raise DataError(f"clip {cid}: unreadable clip_mp4 ({type(e).__name__}: {e})") from e
         emb = text_from_row(row) if self.use_text_emb and row.get("text_emb") is not None else None

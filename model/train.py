@@ -34,7 +34,10 @@ class TrainConfig:
     frames: int = 9  # frames per training clip (1 + 4k when training on VAE latents)
     height: int = 32  # training size; clips are resized to cover it and centre-cropped
     width: int = 32
-    frame_stride: int = 2  # take every n-th source frame (24 fps source, stride 2 -> 12 fps)
+    fps: float = (
+        0.0  # frames per second to train at, from each clip's own rate (fps column); 0 = frame_stride
+    )
+    frame_stride: int = 2  # with fps = 0: take every n-th source frame (24 fps source, stride 2 -> 12 fps)
     batch_size: int = 8  # clips per process per micro-step
     grad_accum: int = 1  # micro-steps per optimizer step
     shuffle_buffer: int = 64  # row references held for shuffling, per reader
@@ -240,7 +243,7 @@ def build_data(cfg: TrainConfig, d: Dist) -> Data:
             multiple=patch[1] * factors[1], frame_multiple=patch[0], vae_time=factors[0],
         )  # fmt: skip
     source = ClipSource(
-        cfg.frames, cfg.height, cfg.width, cfg.frame_stride, use_latents, use_text_emb, native
+        cfg.frames, cfg.height, cfg.width, cfg.frame_stride, use_latents, use_text_emb, native, cfg.fps
     )
     val_ids, val_refs = index.split(cfg.val_clips)
     num_readers = d.world * cfg.grad_accum
@@ -281,8 +284,15 @@ def build_data(cfg: TrainConfig, d: Dist) -> Data:
                 f"cached latents are {got} but frames={cfg.frames}, height={cfg.height}, width={cfg.width} "
                 f"need {want}: set those keys to the size `vidsift encode` used, or re-encode"
             )
+    if cfg.fps < 0:
+        raise RecipeError(f"fps must be >= 0, got {cfg.fps}")
+    slow = sum(1 for f in index.fps if f and f < cfg.fps) if cfg.fps and not use_latents else 0
     if d.master:
         inputs = "cached latents" if use_latents else "VAE on the fly" if vae else "pixels"
+        if cfg.fps and use_latents:
+            print(f"note: fps = {cfg.fps} does not apply to cached latents (`vidsift encode` set their rate)")
+        if slow:  # time-true: a clip slower than the target shows each of its frames more than once
+            print(f"note: {slow} of {index.num_rows} clips are below {cfg.fps} fps; their frames repeat")
         print(
             f"data: {index.num_rows} clips in {len(index.files)} files, {len(index.groups)} row groups; "
             f"{len(val)} held out; {inputs}, {'cached' if use_text_emb else 'live'} text ({text_name})"

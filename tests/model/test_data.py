@@ -133,3 +133,37 @@ def test_null_captions_become_empty(tmp_path):
     write_synthetic_shards(str(tmp_path), 2, frames=4, size=16, captions=False)
     batch = ClipStream(ShardIndex(str(tmp_path)), SOURCE, 0, 1).next_batch(2)
     assert [s.caption for s in batch] == ["", ""]
+
+
+def _bar_numbers(video: torch.Tensor) -> list[int]:
+    """Frame indices of a clip made by tests.conftest.make_numbered_clip, read from decoded pixels."""
+    gray = ((video.mean(dim=0) + 1) * 127.5).numpy()  # [F, H, W]
+    _, h, w = gray.shape
+    rows = slice(h // 8, h // 2 - h // 8)
+    cols = [slice(b * w // 8 + w // 32, (b + 1) * w // 8 - w // 32) for b in range(8)]
+    return [sum(1 << b for b in range(8) if g[rows, cols[b]].mean() > 128) for g in gray]
+
+
+@pytest.mark.parametrize("source_fps", [30, 60])
+def test_time_true_frames_take_the_same_seconds_per_sample_at_any_source_rate(tmp_path, source_fps):
+    """fps = 10: a 30 fps clip gives every 3rd frame, a 60 fps clip every 6th; both span 0.7 s in 8 frames."""
+    from tests.conftest import make_numbered_clip
+
+    mp4 = make_numbered_clip(tmp_path / "n.mp4", frames=3 * source_fps, fps=source_fps).read_bytes()
+    row = {"clip_id": "c", "clip_mp4": mp4, "caption": "x", "fps": float(source_fps)}
+    source = ClipSource(8, 64, 96, stride=2, fps=10.0)
+    numbers = _bar_numbers(source.sample(row, 0.5).x)
+    seconds = [n / source_fps for n in numbers]
+    assert np.allclose(np.diff(seconds), 0.1)  # one training frame per 1/10 s, whatever the source rate
+    assert abs(seconds[0] - 1.15) < 0.06  # the middle window of the 3 s clip
+    # without fps the old fixed stride: every 2nd frame, 1/15 s or 1/30 s apart
+    assert np.allclose(np.diff(_bar_numbers(ClipSource(8, 64, 96, stride=2).sample(row, 0.5).x)), 2)
+
+
+def test_a_clip_slower_than_the_target_rate_repeats_frames(tmp_path):
+    from tests.conftest import make_numbered_clip
+
+    mp4 = make_numbered_clip(tmp_path / "n.mp4", frames=40, fps=5).read_bytes()
+    row = {"clip_id": "c", "clip_mp4": mp4, "caption": "x", "fps": 5.0}
+    numbers = _bar_numbers(ClipSource(8, 64, 96, fps=10.0).sample(row, 0.0).x)
+    assert numbers == [0, 0, 1, 1, 2, 2, 3, 3]  # at 0.1 s steps, the 5 fps frame on show

@@ -201,3 +201,17 @@ def test_fsdp_with_packing_and_accumulation_trains_and_samples(shards, tmp_path)
 
     videos, _ = generate(str(out), ["a red square moving right"], 8, 16, 16, 2, 2.0, 0)
     assert videos.shape == (1, 3, 8, 16, 16) and torch.isfinite(videos).all()
+
+
+def test_time_true_training_records_its_frame_rate(shards, tmp_path):
+    """fps = 6 on the 12 fps synthetic clips: every 2nd frame, and the checkpoint says 6 fps (what sampling
+    writes), not the 24 / frame_stride a fixed stride assumes."""
+    import json
+
+    from safetensors import safe_open
+
+    train(config(shards, tmp_path / "run", "steps=2", "fps=6.0", "frame_stride=5"))
+    with safe_open(str(tmp_path / "run" / "ema.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["fps"]) == 6.0
+    with pytest.raises(RecipeError, match="fps must be >= 0"):
+        train(config(shards, tmp_path / "bad", "steps=1", "fps=-1"))
