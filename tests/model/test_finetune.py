@@ -24,6 +24,7 @@ from safetensors.torch import load_file  # noqa: E402
 
 from tests.make_tiny_diffusers import build_all  # noqa: E402
 from vidsift.model.cli import main as model_cli  # noqa: E402
+from vidsift.model.data import DataError  # noqa: E402
 from vidsift.model.finetune.checkpoint import ADAPTER  # noqa: E402
 from vidsift.model.finetune.families import FAMILIES  # noqa: E402
 from vidsift.model.finetune.loop import FinetuneConfig, finetune, load_model, load_recipe  # noqa: E402
@@ -247,3 +248,27 @@ def test_sample_every_writes_a_grid_from_the_family_pipeline(tiny, shards, tmp_p
     prompts = (tmp_path / "s/samples/step_2.txt").read_text().splitlines()
     assert len(prompts) == 2 and all(prompts)
     assert m["held_out"] and len(m["held_out"]) == 2
+
+
+@pytest.mark.slow
+def test_wan_lora_on_the_quickstart_shards(quickstart_run, tiny, tmp_path):
+    """The README quick start's real clips (native sizes and aspect ratios) in three aspect buckets."""
+    run, _ = quickstart_run
+    buckets = [[9, 16, 32], [9, 32, 16], [9, 16, 16]]
+    cfg = config(tiny, str(run), tmp_path / "qs", buckets=buckets, eval_clips=1, steps=30)
+    m = finetune(cfg)
+    data = m["data"]
+    assert data["clips"] >= 3 and sum(b["clips"] for b in data["buckets"]) == data["clips"]
+    assert m["evals"][-1]["tune"] < m["evals"][0]["tune"], m["evals"]
+    assert m["evals"][-1]["check"] < m["evals"][0]["check"], m["evals"]
+    # The same clips under "drop" with a tight aspect tolerance: each clip is used or counted as dropped.
+    strict = dataclasses.replace(
+        cfg, out=str(tmp_path / "strict"), bucket_policy="drop", max_aspect_change=0.01
+    )
+    strict = dataclasses.replace(strict, steps=0, eval_clips=0)
+    try:
+        s = finetune(strict)["data"]
+        used, aspect = s["clips"], s["dropped"].get("aspect", 0)
+    except DataError as e:  # every clip dropped: the message counts them
+        used, aspect = 0, int(re.search(r"'aspect': (\d+)", str(e)).group(1))
+    assert aspect > 0 and used + aspect == data["clips"]
