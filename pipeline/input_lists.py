@@ -212,12 +212,13 @@ class FetchLimits:
     timeout_s: float = 600.0  # the whole download, from connecting to the last byte
 
     @classmethod
-    def from_env(cls) -> FetchLimits:
-        """``VIDSIFT_FETCH_MAX_MB`` and ``VIDSIFT_FETCH_TIMEOUT_S`` of the driver, else the defaults."""
+    def from_env(cls, max_mb: float = 0.0, timeout_s: float = 0.0) -> FetchLimits:
+        """The recipe's ``run.fetch_max_mb`` / ``run.fetch_timeout_s`` when set (> 0), else
+        ``VIDSIFT_FETCH_MAX_MB`` and ``VIDSIFT_FETCH_TIMEOUT_S`` of the driver, else the defaults."""
         env = os.environ
         try:
-            max_mb = float(env.get("VIDSIFT_FETCH_MAX_MB") or cls.max_bytes / 2**20)
-            timeout = float(env.get("VIDSIFT_FETCH_TIMEOUT_S") or cls.timeout_s)
+            max_mb = float(max_mb or env.get("VIDSIFT_FETCH_MAX_MB") or cls.max_bytes / 2**20)
+            timeout = float(timeout_s or env.get("VIDSIFT_FETCH_TIMEOUT_S") or cls.timeout_s)
         except ValueError:
             raise RecipeError("VIDSIFT_FETCH_MAX_MB and VIDSIFT_FETCH_TIMEOUT_S must be numbers") from None
         if max_mb <= 0 or timeout <= 0:

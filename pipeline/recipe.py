@@ -36,12 +36,18 @@ class RunConfig:
     object_store_gb: float = 0.0  # cap on object-store memory Ray Data may fill; 0 = Ray Data's share
     max_videos_in_flight: int = 0  # per-video tasks running at once; 0 = as many as CPUs allow
     check_resources: bool = True  # refuse pools that can never all be placed (off: autoscaling clusters)
+    # http(s):// inputs of an input list: a larger body is fetch_too_large, a slower download fetch_timeout;
+    # 0 = $VIDSIFT_FETCH_MAX_MB / $VIDSIFT_FETCH_TIMEOUT_S, else 20 GiB and 600 s
+    fetch_max_mb: float = 0.0
+    fetch_timeout_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.group_size < 1:
             raise ValueError(f"run.group_size must be >= 1, got {self.group_size}")
         if self.object_store_gb < 0 or self.max_videos_in_flight < 0:
             raise ValueError("run.object_store_gb and run.max_videos_in_flight must be >= 0")
+        if self.fetch_max_mb < 0 or self.fetch_timeout_s < 0:
+            raise ValueError("run.fetch_max_mb and run.fetch_timeout_s must be >= 0")
         if "@" in self.s3_endpoint_url:
             raise ValueError("run.s3_endpoint_url must not carry credentials: use AWS_ACCESS_KEY_ID/...")
 

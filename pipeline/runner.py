@@ -621,12 +621,13 @@ def _run_groups(
         video_res["runtime_env"] = {"env_vars": worker_env}  # S3 settings, API keys
     if recipe.run.max_videos_in_flight:
         video_res["compute"] = ray.data.TaskPoolStrategy(size=recipe.run.max_videos_in_flight)
+    fetch_limits = FetchLimits.from_env(recipe.run.fetch_max_mb, recipe.run.fetch_timeout_s)
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(
         video_task,
         batch_size=1,
         batch_format="pyarrow",
-        fn_kwargs={"recipe_dict": recipe.to_dict(), "fetch": dataclasses.asdict(FetchLimits.from_env())},
+        fn_kwargs={"recipe_dict": recipe.to_dict(), "fetch": dataclasses.asdict(fetch_limits)},
         **video_res,
     )
     for entry in recipe.stages_of_kind("clip"):

@@ -218,11 +218,12 @@ def test_curate_from_a_jsonl_list(server, videos, tmp_path):
     listing = tmp_path / "list.jsonl"
     listing.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
-    env = {**os.environ, "VIDSIFT_FETCH_MAX_MB": str(LIMIT_MB), "VIDSIFT_FETCH_TIMEOUT_S": str(TIMEOUT_S)}
+    env = {**os.environ, "VIDSIFT_FETCH_MAX_MB": "100000"}  # the recipe's limits win over the environment
     import subprocess
 
     args = [vidsift_exe(), "curate", RECIPE, "--input", str(listing), "--output", str(out), "--quiet",
-            "--set", "split_scenes.min_scene_s=0.5", "--set", "run.group_size=2"]  # fmt: skip
+            "--set", "split_scenes.min_scene_s=0.5", "--set", "run.group_size=2",
+            "--set", f"run.fetch_max_mb={LIMIT_MB}", "--set", f"run.fetch_timeout_s={TIMEOUT_S}"]  # fmt: skip
     r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
 
