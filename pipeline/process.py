@@ -338,7 +338,14 @@ def account_group(videos: list[dict], clips: list[dict], rejected: list[dict]) -
 
 
 def apply_clip_stage(stage, rows: list[dict]) -> list[dict]:
-    """Run a clip stage (a loaded callable) on the accepted clip rows of ``rows``; others pass through."""
+    """Run a clip stage (a loaded callable) on the accepted clip rows of ``rows``; others pass through.
+
+    A clip the stage rejected because its model server could not be reached at all (the ``openai``
+    backend's ``UNREACHABLE`` errors, after every retry) is a transient failure: its reason becomes
+    ``transient_failure`` (the stage and the error stay), so its group is left for a rerun.
+    """
+    from vidsift.pipeline.backends.openai_backend import UNREACHABLE
+
     todo = [i for i, r in enumerate(rows) if r.get("clip_id") and not r.get("reject_reason")]
     if not todo:
         return rows
@@ -347,5 +354,7 @@ def apply_clip_stage(stage, rows: list[dict]) -> list[dict]:
         raise RuntimeError(f"{type(stage).__name__} returned {len(done)} rows for {len(todo)}")
     out = list(rows)
     for i, row in zip(todo, done, strict=True):
+        if row.get("reject_reason") and UNREACHABLE in (row.get("reject_detail") or ""):
+            row = {**row, "reject_reason": "transient_failure"}
         out[i] = row
     return out

@@ -48,6 +48,9 @@ from vidsift.pipeline.backends.base import (
 )
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+# in the error of a request that never reached the server (refused, reset, unresolvable), after every retry:
+# the clip stages' rejection of it is a transient failure (``process.apply_clip_stage``), retried by a rerun
+UNREACHABLE = "server unreachable"
 MAX_RETRY_AFTER_S = 60.0
 READ_CHUNK = 64 << 10
 
@@ -178,7 +181,7 @@ class OpenAIBackend:
             self._drop_connection()
             if time.monotonic() >= deadline:
                 raise RequestFailed(f"timed out after {self.config.timeout_s:g} s (deadline)", True) from None
-            raise RequestFailed(f"connection failed: {type(e).__name__}: {e}", True) from None
+            raise RequestFailed(f"connection failed ({UNREACHABLE}): {type(e).__name__}: {e}", True) from None
         return self._parse(status, headers, raw)
 
     def _exchange(self, payload: bytes, deadline: float) -> tuple[int, http.client.HTTPMessage, bytes]:

@@ -203,3 +203,40 @@ def test_transient_groups_are_held_back_then_final_then_reopened(tmp_path):
             assert held == {} and done_groups(tmp_path) == {"g0", "g1"}
     assert not (tmp_path / process.TRIES / "g0").exists()
     assert process.reopen_transient(tmp_path) == ["g0"] and done_groups(tmp_path) == {"g1"}
+
+
+def test_a_caption_server_out_of_reach_is_a_transient_failure(tmp_path):
+    """A clip whose caption server refuses every connection is held for a rerun (transient_failure); one
+    whose server answers 500 to every try is a permanent rejection, as before."""
+    import socket
+
+    from tests.pipeline.test_caption_openai import Server, start
+    from vidsift.pipeline.stages.caption_vlm import CaptionVlm, CaptionVlmConfig
+    from vidsift.pipeline.stages.write_shards import WriteShardsConfig, done_groups, write_group
+
+    clip = make_numbered_clip(tmp_path / "c.mp4", frames=30)
+    row = {"clip_id": "c1", "clip_mp4": clip.read_bytes(), "duration_s": 1.2, "caption_qa_flags": [],
+           "source_uri": "/v/a.mp4", "group": "g0", "start_frame": 0}  # fmt: skip
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    server = start(Server())
+    verdicts, details = {}, {}
+    try:
+        for name, url, model in (("down", closed, "m"), ("failing", server.url, "always-500")):
+            cfg = CaptionVlmConfig(backend="openai", model=model, base_url=url, max_retries=1, backoff_s=0.0)
+            [out] = process.apply_clip_stage(CaptionVlm(cfg), [row])
+            verdicts[name] = (out["reject_stage"], out["reject_reason"])
+            details[name] = out["reject_detail"]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert verdicts["down"] == ("caption_vlm", "transient_failure")
+    assert verdicts["failing"] == ("caption_vlm", "caption_vlm_failed")
+    assert "connection failed (server unreachable)" in details["down"] and "HTTP 500" in details["failing"]
+    rejected = {**row, "video_id": "v", "end_frame": 30, "reject_stage": "caption_vlm",
+                "reject_reason": "transient_failure", "reject_detail": details["down"]}  # fmt: skip
+    video = {"source_uri": "/v/a.mp4", "group": "g0", "status": "ok"}
+    write_group(tmp_path / "run", "g0", [], [rejected], [video], WriteShardsConfig())
+    assert process.hold_back_transient(tmp_path / "run", ["g0"]) == {"g0": (1, 1)}
+    assert done_groups(tmp_path / "run") == set()
