@@ -32,23 +32,48 @@ def text_model_name(name: str) -> str:
     return name or DEFAULT_TEXT_MODEL
 
 
+def load_text_model(name: str = "", offline: bool = False):
+    """(tokenizer, encoder module, recorded name) of a text encoder: the bundled MiniLM for "", else a hub
+    name or local path. ``offline``: local files or the cache only (``HF_HUB_OFFLINE=1`` does the same).
+    T5 gives its encoder, CLIP its text tower. The one loader of the trainer's text conditioning and the
+    curation stages that embed text (``text_embed``, ``caption_qa``)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path = resolve_text_model(name)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=offline)
+    model = AutoModel.from_pretrained(path, local_files_only=offline)
+    if model.config.is_encoder_decoder:  # T5: only the encoder conditions a diffusion model
+        model = model.get_encoder()
+    model = getattr(model, "text_model", model)  # CLIP: the text tower
+    return tokenizer, model.eval().requires_grad_(False), text_model_name(name)
+
+
+class SentenceEncoder:
+    """One vector per text, as sentence-transformers runs all-MiniLM-L6-v2: mean pooling over the tokens,
+    L2-normalised (``caption_qa``'s faithfulness)."""
+
+    def __init__(self, name: str = "", offline: bool = False) -> None:
+        self.tokenizer, self.model, self.name = load_text_model(name, offline)
+
+    @torch.inference_mode()
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        tok = self.tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+        hidden = self.model(**tok).last_hidden_state
+        mask = tok["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        emb = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(emb, dim=-1)
+
+
 class TextEncoder:
+    """Token embeddings [B, max_tokens, dim] and a mask for the DiT's cross-attention."""
+
     def __init__(
         self, name: str = "", max_tokens: int = 32, device: str | torch.device = "cpu", offline: bool = False
     ) -> None:
-        from transformers import AutoModel, AutoTokenizer
-
-        path = resolve_text_model(name)
-        self.name = text_model_name(name)
+        self.tokenizer, model, self.name = load_text_model(name, offline)
         self.max_tokens = max_tokens
         self.device = torch.device(device)
-        # offline: local files or the cache only (HF_HUB_OFFLINE=1 in the environment does the same)
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=offline)
-        model = AutoModel.from_pretrained(path, local_files_only=offline)
-        if model.config.is_encoder_decoder:  # T5: only the encoder conditions a diffusion model
-            model = model.get_encoder()
-        model = getattr(model, "text_model", model)  # CLIP: the text tower
-        self.model = model.eval().requires_grad_(False).to(self.device)
+        self.model = model.to(self.device)
         self.dim = int(getattr(model.config, "hidden_size", None) or model.config.d_model)
         self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 

@@ -183,32 +183,7 @@ def fails(flags: list[str], which: str) -> bool:
 # -- the stage ---------------------------------------------------------------------------------
 
 
-class SentenceEncoder:
-    """all-MiniLM-L6-v2 as sentence-transformers runs it: mean pooling over tokens, L2 normalised."""
-
-    def __init__(self, name: str = "") -> None:
-        import torch
-        from transformers import AutoModel, AutoTokenizer
-
-        from vidsift.model.text import resolve_text_model, text_model_name
-
-        path = resolve_text_model(name)
-        self.name = text_model_name(name)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).eval()
-        self.torch = torch
-
-    def __call__(self, texts: list[str]):
-        torch = self.torch
-        tok = self.tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
-        with torch.inference_mode():
-            hidden = self.model(**tok).last_hidden_state
-        mask = tok["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        emb = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(emb, dim=-1)
-
-
-def faithfulness(encoder: SentenceEncoder, reference: str, expansion: str) -> tuple[float, float]:
+def faithfulness(encoder, reference: str, expansion: str) -> tuple[float, float]:
     """(cosine of the whole expansion to the reference, lowest best-match cosine of its sentences to the
     reference's sentences). The second catches one invented sentence in an otherwise faithful text."""
     ref_sents, exp_sents = split_sentences(reference), split_sentences(expansion)
@@ -223,6 +198,10 @@ def faithfulness(encoder: SentenceEncoder, reference: str, expansion: str) -> tu
 class CaptionQa:
     def __init__(self, config: CaptionQaConfig) -> None:
         self.config = config
+        from vidsift.model.text import (
+            SentenceEncoder,  # the trainer's text-model loader (torch, transformers)
+        )
+
         self.encoder = SentenceEncoder(config.encoder)
 
     def __call__(self, rows: list[dict]) -> list[dict]:
