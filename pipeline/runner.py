@@ -561,8 +561,8 @@ def forwarded_env(recipe: Recipe) -> dict[str, str]:
 
 
 def _video_stages(recipe: Recipe) -> list:
-    per_video = [s for s in recipe.stages if s.name in ("probe", "analyze", "split_scenes", "transcode")]
-    return per_video + recipe.stages_of_kind("video_filter")
+    """The stages that run inside the per-video task (its resources are the most any of them asks)."""
+    return recipe.stages_of_kind("video") + recipe.stages_of_kind("video_filter")
 
 
 def _run_groups(
