@@ -39,5 +39,3 @@ def dhashes(gray: np.ndarray) -> list[int]:
         value = int(np.packbits(bits).view(">u8")[0])
         out.append(value - (1 << 64) if value >= 1 << 63 else value)
     return out
-
-

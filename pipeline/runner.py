@@ -505,6 +505,7 @@ def check_fits(
                 f"(cluster: {have}); lower its resources (fractional num_cpus are fine) or add a node "
                 "that has them"
             )
+
     def wait_forever(name: str) -> RecipeError:
         asked = defaultdict(float)
         for _, n in [("per-video task", video)] + actors:
@@ -579,7 +580,6 @@ def _run_groups(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from vidsift.pipeline.input_lists import FetchLimits
-
     from vidsift.pipeline.watchdog import StallWatchdog
 
     worker_env = {**forwarded_env(recipe), **worker_env}  # to every task and actor of the run
@@ -602,8 +602,12 @@ def _run_groups(
             object_store_memory=recipe.run.object_store_gb * 2**30
         )
     items = [
-        {"source_uri": uri, "group": g, "duplicate_of": duplicates.get(uri),
-         "source_meta": (source_meta or {}).get(uri)}  # fmt: skip
+        {
+            "source_uri": uri,
+            "group": g,
+            "duplicate_of": duplicates.get(uri),
+            "source_meta": (source_meta or {}).get(uri),
+        }  # fmt: skip
         for g, files in pending.items()
         for uri in files
     ]

@@ -131,7 +131,9 @@ def build_frames(spec: dict, srcdir: Path):
             n = seg["n"]
             xs = [round((w) * (j / (n - 1))) for j in range(n)]
             ys = [h // 2] * n
-            seg_frames = [np.ascontiguousarray(big[y : y + h, x : x + w]) for x, y in zip(xs, ys)]
+            seg_frames = [
+                np.ascontiguousarray(big[y : y + h, x : x + w]) for x, y in zip(xs, ys, strict=False)
+            ]
             not_cuts.append(len(frames) + n // 2)
         else:
             raise FetchError(f"unknown segment kind {kind}")

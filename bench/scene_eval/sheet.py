@@ -25,8 +25,7 @@ THUMB_W = 160
 
 def frames(path):
     with av.open(path) as c:
-        for i, f in enumerate(c.decode(video=0)):
-            yield i, f
+        yield from enumerate(c.decode(video=0))
 
 
 def thumb(frame):
