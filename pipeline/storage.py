@@ -196,12 +196,26 @@ def _tmp(path: str) -> str:
     return f"{head}/.{tail}.tmp-{os.getpid()}"
 
 
+def _fsync_local(fs: pafs.FileSystem, path: str) -> None:
+    """On a local disk (or NFS), flush a file or a folder's entries to the device: data is durable before
+    the marker that says it is there (an object store's put is durable when it returns)."""
+    if not isinstance(fs, pafs.LocalFileSystem):
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _publish(fs: pafs.FileSystem, tmp: str, path: str) -> None:
     try:
+        _fsync_local(fs, tmp)
         fs.move(tmp, path)  # local: rename (atomic); S3: copy to the final key, then delete tmp
     except BaseException:
         fs.delete_file(tmp)
         raise
+    _fsync_local(fs, os.path.dirname(path) or ".")  # the rename itself
 
 
 def write_table_atomic(table: pa.Table, location: Location, **parquet_options) -> None:
@@ -230,10 +244,11 @@ def read_text(location: Location) -> str:
 
 
 def touch(location: Location) -> None:
-    """An empty file: a completion marker."""
+    """An empty file: a completion marker (on a local disk, durable when this returns)."""
     fs, path = filesystem(location)
     with fs.open_output_stream(path):
         pass
+    _fsync_local(fs, os.path.dirname(path) or ".")
 
 
 def list_names(location: Location) -> list[str]:

@@ -29,6 +29,25 @@ def test_group_files_then_marker_sorted_and_zstd(tmp_path):
     assert done_groups(tmp_path) == {"g1"}
 
 
+def test_every_table_is_on_disk_before_the_marker(tmp_path, monkeypatch):
+    """fsync order on a local disk: each table file (before its rename), the folder of the rename, and only
+    then the marker's folder, so a crash never leaves a marker for data the disk does not hold."""
+    import os
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    write_group(tmp_path, "g1", [_clip("a.mp4", 0, "c1")], [], [], WriteShardsConfig())
+    tables = [i for i, p in enumerate(synced) if ".g1.parquet.tmp-" in p]
+    assert len(tables) == 3  # clips, rejected, videos: each fsynced before it is renamed into place
+    assert synced[-1] == str(tmp_path / "_done") and max(tables) < len(synced) - 1
+
+
 def test_partial_files_are_hidden_and_cleaned(tmp_path):
     (tmp_path / "clips").mkdir()
     partial = tmp_path / "clips" / ".g7.parquet.tmp-1234"
