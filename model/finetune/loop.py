@@ -307,11 +307,15 @@ class Trainer:
             return float("nan")
         total = 0.0
         grid = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9])
+        n = len(grid)
         for i, clip in enumerate(clips):
             g = torch.Generator().manual_seed(self.cfg.seed + 7919 * (i + 1))
-            starts = torch.full((len(grid),), 0.5)
-            b = self.batch([clip] * len(grid), g, 0.0, starts=starts, u=grid, posterior=False)
-            total += float(self.loss(model, b))
+            one = self.batch([clip], g, 0.0, starts=torch.tensor([0.5]), u=grid[:1], posterior=False)
+            # The clip encoded once, then noised at every u of the grid, each with its own fixed noise.
+            latent = one.latent.expand(n, *one.latent.shape[1:])
+            text = Text(one.text.emb.expand(n, -1, -1), one.text.mask.expand(n, -1))
+            noise = torch.randn(latent.shape, generator=g).to(self.device)
+            total += float(self.loss(model, Batch(latent, text, grid.to(self.device), noise)))
         return total / len(clips)
 
 
