@@ -5,7 +5,7 @@ For each sample clip, times ``scan_video`` + the per-video stages up to transcod
 decode, scene signals, statistics) and with all of them (the extra measurements inside the
 same decode pass, plus every ``score_*`` stage and the dedup hashes). Goal: <= 1.2x.
 
-usage: python bench/filter_overhead.py [--videos DIR] [--repeat 3]
+usage: python bench/filter_overhead.py [--videos DIR] [--repeat 3] [--set split_scenes.detector=fast]
 """
 
 from __future__ import annotations
@@ -54,8 +54,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--videos", type=Path, default=REPO.parent / "shared" / "videos")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="STAGE.KEY=VALUE",
+        help="override a value of recipes/curate/default.toml, e.g. split_scenes.detector=fast",
+    )  # fmt: skip
     args = parser.parse_args()
-    full = load_recipe(REPO / "recipes/curate/default.toml")
+    full = load_recipe(REPO / "recipes/curate/default.toml", args.set)
     data = full.to_dict()
     data["stage"] = [s for s in data["stage"] if STAGES[s["name"]].kind != "video_filter"]
     bare = build_recipe(data)
