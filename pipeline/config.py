@@ -91,7 +91,8 @@ def _check_type(default: Any, value: Any, key: str, where: str) -> Any:
     return value
 
 
-def _default(f: dataclasses.Field) -> Any:
+def field_default(f: dataclasses.Field) -> Any:
+    """A dataclass field's default value (None when it has none)."""
     if f.default is not dataclasses.MISSING:
         return f.default
     if f.default_factory is not dataclasses.MISSING:
@@ -107,7 +108,7 @@ def build_config(cls: type, values: dict, where: str) -> Any:
     if unknown:
         keys = f"key {unknown[0]!r}" if len(unknown) == 1 else f"keys {', '.join(map(repr, unknown))}"
         raise RecipeError(f"unknown {keys} in {where} (known: {', '.join(fields)})")
-    checked = {k: _check_type(_default(fields[k]), v, k, where) for k, v in values.items()}
+    checked = {k: _check_type(field_default(fields[k]), v, k, where) for k, v in values.items()}
     try:
         return cls(**checked)
     except (TypeError, ValueError) as e:

@@ -16,6 +16,7 @@ from typing import Any
 from vidsift.pipeline.config import (
     RecipeError,
     build_config,
+    field_default,
     parse_override,
     parse_value,
     read_recipe,
@@ -112,7 +113,7 @@ class Recipe:
             for o, n in zip(old_stages, new_stages, strict=True)
         ]
         for where, cls, old, new in pairs:
-            defaults = {f.name: _default_of(f) for f in dataclasses.fields(cls)}
+            defaults = {f.name: field_default(f) for f in dataclasses.fields(cls)}
             for key, value in new.items():
                 if key == "name" or (key in EXECUTION_KEYS and where == "run"):
                     continue
@@ -123,14 +124,6 @@ class Recipe:
             if unknown:
                 return f"{where}: the run has key(s) this version does not know: {', '.join(unknown)}"
         return None
-
-
-def _default_of(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return None
 
 
 def _jsonable(value: Any) -> str:
