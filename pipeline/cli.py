@@ -146,7 +146,8 @@ def cmd_select(args: argparse.Namespace) -> int:
     from vidsift.pipeline.select import SelectError, select_run
 
     try:
-        moves = select_run(args.run, args.output, where=args.where, sql=args.sql)
+        progress = lambda line: print(line, file=sys.stderr)  # noqa: E731  (stdout: the JSON result)
+        moves = select_run(args.run, args.output, where=args.where, sql=args.sql, log=progress)
     except SelectError as e:
         return _fail(str(e))
     condition = {"where": args.where} if args.where is not None else {"sql": args.sql}

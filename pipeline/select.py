@@ -396,8 +396,11 @@ def select_run(
     where: str | None = None,
     sql: str | None = None,
     config: WriteShardsConfig | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict:
     """Write ``dst``: the rows of ``src`` decided again by ``where`` (or a DuckDB ``sql`` condition).
+
+    ``log`` gets a progress line about every tenth of the groups.
 
     Returns the move counts. Rows rejected by a stage select does not decide (scenes, dedup, transcode,
     captioning) stay rejected as they are.
@@ -418,8 +421,10 @@ def select_run(
         jobs = [
             pool.submit(_select_group, src, dst, g, mask_of, text, config) for g in sorted(done_groups(src))
         ]
-        for job in jobs:
+        for k, job in enumerate(jobs, 1):
             moves.update(job.result())
+            if log and (k == len(jobs) or k % max(1, len(jobs) // 10) == 0):
+                log(f"select: {k}/{len(jobs)} groups, {sum(moves.values())} rows decided")
     moves = Counter({k: v for k, v in moves.items() if v})
     manifest = json.loads(storage.read_text(storage.join(src, "manifest.json")))
     kind = "where" if where is not None else "sql"
