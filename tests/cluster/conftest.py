@@ -9,16 +9,11 @@ done instead of idling beside the rest of the suite.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.cluster.local_cluster import LocalCluster, free_port
+from tests.cluster.local_cluster import LocalCluster
 from tests.cluster.recipes import write_recipe
 from tests.conftest import make_numbered_clip
 
@@ -52,39 +47,7 @@ def recipes(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="package")
 def s3(tmp_path_factory):
     """moto in server mode on loopback; yields the AWS variables that point at it."""
-    port = free_port()
-    exe = str(Path(sys.executable).parent / "moto_server")
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": "us-east-1",
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        import urllib.request
+    from tests.conftest import moto_s3
 
-        deadline = time.time() + 60
-        while True:
-            try:
-                urllib.request.urlopen(env["AWS_ENDPOINT_URL"], timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError("moto_server did not start") from None
-                time.sleep(0.3)
+    with moto_s3(tmp_path_factory.mktemp("moto")) as env:
         yield env
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v

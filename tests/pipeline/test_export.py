@@ -8,10 +8,7 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -188,48 +185,11 @@ def test_refuses_a_non_empty_output_and_a_folder_that_is_no_run(run, tmp_path):
 
 @pytest.fixture
 def s3_server(tmp_path):
-    """moto in server mode on loopback, for this test only; yields the AWS variables that point at it."""
-    import socket
+    """moto in server mode on loopback, for this test only (tests/conftest.py ``moto_s3``)."""
+    from tests.conftest import moto_s3
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    exe = str(Path(sys.executable).parent / "moto_server")
-    with open(tmp_path / "moto.log", "wb") as log:
-        cmd = [exe, "-H", "127.0.0.1", "-p", str(port)]
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": "us-east-1",
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        import urllib.request
-
-        deadline = time.time() + 60
-        while True:
-            try:
-                urllib.request.urlopen(env["AWS_ENDPOINT_URL"], timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError("moto_server did not start") from None
-                time.sleep(0.3)
+    with moto_s3(tmp_path) as env:
         yield env
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def test_export_from_a_bucket_equals_the_local_export(run, exports, s3_server, tmp_path):
