@@ -1,6 +1,6 @@
 """Curation ablation: does a model trained on vidsift's output beat the same model trained on the raw pool?
 
-    python bench/curation_ablation.py --quick  # 3 seeds x 2 arms, 1,500 steps: ~45 min, 2 cores
+    python bench/curation_ablation.py --quick --jobs 3 --threads 1  # 3 seeds x 2 arms, 1,500 steps
     python bench/curation_ablation.py  # 3 seeds x 2 arms, 5,000 steps (as the learning check)
     python bench/curation_ablation.py --toy  # plumbing only (the smoke test): seconds of training
 
@@ -296,7 +296,7 @@ def summarise(values: list[float]) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=os.path.join(ROOT, "out", "curation_ablation"))
-    p.add_argument("--quick", action="store_true", help="1,500 steps (about 45 min on 2 cores)")
+    p.add_argument("--quick", action="store_true", help="1,500 steps (58 min, --jobs 3, busy 2 cores)")
     p.add_argument("--toy", action="store_true", help="plumbing only: tiny pool, a few steps, few samples")
     p.add_argument("--steps", type=int, default=0, help="training steps (default: 5000, --quick 1500)")
     p.add_argument("--seeds", type=int, default=3, help="training seeds per arm")
