@@ -36,7 +36,7 @@ def _guard(handler):
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("recipe", help="recipe: a TOML path or a shipped name (train: tiny, small, ...; finetune: wan_lora, ...)")
+    p.add_argument("recipe", help="a TOML path or a shipped name (tiny, small; finetune: wan_lora, ...)")
     p.add_argument("--data", required=True, help="curation run folder holding clips/*.parquet")
     p.add_argument("--out", help="run folder (default: the recipe's `out`)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
