@@ -166,18 +166,20 @@ def run_sample(args: argparse.Namespace) -> int:
 
 def run_encode(args: argparse.Namespace) -> int:
     from vidsift.model.encode import encode_shards
+    from vidsift.pipeline.lock import output_lock
 
-    summary = encode_shards(
-        args.data,
-        args.vae,
-        args.text_model,
-        args.frames,
-        args.height,
-        args.width,
-        args.frame_stride,
-        args.text_tokens,
-        args.workers,
-    )
+    with output_lock(args.data, "encode"):  # it rewrites the run's shards in place
+        summary = encode_shards(
+            args.data,
+            args.vae,
+            args.text_model,
+            args.frames,
+            args.height,
+            args.width,
+            args.frame_stride,
+            args.text_tokens,
+            args.workers,
+        )
     print(f"encoded {sum(s['rows'] for s in summary)} clips in {len(summary)} shard files")
     return 0
 

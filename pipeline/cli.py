@@ -143,12 +143,19 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
 
 def cmd_select(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vidsift.pipeline.lock import OutputLocked, output_lock
     from vidsift.pipeline.select import SelectError, select_run
 
+    new_folder = "://" not in args.output and not Path(args.output).exists()
     try:
         progress = lambda line: print(line, file=sys.stderr)  # noqa: E731  (stdout: the JSON result)
-        moves = select_run(args.run, args.output, where=args.where, sql=args.sql, log=progress)
-    except SelectError as e:
+        with output_lock(args.output, "select"):
+            moves = select_run(args.run, args.output, where=args.where, sql=args.sql, log=progress)
+    except (SelectError, OutputLocked) as e:
+        if new_folder and Path(args.output).is_dir() and not any(Path(args.output).iterdir()):
+            Path(args.output).rmdir()  # refused before writing: leave no empty folder behind
         return _fail(str(e))
     condition = {"where": args.where} if args.where is not None else {"sql": args.sql}
     print(json.dumps({"output": args.output, **condition, "moves": moves}, indent=1))
@@ -156,11 +163,13 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def cmd_dedup(args: argparse.Namespace) -> int:
+    from vidsift.pipeline.lock import OutputLocked, output_lock
     from vidsift.pipeline.select import SelectError, dedup_finished_run
 
     try:
-        result = dedup_finished_run(args.run, args.against, args.set)
-    except SelectError as e:
+        with output_lock(args.run, "dedup"):  # it rewrites the run's groups in place
+            result = dedup_finished_run(args.run, args.against, args.set)
+    except (SelectError, OutputLocked) as e:
         return _fail(str(e))
     print(json.dumps(result, indent=1))
     return 0

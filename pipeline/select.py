@@ -328,8 +328,11 @@ def _is_run(out: Location) -> bool:
 
 
 def _is_empty(dst: Location) -> bool:
+    """Nothing in ``dst`` but the output lock this command holds on it."""
+    from vidsift.pipeline.lock import LOCK_NAME
+
     try:
-        return not storage.list_files(dst)
+        return all(str(f).rstrip("/").rsplit("/", 1)[-1] == LOCK_NAME for f in storage.list_files(dst))
     except FileNotFoundError:
         return True
 

@@ -195,3 +195,28 @@ def test_plain_lock_without_boto3_keeps_one_holder(tmp_path, monkeypatch, capsys
     assert plain.read()[1] == second
     plain.delete(second)
     assert plain.read() is None
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["select", "{run}", "--where", "motion_score > 0", "--output", "{out}"],
+        ["dedup", "{out}"],
+        ["encode", "{out}", "--vae", "{run}/vae.safetensors"],
+    ],
+)
+def test_select_dedup_and_encode_refuse_an_output_another_process_writes(tmp_path, capsys, command):
+    """The lock that curate takes is taken by every command that writes a run folder."""
+    from vidsift.pipeline.cli import main
+
+    out, run = tmp_path / "out", tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out), "60"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        args = [a.format(out=out, run=run) for a in command]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "select" in err and str(holder.pid) in err and "Traceback" not in err
+    finally:
+        holder.kill()
+        holder.wait()
