@@ -165,7 +165,15 @@ def encode_shards(
             num_gpus=resources["num_gpus"],
             compute=ray.data.ActorPoolStrategy(size=resources["size"]),
         )
-        return ds.take_all()
+        from vidsift.pipeline.progress import progress_bar
+
+        summary = []
+        with progress_bar("encode", "shard files", "{task.fields[rows]} clips") as bar:
+            task = bar.add_task("encode", total=len(paths), rows=0)
+            for row in ds.iter_rows():  # one row per shard file, as its actor finishes it
+                summary.append(row)
+                bar.update(task, advance=1, rows=sum(r["rows"] for r in summary))
+        return summary
     finally:
         if started:  # a Ray we started must not outlive the job (tests, notebooks call this in-process)
             ray.shutdown()

@@ -150,9 +150,8 @@ def cmd_select(args: argparse.Namespace) -> int:
 
     new_folder = "://" not in args.output and not Path(args.output).exists()
     try:
-        progress = lambda line: print(line, file=sys.stderr)  # noqa: E731  (stdout: the JSON result)
-        with output_lock(args.output, "select"):
-            moves = select_run(args.run, args.output, where=args.where, sql=args.sql, log=progress)
+        with output_lock(args.output, "select"):  # a progress bar on stderr; stdout: the JSON result
+            moves = select_run(args.run, args.output, where=args.where, sql=args.sql, quiet=False)
     except (SelectError, OutputLocked) as e:
         if new_folder and Path(args.output).is_dir() and not any(Path(args.output).iterdir()):
             Path(args.output).rmdir()  # refused before writing: leave no empty folder behind

@@ -295,7 +295,9 @@ def export_run(
 ) -> ExportResult:
     """Export the accepted clips of ``run`` (local or ``s3://``) that pass ``where`` to ``output``."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress
+
+    from vidsift.pipeline.progress import progress_bar
 
     if fmt not in FORMATS:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
@@ -335,16 +337,7 @@ def export_run(
                 yield row, mp4
             progress.update(task, advance=n, written=result.clips)
 
-    with Progress(
-        TextColumn(f"[bold]export {fmt}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("clips read"),
-        TextColumn("{task.fields[written]} exported"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    ) as progress:
+    with progress_bar(f"export {fmt}", "clips read", "{task.fields[written]} exported", console) as progress:
         task = progress.add_task("export", total=source.rows, written=0)
         rows = selected(progress, task)
         if isinstance(writer, HfWriter):

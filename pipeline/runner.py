@@ -33,6 +33,7 @@ import pyarrow as pa
 
 from vidsift.pipeline import storage
 from vidsift.pipeline.manifest import build_manifest, print_summary
+from vidsift.pipeline.progress import progress_bar
 from vidsift.pipeline.publish import (
     PARTS,
     VIDEO_PREFIX,
@@ -577,7 +578,6 @@ def _run_groups(
     source_meta: dict[str, str | None] | None = None,
 ) -> dict:
     import ray
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from vidsift.pipeline.input_lists import FetchLimits
     from vidsift.pipeline.watchdog import StallWatchdog
@@ -655,16 +655,8 @@ def _run_groups(
     publishing: list = []
     accepted = 0
     rows_by_stage: dict[str, Counter] = defaultdict(Counter)
-    with Progress(
-        TextColumn("[bold]curate"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("videos"),
-        TextColumn("{task.fields[clips]} clips, {task.fields[groups]} groups written"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    ) as progress:
+    counters = "{task.fields[clips]} clips, {task.fields[groups]} groups written"
+    with progress_bar("curate", "videos", counters, console=console) as progress:
         task = progress.add_task("curate", total=len(items), clips=0, groups=0)
         written = 0
         video_demand, actor_demands = _demands(recipe)

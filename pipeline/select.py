@@ -400,10 +400,12 @@ def select_run(
     sql: str | None = None,
     config: WriteShardsConfig | None = None,
     log: Callable[[str], None] | None = None,
+    quiet: bool = True,
 ) -> dict:
     """Write ``dst``: the rows of ``src`` decided again by ``where`` (or a DuckDB ``sql`` condition).
 
-    ``log`` gets a progress line about every tenth of the groups.
+    ``log`` gets a progress line about every tenth of the groups; unless ``quiet``, a progress bar over the
+    groups shows on stderr (``pipeline/progress.py``, curate's look).
 
     Returns the move counts. Rows rejected by a stage select does not decide (scenes, dedup, transcode,
     captioning) stay rejected as they are.
@@ -420,12 +422,16 @@ def select_run(
     config = config or _run_write_config(src)
     moves: Counter = Counter()
     # groups are independent: a few threads overlap Parquet reads, compute and writes (all release the GIL)
-    with ThreadPoolExecutor(max_workers=SELECT_THREADS) as pool:
-        jobs = [
-            pool.submit(_select_group, src, dst, g, mask_of, text, config) for g in sorted(done_groups(src))
-        ]
+    from vidsift.pipeline.progress import progress_bar
+
+    groups = sorted(done_groups(src))
+    bar = progress_bar("select", "groups", "{task.fields[rows]} rows decided", quiet=quiet)
+    with ThreadPoolExecutor(max_workers=SELECT_THREADS) as pool, bar:
+        task = bar.add_task("select", total=len(groups), rows=0)
+        jobs = [pool.submit(_select_group, src, dst, g, mask_of, text, config) for g in groups]
         for k, job in enumerate(jobs, 1):
             moves.update(job.result())
+            bar.update(task, advance=1, rows=sum(moves.values()))
             if log and (k == len(jobs) or k % max(1, len(jobs) // 10) == 0):
                 log(f"select: {k}/{len(jobs)} groups, {sum(moves.values())} rows decided")
     moves = Counter({k: v for k, v in moves.items() if v})
