@@ -186,6 +186,8 @@ def real_run(videos: Path, base: Path) -> Path:
         str(out),
         "--set",
         "split_scenes.min_scene_s=0.5",
+        "--set",
+        "split_scenes.detector=fast",  # stats of a real run, not shot accuracy
         "--quiet",
         timeout=300,
     )

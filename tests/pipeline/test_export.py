@@ -234,7 +234,8 @@ def test_keep_audio_run_exports_clips_whose_audio_lasts_as_long_as_the_video(vid
         shutil.copy(videos / "quality" / name, src / name)
     run_dir = tmp_path / "run"
     r = run_cli("curate", "default", "--input", str(src), "--output", str(run_dir), "--quiet",
-                "--set", "transcode.keep_audio=true", "--set", "split_scenes.min_scene_s=0.5")  # fmt: skip
+                "--set", "transcode.keep_audio=true", "--set", "split_scenes.min_scene_s=0.5",
+                "--set", "split_scenes.detector=fast")  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     dst = tmp_path / "export"
     r = run_cli("export", str(run_dir), "--format", "videofolder", "--output", str(dst), "--quiet")

@@ -223,6 +223,7 @@ def test_curate_from_a_jsonl_list(server, videos, tmp_path):
 
     args = [vidsift_exe(), "curate", RECIPE, "--input", str(listing), "--output", str(out), "--quiet",
             "--set", "split_scenes.min_scene_s=0.5", "--set", "run.group_size=2",
+            "--set", "split_scenes.detector=fast",
             "--set", f"run.fetch_max_mb={LIMIT_MB}", "--set", f"run.fetch_timeout_s={TIMEOUT_S}"]  # fmt: skip
     r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
