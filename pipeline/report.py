@@ -512,7 +512,14 @@ def _sections(s: dict, comparison: dict | None) -> list[tuple[str, str, str]]:
             ["source", "clips", "duration"],
             [[x["source_uri"], x["clips"], hours(x["hours"])] for x in src["top"]],
         )
-    out.append(("sources", "Duplicates and sources", body or "<p>No clips.</p>"))
+    lic = s.get("licences") or {}
+    clips, videos = lic.get("clips") or {}, lic.get("videos") or {}
+    if clips or videos:
+        body += "<h3>Licences (input list)</h3>" + table(
+            ["licence", "accepted clips", "videos"],
+            [[k, clips.get(k, 0), videos.get(k, 0)] for k in sorted(set(clips) | set(videos))],
+        )
+    out.append(("sources", "Duplicates, sources and licences", body or "<p>No clips.</p>"))
     m = s["models"]
     rows = [[c, top_values(d["top"])] for c, d in m["columns"].items()]
     rows += [[f"manifest: {k}", v if isinstance(v, str) else json.dumps(v)] for k, v in m["manifest"].items()]

@@ -142,6 +142,7 @@ def print_stats(console, s: dict) -> None:
         if scores:
             console.print(_score_table(f"Scores of {which} clips", scores))
     _print_media(console, s["media"])
+    _print_licences(console, s.get("licences") or {})
     if s["captions"]:
         rows = []
         for c, d in s["captions"].items():
@@ -216,6 +217,14 @@ def _score_table(title: str, scores: dict):
     cols = ["count", "mean", "min", "p5", "p25", "p50", "p75", "p95", "max"]
     rows = [[c, *(d.get(k) for k in cols)] for c, d in scores.items()]
     return _table(title, ["column", *cols], rows, digits=3)
+
+
+def _print_licences(console, licences: dict) -> None:
+    """Accepted clips and input videos per licence (an input list's ``licence`` column)."""
+    clips, videos = licences.get("clips") or {}, licences.get("videos") or {}
+    rows = [[k, clips.get(k, 0), videos.get(k, 0)] for k in sorted(set(clips) | set(videos))]
+    if rows:
+        console.print(_table("Licences (input list)", ["licence", "accepted clips", "videos"], rows))
 
 
 def _print_media(console, media: dict) -> None:

@@ -271,6 +271,11 @@ def test_curate_from_a_jsonl_list(server, videos, tmp_path):
     counted = Counter(expected[c["source_uri"]]["licence"] for c in clips)
     assert licences["clips"] == counted
     assert licences["videos"] == {"CC-BY-4.0": 2, "CC0-1.0": 4}
+    terminal = run_cli("stats", str(out)).stdout  # the terminal table and the HTML report show them too
+    assert "Licences" in terminal and "CC-BY-4.0" in terminal and "CC0-1.0" in terminal
+    assert run_cli("stats", str(out), "--html", str(tmp_path / "r.html")).returncode == 0
+    html = (tmp_path / "r.html").read_text()
+    assert "Licences (input list)" in html and "<td>CC0-1.0</td>" in html
     exp = run_cli("export", str(out), "--format", "webdataset", "--output", str(tmp_path / "wds"), "--quiet")
     assert exp.returncode == 0, exp.stderr
     assert json.loads(exp.stdout)["licences"] == counted
