@@ -176,21 +176,12 @@ class Dist:
 
 def setup_distributed(cfg: TrainConfig) -> Dist:
     """DDP/FSDP only when launched by torchrun (gloo on CPU, NCCL on GPU); else one process."""
-    ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    from vidsift.model.distributed import start_processes
+
     if cfg.parallel not in ("ddp", "fsdp"):
         raise RecipeError(f"parallel must be ddp or fsdp, got {cfg.parallel!r}")
-    device_type = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    device_type = torch.device(device_type).type
-    if not ddp:
-        return Dist(False, False, 0, 1, torch.device(cfg.device if cfg.device != "auto" else device_type))
-    import torch.distributed as dist
-
-    dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    device = torch.device(f"cuda:{local}") if device_type == "cuda" else torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    return Dist(True, cfg.parallel == "fsdp", dist.get_rank(), dist.get_world_size(), device)
+    ddp, rank, world, device = start_processes(cfg.device)
+    return Dist(ddp, ddp and cfg.parallel == "fsdp", rank, world, device)
 
 
 @dataclass

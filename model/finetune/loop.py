@@ -144,20 +144,11 @@ class Dist:
 
 def setup_distributed(cfg: FinetuneConfig) -> Dist:
     """DDP/FSDP2 only when launched by torchrun (gloo on CPU, NCCL on GPU); else one process."""
-    kind = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    kind = torch.device(kind).type
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        if cfg.fsdp:
-            raise RecipeError("fsdp = true needs torchrun (several processes)")
-        return Dist(False, 0, 1, torch.device(kind if cfg.device == "auto" else cfg.device))
-    import torch.distributed as dist
+    from vidsift.model.distributed import start_processes
 
-    dist.init_process_group(backend="nccl" if kind == "cuda" else "gloo")
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    device = torch.device(f"cuda:{local}") if kind == "cuda" else torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    return Dist(True, dist.get_rank(), dist.get_world_size(), device)
+    if cfg.fsdp and ("RANK" not in os.environ or "WORLD_SIZE" not in os.environ):
+        raise RecipeError("fsdp = true needs torchrun (several processes)")
+    return Dist(*start_processes(cfg.device))
 
 
 def load_model(cfg: FinetuneConfig, family: Family, device: torch.device) -> tuple[Components, object]:
