@@ -113,7 +113,7 @@ def main() -> None:
     from vidsift.model.edit import edit_latent, strength_schedule
     from vidsift.model.flow import FlowConfig
     from vidsift.model.sample import load_dit, save_grid
-    from vidsift.model.text import TextEncoder
+    from vidsift.pipeline.text_encoder import TextEncoder
 
     run = args.run or os.path.join(args.out, "dit")
     if not os.path.exists(os.path.join(run, "ema.safetensors")):

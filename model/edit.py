@@ -200,7 +200,7 @@ def edit_clip(
     ``out_path``, when given, is checked before any work (see write_edit)."""
     from vidsift.model.flow import FlowConfig
     from vidsift.model.sample import load_checkpoint_vae, load_dit
-    from vidsift.model.text import TextEncoder
+    from vidsift.pipeline.text_encoder import TextEncoder
 
     if not 0.0 <= strength <= 1.0:
         raise EditError(f"--strength must be in [0, 1], got {strength}")

@@ -29,8 +29,8 @@ class EncodeShards:
     ) -> None:
         import torch
 
-        from vidsift.model.text import TextEncoder
         from vidsift.model.vae import load_vae
+        from vidsift.pipeline.text_encoder import TextEncoder
 
         torch.set_num_threads(max(1, torch.get_num_threads()))
         self.device = "cuda" if torch.cuda.is_available() else "cpu"

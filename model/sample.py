@@ -86,7 +86,7 @@ def generate(
     starts with a's last and ends with b's first ``context_frames`` frames. Given frames are unchanged in
     the result (exactly in pixel space; their latents are exact with a VAE)."""
     from vidsift.model.flow import FlowConfig, sample_euler
-    from vidsift.model.text import TextEncoder
+    from vidsift.pipeline.text_encoder import TextEncoder
 
     modes = [m for m, v in (("--image", image), ("--extend", extend), ("--connect", connect)) if v]
     if len(modes) > 1:

@@ -211,7 +211,7 @@ def build_data(cfg: TrainConfig, d: Dist) -> Data:
         load_samples,
     )
     from vidsift.model.dit import config_from_preset
-    from vidsift.model.text import TextEncoder, text_model_name
+    from vidsift.pipeline.text_encoder import TextEncoder, text_model_name
 
     index = ShardIndex(cfg.data)
     vae = None

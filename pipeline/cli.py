@@ -327,12 +327,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON list")
     p.set_defaults(func=cmd_stages)
 
-    from vidsift.model.cli import register as register_model
     from vidsift.pipeline.stats_cli import register as register_stats
 
     register_stats(sub)
-    register_model(sub)
+    register_commands(sub)
     return parser
+
+
+COMMAND_GROUP = "vidsift.commands"  # entry points that add sub-commands: vidsift.model's train, sample, ...
+
+
+def register_commands(sub) -> None:
+    """Sub-commands of other packages, found by their ``vidsift.commands`` entry points (pyproject.toml): the
+    trainer's ``train``, ``sample``, ``encode``, ``finetune`` ... come from ``vidsift.model.cli:register``, so
+    the curation package never imports the model package. A plugin that fails to load is named on stderr
+    and the other commands still work."""
+    from importlib.metadata import entry_points
+
+    for ep in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
+        try:
+            ep.load()(sub)
+        except Exception as e:  # noqa: BLE001 - a broken plugin must not take the whole CLI down
+            print(f"vidsift: commands of {ep.value} not loaded: {type(e).__name__}: {e}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,6 +59,9 @@ def test_one_package_and_no_top_level_pipeline_or_model(installed, tmp_path):
     assert str(REPO) not in r.stdout  # the installed copy, not this checkout
     r = run(installed, "from vidsift.pipeline.cli import main; main(['--version'])", tmp_path)
     assert r.stdout.startswith("vidsift ") and "unknown" not in r.stdout
+    # the trainer's commands reach the CLI through the wheel's vidsift.commands entry point
+    r = run(installed, "from vidsift.pipeline.cli import main; main(['train', '--help'])", tmp_path)
+    assert r.returncode == 0 and "--data" in r.stdout, r.stderr
 
 
 def test_every_source_package_is_in_the_wheel(installed):

@@ -198,7 +198,7 @@ def faithfulness(encoder, reference: str, expansion: str) -> tuple[float, float]
 class CaptionQa:
     def __init__(self, config: CaptionQaConfig) -> None:
         self.config = config
-        from vidsift.model.text import (
+        from vidsift.pipeline.text_encoder import (
             SentenceEncoder,  # the trainer's text-model loader (torch, transformers)
         )
 

