@@ -175,7 +175,7 @@ def make_run(out: Path, n: int, real: pa.Table, seed: int, group_size: int, medi
     """Write a finished run folder of ``n`` accepted background clips plus the real rows; returns where
     the real rows went (``real_index -> clip_id``)."""
     from vidsift.pipeline.schema import CLIP_SCHEMA, REJECTED_SCHEMA, VIDEO_SCHEMA
-    from vidsift.pipeline.select import _conform
+    from vidsift.pipeline.select import conform
 
     rng = np.random.default_rng(seed)
     p_bit = bit_frequencies(real)
@@ -255,7 +255,7 @@ def make_run(out: Path, n: int, real: pa.Table, seed: int, group_size: int, medi
             "dedup_curve": real.column("dedup_curve").cast(pa.list_(pa.float32())),
         }
     )
-    rows = pa.concat_tables([_conform(rows, REJECTED_SCHEMA), _conform(extra, REJECTED_SCHEMA)])
+    rows = pa.concat_tables([conform(rows, REJECTED_SCHEMA), conform(extra, REJECTED_SCHEMA)])
     videos = pa.table(
         {
             "source_uri": pa.array(list(sources) + real_src),
@@ -269,7 +269,7 @@ def make_run(out: Path, n: int, real: pa.Table, seed: int, group_size: int, medi
             "num_scenes": pa.array(np.full(len(sources) + r, 5, np.int32)),
         }
     )
-    videos = _conform(videos, VIDEO_SCHEMA)
+    videos = conform(videos, VIDEO_SCHEMA)
     groups = rows.column("group").to_numpy(zero_copy_only=False)
     vgroups = videos.column("group").to_numpy(zero_copy_only=False)
     order = np.argsort(groups, kind="stable")
@@ -282,7 +282,7 @@ def make_run(out: Path, n: int, real: pa.Table, seed: int, group_size: int, medi
     for k, name in enumerate(names):
         part = rows.slice(bounds[k], bounds[k + 1] - bounds[k])
         acc = pa.compute.is_null(part.column("reject_reason"))
-        clips = _conform(part.filter(acc), CLIP_SCHEMA)
+        clips = conform(part.filter(acc), CLIP_SCHEMA)
         rej = part.filter(pa.compute.invert(acc))
         vids = videos.slice(vbounds[k], vbounds[k + 1] - vbounds[k])
         n_acc = pa.compute.value_counts(clips.column("source_uri")).to_pylist()
@@ -316,7 +316,7 @@ def make_run(out: Path, n: int, real: pa.Table, seed: int, group_size: int, medi
 def step(name: str, run: Path, scratch: Path) -> dict:
     """One step in this process (the parent measures time and memory); returns what it found."""
     if name == "dedup":
-        from vidsift.pipeline.select import dedup_finished_run
+        from vidsift.pipeline.dedup_run import dedup_finished_run
 
         return dedup_finished_run(str(run))
     if name == "select":

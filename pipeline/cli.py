@@ -162,13 +162,13 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def cmd_dedup(args: argparse.Namespace) -> int:
+    from vidsift.pipeline.dedup_run import DedupError, dedup_finished_run
     from vidsift.pipeline.lock import OutputLocked, output_lock
-    from vidsift.pipeline.select import SelectError, dedup_finished_run
 
     try:
-        with output_lock(args.run, "dedup"):  # it rewrites the run's groups in place
-            result = dedup_finished_run(args.run, args.against, args.set)
-    except (SelectError, OutputLocked) as e:
+        with output_lock(args.run, "dedup"):  # it rewrites the run's groups in place; bars on stderr
+            result = dedup_finished_run(args.run, args.against, args.set, quiet=args.quiet)
+    except (DedupError, OutputLocked) as e:
         return _fail(str(e))
     print(json.dumps(result, indent=1))
     return 0
@@ -308,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--set", action="append", default=[], metavar="dedup.KEY=VALUE", help="override a dedup value"
     )
+    p.add_argument("--quiet", action="store_true", help="no progress display or summary lines")
     p.set_defaults(func=cmd_dedup)
 
     p = sub.add_parser(

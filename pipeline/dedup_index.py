@@ -28,6 +28,7 @@ worker holds one table's keys at a time. Otherwise they run in this process.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,6 +43,8 @@ from vidsift.pipeline.storage import Location
 COLUMNS = ["clip_id", "group", "source_uri", "dedup_hashes", "dedup_curve", "width", "height", "duration_s"]
 SCALES = len(HASH_SCALES)
 VERIFY_CHUNK = 20_000  # candidate pairs per verification task
+# progress(phase, done, total, **counters): "read" (files), "index" (hash tables), "verify" (pair chunks)
+Progress = Callable[..., None]
 
 
 @dataclass
@@ -136,10 +139,18 @@ def table_from_arrow(t: pa.Table, run: int = 0) -> HashTable:
     )
 
 
-def read_clip_columns(run: Location) -> pa.Table:
-    """The columns the search needs, of every accepted clip of a run (column-only Parquet reads)."""
-    files = storage.parquet_files(storage.join(run, "clips"))
-    tables = [storage.read_table(f, columns=COLUMNS) for f in files]
+def read_clip_columns(run: Location, files: list | None = None, on_file: Callable[[int], None] | None = None
+                      ) -> pa.Table:  # fmt: skip
+    """The columns the search needs, of every accepted clip of a run (column-only Parquet reads).
+
+    ``files``: the run's clip files when already listed; ``on_file(rows)`` is called after each file.
+    """
+    files = storage.parquet_files(storage.join(run, "clips")) if files is None else files
+    tables = []
+    for f in files:
+        tables.append(storage.read_table(f, columns=COLUMNS))
+        if on_file:
+            on_file(tables[-1].num_rows)
     if not tables:
         from vidsift.pipeline.schema import CLIP_SCHEMA
 
@@ -147,9 +158,25 @@ def read_clip_columns(run: Location) -> pa.Table:
     return pa.concat_tables(tables, promote_options="permissive")
 
 
-def load_hash_table(runs: list[Location]) -> HashTable:
-    """``runs[0]`` is the run to deduplicate, the others are earlier runs it is compared against."""
-    return concat_tables([table_from_arrow(read_clip_columns(r), run=i) for i, r in enumerate(runs)])
+def load_hash_table(runs: list[Location], progress: Progress | None = None) -> HashTable:
+    """``runs[0]`` is the run to deduplicate, the others are earlier runs it is compared against.
+
+    ``progress("read", files_done, files, clips=...)`` after each file read.
+    """
+    files = [storage.parquet_files(storage.join(r, "clips")) for r in runs]
+    total = sum(len(f) for f in files)
+    done = {"files": 0, "clips": 0}
+
+    def on_file(rows: int) -> None:
+        done["files"] += 1
+        done["clips"] += rows
+        if progress:
+            progress("read", done["files"], total, clips=done["clips"])
+
+    if progress:
+        progress("read", 0, total, clips=0)
+    parts = [read_clip_columns(r, f, on_file) for r, f in zip(runs, files, strict=True)]
+    return concat_tables([table_from_arrow(t, run=i) for i, t in enumerate(parts)])
 
 
 def concat_tables(parts: list[HashTable]) -> HashTable:
@@ -345,9 +372,24 @@ def _ray_verify(pairs, offsets, hashes, curves, has_curve, config):  # runs insi
     return verify_pairs(pairs, offsets, hashes, curves, has_curve, config)
 
 
-def search_pairs(table: HashTable, config: DedupConfig, stats: SearchStats) -> np.ndarray:
-    """Verified duplicate clip pairs (uint64 ``i << 32 | j``)."""
+def _gather(refs: list, each: Callable[[int], None]) -> list:
+    """``ray.get(refs)`` in order, calling ``each(done)`` as tasks finish (in any order)."""
+    import ray
+
+    pending = list(refs)
+    while pending:
+        _, pending = ray.wait(pending, num_returns=1)
+        each(len(refs) - len(pending))
+    return ray.get(refs)
+
+
+def search_pairs(
+    table: HashTable, config: DedupConfig, stats: SearchStats, progress: Progress | None = None
+) -> np.ndarray:
+    """Verified duplicate clip pairs (uint64 ``i << 32 | j``); ``progress`` as ``find_near_duplicates``."""
     import time
+
+    progress = progress or (lambda *a, **k: None)
 
     t0 = time.time()
     h, c = entries(table)
@@ -359,6 +401,13 @@ def search_pairs(table: HashTable, config: DedupConfig, stats: SearchStats) -> n
     started_ray = False
     distributed = len(table) > config.distribute_above
     stats.distributed = distributed
+    compared = [0]
+
+    def table_done(done: int, counts: dict | None = None) -> None:
+        compared[0] += counts["hash_pairs_compared"] if counts else 0
+        progress("index", done, len(perms), compared=compared[0])
+
+    table_done(0)
     if distributed:
         import ray
 
@@ -370,12 +419,15 @@ def search_pairs(table: HashTable, config: DedupConfig, stats: SearchStats) -> n
         need = int(6 * h.nbytes + 4 * c.nbytes) + (256 << 20)
         task = ray.remote(_ray_table_pairs).options(num_cpus=1, memory=need, max_retries=2)
         h_ref, c_ref, r_ref = ray.put(h), ray.put(c), ray.put(runs)
-        results = ray.get(
-            [task.remote(h_ref, c_ref, r_ref, p, b, config) for p, b in zip(perms, bits, strict=True)]
-        )
-        del h_ref, c_ref, r_ref
+        refs = [task.remote(h_ref, c_ref, r_ref, p, b, config) for p, b in zip(perms, bits, strict=True)]
+        results = _gather(refs, lambda done: progress("index", done, len(perms), compared=0))
+        del h_ref, c_ref, r_ref, refs
+        table_done(len(perms), {"hash_pairs_compared": sum(c["hash_pairs_compared"] for _, c in results)})
     else:
-        results = [table_pairs(h, c, runs, p, b, config) for p, b in zip(perms, bits, strict=True)]
+        results = []
+        for p, b in zip(perms, bits, strict=True):
+            results.append(table_pairs(h, c, runs, p, b, config))
+            table_done(len(results), results[-1][1])
     del h, c
     found = []
     for pairs, counts in results:
@@ -388,16 +440,29 @@ def search_pairs(table: HashTable, config: DedupConfig, stats: SearchStats) -> n
     stats.candidate_pairs = len(candidates)
     t1 = time.time()
     stats.seconds["candidates"] = round(t1 - t0, 3)
+    chunks = [candidates[s : s + VERIFY_CHUNK] for s in range(0, len(candidates), VERIFY_CHUNK)]
+    verified = [0]
+
+    def chunk_done(done: int, mask: np.ndarray | None = None) -> None:
+        verified[0] += int(mask.sum()) if mask is not None else 0
+        progress("verify", done, len(chunks), verified=verified[0], candidates=len(candidates))
+
+    chunk_done(0)
     if distributed and len(candidates) > VERIFY_CHUNK:
         import ray
 
         task = ray.remote(_ray_verify).options(num_cpus=1, max_retries=2)
         refs = [ray.put(x) for x in (table.offsets, table.hashes, table.curves, table.has_curve)]
-        chunks = [candidates[s : s + VERIFY_CHUNK] for s in range(0, len(candidates), VERIFY_CHUNK)]
-        masks = ray.get([task.remote(ch, *refs, config) for ch in chunks])
-        mask = np.concatenate(masks)
+        futures = [task.remote(ch, *refs, config) for ch in chunks]
+        masks = _gather(futures, lambda done: progress("verify", done, len(chunks), verified=0,
+                                                       candidates=len(candidates)))  # fmt: skip
+        chunk_done(len(chunks), np.concatenate(masks))
     else:
-        mask = verify_pairs(candidates, table.offsets, table.hashes, table.curves, table.has_curve, config)
+        masks = []
+        for ch in chunks:  # verify_pairs works chunk by chunk anyway: the same masks
+            masks.append(verify_pairs(ch, table.offsets, table.hashes, table.curves, table.has_curve, config))
+            chunk_done(len(masks), masks[-1])
+    mask = np.concatenate(masks) if masks else np.zeros(0, bool)
     stats.verified_pairs = int(mask.sum())
     stats.seconds["verify"] = round(time.time() - t1, 3)
     if started_ray:
@@ -443,11 +508,18 @@ def choose_representatives(table: HashTable, pairs: np.ndarray) -> dict[int, int
     return dict(zip(nodes[dup].tolist(), keeper[dup].tolist(), strict=True))
 
 
-def find_near_duplicates(table: HashTable, config: DedupConfig) -> tuple[dict[int, int], SearchStats]:
-    """``{duplicate clip index: kept clip index}`` over ``table``, and what the search did."""
+def find_near_duplicates(
+    table: HashTable, config: DedupConfig, progress: Progress | None = None
+) -> tuple[dict[int, int], SearchStats]:
+    """``{duplicate clip index: kept clip index}`` over ``table``, and what the search did.
+
+    ``progress(phase, done, total, **counters)`` follows the work: ``"index"`` per hash table
+    (``compared``: hash pairs compared so far), then ``"verify"`` per chunk of candidate pairs
+    (``verified``, ``candidates``).
+    """
     stats = SearchStats(clips=len(table))
     stats.clips_without_hashes = int((np.diff(table.offsets) < SCALES).sum())
-    pairs = search_pairs(table, config, stats)
+    pairs = search_pairs(table, config, stats, progress)
     duplicates = choose_representatives(table, pairs)
     stats.duplicates = len(duplicates)
     return duplicates, stats

@@ -1,16 +1,14 @@
-"""Deciding again over a finished run, without decoding anything; the run-wide dedup pass.
+"""Deciding again over a finished run, without decoding anything, and the group-file helpers it shares
+with the run-wide dedup pass (``pipeline/dedup_run.py``).
 
-- ``select_run``: ``vidsift select OUT --where "aesthetic_score >= 4.5 and motion_score > 0.3"
+``select_run``: ``vidsift select OUT --where "aesthetic_score >= 4.5 and motion_score > 0.3"
   --output OUT2`` (or ``--sql "<DuckDB WHERE condition>"``) replaces the filters' thresholds by a
   predicate over the stored score columns and writes a new run folder, with the accounting of which
   clips moved between accepted and rejected, and why. It streams group by group in Arrow: rows never
   become Python objects and MP4 bytes are copied as bytes. Local, NFS and ``s3://`` runs.
-- ``dedup_run``: the run-wide half of ``dedup`` (after the last group of ``vidsift curate``, and
-  ``vidsift dedup OUT [--against RUN ...]``): the index of ``pipeline/dedup_index.py`` over the hash
-  columns, then near-duplicate accepted clips move to the rejected table in place, group by group.
 
-Both rewrite whole group files (temporary file, then rename, in ``write_shards.TABLES`` order) and
-then recount the manifest from column scans.
+It writes whole group files (temporary file, then rename, in ``write_shards.TABLES`` order) and then
+recounts the manifest from column scans.
 """
 
 from __future__ import annotations
@@ -19,10 +17,9 @@ import ast
 import json
 import operator
 import os
-import sys
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import reduce
 
@@ -246,11 +243,11 @@ def read_group_tables(out: Location, group: str) -> dict[str, pa.Table]:
     tables = {}
     for name, schema in TABLES.items():
         path = storage.join(out, name, f"{group}.parquet")
-        tables[name] = _conform(_read_table(path), schema) if storage.exists(path) else schema.empty_table()
+        tables[name] = conform(_read_table(path), schema) if storage.exists(path) else schema.empty_table()
     return tables
 
 
-def _conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
+def conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
     """``t`` with exactly ``schema``'s columns, in order (a missing column is nulls)."""
     have = set(t.column_names)
     cols = [t.column(f.name) if f.name in have else pa.nulls(t.num_rows, f.type) for f in schema]
@@ -271,7 +268,7 @@ def _account_videos(videos: pa.Table, clips: pa.Table, rejected: pa.Table) -> pa
     narrow = ["source_uri", "reject_stage", "reject_reason"]
     accepted = [{"source_uri": u} for u in clips.column("source_uri").to_pylist()]
     rows = account_group(videos.to_pylist(), accepted, rejected.select(narrow).to_pylist())
-    return _conform(pa.Table.from_pylist(rows, schema=VIDEO_SCHEMA), VIDEO_SCHEMA)
+    return conform(pa.Table.from_pylist(rows, schema=VIDEO_SCHEMA), VIDEO_SCHEMA)
 
 
 def write_group_tables(
@@ -284,8 +281,8 @@ def write_group_tables(
 ) -> None:
     """``write_shards.write_group`` for Arrow tables: same order of files, sort order and marker."""
     tables = {
-        "clips": _conform(clips, CLIP_SCHEMA).sort_by(_SORT),
-        "rejected": _conform(rejected, REJECTED_SCHEMA).sort_by(_SORT),
+        "clips": conform(clips, CLIP_SCHEMA).sort_by(_SORT),
+        "rejected": conform(rejected, REJECTED_SCHEMA).sort_by(_SORT),
         "videos": _account_videos(videos, clips, rejected).sort_by([("source_uri", "ascending")]),
     }
     for name in TABLES:
@@ -300,7 +297,7 @@ def write_group_tables(
     storage.touch(storage.join(out, "_done", group))
 
 
-def _with_reason(t: pa.Table, stage: str, reason: str, detail: str | pa.Array | pa.ChunkedArray) -> pa.Table:
+def with_reason(t: pa.Table, stage: str, reason: str, detail: str | pa.Array | pa.ChunkedArray) -> pa.Table:
     n = t.num_rows
     values = {
         "reject_stage": pa.array([stage] * n, pa.string()),
@@ -323,7 +320,7 @@ def _clear_reason(t: pa.Table) -> pa.Table:
 # -------------------------------------------------------------------------------------------- select
 
 
-def _is_run(out: Location) -> bool:
+def is_run(out: Location) -> bool:
     return storage.exists(storage.join(out, "manifest.json"))
 
 
@@ -343,7 +340,7 @@ def _select_group(
     """One group of ``select_run``: decide its rows again and write them to ``dst``; the move counts."""
     moves: Counter = Counter()
     t = read_group_tables(src, group)
-    clips = _conform(t["clips"], REJECTED_SCHEMA)
+    clips = conform(t["clips"], REJECTED_SCHEMA)
     rows = pa.concat_tables([clips, t["rejected"]])
     reason = rows.column("reject_reason")
     stage = pc.fill_null(rows.column("reject_stage"), "")
@@ -361,8 +358,8 @@ def _select_group(
     new_rejected = pa.concat_tables(
         [
             rows.filter(pa.array(~decide)),
-            _with_reason(base.filter(pa.array(failed)), "select", "select_where", f"fails: {text}"),
-            _with_reason(
+            with_reason(base.filter(pa.array(failed)), "select", "select_where", f"fails: {text}"),
+            with_reason(
                 base.filter(pa.array(not_transcoded)),
                 "select",
                 "not_transcoded",
@@ -415,7 +412,7 @@ def select_run(
     mask_of = where_mask(where) if where is not None else sql_mask(sql)
     text = where if where is not None else sql
     src, dst = (str(x) if storage.is_remote(str(x)) else x for x in (src, dst))
-    if not _is_run(src):
+    if not is_run(src):
         raise SelectError(f"{src} is not a finished vidsift run (no manifest.json)")
     if not _is_empty(dst):
         raise SelectError(f"--output {dst} exists and is not empty")
@@ -451,7 +448,7 @@ def select_run(
 def _scan(out: Location, table: str, columns: list[str]) -> pa.Table:
     files = storage.parquet_files(storage.join(out, table))
     schema = TABLES[table]
-    parts = [_conform(storage.read_table(f, columns=columns), pa.schema([schema.field(c) for c in columns]))
+    parts = [conform(storage.read_table(f, columns=columns), pa.schema([schema.field(c) for c in columns]))
              for f in files]  # fmt: skip
     return pa.concat_tables(parts) if parts else pa.schema([schema.field(c) for c in columns]).empty_table()
 
@@ -483,156 +480,14 @@ def recount(out: Location, manifest: dict) -> dict:
     return {**manifest, "counts": counts}
 
 
-# ------------------------------------------------------------------------------------------ dedup
+# ------------------------------------------------------------------------------- moved: the dedup pass
 
 
-def move_duplicates(
-    out: Location,
-    moves: pa.Table,
-    config: WriteShardsConfig,
-) -> int:
-    """Move accepted clips of ``out`` to its rejected table as ``dedup/near_duplicate``; returns how many.
+def __getattr__(name: str):
+    """moved: pipeline/dedup_run.py. ``dedup_run`` (imported from here by ``pipeline/runner.py``) and
+    ``apply_dedup`` (by ``tests/cluster/test_s3.py``) still resolve here until those imports change."""
+    if name in ("dedup_run", "apply_dedup"):
+        from vidsift.pipeline import dedup_run as moved
 
-    ``moves`` has ``group``, ``clip_id``, ``dup_of`` and ``reject_detail``. Rows already moved by an
-    interrupted pass are merged by ``clip_id`` (never twice).
-    """
-    moved_total = 0
-    for group in sorted(set(moves.column("group").to_pylist())):
-        mine = moves.filter(pc.equal(moves.column("group"), group))
-        t = read_group_tables(out, group)
-        clips, rejected = t["clips"], t["rejected"]
-        ids = mine.column("clip_id")
-        in_moves = pc.is_in(clips.column("clip_id"), value_set=ids)
-        moved = _conform(clips.filter(in_moves), REJECTED_SCHEMA)
-        at = pc.index_in(moved.column("clip_id"), value_set=ids)
-        moved = moved.set_column(
-            moved.schema.get_field_index("dup_of"),
-            REJECTED_SCHEMA.field("dup_of"),
-            mine.column("dup_of").take(at),
-        )
-        moved = _with_reason(
-            moved, "dedup", "near_duplicate", mine.column("reject_detail").combine_chunks().take(at)
-        )
-        earlier = rejected.filter(
-            pc.invert(pc.is_in(rejected.column("clip_id"), value_set=moved.column("clip_id")))
-        )
-        keep = clips.filter(pc.invert(in_moves))
-        write_group_tables(out, group, keep, pa.concat_tables([earlier, moved]), t["videos"], config)
-        moved_total += moved.num_rows
-    return moved_total
-
-
-def dedup_run(
-    out: Location,
-    config,
-    write_config: WriteShardsConfig,
-    against: Sequence[Location] = (),
-    log: Callable[[str], None] = print,
-) -> dict:
-    """The run-wide near-duplicate pass over ``out`` (and against earlier runs); returns what it did.
-
-    Only ``out`` is rewritten: a clip of ``out`` that duplicates a clip of an ``against`` run is rejected
-    with ``dup_of`` set to that clip and the run named in ``reject_detail``; clips of ``against`` runs
-    are always the ones kept.
-    """
-    from vidsift.pipeline.dedup_index import find_near_duplicates, load_hash_table
-
-    runs = [out, *against]
-    log(f"dedup: reading hash columns of {len(runs)} run(s)")
-    table = load_hash_table(runs)
-    log(f"dedup: searching {len(table)} clips ({int(table.offsets[-1])} hashes)")
-    duplicates, stats = find_near_duplicates(table, config)
-    if duplicates:
-        dup = np.fromiter(duplicates.keys(), np.int64, len(duplicates))
-        rep = np.fromiter(duplicates.values(), np.int64, len(duplicates))
-        rep_id = table.clip_id.take(pa.array(rep))
-        rep_src = table.source_uri.take(pa.array(rep)).to_pylist()
-        run_names = [str(r) for r in runs]
-        details = [
-            f"duplicates {i} from {s}" + (f" in run {run_names[r]}" if r else "")
-            for i, s, r in zip(rep_id.to_pylist(), rep_src, table.run[rep].tolist(), strict=True)
-        ]
-        moves = pa.table(
-            {
-                "group": table.group.take(pa.array(dup)),
-                "clip_id": table.clip_id.take(pa.array(dup)),
-                "dup_of": rep_id,
-                "reject_detail": pa.array(details, pa.string()),
-            }
-        )
-        moved = move_duplicates(out, moves, write_config)
-    else:
-        moved = 0
-    result = {**stats.as_dict(), "moved": moved, "against": [str(a) for a in against]}
-    log(
-        f"dedup: {stats.candidate_pairs} candidate pairs from {stats.hash_pairs_compared} hash comparisons "
-        f"in {stats.tables} tables of {stats.key_bits} bits; {stats.verified_pairs} verified; "
-        f"{moved} near-duplicate clips moved to the rejected table"
-    )
-    if stats.clips_without_hashes:
-        log(f"dedup: {stats.clips_without_hashes} clips have no hash (only flat frames): not compared")
-    if stats.split_buckets:
-        log(f"dedup: {stats.split_buckets} crowded buckets ({stats.split_entries} hashes) split by more bits")
-    return result
-
-
-def apply_dedup(
-    out: Location, find: Callable[[list[dict]], dict[str, str]], config: WriteShardsConfig
-) -> int:
-    """Move the duplicates ``find`` names (``{clip_id: kept clip_id}``) over the run's rows; returns how many.
-
-    For small runs and tests: ``find`` gets the hash columns as dicts. ``dedup_run`` is the scalable pass.
-    """
-    from vidsift.pipeline.dedup_index import read_clip_columns
-
-    rows = read_clip_columns(out).to_pylist()
-    duplicates = find(rows)
-    if not duplicates:
-        return 0
-    source_of = {r["clip_id"]: r["source_uri"] for r in rows}
-    dup = [r for r in rows if r["clip_id"] in duplicates]
-    moves = pa.table(
-        {
-            "group": pa.array([r["group"] for r in dup], pa.string()),
-            "clip_id": pa.array([r["clip_id"] for r in dup], pa.string()),
-            "dup_of": pa.array([duplicates[r["clip_id"]] for r in dup], pa.string()),
-            "reject_detail": pa.array(
-                [
-                    f"duplicates {duplicates[r['clip_id']]} from {source_of[duplicates[r['clip_id']]]}"
-                    for r in dup
-                ],
-                pa.string(),
-            ),
-        }
-    )
-    return move_duplicates(out, moves, config)
-
-
-def dedup_finished_run(out: str, against: Sequence[str] = (), overrides: Sequence[str] = ()) -> dict:
-    """``vidsift dedup OUT [--against RUN ...] [--set dedup.KEY=VALUE]``: the pass on a finished run.
-
-    The dedup settings are the run's own recipe's (from its manifest) with ``overrides`` applied; the
-    manifest is recounted afterwards and records what the pass did under ``dedup``.
-    """
-    from vidsift.pipeline.config import RecipeError
-    from vidsift.pipeline.recipe import build_recipe
-
-    for run in (out, *against):
-        if not _is_run(run):
-            raise SelectError(f"{run} is not a finished vidsift run (no manifest.json)")
-    manifest = json.loads(storage.read_text(storage.join(out, "manifest.json")))
-    sets = [s if s.startswith("dedup.") or "." in s.split("=", 1)[0] else f"dedup.{s}" for s in overrides]
-    try:
-        recipe = build_recipe(manifest.get("recipe") or {}, sets)
-        config = recipe.stage("dedup")
-    except RecipeError as e:
-        raise SelectError(str(e)) from None
-    except KeyError:
-        raise SelectError(f"{out} was curated without the dedup stage: its clips have no hashes") from None
-    os.environ.update(storage.s3_environment(recipe.run.s3_endpoint_url, recipe.run.s3_region))
-    log = lambda message: print(message, file=sys.stderr)  # noqa: E731  (stdout carries the JSON result)
-    result = dedup_run(out, config, recipe.stage("write_shards"), against, log=log)
-    manifest = recount(out, manifest)
-    manifest["dedup"] = result
-    write_manifest(out, manifest)
-    return {"run": str(out), **result, "counts": manifest["counts"]}
+        return getattr(moved, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -161,7 +161,7 @@ def find_duplicates(rows: list[dict], config: DedupConfig) -> dict[str, str]:
 
     ``rows`` need ``clip_id``, ``dedup_hashes``, ``dedup_curve``, ``width``, ``height`` and ``duration_s``.
     A convenience over a list of rows (a video's clips, tests); whole runs go through
-    ``pipeline/select.py: dedup_run``, which reads the shards straight into the index.
+    ``pipeline/dedup_run.py: dedup_run``, which reads the shards straight into the index.
     """
     import pyarrow as pa
 

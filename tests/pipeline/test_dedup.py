@@ -12,7 +12,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from tests.conftest import REPO, run_cli
-from vidsift.pipeline.dedup_index import find_near_duplicates, load_hash_table
+from vidsift.pipeline.dedup_index import VERIFY_CHUNK, find_near_duplicates, load_hash_table
 from vidsift.pipeline.process import process_video
 from vidsift.pipeline.recipe import build_recipe, load_recipe
 from vidsift.pipeline.stages.dedup import DedupConfig
@@ -148,8 +148,9 @@ def test_dedup_finds_real_copies_among_synthetic_rows(real, tmp_path):
     assert manifest["dedup"]["moved"] == len(copies) == report["moved"]
     assert manifest["dedup"]["clips"] == len(before)
     # a second pass finds nothing more and changes nothing
-    again = run_cli("dedup", str(out))
+    again = run_cli("dedup", str(out), "--quiet")
     assert again.returncode == 0 and json.loads(again.stdout)["moved"] == 0
+    assert again.stderr == ""  # --quiet: no bars, no lines (the counts are in the JSON and the manifest)
     assert {r["clip_id"] for r in _table(out, "rejected")} == copies
 
 
@@ -237,6 +238,17 @@ def test_crowded_buckets_are_split_and_counted_not_skipped(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "crowded buckets" in result.stderr  # printed, and counted in the manifest
+    # a progress bar per phase over its real units of work, at its final count
+    lines = result.stderr.splitlines()
+    bars = {line.split("━")[0].strip(): line for line in lines if line.startswith("dedup ")}
+    files = len(list((run / "clips").glob("*.parquet")))
+    assert f"{files}/{files} files" in bars["dedup read"] and "301 clips read" in bars["dedup read"]
+    assert "4/4 hash tables" in bars["dedup index"]
+    assert f"{stats.hash_pairs_compared} hash pairs compared" in bars["dedup index"]
+    chunks = -(-stats.candidate_pairs // VERIFY_CHUNK)
+    assert f"{chunks}/{chunks} chunks of pairs" in bars["dedup verify"]
+    assert f"1 of {stats.candidate_pairs} candidates verified" in bars["dedup verify"]
+    assert "1/1 groups" in bars["dedup rewrite"] and "1 clips moved" in bars["dedup rewrite"]
     assert json.loads((run / "manifest.json").read_text())["dedup"]["split_buckets"] == stats.split_buckets
 
 
@@ -277,3 +289,25 @@ def test_curve_rule_for_many_pairs_is_the_rule_for_one():
     many = curves_agree_many(a, b, config)
     assert many.tolist() == one
     assert 0 < sum(one) < n  # both outcomes occur
+
+
+def test_the_curate_pass_shows_bars_on_its_console_and_stays_quiet_with_it(tmp_path):
+    # vidsift curate passes log=console.print: the bars and lines follow that console (--quiet: nothing)
+    import io
+
+    from rich.console import Console
+
+    from vidsift.pipeline.dedup_run import dedup_run
+
+    rows = synthetic(60, seed=16)
+    run = write_run(tmp_path / "run", rows + [_planted_copy(rows[5], 3)])
+    shown = {}
+    for quiet in (True, False):
+        buffer = io.StringIO()
+        console = Console(file=buffer, quiet=quiet, width=200)
+        result = dedup_run(run, DedupConfig(), WriteShardsConfig(), log=console.print)
+        shown[quiet] = buffer.getvalue()
+        assert result["moved"] == (1 if quiet else 0)  # the second pass finds the copy already moved
+    assert shown[True] == ""
+    assert all(f"dedup {phase}" in shown[False] for phase in ("read", "index", "verify", "rewrite"))
+    assert "0/0 groups" in shown[False] and "0 near-duplicate clips moved" in shown[False]

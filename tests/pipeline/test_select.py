@@ -13,7 +13,8 @@ from tests.cluster.conftest import s3  # noqa: F401  (moto on loopback)
 from tests.conftest import run_cli
 from tests.pipeline.test_dedup import _planted_copy, synthetic, write_run
 from vidsift.pipeline import storage
-from vidsift.pipeline.select import SelectError, dedup_finished_run, parse_where, select_run
+from vidsift.pipeline.dedup_run import dedup_finished_run
+from vidsift.pipeline.select import SelectError, parse_where, select_run
 from vidsift.pipeline.stages.write_shards import WriteShardsConfig, write_group
 
 
