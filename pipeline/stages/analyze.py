@@ -10,6 +10,10 @@ again for analysis; ``analysis_decode_passes`` records that. Writes the video-ta
 
 Packets the decoder rejects are counted and skipped (a few corrupt packets do not lose the
 video); a container that breaks off mid-file ends the pass with what was decoded.
+
+With a budget (``probe.decode_budget_s``) the pass runs in its own thread (``probe.run_bounded``): past the
+budget it raises ``DecodeTimeout`` at the next frame, and if no frame comes because the decoder is blocked
+in a read (a stalled mount, a pipe whose writer stops), the caller stops waiting at the budget all the same.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import numpy as np
 
 from vidsift.pipeline import measures
 from vidsift.pipeline.media import DecodeLog, decode_frames, even
-from vidsift.pipeline.stages.probe import DecodeTimeout
+from vidsift.pipeline.stages.probe import DecodeTimeout, Overran, Watch, open_input, run_bounded
 from vidsift.pipeline.stages.split_scenes import SceneSignals, SplitScenesConfig
 
 BLACK_LUMA = 16.0
@@ -194,8 +198,34 @@ def analyze_video(
     ``quality``: also take the measurements the quality filters read (optical flow, and on every sample
     frame the ``measure_sample`` ``hooks`` of the recipe's filters); off when no filter runs.
     ``budget_s``: wall seconds the pass may take (``probe.decode_budget_s``); past them it raises
-    ``DecodeTimeout`` at the next frame.
+    ``DecodeTimeout``: at the next frame, or at the budget (plus ``BLOCKED_GRACE_S``) when the decoder is
+    blocked in a read that does not return (the pass then runs in a thread that is left behind).
     """
+    if budget_s is None:
+        return _analyze(path, probe, config, split_config, quality, None, hooks, Watch())
+    try:
+        return run_bounded(
+            lambda watch: _analyze(path, probe, config, split_config, quality, budget_s, hooks, watch),
+            total_s=budget_s + BLOCKED_GRACE_S,
+            name="vidsift-decode",
+        )
+    except Overran as e:
+        raise DecodeTimeout(budget_s, e.steps, left_behind=True) from None
+
+
+BLOCKED_GRACE_S = 1.0  # past the budget, how long the caller waits for the pass to notice it itself
+
+
+def _analyze(
+    path: str,
+    probe: dict,
+    config: AnalyzeConfig,
+    split_config: SplitScenesConfig,
+    quality: bool,
+    budget_s: float | None,
+    hooks: Sequence[Callable],
+    watch: Watch,
+) -> Analysis:
     start = time.perf_counter()
     dw, dh = detect_size(
         probe["coded_width"], probe["coded_height"], probe.get("sar") or 1.0, config.detect_width
@@ -213,41 +243,51 @@ def analyze_video(
     next_sample = next_motion = None
     prev_gray = motion_gray = None
     log = DecodeLog()
-    with av.open(path, metadata_errors="ignore") as container:
-        for _, t, frame in decode_frames(
-            container, log, config.max_decode_errors, probe.get("fps_nominal") or 25.0
-        ):
-            if budget_s is not None and time.perf_counter() - start > budget_s:
-                raise DecodeTimeout(budget_s, len(times))  # probe.decode_budget_x / decode_budget_min_s
-            times.append(t)
-            bgr = small_bgr(frame, dw, dh)
-            signals.update(bgr)
-            gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-            mean, std = cv2.meanStdDev(gray)
-            sharp = cv2.meanStdDev(cv2.Laplacian(gray, cv2.CV_32F))[1][0, 0] ** 2
-            diff = float(cv2.absdiff(gray, prev_gray).mean()) if prev_gray is not None else 0.0
-            prev_gray = gray
-            stats.append((float(mean[0, 0]), float(std[0, 0]), float(sharp), diff))
-            if quality and (next_motion is None or t >= next_motion):
-                next_motion = t + 1.0 / config.motion_fps
-                # flow at half the analysis size (a quarter of the pixels, the cost that dominated
-                # the filters), reported in analysis-image pixels
-                small = cv2.pyrDown(gray)
-                if motion_gray is not None:
-                    mag, dx, dy = measures.flow(motion_gray, small)
-                    motion.append((t, t - motion_t, 2 * mag, 2 * dx, 2 * dy))
-                motion_gray, motion_t = small, t
-            if next_sample is None or t >= next_sample:
-                next_sample = t + 1.0 / config.sample_fps
-                img = small_bgr(frame, sw, sh)
-                if rotation:
-                    img = np.ascontiguousarray(np.rot90(img, k=-rotation // 90))
-                ok, jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality])
-                if ok:
-                    sample_times.append(t)
-                    sample_jpegs.append(jpg.tobytes())
-                    if quality:
-                        samples.append(measure_sample(img, frame, hooks))
+    # a FIFO or device waits for data without end: PyAV's read timeout (the budget) ends such a read, as
+    # ExitError or as the error a demuxer makes of it (mov: invalid data), or it stops the demux loop
+    try:
+        with open_input(path, timeout=budget_s) as container:
+            for _, t, frame in decode_frames(
+                container, log, config.max_decode_errors, probe.get("fps_nominal") or 25.0
+            ):
+                if budget_s is not None and time.perf_counter() - start > budget_s:
+                    raise DecodeTimeout(budget_s, len(times))  # probe.decode_budget_x / decode_budget_min_s
+                watch.beat()
+                times.append(t)
+                bgr = small_bgr(frame, dw, dh)
+                signals.update(bgr)
+                gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+                mean, std = cv2.meanStdDev(gray)
+                sharp = cv2.meanStdDev(cv2.Laplacian(gray, cv2.CV_32F))[1][0, 0] ** 2
+                diff = float(cv2.absdiff(gray, prev_gray).mean()) if prev_gray is not None else 0.0
+                prev_gray = gray
+                stats.append((float(mean[0, 0]), float(std[0, 0]), float(sharp), diff))
+                if quality and (next_motion is None or t >= next_motion):
+                    next_motion = t + 1.0 / config.motion_fps
+                    # flow at half the analysis size (a quarter of the pixels, the cost that dominated
+                    # the filters), reported in analysis-image pixels
+                    small = cv2.pyrDown(gray)
+                    if motion_gray is not None:
+                        mag, dx, dy = measures.flow(motion_gray, small)
+                        motion.append((t, t - motion_t, 2 * mag, 2 * dx, 2 * dy))
+                    motion_gray, motion_t = small, t
+                if next_sample is None or t >= next_sample:
+                    next_sample = t + 1.0 / config.sample_fps
+                    img = small_bgr(frame, sw, sh)
+                    if rotation:
+                        img = np.ascontiguousarray(np.rot90(img, k=-rotation // 90))
+                    ok, jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality])
+                    if ok:
+                        sample_times.append(t)
+                        sample_jpegs.append(jpg.tobytes())
+                        if quality:
+                            samples.append(measure_sample(img, frame, hooks))
+    except av.error.FFmpegError:
+        if budget_s is not None and time.perf_counter() - start > budget_s:
+            raise DecodeTimeout(budget_s, len(times)) from None
+        raise
+    if log.stopped and budget_s is not None and time.perf_counter() - start > budget_s:
+        raise DecodeTimeout(budget_s, len(times))  # the read timeout interrupted a read that waited
     arr = np.asarray(stats, dtype=np.float32).reshape(-1, 4)
     return Analysis(
         num_frames=len(times),

@@ -240,3 +240,139 @@ def test_a_caption_server_out_of_reach_is_a_transient_failure(tmp_path):
     write_group(tmp_path / "run", "g0", [], [rejected], [video], WriteShardsConfig())
     assert process.hold_back_transient(tmp_path / "run", ["g0"]) == {"g0": (1, 1)}
     assert done_groups(tmp_path / "run") == set()
+
+
+class HeldFifo:
+    """A FIFO whose writer (a thread) writes ``data`` and then holds it open without writing more, as a
+    stalled mount or a stuck producer does: a reader blocks once it has read ``data``. ``release()``
+    closes the writer (the reader then sees the end of the file)."""
+
+    def __init__(self, path, data: bytes) -> None:
+        import os
+        import threading
+
+        os.mkfifo(path)
+        self.path, self.data = str(path), data
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._write, daemon=True)
+        self.thread.start()
+
+    def _write(self) -> None:
+        with open(self.path, "wb") as f:  # blocks until a reader opens the FIFO
+            f.write(self.data)
+            f.flush()
+            self.stop.wait(600)
+
+    def release(self) -> None:
+        import os
+
+        self.stop.set()
+        if self.thread.is_alive():  # no reader ever came: open it once so the writer's open returns
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+            self.thread.join(60)
+            os.close(fd)
+
+
+def decode_threads() -> list:
+    import threading
+
+    return [t for t in threading.enumerate() if t.name == "vidsift-decode"]
+
+
+@pytest.mark.timeout(120)  # the hang guard: a blocked read that is not ended would hang here
+def test_a_fifo_input_is_rejected_unread(two_clips, tmp_path):
+    fifo = HeldFifo(tmp_path / "held.mp4", two_clips[0].read_bytes()[:3000])
+    try:
+        video, clips = process.process_video(fifo.path, "g000000", recipe())
+    finally:
+        fifo.release()
+    assert video["status"] == "rejected" and video["reason"] == "unreadable" and clips == []
+    assert "not a regular file (a FIFO)" in video["detail"]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("written", ["nothing", "half"])
+def test_a_read_blocked_inside_ffmpeg_ends_as_decode_timeout(two_clips, tmp_path, monkeypatch, written):
+    """The analysis pass reads a FIFO whose writer stops (after nothing, or after half the file): the read
+    blocks inside FFmpeg, no frame comes, and still the video ends as ``decode_timeout`` at its budget while
+    the other video of the batch is curated. The FIFO is opened non-blocking with PyAV's read timeout, so
+    the blocked read itself ends: no decode thread is left behind. (The probe rejects FIFOs, so it is given
+    the probe row of the real file here.)"""
+    data = two_clips[0].read_bytes()
+    fifo = HeldFifo(tmp_path / "held.mp4", b"" if written == "nothing" else data[: len(data) // 2])
+    real_probe = process.probe_video
+
+    def probe_as_the_file(path, config):
+        return real_probe(str(two_clips[0]) if path == fifo.path else path, config)
+
+    monkeypatch.setattr(process, "probe_video", probe_as_the_file)
+    rec = recipe("probe.decode_budget_x=0", "probe.decode_budget_min_s=1")
+    try:
+        rows = run_videos([fifo.path, two_clips[1]], rec)
+        for thread in decode_threads():
+            thread.join(60)  # a hang guard: the interrupted read ends the thread at once
+        blocked = decode_threads()  # (before the writer is released: a thread still here is blocked)
+    finally:
+        fifo.release()
+    video, clips = rows[fifo.path]
+    assert video["status"] == "rejected" and video["reason"] == "decode_timeout" and clips == []
+    assert "budget of 1.0 s" in video["detail"] and "probe.decode_budget_min_s" in video["detail"]
+    other, other_clips = rows[str(two_clips[1])]
+    assert other["status"] == "ok" and any(not c["reject_reason"] for c in other_clips)
+    assert blocked == []
+
+
+@pytest.mark.timeout(120)
+def test_a_decoder_that_never_returns_is_left_behind(two_clips, tmp_path, monkeypatch):
+    """A read that no timeout can end (a FIFO opened blocking, as a stalled network mount blocks a regular
+    file's read in the kernel): the caller stops waiting at the budget, the video is ``decode_timeout`` and
+    the decode thread is left behind; once the read returns, that thread ends."""
+    import av
+
+    from vidsift.pipeline.stages.probe import DecodeTimeout
+    from vidsift.pipeline.stages.split_scenes import SplitScenesConfig
+
+    data = two_clips[0].read_bytes()
+    fifo = HeldFifo(tmp_path / "held.mp4", data[: len(data) // 2])
+    monkeypatch.setattr(analyze, "open_input", lambda path, timeout=None: av.open(path))  # no interrupt
+    probe = process.probe_video(str(two_clips[0]), recipe().stage("probe"))
+    try:
+        with pytest.raises(DecodeTimeout) as caught:
+            config = analyze.AnalyzeConfig()
+            analyze.analyze_video(fifo.path, probe, config, SplitScenesConfig(), budget_s=0.5)
+        left = [t for t in decode_threads() if t.is_alive()]
+    finally:
+        fifo.release()
+    assert caught.value.left_behind and "did not return (left behind)" in str(caught.value)
+    assert len(left) == 1  # blocked in FFmpeg's read of the FIFO
+    left[0].join(60)  # the writer closed: the read returns, the thread ends (60 s: a hang guard)
+    assert not left[0].is_alive()
+
+
+@pytest.mark.timeout(120)
+def test_a_probe_read_that_blocks_ends_as_decode_timeout(two_clips, monkeypatch):
+    """The probe's read of a regular file blocks (a stalled mount; here the file object's read waits on an
+    event): after ``decode_budget_min_s`` without progress the video is ``decode_timeout``."""
+    import contextlib
+    import threading
+
+    from vidsift.pipeline.stages import probe
+
+    never = threading.Event()
+
+    class Stalled:
+        def read(self, n=-1):
+            never.wait(600)
+            return b""
+
+    @contextlib.contextmanager
+    def stalled(location):
+        yield Stalled()
+
+    monkeypatch.setattr(probe.storage, "open_input", stalled)
+    try:
+        row = probe.probe_video(str(two_clips[0]), probe.ProbeConfig(decode_budget_min_s=0.5))
+    finally:
+        never.set()
+    assert row["status"] == "rejected" and row["reason"] == "decode_timeout"
+    assert "no progress reading the file for 0.5 s" in row["detail"] and row["size_bytes"] > 0
