@@ -2,7 +2,7 @@
 
 Lists the inputs (how many, their bytes, URLs and ``source_meta`` keys of an input list), the groups
 (and which an existing ``--output`` has finished, or that it holds another run), the stages with
-their resources, and the placement check against the Ray cluster (``runner.check_fits``: an embedded
+their resources, and the placement check against the Ray cluster (``cluster.check_fits``: an embedded
 local Ray is started, or ``--address`` is joined, only to read its nodes' resources; no task runs).
 """
 
@@ -22,7 +22,8 @@ SHOWN_INPUTS = 10
 def curate_plan(recipe: Recipe, input_path: str, output: str, limit: int | None, address: str | None) -> dict:
     """The plan as a JSON-ready dict; ``placement.error`` says why the stages cannot be placed."""
     from vidsift.pipeline.input_lists import is_url, source_metas
-    from vidsift.pipeline.runner import _demands, check_fits, fingerprint, list_inputs, make_groups
+    from vidsift.pipeline.cluster import check_fits, demands
+    from vidsift.pipeline.runner import fingerprint, list_inputs, make_groups
     from vidsift.pipeline.stages.write_shards import done_groups
 
     os.environ.update(storage.s3_environment(recipe.run.s3_endpoint_url, recipe.run.s3_region))
@@ -46,7 +47,7 @@ def curate_plan(recipe: Recipe, input_path: str, output: str, limit: int | None,
         else:
             finished = done_groups(output) & set(groups)
             output_state = f"resume: {len(finished)} of {len(groups)} groups done"
-    video, actors = _demands(recipe)
+    video, actors = demands(recipe)
     plan = {
         "inputs": {
             "count": len(inputs),
@@ -71,10 +72,10 @@ def curate_plan(recipe: Recipe, input_path: str, output: str, limit: int | None,
     if recipe.run.check_resources:
         import ray
 
-        from vidsift.pipeline.runner import _init_ray
+        from vidsift.pipeline.cluster import init_ray
 
         started_here = not ray.is_initialized()
-        _init_ray(address)
+        init_ray(address)
         try:
             nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
         finally:

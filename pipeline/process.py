@@ -337,24 +337,44 @@ def account_group(videos: list[dict], clips: list[dict], rejected: list[dict]) -
     return [account_video(v, by_uri[v["source_uri"]]) for v in videos]
 
 
-def apply_clip_stage(stage, rows: list[dict]) -> list[dict]:
-    """Run a clip stage (a loaded callable) on the accepted clip rows of ``rows``; others pass through.
+REJECT_COLUMNS = ("reject_stage", "reject_reason", "reject_detail")  # any clip stage may reject a clip
 
-    A clip the stage rejected because its model server could not be reached at all (the ``openai``
-    backend's ``UNREACHABLE`` errors, after every retry) is a transient failure: its reason becomes
-    ``transient_failure`` (the stage and the error stay), so its group is left for a rerun.
+
+def call_clip_stage(stage, rows: list[dict]) -> list[dict]:
+    """Run a loaded clip stage on accepted clips given as their ``stage.reads`` columns; return, per clip, the
+    columns it wrote: its declared ``stage.writes`` and the reject columns, nothing else.
+
+    A stage that changes a column it does not declare is a bug, raised here (every test that runs a stage
+    checks its declaration). A clip the stage rejected because its model server could not be reached or kept
+    failing (the ``openai`` backend's ``UNREACHABLE`` errors, after every retry) is a transient failure: its
+    reason becomes ``transient_failure`` (the stage and the error stay), so its group is left for a rerun.
     """
     from vidsift.pipeline.backends.openai_backend import UNREACHABLE
 
+    done = stage(rows)
+    if len(done) != len(rows):
+        raise RuntimeError(f"{type(stage).__name__} returned {len(done)} rows for {len(rows)}")
+    allowed = (*stage.writes, *REJECT_COLUMNS)
+    written = []
+    for before, after in zip(rows, done, strict=True):
+        undeclared = [k for k in after if k not in allowed and (k not in before or after[k] != before[k])]
+        if undeclared:
+            raise RuntimeError(f"{type(stage).__name__} changed columns it does not declare: {undeclared}")
+        out = {k: after[k] for k in allowed if k in after}
+        if out.get("reject_reason") and UNREACHABLE in (out.get("reject_detail") or ""):
+            out["reject_reason"] = "transient_failure"
+        written.append(out)
+    return written
+
+
+def apply_clip_stage(stage, rows: list[dict]) -> list[dict]:
+    """``call_clip_stage`` on the accepted clip rows of ``rows`` (dicts: ``vidsift stage``, tests); other rows
+    pass through. The Ray plan does the same on Arrow batches (``dataflow.run_clip_stage``)."""
     todo = [i for i, r in enumerate(rows) if r.get("clip_id") and not r.get("reject_reason")]
     if not todo:
         return rows
-    done = stage([rows[i] for i in todo])
-    if len(done) != len(todo):
-        raise RuntimeError(f"{type(stage).__name__} returned {len(done)} rows for {len(todo)}")
+    written = call_clip_stage(stage, [{k: rows[i].get(k) for k in stage.reads} for i in todo])
     out = list(rows)
-    for i, row in zip(todo, done, strict=True):
-        if row.get("reject_reason") and UNREACHABLE in (row.get("reject_detail") or ""):
-            row = {**row, "reject_reason": "transient_failure"}
-        out[i] = row
+    for i, w in zip(todo, written, strict=True):
+        out[i] = {**rows[i], **w}
     return out

@@ -1,15 +1,16 @@
-"""Publishing a run's rows: the flat row type that travels through Ray Data, part files and receipts.
+"""Publishing a run's rows: the row type that travels through Ray Data, part files and receipts.
 
-One flat row type (``WORK_SCHEMA``) travels through Ray Data: a candidate clip (clip + reject columns), or
-the one row per video that carries the video table's columns (prefixed ``video__``) and how many rows it
-sent. ``placement``: JSON {stage: Ray node id} of where the row was processed (bookkeeping, not a shard
-column).
+Video rows and clip rows travel separately. The per-video task writes its video row at once to a video part,
+``OUT/_parts/<group>/<uuid>.video.parquet`` (``write_video_part``: the video table's columns plus
+``rows_of_video``, how many rows the video sent in all), and sends on only its clips and one receipt row for
+the video. What travels (``WORK_SCHEMA``) is the clip columns plus ``row_kind`` (``clip`` or ``video``),
+``rows_of_video`` and ``part``.
 
-The last step of the Ray Data plan, ``write_parts``, runs on the workers: each batch's rows go to part files
-``OUT/_parts/<group>/<uuid>.parquet`` and the driver gets only a receipt per row. When every video of a
-group is in, a zero-CPU ``publish_group`` task reads the parts named by the receipts (a part a retried task
-wrote twice is read once), writes the group's three tables and its ``_done`` marker
-(``stages/write_shards.py``), then deletes the parts.
+The last step of the Ray Data plan, ``write_parts``, runs on the workers: each batch's clip rows go to part
+files ``OUT/_parts/<group>/<uuid>.parquet`` and the driver gets only a receipt per row (a video's receipt
+names its video part). When every video of a group has all its receipts, a zero-CPU ``publish_group`` task
+reads the parts named by the receipts (a part a retried task wrote twice is read once), writes the group's
+three tables and its ``_done`` marker (``stages/write_shards.py``), then deletes the parts.
 """
 
 from __future__ import annotations
@@ -18,49 +19,60 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from vidsift.pipeline import storage
 from vidsift.pipeline.schema import CLIP_SCHEMA, REJECTED_SCHEMA, VIDEO_SCHEMA
 from vidsift.pipeline.stages.write_shards import write_group
 
-VIDEO_PREFIX = "video__"
 WORK_SCHEMA = pa.schema(
     [
-        pa.field("row_kind", pa.string()),
-        pa.field("rows_of_video", pa.int32()),
-        pa.field("placement", pa.string()),
+        pa.field("row_kind", pa.string()),  # "clip", or "video": the receipt of a video row in ``part``
+        pa.field("rows_of_video", pa.int32()),  # rows the video sent: its video row and every candidate clip
+        pa.field("part", pa.string()),
     ]
     + [pa.field(f.name, f.type) for f in REJECTED_SCHEMA]
-    + [pa.field(VIDEO_PREFIX + f.name, f.type) for f in VIDEO_SCHEMA]
 )
+VIDEO_PART_SCHEMA = pa.schema([*VIDEO_SCHEMA, pa.field("rows_of_video", pa.int32())])
+CLIP_PART_SCHEMA = pa.schema([pa.field("rows_of_video", pa.int32()), *REJECTED_SCHEMA])
 
 
 PARTS = "_parts"  # OUT/_parts/<group>/<part>.parquet: rows written by workers, not yet a published group
-RECEIPT_COLUMNS = ("group", "source_uri", "row_kind", "rows_of_video", "reject_reason", "placement", "part")
+VIDEO_PART = ".video.parquet"
+RECEIPT_COLUMNS = ("group", "source_uri", "row_kind", "rows_of_video", "reject_reason", "part")
+
+
+def _part_path(out: str, group: str, suffix: str) -> str:
+    import uuid
+
+    storage.makedirs(storage.join(out, PARTS, group))
+    return storage.join(out, PARTS, group, f"{uuid.uuid4().hex}{suffix}")
+
+
+def write_video_part(out: str, video: dict, rows_of_video: int) -> str:
+    """The per-video task's video row, written at once to its own part file; returns the file's path."""
+    path = _part_path(out, video["group"], VIDEO_PART)
+    row = {**video, "rows_of_video": rows_of_video}
+    table = pa.Table.from_pylist([{n: row.get(n) for n in VIDEO_PART_SCHEMA.names}], schema=VIDEO_PART_SCHEMA)
+    storage.write_table_atomic(table, path)
+    return path
 
 
 def write_parts(batch: pa.Table, out: str) -> pa.Table:
-    """Ray Data UDF, the pipeline's last step: the batch's rows go to one part file per group, on the
-    worker, and only a small receipt per row (group, video, kind, part file, placement) goes on to the
-    driver. So clip bytes never pass through the driver; it publishes a group once every video of it
-    has all its receipts (``publish_group``)."""
-    import uuid
-
-    def either(name: str) -> list[str]:  # clip rows carry it plain, video rows prefixed
-        clip, video = batch[name].to_pylist(), batch[VIDEO_PREFIX + name].to_pylist()
-        return [c or v for c, v in zip(clip, video, strict=True)]
-
-    groups, uris = either("group"), either("source_uri")
-    parts = [""] * len(groups)
-    for g in sorted(set(groups)):
-        rows = [i for i, x in enumerate(groups) if x == g]
-        path = storage.join(out, PARTS, g, f"{uuid.uuid4().hex}.parquet")
-        storage.makedirs(storage.join(out, PARTS, g))
-        storage.write_table_atomic(batch.take(rows), path)
+    """Ray Data UDF, the pipeline's last step: the batch's clip rows go to one part file per group, on the
+    worker, and only a small receipt per row (group, video, kind, part file) goes on to the driver. So clip
+    bytes never pass through the driver; it publishes a group once every video of it has all its receipts
+    (``publish_group``). A video's receipt already names its part."""
+    clips = pc.equal(batch["row_kind"], "clip").to_pylist()
+    groups = batch["group"].to_pylist()
+    parts = batch["part"].to_pylist()
+    for g in sorted({x for x, c in zip(groups, clips, strict=True) if c}):
+        rows = [i for i, (x, c) in enumerate(zip(groups, clips, strict=True)) if c and x == g]
+        path = _part_path(out, g, ".parquet")
+        storage.write_table_atomic(batch.take(rows).select(CLIP_PART_SCHEMA.names), path)
         for i in rows:
             parts[i] = path
-    columns = {"group": groups, "source_uri": uris, "part": parts}
-    return pa.table({c: columns[c] if c in columns else batch[c] for c in RECEIPT_COLUMNS})
+    return pa.table({c: parts if c == "part" else batch[c] for c in RECEIPT_COLUMNS})
 
 
 def publish_group(out: str, group: str, files: list[str], parts: list[str], config: dict) -> int:
@@ -74,7 +86,7 @@ def publish_group(out: str, group: str, files: list[str], parts: list[str], conf
     buf = GroupBuffer(expected=set(files))
     for part in sorted(set(parts)):
         for row in storage.read_table(part).to_pylist():
-            buf.add(row)
+            buf.add(row, video=part.endswith(VIDEO_PART))
     if not buf.complete():
         raise RuntimeError(f"group {group}: its part files do not hold every row of its videos")
     write_group(out, group, buf.clips, buf.rejected, buf.accounted_videos(), WriteShardsConfig(**config))
@@ -93,16 +105,14 @@ class GroupBuffer:
 
     def count(self, row: dict) -> None:
         """Completion bookkeeping only (the driver, from receipts)."""
-        uri = row["source_uri"] or row.get(VIDEO_PREFIX + "source_uri")
-        self.rows_seen[uri] += 1
-        self.rows_due[uri] = row["rows_of_video"]
+        self.rows_seen[row["source_uri"]] += 1
+        self.rows_due[row["source_uri"]] = row["rows_of_video"]
 
-    def add(self, row: dict) -> None:
+    def add(self, row: dict, video: bool) -> None:
+        """A row of a part file: a video row (of a video part) or a clip row."""
         self.count(row)
-        if row["row_kind"] == "video":
-            self.videos.append(
-                {k[len(VIDEO_PREFIX) :]: v for k, v in row.items() if k.startswith(VIDEO_PREFIX)}
-            )
+        if video:
+            self.videos.append({k: row[k] for k in VIDEO_SCHEMA.names})
         elif row["reject_reason"]:
             self.rejected.append({k: row[k] for k in REJECTED_SCHEMA.names})
         else:

@@ -54,7 +54,7 @@ class Resources:
     On a cluster, GPU stages land on GPU nodes through ``num_gpus`` (or a ``custom`` resource the
     GPU nodes advertise, or ``accelerator_type``); CPU-only work spreads over every node. Before a
     run starts, the runner checks that one per-video task plus ``min_actors`` of every clip-stage
-    pool can be placed at once (``runner.check_fits``).
+    pool can be placed at once (``cluster.check_fits``).
     """
 
     num_cpus: float = 1.0

@@ -1,6 +1,6 @@
 """The stall watchdog of a curation run: no progress while Ray holds a demand it cannot place is an error.
 
-``check_fits`` (``pipeline/runner.py``) refuses, before anything runs, recipes whose pools and per-video
+``check_fits`` (``pipeline/cluster.py``) refuses, before anything runs, recipes whose pools and per-video
 task cannot be placed on the cluster as it is. A cluster can still change under a run (a node leaves,
 another job takes its CPUs), so while the run goes, ``StallWatchdog`` watches it: when no row has
 arrived for ``stall_s`` seconds and Ray reports a pending task or actor demand (what ``ray status``

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from vidsift.pipeline.backends.base import BackendConfig
+from vidsift.pipeline.stages.caption_vlm import FIELDS  # the structured caption fields it reads
 
 SYSTEM = (
     "You rewrite video descriptions into captions for training a text-to-video model. You never add "
@@ -59,6 +60,22 @@ class CaptionExpandConfig(BackendConfig):
 
 
 class CaptionExpand:
+    reads: tuple[str, ...] = (
+        "caption_vlm",
+        *(f"caption_{f}" for f in FIELDS),
+        "caption_qa_flags",
+        "caption_random_weights",
+    )  # the columns it is given (process.call_clip_stage)
+    writes: tuple[str, ...] = (
+        "caption",
+        "caption_short",
+        "caption_error",
+        "caption_model",
+        "caption_backend",
+        "caption_random_weights",
+        "caption_qa_flags",
+    )
+
     def __init__(self, config: CaptionExpandConfig) -> None:
         from vidsift.pipeline.backends import load_backend
 
@@ -67,7 +84,7 @@ class CaptionExpand:
 
     def __call__(self, rows: list[dict]) -> list[dict]:
         from vidsift.pipeline.backends.base import ChatRequest
-        from vidsift.pipeline.stages.caption_qa import FIELDS, strip_boilerplate
+        from vidsift.pipeline.stages.caption_qa import strip_boilerplate
 
         c = self.config
         requests = []

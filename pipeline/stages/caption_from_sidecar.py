@@ -141,6 +141,15 @@ def best_span(spans: list[Span], start_s: float, end_s: float) -> tuple[Span | N
 
 
 class CaptionFromSidecar:
+    reads: tuple[str, ...] = (
+        "source_uri",
+        "video_id",
+        "start_s",
+        "end_s",
+        "caption_qa_flags",
+    )  # the columns it is given (process.call_clip_stage)
+    writes: tuple[str, ...] = ("caption", "caption_short", "caption_model", "caption_qa_flags")
+
     def __init__(self, config: CaptionFromSidecarConfig) -> None:
         self.config = config
         self.spans = load_sidecar(config.path)

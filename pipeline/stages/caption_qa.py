@@ -196,6 +196,23 @@ def faithfulness(encoder, reference: str, expansion: str) -> tuple[float, float]
 
 
 class CaptionQa:
+    reads: tuple[str, ...] = (
+        "caption_vlm",
+        *(f"caption_{f}" for f in FIELDS),
+        "caption",
+        "caption_short",
+        "caption_qa_flags",
+    )  # the columns it is given (process.call_clip_stage)
+    writes: tuple[str, ...] = (
+        "caption_vlm",
+        "caption",
+        "caption_short",
+        "caption_faithfulness",
+        "caption_support_min",
+        "caption_source",
+        "caption_qa_flags",
+    )
+
     def __init__(self, config: CaptionQaConfig) -> None:
         self.config = config
         from vidsift.pipeline.text_encoder import (

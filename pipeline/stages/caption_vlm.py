@@ -85,6 +85,23 @@ def sample_frames(mp4: bytes, count: int, max_side: int) -> list:
 
 
 class CaptionVlm:
+    reads: tuple[str, ...] = (
+        "clip_mp4",
+        "duration_s",
+        "caption_qa_flags",
+        "caption_random_weights",
+    )  # the columns it is given (process.call_clip_stage)
+    writes: tuple[str, ...] = (
+        "caption_vlm",
+        "caption_json",
+        *(f"caption_{f}" for f in FIELDS),
+        "caption_vlm_model",
+        "caption_vlm_backend",
+        "caption_vlm_tokens",
+        "caption_random_weights",
+        "caption_qa_flags",
+    )
+
     def __init__(self, config: CaptionVlmConfig) -> None:
         from vidsift.pipeline.backends import load_backend
 

@@ -89,6 +89,16 @@ def load_aesthetic_head(path: str, embed_dim: int, device):
 
 
 class ScoreAesthetic:
+    # the columns of accepted clip rows this stage is given, and the only ones it may change (besides the
+    # reject columns); the runner joins them back into the batch (process.call_clip_stage)
+    reads: tuple[str, ...] = ("frames_jpeg",)
+    writes: tuple[str, ...] = (
+        "aesthetic_score",
+        "aesthetic_min_score",
+        "aesthetic_model",
+        "aesthetic_random_weights",
+    )
+
     def __init__(self, config: ScoreAestheticConfig) -> None:
         from vidsift.pipeline.clip_models import is_random_weights, load_clip
 

@@ -45,10 +45,21 @@ class ScoreClipTextConfig(ClipModelConfig):
 
 
 class ScoreClipText:
+    reads: tuple[str, ...] = (
+        "frames_jpeg",
+    )  # the columns it is given (process.call_clip_stage); and text_columns
+    writes: tuple[str, ...] = (
+        "clip_text_score",
+        "clip_text_source",
+        "clip_text_model",
+        "clip_text_random_weights",
+    )
+
     def __init__(self, config: ScoreClipTextConfig) -> None:
         from vidsift.pipeline.clip_models import load_clip
 
         self.config = config
+        self.reads = (*type(self).reads, *config.text_columns)
         self.clip = load_clip(config)
 
     def text_of(self, row: dict) -> tuple[str | None, str | None]:

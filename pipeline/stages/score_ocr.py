@@ -218,6 +218,9 @@ def ctc_confidence(probs: np.ndarray) -> np.ndarray:
 
 
 class ScoreOcr:
+    reads: tuple[str, ...] = ("frames_jpeg",)  # the columns it is given (process.call_clip_stage)
+    writes: tuple[str, ...] = ("ocr_score", "ocr_boxes", "ocr_model")
+
     def __init__(self, config: ScoreOcrConfig) -> None:
         self.config = config
         det = weights_path(config.model, DET_WEIGHTS, f"{config.STAGE}.model")

@@ -26,6 +26,9 @@ class TextEmbedConfig:
 
 
 class TextEmbed:
+    reads: tuple[str, ...] = ("caption",)  # the columns it is given (process.call_clip_stage)
+    writes: tuple[str, ...] = ("text_emb", "text_emb_shape", "text_model")
+
     def __init__(self, config: TextEmbedConfig) -> None:
         from vidsift.pipeline.text_encoder import TextEncoder
 

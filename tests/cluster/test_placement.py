@@ -11,7 +11,7 @@ import pytest
 from tests.cluster.jobs import clip_ids, manifest, read_rows, submit_curate
 from tests.conftest import vidsift_exe
 from vidsift.pipeline.recipe import RecipeError
-from vidsift.pipeline.runner import check_fits
+from vidsift.pipeline.cluster import check_fits
 
 pytestmark = pytest.mark.slow
 

@@ -4,13 +4,16 @@ the Ray Data UDF, called in-process so a fault can be injected for one video).""
 
 from __future__ import annotations
 
+import tempfile
+
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import make_numbered_clip
 from vidsift.pipeline import process, storage
+from vidsift.pipeline.dataflow import video_task
 from vidsift.pipeline.recipe import build_recipe
-from vidsift.pipeline.runner import VIDEO_PREFIX, video_task
 from vidsift.pipeline.stages import analyze
 
 PLAIN = ("probe", "analyze", "split_scenes", "transcode", "write_shards")  # the required stages
@@ -33,12 +36,13 @@ def run_videos(paths, rec) -> dict[str, tuple[dict, list[dict]]]:
     items = [{"source_uri": str(p), "group": "g000000", "duplicate_of": None} for p in paths]
     batch = pa.Table.from_pylist(items)
     out: dict = {}
-    for row in video_task(batch, rec.to_dict()).to_pylist():
-        if row["row_kind"] == "video":
-            video = {k[len(VIDEO_PREFIX) :]: v for k, v in row.items() if k.startswith(VIDEO_PREFIX)}
-            out.setdefault(video["source_uri"], [None, []])[0] = video
-        else:
-            out.setdefault(row["source_uri"], [None, []])[1].append(row)
+    with tempfile.TemporaryDirectory() as parts:  # the per-video task writes each video row to a part there
+        for row in video_task(batch, rec.to_dict(), parts).to_pylist():
+            if row["row_kind"] == "video":
+                (video,) = pq.read_table(row["part"]).drop_columns(["rows_of_video"]).to_pylist()
+                out.setdefault(video["source_uri"], [None, []])[0] = video
+            else:
+                out.setdefault(row["source_uri"], [None, []])[1].append(row)
     return {k: tuple(v) for k, v in out.items()}
 
 

@@ -277,18 +277,44 @@ def test_clip_text_config_from_toml_lists():
         ScoreClipTextConfig(min_score=2.0)
 
 
-def test_runner_actor_writes_the_shard_schema(tiny):
-    """The Ray actor wrapper (without Ray): config through asdict, rows through the work schema."""
+def test_runner_actor_scores_accepted_clips_and_joins_its_columns_back(tiny):
+    """The Ray actor wrapper (without Ray): config through asdict; the stage sees only the accepted clips'
+    declared columns, its written columns are joined back in place, other rows pass through unchanged."""
+    from vidsift.pipeline.dataflow import ClipStageTask
     from vidsift.pipeline.publish import WORK_SCHEMA
-    from vidsift.pipeline.runner import ClipStageTask
 
     config = ScoreAestheticConfig(**tiny, min_score=0, device="cpu")
     task = ClipStageTask("score_aesthetic", dataclasses.asdict(config))
-    rows = [{"row_kind": "clip", "rows_of_video": 2, **r} for r in rows_with_frames([2, 1])]
+    seen = []
+    stage = task.stage
+    task.stage = lambda rows: seen.extend(rows) or stage(rows)
+    task.stage.reads, task.stage.writes = stage.reads, stage.writes
+    clips = [{"row_kind": "clip", "rows_of_video": 4, **r} for r in rows_with_frames([2, 1, 1])]
+    clips[1].update(reject_stage="score_motion", reject_reason="static", reject_detail="still")
+    receipt = {"row_kind": "video", "rows_of_video": 4, "group": "g", "source_uri": "v.mp4", "part": "p"}
+    rows = [clips[0], receipt, clips[1], clips[2]]
     table = task(pa.Table.from_pylist([{n: r.get(n) for n in WORK_SCHEMA.names} for r in rows], WORK_SCHEMA))
     assert table.schema == WORK_SCHEMA
-    assert table.column("aesthetic_score").null_count == 0
-    assert table.column("aesthetic_random_weights").to_pylist() == [True, True]
+    assert [set(r) for r in seen] == [{"frames_jpeg"}] * 2  # only accepted clips, only what it reads
+    scores = table.column("aesthetic_score").to_pylist()
+    assert scores[0] is not None and scores[3] is not None and scores[1] is None and scores[2] is None
+    assert table.column("aesthetic_random_weights").to_pylist() == [True, None, None, True]
+    assert table.column("part").to_pylist() == [None, "p", None, None]
+    assert table.column("reject_reason").to_pylist() == [None, None, "static", None]
+
+
+def test_a_stage_that_changes_a_column_it_does_not_declare_is_stopped():
+    from vidsift.pipeline.process import apply_clip_stage
+
+    class Sloppy:
+        reads = ("duration_s",)
+        writes = ("aesthetic_score",)
+
+        def __call__(self, rows):
+            return [{**r, "aesthetic_score": 1.0, "caption": "oops"} for r in rows]
+
+    with pytest.raises(RuntimeError, match=r"does not declare: \['caption'\]"):
+        apply_clip_stage(Sloppy(), [{"clip_id": "c", "duration_s": 2.0}])
 
 
 def test_vidsift_stage_scores_a_real_clip(tiny, videos):

@@ -70,20 +70,24 @@ def test_workers_write_parts_and_a_group_is_published_from_the_parts_it_has_rece
 
     from tests.conftest import make_numbered_clip
     from vidsift.pipeline.cli import _default_recipe
+    from vidsift.pipeline.dataflow import video_task
     from vidsift.pipeline.publish import PARTS, RECEIPT_COLUMNS, publish_group, write_parts
-    from vidsift.pipeline.runner import video_task
 
     src = make_numbered_clip(tmp_path / "v.mp4", frames=60, cut_every=20)
     recipe = _default_recipe(["split_scenes.min_scene_s=0.5"])
     no_dup = pa.array([None], pa.string())
     item = pa.table({"source_uri": [str(src)], "group": ["g000000"], "duplicate_of": no_dup})
-    rows = video_task(item, recipe.to_dict())
-    assert rows.num_rows >= 3  # the video row and its clips
     out = tmp_path / "out"
+    rows = video_task(item, recipe.to_dict(), str(out))
+    assert rows.num_rows >= 3  # the video's receipt and its clips
+    # the video row travels separately: the per-video task already wrote it to its own part
+    (video_part,) = (out / PARTS / "g000000").glob("*.video.parquet")
+    assert rows.filter(pa.compute.equal(rows["row_kind"], "video"))["part"].to_pylist() == [str(video_part)]
+    assert "video__status" not in rows.column_names and pq.read_table(video_part)["status"][0].as_py() == "ok"
     receipts = write_parts(rows, str(out))
     write_parts(rows, str(out))  # a retried task's second copy: no receipt reaches the driver
     assert receipts.column_names == list(RECEIPT_COLUMNS) and "clip_mp4" not in receipts.column_names
-    assert len(list((out / PARTS / "g000000").glob("*.parquet"))) == 2
+    assert len(list((out / PARTS / "g000000").glob("*.parquet"))) == 3  # the video part, two clip parts
     parts = sorted(set(receipts["part"].to_pylist()))
     config = dataclasses.asdict(recipe.stage("write_shards"))
     accepted = publish_group(str(out), "g000000", [str(src)], parts, config)

@@ -1,0 +1,153 @@
+"""The Ray Data plan of a curation run: per-video tasks, then one actor pool per clip stage, then the parts.
+
+    inputs -> video_task (probe .. transcode, a task per video) -> clip stage pools -> write_parts -> receipts
+
+- ``video_task`` runs the per-video stages (``process.process_input``). It publishes the video row at once,
+  to its own part file (``publish.write_video_part``), so video rows travel separately: the stream carries
+  the video's clips (``WORK_SCHEMA``: the clip columns plus row bookkeeping) and one small receipt row for
+  the video.
+- ``ClipStageTask`` loads one clip stage once per actor. ``run_clip_stage`` gives the stage only the accepted
+  clip rows of a batch, only the columns it declares it reads (``stage.reads``), and joins the columns it
+  wrote back into the batch (``pyarrow.compute.replace_with_mask``); rejected clips and video receipts pass
+  through untouched.
+- Where work ran is reported once per batch and node to the run's ``cluster.PlacementLog``, not per row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import warnings
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from vidsift.pipeline.cluster import max_resources, record_placement, video_stages
+from vidsift.pipeline.publish import WORK_SCHEMA, write_parts, write_video_part
+from vidsift.pipeline.recipe import Recipe
+
+
+def video_task(batch: pa.Table, recipe_dict: dict, out: str, fetch: dict | None = None, log=None) -> pa.Table:
+    """Ray Data UDF: input rows (source_uri, group, duplicate_of, source_meta) -> the videos' clip rows and
+    one receipt row per video (its row already written to a part file under ``out``)."""
+    from vidsift.pipeline.input_lists import FetchLimits, process_input
+    from vidsift.pipeline.recipe import build_recipe
+
+    recipe = build_recipe(recipe_dict)
+    rows = []
+    for item in batch.to_pylist():
+        limits = FetchLimits(**(fetch or {}))
+        video, clips = process_input(item["source_uri"], item["group"], recipe, item["duplicate_of"], limits)
+        if item.get("source_meta"):  # an input list's other columns, carried into every row of the video
+            for row in [video, *clips]:
+                row["source_meta"] = item["source_meta"]
+        n = len(clips) + 1
+        part = write_video_part(out, video, n)
+        receipt = {"group": video["group"], "source_uri": video["source_uri"], "part": part}
+        rows.append({"row_kind": "video", "rows_of_video": n, **receipt})
+        rows.extend({"row_kind": "clip", "rows_of_video": n, **c} for c in clips)
+    record_placement(log, "video", batch.num_rows)
+    return pa.Table.from_pylist([{n: r.get(n) for n in WORK_SCHEMA.names} for r in rows], schema=WORK_SCHEMA)
+
+
+def accepted_clips(batch: pa.Table) -> pa.ChunkedArray:
+    """The mask of the rows a clip stage works on: clips that no stage has rejected."""
+    return pc.and_(pc.equal(batch["row_kind"], "clip"), pc.is_null(batch["reject_reason"]))
+
+
+def run_clip_stage(stage, batch: pa.Table) -> tuple[pa.Table, int]:
+    """A loaded clip stage on the accepted clips of ``batch`` (only their ``stage.reads`` columns); its
+    written columns joined back in place. Returns the batch and how many clips the stage saw."""
+    from vidsift.pipeline.process import call_clip_stage
+
+    mask = accepted_clips(batch).combine_chunks()
+    todo = batch.filter(mask)
+    if not todo.num_rows:
+        return batch, 0
+    written = call_clip_stage(stage, todo.select(list(stage.reads)).to_pylist())
+    for name in sorted({c for w in written for c in w}):
+        old = todo[name].to_pylist()  # a clip the stage left this column alone on keeps its value
+        new = [w[name] if name in w else o for w, o in zip(written, old, strict=True)]
+        index = batch.schema.get_field_index(name)
+        field = batch.schema.field(index)
+        column = pc.replace_with_mask(batch[name].combine_chunks(), mask, pa.array(new, type=field.type))
+        batch = batch.set_column(index, field, column)
+    return batch, todo.num_rows
+
+
+class ClipStageTask:
+    """Ray Data actor for one clip stage: loads the stage (its model) once, then maps batches."""
+
+    def __init__(self, name: str, config: dict, log=None) -> None:
+        from vidsift.pipeline.registry import STAGES
+
+        spec = STAGES[name]
+        self.name = name
+        self.stage = spec.impl(spec.config(**config))
+        unknown = [c for c in (*self.stage.reads, *self.stage.writes) if c not in WORK_SCHEMA.names]
+        if unknown:
+            raise RuntimeError(f"stage {name} declares columns that are not clip columns: {unknown}")
+        self.log = log
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        batch, n = run_clip_stage(self.stage, batch)
+        record_placement(self.log, self.name, n)
+        return batch
+
+
+def video_resources(recipe: Recipe, video_cpus: float | None) -> dict:
+    """Ray options of the per-video task: the most any per-video stage asks, with ``video_cpus`` (the
+    placement check's share) when it is lower; spread over the nodes."""
+    res = max_resources([s.resources for s in video_stages(recipe)])
+    if video_cpus is not None and video_cpus < res["num_cpus"]:
+        res["num_cpus"] = video_cpus
+    # per-video work is CPU-bound and independent: spread it over the nodes instead of Ray's default of
+    # filling the driver's node first (one node alone on a 1-node Ray)
+    res["scheduling_strategy"] = "SPREAD"
+    return res
+
+
+def build_dataset(recipe: Recipe, items: list[dict], out: str, video_res: dict, fetch: dict, log):
+    """The run's Ray Data plan over ``items`` (one per input video); iterating it yields receipts."""
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    # Ray 2.60 warns that scheduling_strategy/runtime_env passed to map_batches will need its new named
+    # parameters in 2.64; Ray is pinned to 2.60 (pyproject.toml), so the warning is noise in every run
+    warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
+    ctx.enable_progress_bars = False  # one progress display: ours
+    ctx.print_on_execution_start = False
+    if recipe.run.object_store_gb:
+        # backpressure: Ray Data stops launching tasks once its operators' outputs hold this much
+        limits = ctx.execution_options.resource_limits
+        ctx.execution_options.resource_limits = limits.copy(
+            object_store_memory=recipe.run.object_store_gb * 2**30
+        )
+    if recipe.run.max_videos_in_flight:
+        video_res = {**video_res, "compute": ray.data.TaskPoolStrategy(size=recipe.run.max_videos_in_flight)}
+    env = {"runtime_env": video_res["runtime_env"]} if "runtime_env" in video_res else {}
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map_batches(
+        video_task,
+        batch_size=1,
+        batch_format="pyarrow",
+        fn_kwargs={"recipe_dict": recipe.to_dict(), "out": out, "fetch": fetch, "log": log},
+        **video_res,
+    )
+    for entry in recipe.stages_of_kind("clip"):
+        res = entry.resources
+        ds = ds.map_batches(
+            ClipStageTask,
+            fn_constructor_kwargs={
+                "name": entry.name,
+                "config": dataclasses.asdict(entry.config),
+                "log": log,
+            },  # fmt: skip
+            batch_size=getattr(entry.config, "batch_size", 8),
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors),
+            **res.ray_options(),
+            **env,
+        )
+    return ds.map_batches(write_parts, batch_format="pyarrow", fn_kwargs={"out": out}, **video_res)
