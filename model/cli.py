@@ -1,4 +1,4 @@
-"""``vidsift train | train-vae | sample | encode``: argparse sub-commands for the trainer.
+"""``vidsift train | train-vae | finetune | sample | encode``: argparse sub-commands for the trainer.
 
 ``register(subparsers)`` is called by pipeline/cli.py. Handlers import torch lazily so ``vidsift --help``
 stays instant, and turn bad inputs (missing data, no clips, unreadable clips, bad checkpoints, bad recipe
@@ -41,6 +41,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="run folder (default: the recipe's `out`)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in the run folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (log lines stay)")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -50,7 +51,7 @@ def run_train(args: argparse.Namespace) -> int:
     cfg.data = args.data
     if args.out:
         cfg.out = args.out
-    train(cfg, resume=args.resume)
+    train(cfg, resume=args.resume, quiet=args.quiet)
     return 0
 
 
@@ -62,7 +63,7 @@ def run_train_vae(args: argparse.Namespace) -> int:
     cfg.data = args.data
     if args.out:
         cfg.out = args.out
-    train_vae(cfg)
+    train_vae(cfg, quiet=args.quiet)
     return 0
 
 
@@ -74,7 +75,7 @@ def run_finetune(args: argparse.Namespace) -> int:
 
     cfg = load_recipe(args.recipe, args.set)
     cfg = dataclasses.replace(cfg, data=args.data, out=args.out or cfg.out)
-    finetune(cfg, resume=args.resume)
+    finetune(cfg, resume=args.resume, quiet=args.quiet)
     return 0
 
 
@@ -122,11 +123,61 @@ def run_edit(args: argparse.Namespace, prompt: str) -> int:
     return 0
 
 
-def run_sample(args: argparse.Namespace) -> int:
-    check_edit_flags(args)
-    from vidsift.model.sample import expand_prompt, generate, write_video
+def read_prompts(args: argparse.Namespace) -> list[str]:
+    """--prompt, or the lines of --prompts FILE (blank lines skipped); [] when neither is given."""
+    from vidsift.model.sample import InputError
 
-    prompt = args.prompt
+    if args.prompt is not None and args.prompts:
+        raise InputError("give --prompt or --prompts FILE, not both")
+    if not args.prompts:
+        return [] if args.prompt is None else [args.prompt]
+    try:
+        with open(args.prompts, encoding="utf-8") as f:
+            prompts = [line.strip() for line in f if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"--prompts {args.prompts}: {e}") from None
+    if not prompts:
+        raise InputError(f"--prompts {args.prompts}: no prompt in the file")
+    return prompts
+
+
+def run_sample_finetuned(args: argparse.Namespace, manifest: dict) -> int:
+    """``sample FINETUNE_RUN``: the family's diffusers pipeline plus the run's LoRA (or full transformer)."""
+    from vidsift.model.finetune.sample import run_prompts, sample_run, write_samples
+    from vidsift.model.sample import InputError
+
+    used = [f"--{n.replace('_', '-')}" for n in DIT_ONLY if getattr(args, n, None)]
+    if used:
+        raise InputError(f"{', '.join(used)}: not for a fine-tuned diffusers model (text-to-video only)")
+    prompts = read_prompts(args) or run_prompts(manifest)
+    size = (args.frames, args.height, args.width)
+    guidance = manifest["recipe"]["sample_guidance"] if args.cfg is None else args.cfg
+    videos = sample_run(args.ckpt, prompts, size, args.steps, guidance, args.seed, args.device, manifest)
+    paths = write_samples(videos, prompts, args.out, args.fps or 16.0)
+    f, h, w = videos.shape[1:4]
+    print(f"wrote {', '.join(paths)} ({f} frames, {w}x{h}; {manifest['family']} {manifest['mode']})")
+    return 0
+
+
+# Options of the DiT path only: conditioning by frames, editing and prompt expansion.
+DIT_ONLY = ("image", "extend", "backward", "connect", "context_frames", "expand", "edit", "strength",
+            "keep_first_frame")  # fmt: skip
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    from vidsift.model.finetune.sample import read_run
+
+    manifest = read_run(args.ckpt)
+    if manifest is not None:
+        return run_sample_finetuned(args, manifest)
+    check_edit_flags(args)
+    from vidsift.model.sample import InputError, expand_prompt, generate, write_video
+
+    prompts = read_prompts(args)
+    if len(prompts) != 1:
+        raise InputError("a DiT checkpoint samples one prompt: give --prompt TEXT (or a one-line --prompts)")
+    prompt = args.prompt = prompts[0]
+    args.cfg = 4.0 if args.cfg is None else args.cfg
     if args.expand:
         prompt, random_weights = expand_prompt(
             args.prompt,
@@ -199,15 +250,22 @@ def register(subparsers) -> None:
     add_train_args(p)
     p.set_defaults(func=_guard(run_finetune))
 
-    p = subparsers.add_parser("sample", help="generate a video from a DiT checkpoint")
-    p.add_argument("ckpt", help="training run folder or a *.safetensors checkpoint")
-    p.add_argument("--prompt", required=True)
+    p = subparsers.add_parser("sample", help="generate a video from a DiT checkpoint or a finetune run")
+    p.add_argument(
+        "ckpt", help="DiT training run folder or *.safetensors checkpoint, or a `vidsift finetune` output"
+    )
+    p.add_argument("--prompt", help="the prompt (required for a DiT checkpoint)")
+    p.add_argument(
+        "--prompts", metavar="FILE", help="one prompt per line (finetune run default: its caption_short)"
+    )
     p.add_argument("--out", "--output", dest="out", default="sample.mp4", help="MP4 to write (GIF beside it)")
     p.add_argument("--frames", type=int, help="default: the training size")
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)
     p.add_argument("--steps", type=int, default=30, help="Euler steps")
-    p.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale (1 = off)")
+    p.add_argument(
+        "--cfg", type=float, help="classifier-free guidance scale (1 = off; default 4, a finetune run's own)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fps", type=float, help="default: the training frame rate")
     p.add_argument("--device", default="cpu")

@@ -1,30 +1,28 @@
-"""Training progress for people and for TensorBoard: a live progress line on a terminal, plain log lines
-otherwise, and optional TensorBoard scalars.
+"""Training progress for people and for TensorBoard: the one progress display of vidsift's long commands
+(pipeline/progress.py, the rich bar curate shows) with steps as its unit, plain log lines, and optional
+TensorBoard scalars.
 
-    progress = TrainProgress(total_steps=cfg.steps, start_step=step, out_dir=cfg.out, log=cfg.log)
-    progress.update(step, loss=..., lr=..., tokens_per_s=..., val_loss=...)  # every optimizer step
-    progress.write("step 20/600 loss ...")  # a permanent log line (ETA added)
-    progress.close()
+    bar = StepBar("train", total_steps=cfg.steps, start_step=step, quiet=quiet)
+    bar.update(step, loss=..., lr=...)  # every optimizer step: the bar's counter, loss, lr, steps/s, ETA
+    bar.close()
 
-On a terminal the last line is redrawn in place (``\\r``, at most ~10 times a second) with step, a bar,
-loss, lr, tokens/s and ETA; permanent log lines are printed above it. When stdout is not a terminal (a
-file, a pipe, a batch job's log) nothing is redrawn: only the permanent lines are printed, each ending in
-the ETA. ``log = "tensorboard"`` also writes the scalars to ``RUN/tb`` (``tensorboard --logdir RUN/tb``)
-through ``torch.utils.tensorboard``; ``log = "csv"`` (the default) leaves that out. The trainer writes
-``RUN/log.csv`` in both cases.
+The bar goes to stderr (stdout keeps the log lines and results); on a terminal it redraws in place and log
+lines printed meanwhile appear above it; elsewhere (a file, a pipe, a batch job's log) it is printed once,
+in its final state, when it closes. ``quiet`` shows no bar; the log lines (every ``log_every`` steps) stay.
+Only rank 0 of a torchrun launch shows one. ``log = "tensorboard"`` also writes the scalars to ``RUN/tb``
+(``tensorboard --logdir RUN/tb``) through ``torch.utils.tensorboard``; ``log = "csv"`` (the default)
+leaves that out. The trainer writes ``RUN/log.csv`` in both cases.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import sys
 import time
-from typing import TextIO
 
 LOG_KINDS = ("csv", "tensorboard")
 
-# TensorBoard tag of each update() keyword; None values (no MFU on CPU, no validation this step) are skipped.
+# TensorBoard tag of each logged value; None values (no MFU on CPU, no validation this step) are skipped.
 TAGS = {
     "loss": "train/loss",
     "lr": "train/lr",
@@ -47,111 +45,74 @@ def format_duration(seconds: float) -> str:
     return f"{s}s"
 
 
-class TrainProgress:
-    def __init__(
-        self,
-        total_steps: int,
-        start_step: int = 0,
-        out_dir: str = "",
-        log: str = "csv",
-        stream: TextIO | None = None,
-        live: bool | None = None,
-    ) -> None:
-        if log not in LOG_KINDS:
-            raise ValueError(f"log must be one of {', '.join(LOG_KINDS)}, got {log!r}")
+class StepBar:
+    """The shared progress bar over optimizer steps, with loss, lr, steps/s and ETA as its fields. Steps/s
+    and the ETA count this session's steps only (a resumed run starts its clock again)."""
+
+    def __init__(self, name: str, total_steps: int, start_step: int = 0, quiet: bool = False) -> None:
+        from vidsift.pipeline.progress import progress_bar
+
         self.total = total_steps
         self.start_step = start_step
-        self.stream = stream or sys.stdout
-        self.live = self.stream.isatty() if live is None else live
-        self.t0 = time.time()
-        self.last_draw = 0.0
-        self.drawn = False  # a live line is on screen and must be cleared before a permanent line
         self.step = start_step
-        self.values: dict[str, float] = {}
-        self.writer = None
-        if log == "tensorboard":
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:  # torch raises ImportError when the tensorboard package is missing
-                raise ValueError('log = "tensorboard" needs `pip install tensorboard`') from e
-            self.writer = SummaryWriter(os.path.join(out_dir, "tb"), flush_secs=10)
+        self.t0 = time.time()
+        fields = "loss {task.fields[loss]} lr {task.fields[lr]} {task.fields[rate]} steps/s"
+        fields += " eta {task.fields[eta]}"
+        self.bar = progress_bar(name, "steps", fields, quiet=quiet)
+        self.task = self.bar.add_task(
+            name, total=total_steps, completed=start_step, loss="-", lr="-", rate="-", eta="?"
+        )
+        self.bar.start()
+
+    def rate(self) -> float:
+        """Optimizer steps per second in this session."""
+        elapsed = time.time() - self.t0
+        return (self.step - self.start_step) / elapsed if elapsed > 0 else 0.0
 
     def eta(self) -> float:
-        done = self.step - self.start_step
-        if done <= 0:
-            return math.inf
-        return (time.time() - self.t0) / done * (self.total - self.step)
+        rate = self.rate()
+        return (self.total - self.step) / rate if rate > 0 else math.inf
 
-    def update(self, step: int, **values: float | None) -> None:
-        """Record one optimizer step's values (keys of TAGS), redraw the live line, write TensorBoard."""
+    def update(self, step: int, loss: float | None = None, lr: float | None = None) -> None:
         self.step = step
-        self.values.update({k: v for k, v in values.items() if v is not None})
-        if self.writer is not None:
-            for key, value in values.items():
-                if value is not None:
-                    self.writer.add_scalar(TAGS.get(key, f"train/{key}"), float(value), step)
-        now = time.time()
-        if self.live and (now - self.last_draw >= 0.1 or step == self.total):
-            self.last_draw = now
-            self._draw()
-
-    def line(self) -> str:
-        """The live line: step, bar, loss, lr, tokens/s, ETA."""
-        frac = min(1.0, self.step / max(1, self.total))
-        width = 20
-        bar = "#" * int(frac * width) + "." * (width - int(frac * width))
-        parts = [f"step {self.step}/{self.total} [{bar}] {frac:4.0%}"]
-        v = self.values
-        if "loss" in v:
-            parts.append(f"loss {v['loss']:.4f}")
-        if "lr" in v:
-            parts.append(f"lr {v['lr']:.2e}")
-        if "tokens_per_s" in v:
-            parts.append(f"tok/s {v['tokens_per_s']:,.0f}")
-        parts.append(f"eta {format_duration(self.eta())}")
-        return " ".join(parts)
-
-    def _draw(self) -> None:
-        self.stream.write("\r\x1b[2K" + self.line())
-        self.stream.flush()
-        self.drawn = True
-
-    def write(self, message: str) -> None:
-        """A permanent log line (with the ETA appended), printed above the live line."""
-        if self.drawn:
-            self.stream.write("\r\x1b[2K")
-        self.stream.write(f"{message} eta {format_duration(self.eta())}\n")
-        if self.live:
-            self._draw()
-        self.stream.flush()
+        fields = {"rate": f"{self.rate():.2f}", "eta": format_duration(self.eta())}
+        if loss is not None:
+            fields["loss"] = f"{loss:.4f}"
+        if lr is not None:
+            fields["lr"] = f"{lr:.2e}"
+        self.bar.update(self.task, completed=step, **fields)
 
     def close(self) -> None:
-        if self.drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-            self.drawn = False
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        self.bar.stop()
 
 
 CSV_COLUMNS = ["step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "val_loss", "elapsed_s"]
 
 
 class TrainLog:
-    """What the training loop reports: ``RUN/log.csv`` (appended to on resume), the progress display and
-    the log lines above it, TensorBoard scalars when ``log = "tensorboard"``."""
+    """What the DiT training loop reports: ``RUN/log.csv`` (appended to on resume), the progress bar, a log
+    line every ``log_every`` steps (and at validation and the last step) on stdout, TensorBoard scalars when
+    ``log = "tensorboard"``. Rank 0 only."""
 
-    def __init__(self, cfg, step: int) -> None:
+    def __init__(self, cfg, step: int, quiet: bool = False) -> None:
         import csv
 
+        if cfg.log not in LOG_KINDS:
+            raise ValueError(f"log must be one of {', '.join(LOG_KINDS)}, got {cfg.log!r}")
         self.cfg = cfg
-        self.progress = TrainProgress(cfg.steps, step, cfg.out, cfg.log)
+        self.writer = None
+        if cfg.log == "tensorboard":
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:  # torch raises ImportError when the tensorboard package is missing
+                raise ValueError('log = "tensorboard" needs `pip install tensorboard`') from e
+            self.writer = SummaryWriter(os.path.join(cfg.out, "tb"), flush_secs=10)
         self.file = open(os.path.join(cfg.out, "log.csv"), "a" if step > 0 else "w", newline="")  # noqa: SIM115
         self.csv = csv.writer(self.file)
         self.t0 = time.time()
         if step == 0:
             self.csv.writerow(CSV_COLUMNS)
+        self.bar = StepBar("train", cfg.steps, step, quiet)
 
     def initial(self, val_loss: float) -> None:
         """The untrained model's validation loss: what every later value beats."""
@@ -160,16 +121,20 @@ class TrainLog:
 
     def step(self, step: int, last: bool, *, loss: float, lr: float, grad_norm: float, tokens_per_s: float,
              mfu: float | None, val_loss: float | None) -> None:  # fmt: skip
-        self.progress.update(
-            step, loss=loss, lr=lr, tokens_per_s=tokens_per_s, grad_norm=grad_norm, mfu=mfu, val_loss=val_loss
-        )
+        self.bar.update(step, loss=loss, lr=lr)
+        values = dict(loss=loss, lr=lr, tokens_per_s=tokens_per_s, grad_norm=grad_norm, mfu=mfu)
+        values["val_loss"] = val_loss
+        if self.writer is not None:
+            for key, value in values.items():
+                if value is not None:
+                    self.writer.add_scalar(TAGS[key], float(value), step)
         if not (step % self.cfg.log_every == 0 or last or val_loss is not None):
             return
         msg = f"step {step}/{self.cfg.steps} loss {loss:.4f} lr {lr:.2e} grad {grad_norm:.3f}"
         msg += f" tok/s {tokens_per_s:,.0f}"
         msg += f" mfu {mfu:.1%}" if mfu is not None else ""
         msg += f" val {val_loss:.4f}" if val_loss is not None else ""
-        self.progress.write(msg)
+        print(f"{msg} eta {format_duration(self.bar.eta())}", flush=True)
         self.csv.writerow(
             [
                 step,
@@ -185,5 +150,8 @@ class TrainLog:
         self.file.flush()
 
     def close(self) -> None:
+        self.bar.close()
         self.file.close()
-        self.progress.close()
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None

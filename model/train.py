@@ -48,6 +48,7 @@ class TrainConfig:
     vae: str = ""  # "" trains in pixel space; else a VAE checkpoint (cached latents used when present)
     text_model: str = ""  # "" = bundled all-MiniLM-L6-v2; else a Hugging Face name or local path
     text_tokens: int = 32  # caption tokens the DiT attends to
+    offline: bool = False  # text_model from local files or the Hugging Face cache only (no hub requests)
     # rectified flow (model/flow.py FlowConfig)
     caption_dropout: float = 0.1  # share of samples trained without their caption (for CFG)
     t_mean: float = 0.0  # logit-normal timestep mean
@@ -242,7 +243,12 @@ def build_data(cfg: TrainConfig, d: Dist) -> Data:
         ClipStream(index, source, reader, num_readers, cfg.seed, cfg.shuffle_buffer, val_ids)
         for reader in range(d.rank * cfg.grad_accum, (d.rank + 1) * cfg.grad_accum)
     ]
-    encoder = None if use_text_emb else TextEncoder(cfg.text_model, cfg.text_tokens, d.device)
+    encoder = None
+    if not use_text_emb:
+        try:
+            encoder = TextEncoder(cfg.text_model, cfg.text_tokens, d.device, offline=cfg.offline)
+        except OSError as e:  # not found (offline and not cached, a wrong path or name): one line
+            raise RecipeError(f"text_model: {str(e).splitlines()[0]}") from None
     if cfg.pack:
         batches = PackedBatches(cfg, d.device, vae, use_latents, encoder, patch, 0)
         full = clip_tokens(batches.full_shape(), patch)
@@ -369,8 +375,8 @@ def validate(raw, data: Data, autocast) -> float:
 # the loop
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict:
-    """Train; returns the final metrics ({'step', 'loss', 'val_loss', ...})."""
+def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> dict:
+    """Train; returns the final metrics ({'step', 'loss', 'val_loss', ...}). ``quiet``: no progress bar."""
     from vidsift.model import checkpoint
     from vidsift.model.dit import DiT, PackedDiT, config_from_preset
     from vidsift.model.logging_utils import TrainLog
@@ -428,63 +434,65 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     fwd = torch.compile(model) if cfg.compile else model
     flow, peak, readers = cfg.flow(), peak_flops(d.device), data.readers
     try:  # an unknown `log` kind or a missing tensorboard package: a one-line recipe error from the CLI
-        log = TrainLog(cfg, step) if d.master else None
+        log = TrainLog(cfg, step, quiet) if d.master else None
     except ValueError as e:
         raise RecipeError(str(e)) from e
 
-    metrics = {"step": step, "loss": float("nan"), "val_loss": float("nan")}
-    if (
-        d.master or d.fsdp
-    ) and step == 0:  # the untrained model's validation loss: what every later value beats
-        metrics["val_loss_init"] = validate(raw, data, autocast)
-        if d.master:
-            log.initial(metrics["val_loss_init"])
-    model.train()
-    while step < cfg.steps:
-        t0 = time.time()
-        lr = lr_at(step, cfg)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        loss_sum, tokens = 0.0, 0
-        for a, reader in enumerate(readers):
-            gen = step_generator(cfg.seed, step, reader.reader)
-            batch = data.batches.next(reader)
-            tokens += batch.tokens
-            last_micro = a == len(readers) - 1  # gradients are averaged across processes only on the last
-            if d.fsdp:
-                raw.set_requires_gradient_sync(last_micro)  # raw: the FSDP module (model may wrap it)
-            sync = nullcontext() if (not d.ddp or d.fsdp or last_micro) else model.no_sync()
-            with sync, autocast:
-                loss = data.batches.loss(fwd, batch, flow, gen)
-                (loss / len(readers)).backward()
-            loss_sum += loss.item() / len(readers)
-        grad_norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip or float("inf"))
-        grad_norm = (grad_norm.full_tensor() if d.fsdp else grad_norm).item()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), raw.parameters(), strict=True):
-                pe.lerp_(p, 1 - cfg.ema_decay)
-        step += 1
-        if d.device.type == "cuda":
-            torch.cuda.synchronize()
-        tok_s = tokens * d.world / (time.time() - t0)
-        per_sample = tokens // (cfg.batch_size * len(readers))
-        mfu = flops_per_token(raw, per_sample) * tok_s / (peak * d.world) if peak else None
-        metrics.update(step=step, loss=loss_sum, tokens_per_s=tok_s, mfu=mfu)
-        last = step == cfg.steps
-        val_loss = None
-        if (d.master or d.fsdp) and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
-            val_loss = metrics["val_loss"] = validate(raw, data, autocast)
-        if d.master:
-            log.step(step, last, loss=loss_sum, lr=lr, grad_norm=grad_norm, tokens_per_s=tok_s, mfu=mfu,
-                     val_loss=val_loss)  # fmt: skip
-        if (d.master or d.fsdp) and cfg.sample_every and (step % cfg.sample_every == 0 or last):
-            save_samples(cfg, ema, data, step, autocast, d)
-        if (cfg.save_every and step % cfg.save_every == 0) or last:
-            save_checkpoint(cfg, raw, ema, opt, data, step, d)
-    if d.master:
-        log.close()
+    try:
+        metrics = {"step": step, "loss": float("nan"), "val_loss": float("nan")}
+        if (
+            d.master or d.fsdp
+        ) and step == 0:  # the untrained model's validation loss: what every later value beats
+            metrics["val_loss_init"] = validate(raw, data, autocast)
+            if d.master:
+                log.initial(metrics["val_loss_init"])
+        model.train()
+        while step < cfg.steps:
+            t0 = time.time()
+            lr = lr_at(step, cfg)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            loss_sum, tokens = 0.0, 0
+            for a, reader in enumerate(readers):
+                gen = step_generator(cfg.seed, step, reader.reader)
+                batch = data.batches.next(reader)
+                tokens += batch.tokens
+                last_micro = a == len(readers) - 1  # gradients are averaged across processes only on the last
+                if d.fsdp:
+                    raw.set_requires_gradient_sync(last_micro)  # raw: the FSDP module (model may wrap it)
+                sync = nullcontext() if (not d.ddp or d.fsdp or last_micro) else model.no_sync()
+                with sync, autocast:
+                    loss = data.batches.loss(fwd, batch, flow, gen)
+                    (loss / len(readers)).backward()
+                loss_sum += loss.item() / len(readers)
+            grad_norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip or float("inf"))
+            grad_norm = (grad_norm.full_tensor() if d.fsdp else grad_norm).item()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for pe, p in zip(ema.parameters(), raw.parameters(), strict=True):
+                    pe.lerp_(p, 1 - cfg.ema_decay)
+            step += 1
+            if d.device.type == "cuda":
+                torch.cuda.synchronize()
+            tok_s = tokens * d.world / (time.time() - t0)
+            per_sample = tokens // (cfg.batch_size * len(readers))
+            mfu = flops_per_token(raw, per_sample) * tok_s / (peak * d.world) if peak else None
+            metrics.update(step=step, loss=loss_sum, tokens_per_s=tok_s, mfu=mfu)
+            last = step == cfg.steps
+            val_loss = None
+            if (d.master or d.fsdp) and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
+                val_loss = metrics["val_loss"] = validate(raw, data, autocast)
+            if d.master:
+                log.step(step, last, loss=loss_sum, lr=lr, grad_norm=grad_norm, tokens_per_s=tok_s, mfu=mfu,
+                         val_loss=val_loss)  # fmt: skip
+            if (d.master or d.fsdp) and cfg.sample_every and (step % cfg.sample_every == 0 or last):
+                save_samples(cfg, ema, data, step, autocast, d)
+            if (cfg.save_every and step % cfg.save_every == 0) or last:
+                save_checkpoint(cfg, raw, ema, opt, data, step, d)
+    finally:  # the bar stops (and a terminal gets its cursor back) on errors too
+        if log is not None:
+            log.close()
     if d.ddp:
         import torch.distributed as dist
 

@@ -78,9 +78,10 @@ def evaluate(vae, x: torch.Tensor) -> dict:
     }
 
 
-def train_vae(cfg: VAETrainConfig) -> dict:
+def train_vae(cfg: VAETrainConfig, quiet: bool = False) -> dict:
+    """Train; returns the held-out metrics. ``quiet``: no progress bar (the log lines stay)."""
     from vidsift.model.data import ClipSource, ClipStream, ShardIndex, collate, load_samples
-    from vidsift.model.logging_utils import TrainProgress
+    from vidsift.model.logging_utils import StepBar
     from vidsift.model.vae import PRESETS, VAEConfig, VideoVAE, save_vae, vae_loss
     from vidsift.pipeline.config import RecipeError
 
@@ -104,23 +105,26 @@ def train_vae(cfg: VAETrainConfig) -> dict:
         f"compression {vae.cfg.factors}, {index.num_rows} clips"
     )
     t0 = time.time()
-    progress = TrainProgress(cfg.steps)  # live line on a terminal, plain lines otherwise
-    for step in range(cfg.steps):
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
-        x = collate(stream.next_batch(cfg.batch_size))[0].to(device)
-        loss, parts = vae_loss(vae, x, cfg.kl_weight, g)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), cfg.grad_clip)
-        opt.step()
-        progress.update(step + 1, loss=loss.item(), lr=opt.param_groups[0]["lr"])
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            progress.write(
-                f"step {step + 1}/{cfg.steps} l1 {parts['l1']:.4f} mse {parts['mse']:.5f} "
-                f"kl {parts['kl']:.3f} ({time.time() - t0:.0f}s)"
-            )
-    progress.close()
+    bar = StepBar("train-vae", cfg.steps, quiet=quiet)  # the shared rich bar, on stderr
+    try:
+        for step in range(cfg.steps):
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
+            x = collate(stream.next_batch(cfg.batch_size))[0].to(device)
+            loss, parts = vae_loss(vae, x, cfg.kl_weight, g)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), cfg.grad_clip)
+            opt.step()
+            bar.update(step + 1, loss=loss.item(), lr=opt.param_groups[0]["lr"])
+            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                print(
+                    f"step {step + 1}/{cfg.steps} l1 {parts['l1']:.4f} mse {parts['mse']:.5f} "
+                    f"kl {parts['kl']:.3f} ({time.time() - t0:.0f}s)",
+                    flush=True,
+                )
+    finally:
+        bar.close()
     # Latent statistics over a few training batches make encode() unit-scale for the DiT.
     with torch.no_grad():
         zs = torch.cat(

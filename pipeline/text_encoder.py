@@ -9,6 +9,7 @@ passes ``offline=True`` (a recipe's choice): this module never changes the proce
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 
 import torch
@@ -40,12 +41,29 @@ def load_text_model(name: str = "", offline: bool = False):
     from transformers import AutoModel, AutoTokenizer
 
     path = resolve_text_model(name)
+    if offline and not os.path.isdir(path) and not _cached(path):
+        # Said before transformers is asked: its message would blame the network, and building its request
+        # headers alone contacts the hub.
+        raise OSError(
+            f"{name!r} is neither a local folder nor in the Hugging Face cache, and offline = true reads "
+            "local files only (set offline = false to download it)"
+        )
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=offline)
     model = AutoModel.from_pretrained(path, local_files_only=offline)
     if model.config.is_encoder_decoder:  # T5: only the encoder conditions a diffusion model
         model = model.get_encoder()
     model = getattr(model, "text_model", model)  # CLIP: the text tower
     return tokenizer, model.eval().requires_grad_(False), text_model_name(name)
+
+
+def _cached(repo_id: str) -> bool:
+    """Whether the Hugging Face cache holds the model's config (a file-system look-up, no request)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid repo id: it cannot be in the cache either
+        return False
 
 
 class SentenceEncoder:

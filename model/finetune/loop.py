@@ -31,6 +31,7 @@ from vidsift.model.finetune import checkpoint as ckpt
 from vidsift.model.finetune.families import FAMILIES, Components, Family, Text, nearest_frames
 from vidsift.model.finetune.sample import sample_grid, write_grid
 from vidsift.model.finetune.shards import Bucket, Clip, ClipIndex, index_clips
+from vidsift.model.logging_utils import StepBar
 from vidsift.pipeline.config import RecipeError, build_config, parse_override, read_recipe, to_toml
 
 
@@ -318,11 +319,12 @@ def lr_at(step: int, cfg: FinetuneConfig) -> float:
     return cfg.lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else cfg.lr
 
 
-def finetune(cfg: FinetuneConfig, resume: bool = False, log=print) -> dict:
-    """Train; returns (and writes to OUT/manifest.json) the run summary."""
+def finetune(cfg: FinetuneConfig, resume: bool = False, log=print, quiet: bool = False) -> dict:
+    """Train; returns (and writes to OUT/manifest.json) the run summary. ``log`` gets the log lines; rank 0
+    shows the shared progress bar on stderr unless ``quiet``."""
     d = setup_distributed(cfg)
     try:
-        return _finetune(cfg, d, resume, log if d.master else (lambda *a, **k: None))
+        return _finetune(cfg, d, resume, log if d.master else (lambda *a, **k: None), quiet or not d.master)
     finally:
         if d.on:
             import torch.distributed as dist
@@ -330,7 +332,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, log=print) -> dict:
             dist.destroy_process_group()
 
 
-def _finetune(cfg: FinetuneConfig, d: Dist, resume: bool, log) -> dict:
+def _finetune(cfg: FinetuneConfig, d: Dist, resume: bool, log, quiet: bool) -> dict:
     family = FAMILIES[cfg.family]
     out = Path(cfg.out)
     state_path = out / "checkpoint" / "state.pt"
@@ -413,48 +415,53 @@ def _finetune(cfg: FinetuneConfig, d: Dist, resume: bool, log) -> dict:
     t0, done_at_start = time.perf_counter(), step
     # Time of the steps after this session's first (its warm-up), without evaluation, saving and sampling.
     timed_steps, timed_s, timed_cpu = 0, 0.0, 0.0
-    while step < cfg.steps:
-        t_step, c_step = time.perf_counter(), time.process_time()
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        total = torch.zeros(())
-        for a in range(cfg.grad_accum):
-            g = step_generator(cfg.seed, step, d.rank * cfg.grad_accum + a)
-            b = trainer.batch(draw(train_clips, by_bucket, cfg.batch_size, g), g, cfg.caption_dropout)
-            last = a == cfg.grad_accum - 1
-            if cfg.fsdp and d.on:
-                model.set_requires_gradient_sync(last)
-            sync = model.no_sync() if d.on and not cfg.fsdp and not last else nullcontext()
-            with sync:
-                loss = trainer.loss(model, b) / cfg.grad_accum
-                loss.backward()
-            total += loss.detach().float().cpu()
-        if d.on:
-            import torch.distributed as dist
+    bar = StepBar("finetune", cfg.steps, step, quiet)  # the shared rich bar on stderr (rank 0)
+    try:
+        while step < cfg.steps:
+            t_step, c_step = time.perf_counter(), time.process_time()
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            total = torch.zeros(())
+            for a in range(cfg.grad_accum):
+                g = step_generator(cfg.seed, step, d.rank * cfg.grad_accum + a)
+                b = trainer.batch(draw(train_clips, by_bucket, cfg.batch_size, g), g, cfg.caption_dropout)
+                last = a == cfg.grad_accum - 1
+                if cfg.fsdp and d.on:
+                    model.set_requires_gradient_sync(last)
+                sync = model.no_sync() if d.on and not cfg.fsdp and not last else nullcontext()
+                with sync:
+                    loss = trainer.loss(model, b) / cfg.grad_accum
+                    loss.backward()
+                total += loss.detach().float().cpu()
+            if d.on:
+                import torch.distributed as dist
 
-            total = total.to(d.device)
-            dist.all_reduce(total)
-            total = total.cpu() / d.world
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        history.append([step, float(total)])
-        if step > done_at_start + 1:
-            timed_steps += 1
-            timed_s += time.perf_counter() - t_step
-            timed_cpu += time.process_time() - c_step
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            per = (time.perf_counter() - t0) / max(1, step - done_at_start)
-            lr = lr_at(step - 1, cfg)
-            log(f"step {step}/{cfg.steps}  loss {float(total):.4f}  lr {lr:.2e}  {per:.2f} s/step")
-        if held and cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
-            evaluate()
-        if cfg.save_every and step % cfg.save_every == 0 and step != cfg.steps:
-            save()
-        if cfg.sample_every and step % cfg.sample_every == 0 and (d.master or cfg.fsdp):
-            sample()  # under FSDP every rank runs the sharded transformer; the master writes
+                total = total.to(d.device)
+                dist.all_reduce(total)
+                total = total.cpu() / d.world
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            history.append([step, float(total)])
+            bar.update(step, loss=float(total), lr=lr_at(step - 1, cfg))
+            if step > done_at_start + 1:
+                timed_steps += 1
+                timed_s += time.perf_counter() - t_step
+                timed_cpu += time.process_time() - c_step
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                per = (time.perf_counter() - t0) / max(1, step - done_at_start)
+                lr = lr_at(step - 1, cfg)
+                log(f"step {step}/{cfg.steps}  loss {float(total):.4f}  lr {lr:.2e}  {per:.2f} s/step")
+            if held and cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
+                evaluate()
+            if cfg.save_every and step % cfg.save_every == 0 and step != cfg.steps:
+                save()
+            if cfg.sample_every and step % cfg.sample_every == 0 and (d.master or cfg.fsdp):
+                sample()  # under FSDP every rank runs the sharded transformer; the master writes
+    finally:
+        bar.close()
     if held and (not evals or evals[-1]["step"] != step):
         evaluate()
     state = save()

@@ -68,6 +68,7 @@ class CaptionQaConfig:
     on_vlm_fail: str = "reject"  # reject | keep: what a failing VLM caption (or JSON) does
     on_expand_fail: str = "fallback"  # fallback (to the VLM caption) | reject
     encoder: str = ""  # sentence encoder for faithfulness; "" = the bundled all-MiniLM-L6-v2
+    offline: bool = False  # encoder from local files or the Hugging Face cache only (no hub requests)
     batch_size: int = 32  # rows per call
 
     def __post_init__(self) -> None:
@@ -219,7 +220,7 @@ class CaptionQa:
             SentenceEncoder,  # the trainer's text-model loader (torch, transformers)
         )
 
-        self.encoder = SentenceEncoder(config.encoder)
+        self.encoder = SentenceEncoder(config.encoder, config.offline)
 
     def __call__(self, rows: list[dict]) -> list[dict]:
         return [self.check(row) for row in rows]

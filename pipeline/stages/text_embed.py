@@ -17,6 +17,7 @@ class TextEmbedConfig:
     max_tokens: int = 77  # captions are truncated to this many tokens
     device: str = "cpu"  # cpu | cuda | cuda:N
     batch_size: int = 32  # rows per call
+    offline: bool = False  # model from local files or the Hugging Face cache only (no hub requests)
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -32,7 +33,9 @@ class TextEmbed:
     def __init__(self, config: TextEmbedConfig) -> None:
         from vidsift.pipeline.text_encoder import TextEncoder
 
-        self.encoder = TextEncoder(config.model, max_tokens=config.max_tokens, device=config.device)
+        self.encoder = TextEncoder(
+            config.model, max_tokens=config.max_tokens, device=config.device, offline=config.offline
+        )
 
     def __call__(self, rows: list[dict]) -> list[dict]:
         import numpy as np

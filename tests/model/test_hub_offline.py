@@ -88,3 +88,85 @@ def test_offline_on_request_reads_only_local_files(tmp_path, monkeypatch):
         TextEncoder("sentence-transformers/paraphrase-MiniLM-L3-v2", offline=True)  # no network attempt
     assert "HF_HUB_OFFLINE" not in os.environ
     assert TextEncoder(offline=True, max_tokens=8).dim == 384  # the bundled default is local: works offline
+
+
+class RecordingHub:
+    """A loopback stand-in for the hub (``HF_ENDPOINT``) that answers 404 and records every path asked."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        hits = self.hits = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                hits.append(self.path)
+                self.send_error(404)
+
+            do_HEAD = do_GET  # noqa: N815
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_offline_is_a_recipe_key_of_the_trainer_and_the_text_stages_off_by_default():
+    from vidsift.model.train import TrainConfig, load_recipe
+    from vidsift.pipeline.stages.caption_qa import CaptionQaConfig
+    from vidsift.pipeline.stages.text_embed import TextEmbedConfig
+
+    assert TrainConfig().offline is False and load_recipe("tiny").offline is False
+    assert load_recipe("tiny", ["offline=true"]).offline is True
+    assert TextEmbedConfig().offline is False and CaptionQaConfig().offline is False
+
+
+def test_train_offline_with_an_uncached_hub_name_fails_in_one_line_without_asking_the_hub(shards, tmp_path):
+    """``vidsift train --set offline=true``: one line, exit 2, no request; offline=false asks the hub."""
+    hub = RecordingHub()
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT=hub.url)
+    base = [sys.executable, "-m", "vidsift.model", "train", "tiny", "--data", shards, "--set", "steps=1"]
+    base += ["--set", 'text_model="someone/tiny-encoder"']
+    try:
+        offline = [*base, "--out", str(tmp_path / "a"), "--set", "offline=true"]
+        r = subprocess.run(offline, capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 2, r.stderr[-2000:]
+        assert r.stderr.strip() == (
+            "error: text_model: 'someone/tiny-encoder' is neither a local folder nor in the Hugging Face "
+            "cache, and offline = true reads local files only (set offline = false to download it)"
+        )
+        assert hub.hits == []  # no request at all, not even huggingface_hub's own registry look-up
+        r = subprocess.run([*base, "--out", str(tmp_path / "b")], capture_output=True, text=True, env=env,
+                           timeout=300)  # fmt: skip
+        err = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(err) == 1, r.stderr[-2000:]
+        assert err[0].startswith("error: text_model: ")
+        assert "Traceback" not in r.stderr
+        assert any("someone/tiny-encoder" in h for h in hub.hits)  # the default: the hub was asked
+    finally:
+        hub.close()
+
+
+@pytest.mark.parametrize("stage", ["text_embed", "caption_qa"])
+def test_text_stages_pass_offline_to_the_encoder(stage, tmp_path, monkeypatch):
+    from vidsift.pipeline.stages.caption_qa import CaptionQa, CaptionQaConfig
+    from vidsift.pipeline.stages.text_embed import TextEmbed, TextEmbedConfig
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    name = "someone/tiny-encoder"
+    make = {
+        "text_embed": lambda **kw: TextEmbed(TextEmbedConfig(model=name, **kw)),
+        "caption_qa": lambda **kw: CaptionQa(CaptionQaConfig(encoder=name, **kw)),
+    }[stage]
+    with pytest.raises(OSError) as e:
+        make(offline=True)
+    assert str(e.value).startswith(f"{name!r} is neither a local folder nor in the Hugging Face cache")
+    assert len(str(e.value).splitlines()) == 1
