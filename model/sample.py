@@ -14,6 +14,9 @@ model's space (``encode_video``), placed at the start (``--image``, ``--extend``
 --backward``) or both ends (``--connect``) of the clip, and held fixed while the rest is generated, so they
 come back unchanged. ``--expand`` rewrites a short prompt into the long caption style with a language model
 through the captioning backends (pipeline/backends), and prints both.
+
+A ``vidsift finetune`` output folder given to ``vidsift sample`` is not a DiT checkpoint: model/cli.py sends
+it to model/finetune/sample.py (the family's diffusers pipeline plus the run's LoRA or transformer).
 """
 
 from __future__ import annotations

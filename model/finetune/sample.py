@@ -15,6 +15,7 @@ same clips' ``caption_short`` as ``sample_every`` uses (``sample_prompts`` of th
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -103,15 +104,33 @@ def load_run_pipeline(run: str, manifest: dict, device: str = "cpu"):
     model = manifest["recipe"]["model"]
     extra = {}
     try:
-        if manifest["mode"] == "full":
-            extra["transformer"] = cls["transformer"].from_pretrained(str(Path(run) / "transformer"))
-        pipe = cls["pipeline"].from_pretrained(model, **extra)
-        if manifest["mode"] == "lora":
-            pipe.load_lora_weights(str(Path(run) / "lora"))
+        with _no_loading_bars():  # one progress display: the loaders' per-file bars say nothing here
+            if manifest["mode"] == "full":
+                extra["transformer"] = cls["transformer"].from_pretrained(str(Path(run) / "transformer"))
+            pipe = cls["pipeline"].from_pretrained(model, **extra)
+            if manifest["mode"] == "lora":
+                pipe.load_lora_weights(str(Path(run) / "lora"))
     except (OSError, ValueError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise InputError(f"cannot load the fine-tuned {family.name} model of {run}: {reason}") from None
     return pipe.to(device)
+
+
+@contextmanager
+def _no_loading_bars():
+    """diffusers' and transformers' loading bars off for the block, as they were after it."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    shown = [(m, m.is_progress_bar_enabled()) for m in (diffusers_logging, transformers_logging)]
+    for m, _ in shown:
+        m.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for m, on in shown:
+            if on:
+                m.enable_progress_bar()
 
 
 def run_prompts(manifest: dict, n: int | None = None, data: str | None = None) -> list[str]:
