@@ -13,6 +13,11 @@ not a usable answer.
   header (seconds or an HTTP date) replaces it, bounded to 0..``max_retry_after_s`` (60 s); a
   negative, NaN or unparsable one is ignored. After ``max_retries`` the result carries the last
   error and ``transient = True``.
+- The server unavailable: when the last try could not connect (refused, reset, unresolvable, no answer
+  to the connection within ``timeout_s``) or was answered 429 or 5xx, the error also says ``UNREACHABLE``
+  ("server unavailable"); the clip stages' rejection of such a clip is a ``transient_failure``
+  (``process.apply_clip_stage``): its group is left for a rerun, as for an input that storage could not
+  serve. Other 4xx, bad bodies and read timeouts of a connected server stay permanent rejections.
 - Not retried: other 4xx, a redirect (3xx: never followed, so the key in ``Authorization`` never
   reaches another address), a body over ``max_response_mb`` (the rest is not read), a body that is
   not JSON or lacks ``choices[0].message.content`` as a string (``content: null`` included).
@@ -34,6 +39,7 @@ import math
 import os
 import random
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
@@ -48,18 +54,25 @@ from vidsift.pipeline.backends.base import (
 )
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
-# in the error of a request that never reached the server (refused, reset, unresolvable), after every retry:
-# the clip stages' rejection of it is a transient failure (``process.apply_clip_stage``), retried by a rerun
-UNREACHABLE = "server unreachable"
+# in the error of a request whose last try could not connect (refused, reset, unresolvable, a connection
+# timeout) or was answered 429 or 5xx, after every retry: the clip stages' rejection of it is a transient
+# failure (``process.apply_clip_stage``), retried by a rerun
+UNREACHABLE = "server unavailable"
 MAX_RETRY_AFTER_S = 60.0
 READ_CHUNK = 64 << 10
 
 
 class RequestFailed(Exception):
-    def __init__(self, message: str, retry: bool, retry_after: float | None = None) -> None:
+    """One try failed; ``retry``: worth another; ``unavailable``: the server could not be reached or said it
+    cannot serve now (429, 5xx)."""
+
+    def __init__(
+        self, message: str, retry: bool, retry_after: float | None = None, unavailable: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry = retry
         self.retry_after = retry_after
+        self.unavailable = unavailable
 
 
 def jpeg_data_url(image, quality: int = 90) -> str:
@@ -181,7 +194,8 @@ class OpenAIBackend:
             self._drop_connection()
             if time.monotonic() >= deadline:
                 raise RequestFailed(f"timed out after {self.config.timeout_s:g} s (deadline)", True) from None
-            raise RequestFailed(f"connection failed ({UNREACHABLE}): {type(e).__name__}: {e}", True) from None
+            why = f"{type(e).__name__}: {e}"
+            raise RequestFailed(f"connection failed: {why}", True, unavailable=True) from None
         return self._parse(status, headers, raw)
 
     def _exchange(self, payload: bytes, deadline: float) -> tuple[int, http.client.HTTPMessage, bytes]:
@@ -189,6 +203,16 @@ class OpenAIBackend:
         if remaining <= 0:
             raise TimeoutError
         conn, reused = self._connection(remaining)
+        if conn.sock is None:  # a new connection: not reaching the server at all is the server unavailable
+            try:
+                conn.connect()
+            except ssl.SSLError as e:  # a certificate or TLS mismatch: another try would meet it again
+                self._drop_connection()
+                raise RequestFailed(f"TLS failed: {e}", False) from None
+            except OSError as e:  # refused, unresolvable, no route, no answer within the deadline
+                self._drop_connection()
+                why = f"{type(e).__name__}: {str(e) or 'no answer'}"
+                raise RequestFailed(f"connection failed: {why}", True, unavailable=True) from None
         # the overall deadline: a timer shuts the socket down, which ends any read blocked in it
         expired = threading.Event()
 
@@ -267,7 +291,8 @@ class OpenAIBackend:
         if status != 200:
             detail = raw[:200].decode(errors="replace").strip()
             after = parse_retry_after(headers.get("Retry-After"), self.config.max_retry_after_s)
-            raise RequestFailed(f"HTTP {status}: {detail}", status in RETRY_STATUS or status >= 500, after)
+            busy = status == 429 or status >= 500
+            raise RequestFailed(f"HTTP {status}: {detail}", status in RETRY_STATUS or busy, after, busy)
         try:
             reply = json.loads(raw)
             if not isinstance(reply, dict):
@@ -303,6 +328,7 @@ class OpenAIBackend:
             except RequestFailed as e:
                 if not e.retry or attempt == self.config.max_retries:
                     tries = f" after {attempt + 1} attempts" if e.retry else ""
+                    tries += f" ({UNREACHABLE})" if e.unavailable else ""
                     return ChatResult(
                         text="", finish_reason="error", error=f"{self.url}: {e}{tries}", transient=e.retry
                     )

@@ -21,7 +21,12 @@ from PIL import Image
 
 from tests.conftest import make_numbered_clip
 from vidsift.pipeline.backends.base import ChatRequest
-from vidsift.pipeline.backends.openai_backend import OpenAIBackend, backoff_delay, parse_retry_after
+from vidsift.pipeline.backends.openai_backend import (
+    UNREACHABLE,
+    OpenAIBackend,
+    backoff_delay,
+    parse_retry_after,
+)
 from vidsift.pipeline.stages.caption_expand import CaptionExpand, CaptionExpandConfig
 from vidsift.pipeline.stages.caption_vlm import FIELDS, CaptionVlm, CaptionVlmConfig
 
@@ -100,6 +105,10 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(1.0)
         if behaviour in ("always-500", "500") or (behaviour == "flaky-500" and n <= 2):
             return self.send(500, b'{"error": "engine overloaded"}')
+        if behaviour == "bad-request":
+            return self.send(400, b'{"error": "images not supported by this model"}')
+        if behaviour == "always-503":
+            return self.send(503, b'{"error": "loading the model"}')
         if behaviour == "rate-limited" and n == 1:
             return self.send(429, b'{"error": "slow down"}', {"Retry-After": "0.2"})
         hostile_after = {"retry-neg": "-1", "retry-nan": "NaN", "retry-huge": "1e12",
@@ -318,6 +327,47 @@ def test_one_connection_is_kept_open_across_requests(server):
     assert len(server.peers) == 1  # one TCP connection served all six
 
 
+@pytest.mark.parametrize(
+    "model, error",
+    [("always-500", "HTTP 500"), ("always-503", "HTTP 503"), ("retry-neg", "HTTP 429")],
+)
+def test_a_server_that_keeps_failing_or_rate_limiting_is_unavailable(server, model, error):
+    """5xx or 429 after every retry: the error says the server is unavailable (a clip stage's rejection of
+    it becomes ``transient_failure``, retried by a rerun), as for a server that cannot be reached."""
+    [res] = backend(server, model, max_retries=2, backoff_s=0.0, max_retry_after_s=0.0).chat(
+        [ChatRequest(system="s", prompt="p")]
+    )
+    assert res.finish_reason == "error" and error in res.error and "after 3 attempts" in res.error
+    assert res.error.endswith(f"({UNREACHABLE})") and res.transient and server.calls[model] == 3
+
+
+@pytest.mark.parametrize(
+    "model, error", [("bad-request", "HTTP 400"), ("malformed", "malformed reply"), ("redirect", "HTTP 307")]
+)
+def test_a_request_the_server_refuses_is_not_unavailable(server, model, error):
+    """A 4xx other than 429, a bad body, a redirect: the server answered, so the clip's rejection stays."""
+    [res] = backend(server, model, max_retries=2).chat([ChatRequest(system="s", prompt="p")])
+    assert res.finish_reason == "error" and error in res.error and UNREACHABLE not in res.error
+    assert not res.transient and server.calls[model] == 1
+
+
+def test_a_connection_the_server_never_accepts_is_unavailable():
+    """A server whose accept queue is full drops new connections (as a host that is down behind a
+    firewall does): the connection times out, and that is the server unavailable, not a slow reply."""
+    import socket
+
+    with socket.socket() as full, socket.socket() as held:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)  # one pending connection fills the queue; later SYNs are dropped
+        held.connect(full.getsockname())
+        url = f"http://127.0.0.1:{full.getsockname()[1]}/v1"
+        cfg = CaptionVlmConfig(backend="openai", model="m", base_url=url, max_retries=1, backoff_s=0.0,
+                               timeout_s=0.3)  # fmt: skip
+        [res] = OpenAIBackend(cfg, vision=True).chat([ChatRequest(system="s", prompt="p")])
+    assert res.finish_reason == "error" and "connection failed: TimeoutError" in res.error
+    assert res.error.endswith(f"after 2 attempts ({UNREACHABLE})") and res.transient
+
+
 def test_refused_connection_is_a_transient_error():
     import socket
 
@@ -328,6 +378,7 @@ def test_refused_connection_is_a_transient_error():
                            max_retries=1, backoff_s=0.0)  # fmt: skip
     [res] = OpenAIBackend(cfg, vision=True).chat([ChatRequest(system="s", prompt="p")])
     assert res.finish_reason == "error" and "connection failed" in res.error and res.transient
+    assert UNREACHABLE in res.error
 
 
 @pytest.fixture(scope="module")
@@ -392,7 +443,9 @@ resources = {{ num_cpus = 0.25 }}
 backend = "openai"
 model = "hostile"
 base_url = "{url}"
-max_retries = 4
+# the cycle has at most four retried replies in a row: 8 retries keep interleaved requests from running out
+# (a clip whose server is still busy after every retry is a transient_failure, and the run would exit 3)
+max_retries = 8
 backoff_s = 0.01
 timeout_s = 1.5
 max_response_mb = 1.0

@@ -210,8 +210,8 @@ def test_transient_groups_are_held_back_then_final_then_reopened(tmp_path):
 
 
 def test_a_caption_server_out_of_reach_is_a_transient_failure(tmp_path):
-    """A clip whose caption server refuses every connection is held for a rerun (transient_failure); one
-    whose server answers 500 to every try is a permanent rejection, as before."""
+    """A clip whose caption server refuses every connection, or answers 500 to every try, is held for a
+    rerun (transient_failure); one whose request the server refuses (400) is a permanent rejection."""
     import socket
 
     from tests.pipeline.test_caption_openai import Server, start
@@ -227,7 +227,8 @@ def test_a_caption_server_out_of_reach_is_a_transient_failure(tmp_path):
     server = start(Server())
     verdicts, details = {}, {}
     try:
-        for name, url, model in (("down", closed, "m"), ("failing", server.url, "always-500")):
+        cases = [("down", closed, "m"), ("failing", server.url, "always-500")]
+        for name, url, model in [*cases, ("refused", server.url, "bad-request")]:
             cfg = CaptionVlmConfig(backend="openai", model=model, base_url=url, max_retries=1, backoff_s=0.0)
             [out] = process.apply_clip_stage(CaptionVlm(cfg), [row])
             verdicts[name] = (out["reject_stage"], out["reject_reason"])
@@ -236,8 +237,11 @@ def test_a_caption_server_out_of_reach_is_a_transient_failure(tmp_path):
         server.shutdown()
         server.server_close()
     assert verdicts["down"] == ("caption_vlm", "transient_failure")
-    assert verdicts["failing"] == ("caption_vlm", "caption_vlm_failed")
-    assert "connection failed (server unreachable)" in details["down"] and "HTTP 500" in details["failing"]
+    assert verdicts["failing"] == ("caption_vlm", "transient_failure")
+    assert verdicts["refused"] == ("caption_vlm", "caption_vlm_failed")
+    assert "connection failed: ConnectionRefusedError" in details["down"] and "HTTP 500" in details["failing"]
+    assert all(details[k].endswith("(server unavailable)") for k in ("down", "failing"))
+    assert "HTTP 400" in details["refused"] and "server unavailable" not in details["refused"]
     rejected = {**row, "video_id": "v", "end_frame": 30, "reject_stage": "caption_vlm",
                 "reject_reason": "transient_failure", "reject_detail": details["down"]}  # fmt: skip
     video = {"source_uri": "/v/a.mp4", "group": "g0", "status": "ok"}
