@@ -304,25 +304,25 @@ def test_a_read_blocked_inside_ffmpeg_ends_as_decode_timeout(two_clips, tmp_path
     """The analysis pass reads a FIFO whose writer stops (after nothing, or after half the file): the read
     blocks inside FFmpeg, no frame comes, and still the video ends as ``decode_timeout`` at its budget while
     the other video of the batch is curated. The FIFO is opened non-blocking with PyAV's read timeout, so
-    the blocked read itself ends: no decode thread is left behind. (The probe rejects FIFOs, so it is given
-    the probe row of the real file here.)"""
+    the blocked read itself ends: no decode thread is left behind. (The probe rejects FIFOs, so the probe
+    reads the real file and the analysis pass is pointed at the FIFO.)"""
     data = two_clips[0].read_bytes()
     fifo = HeldFifo(tmp_path / "held.mp4", b"" if written == "nothing" else data[: len(data) // 2])
-    real_probe = process.probe_video
+    real_open = analyze.open_input
 
-    def probe_as_the_file(path, config):
-        return real_probe(str(two_clips[0]) if path == fifo.path else path, config)
+    def open_the_fifo(path, timeout=None):
+        return real_open(fifo.path if path == str(two_clips[0]) else path, timeout)
 
-    monkeypatch.setattr(process, "probe_video", probe_as_the_file)
+    monkeypatch.setattr(analyze, "open_input", open_the_fifo)
     rec = recipe("probe.decode_budget_x=0", "probe.decode_budget_min_s=1")
     try:
-        rows = run_videos([fifo.path, two_clips[1]], rec)
+        rows = run_videos(two_clips, rec)
         for thread in decode_threads():
             thread.join(60)  # a hang guard: the interrupted read ends the thread at once
         blocked = decode_threads()  # (before the writer is released: a thread still here is blocked)
     finally:
         fifo.release()
-    video, clips = rows[fifo.path]
+    video, clips = rows[str(two_clips[0])]
     assert video["status"] == "rejected" and video["reason"] == "decode_timeout" and clips == []
     assert "budget of 1.0 s" in video["detail"] and "probe.decode_budget_min_s" in video["detail"]
     other, other_clips = rows[str(two_clips[1])]
