@@ -48,8 +48,16 @@ def load_text_model(name: str = "", offline: bool = False):
             f"{name!r} is neither a local folder nor in the Hugging Face cache, and offline = true reads "
             "local files only (set offline = false to download it)"
         )
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=offline)
-    model = AutoModel.from_pretrained(path, local_files_only=offline)
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar beside the command's own display
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=offline)
+        model = AutoModel.from_pretrained(path, local_files_only=offline)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
     if model.config.is_encoder_decoder:  # T5: only the encoder conditions a diffusion model
         model = model.get_encoder()
     model = getattr(model, "text_model", model)  # CLIP: the text tower

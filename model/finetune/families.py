@@ -78,30 +78,35 @@ class Family:
             "text_encoder": getattr(transformers, self.text_encoder_class),
         }
 
-    def load(self, model: str, transformer_dtype: torch.dtype, frozen_dtype: torch.dtype) -> Components:
-        """Load a checkpoint (hub id or a local folder in the hub layout) through ``from_pretrained``."""
+    def load(
+        self, model: str, transformer_dtype: torch.dtype, frozen_dtype: torch.dtype, offline: bool = False
+    ) -> Components:
+        """Load a checkpoint (hub id or a local folder in the hub layout) through ``from_pretrained``;
+        ``offline``: local files and the Hugging Face cache only (no request)."""
         from transformers import AutoTokenizer
 
+        check_offline(model, offline)
+        local = {"local_files_only": offline}
         cls = self.classes()
         pipeline_cls = cls["pipeline"]
         transformer = cls["transformer"].from_pretrained(
-            model, subfolder="transformer", dtype=transformer_dtype
+            model, subfolder="transformer", dtype=transformer_dtype, **local
         )
-        vae = cls["vae"].from_pretrained(model, subfolder="vae", dtype=frozen_dtype)
+        vae = cls["vae"].from_pretrained(model, subfolder="vae", dtype=frozen_dtype, **local)
         from transformers.utils import logging as hf_logging
 
         shown = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar, not download progress
         try:
             text_encoder = cls["text_encoder"].from_pretrained(
-                model, subfolder="text_encoder", dtype=frozen_dtype
+                model, subfolder="text_encoder", dtype=frozen_dtype, **local
             )
         finally:
             if shown:
                 hf_logging.enable_progress_bar()
-        tokenizer = AutoTokenizer.from_pretrained(model, subfolder="tokenizer")
-        scheduler_cls = _scheduler_class(model, pipeline_cls)
-        scheduler = scheduler_cls.from_pretrained(model, subfolder="scheduler")
+        tokenizer = AutoTokenizer.from_pretrained(model, subfolder="tokenizer", **local)
+        scheduler_cls = _scheduler_class(model, pipeline_cls, offline)
+        scheduler = scheduler_cls.from_pretrained(model, subfolder="scheduler", **local)
         for m in (vae, text_encoder):
             m.requires_grad_(False).eval()
         return Components(transformer, vae, text_encoder, tokenizer, scheduler)
@@ -205,11 +210,32 @@ def _sample_posterior(dist, generator: torch.Generator) -> torch.Tensor:
     return dist.mean + dist.std * eps.to(dist.mean.dtype)
 
 
-def _scheduler_class(model: str, pipeline_cls: type) -> type:
+def check_offline(model: str, offline: bool) -> None:
+    """With ``offline``, a hub id must be in the Hugging Face cache: say so in one line before diffusers is
+    asked (its message names a missing file, and building its request headers alone contacts the hub)."""
+    import os
+
+    if not offline or os.path.isdir(model):
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = isinstance(try_to_load_from_cache(model, "model_index.json"), str)
+    except ValueError:  # not a valid repo id: in no cache either
+        cached = False
+    if not cached:
+        raise OSError(
+            f"{model!r} is neither a local folder nor in the Hugging Face cache, and offline = true reads "
+            "local files only (set offline = false to download it)"
+        )
+
+
+def _scheduler_class(model: str, pipeline_cls: type, offline: bool = False) -> type:
     """The scheduler class the checkpoint names (scheduler/scheduler_config.json), as the pipeline would."""
     import diffusers
 
-    config = pipeline_cls.load_config(model) if hasattr(pipeline_cls, "load_config") else {}
+    has_config = hasattr(pipeline_cls, "load_config")
+    config = pipeline_cls.load_config(model, local_files_only=offline) if has_config else {}
     name = (config.get("scheduler") or [None, "FlowMatchEulerDiscreteScheduler"])[1]
     return getattr(diffusers, name)
 

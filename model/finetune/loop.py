@@ -38,6 +38,7 @@ from vidsift.pipeline.config import RecipeError, build_config, parse_override, r
 @dataclass(frozen=True, kw_only=True)
 class FinetuneConfig:
     model: str = ""  # hub id or local folder in the hub layout (transformer/, vae/, text_encoder/, ...)
+    offline: bool = False  # model from local files or the Hugging Face cache only (no hub requests)
     family: str = "wan"  # wan | ltx | cogvideox (families.py)
     mode: str = "lora"  # lora: train peft LoRA matrices on lora_targets; full: train every transformer weight
     lora_rank: int = 16
@@ -161,7 +162,7 @@ def load_model(cfg: FinetuneConfig, family: Family, device: torch.device) -> tup
     frozen = torch.bfloat16 if bf16 else torch.float32
     base = torch.bfloat16 if bf16 and cfg.mode == "lora" else torch.float32
     try:
-        c = family.load(cfg.model, base, frozen)
+        c = family.load(cfg.model, base, frozen, cfg.offline)
     except (OSError, ValueError) as e:
         raise RecipeError(
             f"cannot load {family.name} model {cfg.model!r}: {str(e).splitlines()[0]}"

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidsift.model.finetune.families import FAMILIES, Components, Family
+from vidsift.model.finetune.families import FAMILIES, Components, Family, check_offline
 from vidsift.model.mp4 import encode_mp4
 
 
@@ -101,9 +101,10 @@ def load_run_pipeline(run: str, manifest: dict, device: str = "cpu"):
 
     family = FAMILIES[manifest["family"]]
     cls = family.classes()
-    model = manifest["recipe"]["model"]
-    extra = {}
+    model, offline = manifest["recipe"]["model"], manifest["recipe"].get("offline", False)
+    extra = {"local_files_only": offline}
     try:
+        check_offline(model, offline)
         with _no_loading_bars():  # one progress display: the loaders' per-file bars say nothing here
             if manifest["mode"] == "full":
                 extra["transformer"] = cls["transformer"].from_pretrained(str(Path(run) / "transformer"))

@@ -170,3 +170,34 @@ def test_text_stages_pass_offline_to_the_encoder(stage, tmp_path, monkeypatch):
         make(offline=True)
     assert str(e.value).startswith(f"{name!r} is neither a local folder nor in the Hugging Face cache")
     assert len(str(e.value).splitlines()) == 1
+
+
+def test_finetune_offline_with_an_uncached_hub_id_fails_in_one_line_without_asking_the_hub(shards, tmp_path):
+    """The fine-tuner's ``offline`` key (default false) does the same for a diffusers model's hub id."""
+    from vidsift.model.finetune.loop import FinetuneConfig
+
+    assert FinetuneConfig().offline is False
+    hub = RecordingHub()
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT=hub.url)
+    base = [sys.executable, "-m", "vidsift.model", "finetune", "tiny", "--data", shards, "--set", "steps=0"]
+    base += ["--set", 'model="someone/tiny-wan"']
+    try:
+        offline = [*base, "--out", str(tmp_path / "a"), "--set", "offline=true"]
+        r = subprocess.run(offline, capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 2, r.stderr[-2000:]
+        assert r.stderr.strip() == (
+            "error: cannot load wan model 'someone/tiny-wan': 'someone/tiny-wan' is neither a local folder "
+            "nor in the Hugging Face cache, and offline = true reads local files only (set offline = false "
+            "to download it)"
+        )
+        assert hub.hits == []
+        r = subprocess.run([*base, "--out", str(tmp_path / "b")], capture_output=True, text=True, env=env,
+                           timeout=300)  # fmt: skip
+        # huggingface_hub warns about an argument diffusers passes when asking the hub (no traceback)
+        err = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert err[-1].startswith("error: cannot load wan model 'someone/tiny-wan': ")
+        assert any("someone/tiny-wan" in h for h in hub.hits)  # the default: the hub was asked
+    finally:
+        hub.close()
