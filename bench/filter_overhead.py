@@ -30,15 +30,15 @@ FILES = [
 
 
 def run(path: Path, recipe) -> None:
-    from vidsift.pipeline.process import _clip_row
+    from vidsift.pipeline.stages.core import make_clips
 
-    scan = scan_video(str(path), recipe)
-    if scan.analysis is None:
+    work = scan_video(str(path), recipe)
+    if work.analysis is None:
         return
-    video = {**scan.video, "source_uri": str(path), "group": "g"}
-    clips = [_clip_row(video, s, i, scan.analysis, 4) for i, s in enumerate(scan.scenes + scan.too_short)]
+    work.video.update(source_uri=str(path), group="g")
+    make_clips(work, recipe.stage("split_scenes"), 4)
     for entry in recipe.stages_of_kind("video_filter"):
-        clips = STAGES[entry.name].impl(entry.config, video, scan.analysis, clips)
+        work.clips = STAGES[entry.name].impl(entry.config, work.video, work.analysis, work.clips)
 
 
 def best(repeat: int, fn) -> float:

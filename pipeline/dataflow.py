@@ -8,7 +8,7 @@
   the video.
 - ``ClipStageTask`` loads one clip stage once per actor. ``run_clip_stage`` gives the stage only the accepted
   clip rows of a batch, only the columns it declares it reads (``stage.reads``), and joins the columns it
-  wrote back into the batch (``pyarrow.compute.replace_with_mask``); rejected clips and video receipts pass
+  wrote back into the batch, in place; rejected clips and video receipts pass
   through untouched.
 - Where work ran is reported once per batch and node to the run's ``cluster.PlacementLog``, not per row.
 """
@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import warnings
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -65,13 +66,17 @@ def run_clip_stage(stage, batch: pa.Table) -> tuple[pa.Table, int]:
     if not todo.num_rows:
         return batch, 0
     written = call_clip_stage(stage, todo.select(list(stage.reads)).to_pylist())
+    # row i of the joined column: the stage's value for an accepted clip, else the batch's own
+    take = np.arange(batch.num_rows)
+    take[np.flatnonzero(mask.to_numpy(zero_copy_only=False))] = batch.num_rows + np.arange(todo.num_rows)
+    take = pa.array(take)
     for name in sorted({c for w in written for c in w}):
         old = todo[name].to_pylist()  # a clip the stage left this column alone on keeps its value
         new = [w[name] if name in w else o for w, o in zip(written, old, strict=True)]
         index = batch.schema.get_field_index(name)
         field = batch.schema.field(index)
-        column = pc.replace_with_mask(batch[name].combine_chunks(), mask, pa.array(new, type=field.type))
-        batch = batch.set_column(index, field, column)
+        both = pa.concat_arrays([batch[name].combine_chunks(), pa.array(new, type=field.type)])
+        batch = batch.set_column(index, field, both.take(take))
     return batch, todo.num_rows
 
 

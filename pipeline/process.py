@@ -21,26 +21,17 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import time
 import traceback
 from collections import Counter, defaultdict
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 
 import av
 
 from vidsift.pipeline import storage
 from vidsift.pipeline.recipe import Recipe
 from vidsift.pipeline.registry import STAGES
-from vidsift.pipeline.stages.analyze import Analysis, analyze_video, clip_statistics
-from vidsift.pipeline.stages.probe import DecodeTimeout, decode_budget_s, probe_video
-from vidsift.pipeline.stages.split_scenes import (
-    Scene,
-    Transition,
-    detect_transitions,
-    scenes_from_transitions,
-)
-from vidsift.pipeline.stages.transcode import ClipCut, transcode_clips
+from vidsift.pipeline.stages.core import VideoWork, find_scenes
+from vidsift.pipeline.stages.probe import probe_video
 
 TRANSIENT_TRIES = 3  # runs that may meet a transient failure in a group before it is finished anyway
 TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ESTALE, errno.ETIMEDOUT, errno.EAGAIN,
@@ -140,80 +131,31 @@ def make_clip_id(video_id: str, start_frame: int, end_frame: int) -> str:
     return hashlib.blake2b(f"{video_id}:{start_frame}:{end_frame}".encode(), digest_size=16).hexdigest()
 
 
-def _clip_row(video: dict, scene: Scene, index: int, analysis: Analysis, frames_per_clip: int) -> dict:
-    return {
-        "clip_id": make_clip_id(video["video_id"], scene.start_frame, scene.end_frame),
-        "video_id": video["video_id"],
-        "source_uri": video["source_uri"],
-        "group": video["group"],
-        "scene_index": index,
-        "start_frame": scene.start_frame,
-        "end_frame": scene.end_frame,
-        "start_s": float(analysis.times[scene.start_frame]),
-        "end_s": analysis.end_time(scene.end_frame),
-        "cut_kind_start": scene.kind_start,
-        "cut_kind_end": scene.kind_end,
-        **clip_statistics(analysis, scene.start_frame, scene.end_frame, frames_per_clip),
-    }
+def run_video_stages(work: VideoWork, stages: list) -> VideoWork:
+    """The registry's per-video stages of ``stages`` (recipe entries), in order, over one video: a core
+    stage's ``impl(config, work)``, a filter's ``impl(config, video, analysis, clips) -> clips`` (filters
+    score every candidate from the analysis pass and mark, never drop, rejects). Stops once the video is
+    rejected."""
+    for entry in stages:
+        spec = STAGES[entry.name]
+        if spec.kind == "video":
+            spec.impl(entry.config, work)
+        elif spec.kind == "video_filter":
+            work.clips = spec.impl(entry.config, work.video, work.analysis, work.clips)
+        if not work.ok:
+            break
+    return work
 
 
-@dataclass
-class Scan:
-    """probe + analyze + split_scenes of one file."""
-
-    video: dict  # video-table columns so far
-    analysis: Analysis | None = None
-    transitions: list[Transition] = field(default_factory=list)
-    scenes: list[Scene] = field(default_factory=list)
-    too_short: list[Scene] = field(default_factory=list)
-
-    @property
-    def fps(self) -> float:
-        if self.analysis is not None and self.analysis.frame_interval > 0:
-            return 1.0 / self.analysis.frame_interval
-        return self.video.get("fps_nominal") or 25.0
-
-
-def scan_video(path: str, recipe: Recipe) -> Scan:
-    """probe + analyze + split_scenes for one file; a bad file is a rejected video, not an exception."""
+def scan_video(path: str, recipe: Recipe) -> VideoWork:
+    """probe + analyze + the scene search of split_scenes for one file (``vidsift scenes``, ``vidsift
+    stage``); a bad file is a rejected video, not an exception."""
     av.logging.set_level(None)  # FFmpeg's own warnings about broken inputs become our reasons instead
-    t0 = time.perf_counter()
-    video = probe_video(path, recipe.stage("probe"))
-    video["time_probe_s"] = time.perf_counter() - t0
-    if video["status"] != "ok":
-        return Scan(video)
-    try:
-        filters = [STAGES[s.name] for s in recipe.stages_of_kind("video_filter")]
-        hooks = [f.measure_sample for f in filters if f.measure_sample is not None]  # in the one decode
-        budget = decode_budget_s(video, recipe.stage("probe"))
-        analysis = analyze_video(
-            path, video, recipe.stage("analyze"), recipe.stage("split_scenes"), bool(filters),
-            budget_s=budget, hooks=hooks,
-        )  # fmt: skip
-    except av.error.FFmpegError as e:
-        video.update(status="rejected", reason="undecodable", detail=f"decoding failed: {e.strerror or e}")
-        return Scan(video)
-    except DecodeTimeout as e:
-        detail = f"{e} (probe.decode_budget_x, probe.decode_budget_min_s)"
-        video.update(status="rejected", reason="decode_timeout", detail=detail)
-        return Scan(video)
-    video.update(analysis.video_columns())
-    if analysis.num_frames == 0:
-        why = analysis.stopped_early or f"{analysis.decode_errors} packets failed to decode"
-        video.update(status="rejected", reason="undecodable", detail=f"no frame could be decoded ({why})")
-        return Scan(video, analysis)
-    if analysis.stopped_early:
-        video["detail"] = f"analysis ended early after {analysis.num_frames} frames: {analysis.stopped_early}"
-    t0 = time.perf_counter()
-    scan = Scan(video, analysis)
-    split = recipe.stage("split_scenes")
-    scan.transitions = detect_transitions(analysis.signals, scan.fps, split)
-    scan.scenes, scan.too_short = scenes_from_transitions(
-        scan.transitions, analysis.num_frames, scan.fps, split
-    )
-    video["time_split_s"] = time.perf_counter() - t0
-    video["num_scenes"] = len(scan.scenes) + len(scan.too_short)
-    return scan
+    work = VideoWork(path, recipe, {})
+    run_video_stages(work, [s for s in recipe.stages if s.name in ("probe", "analyze")])
+    if work.ok:
+        find_scenes(recipe.stage("split_scenes"), work)
+    return work
 
 
 def process_video(
@@ -247,67 +189,16 @@ def process_video(
 def _process_local(
     path: str, source_uri: str, group: str, recipe: Recipe, duplicate_of: str | None
 ) -> tuple[dict, list[dict]]:
+    identity = {"source_uri": source_uri, "group": group, "num_clips_accepted": 0}
     if duplicate_of is not None:
-        video = probe_video(path, recipe.stage("probe"))
-        video.update(
-            source_uri=source_uri,
-            group=group,
-            num_clips_accepted=0,
-            status="rejected",
-            reason="duplicate_file",
-            detail=f"same bytes as {duplicate_of}",
-        )
+        video = {**probe_video(path, recipe.stage("probe")), **identity}
+        video.update(status="rejected", reason="duplicate_file", detail=f"same bytes as {duplicate_of}")
         return video, []
-    scan = scan_video(path, recipe)
-    video, analysis = scan.video, scan.analysis
-    video.update(source_uri=source_uri, group=group, num_clips_accepted=0)
-    if video["status"] != "ok":
-        return video, []
-    frames_per_clip = recipe.stage("analyze").frames_per_clip
-    split = recipe.stage("split_scenes")
-    ordered = sorted(
-        [(s, True) for s in scan.scenes] + [(s, False) for s in scan.too_short],
-        key=lambda p: p[0].start_frame,
-    )
-    clips: list[dict] = []
-    for index, (scene, long_enough) in enumerate(ordered):
-        row = _clip_row(video, scene, index, analysis, frames_per_clip)
-        if not long_enough:
-            # split_scenes counts frames at the stream's typical rate; say both, so a VFR clip
-            # whose timestamps span more than that does not read as a contradiction
-            frames = row["end_frame"] - row["start_frame"]
-            row.update(
-                reject_stage="split_scenes",
-                reject_reason="scene_too_short",
-                reject_detail=f"{frames} frames ({row['end_s'] - row['start_s']:.2f} s) < min_scene_s "
-                f"{split.min_scene_s} at {scan.fps:.2f} fps",
-            )
-        clips.append(row)
-    for entry in recipe.stages_of_kind("video_filter"):
-        # filters score every candidate from the analysis pass and mark (never drop) rejects
-        clips = STAGES[entry.name].impl(entry.config, video, analysis, clips)
-    cuts = [
-        ClipCut(r["clip_id"], r["start_frame"], r["end_frame"], r["end_s"] - r["start_s"], _crop(r))
-        for r in clips
-        if not r.get("reject_reason")
-    ]
-    results = transcode_clips(path, video, cuts, recipe.stage("transcode"))
-    video["time_transcode_s"] = sum(r.pop("_seconds", 0.0) for r in results.values())
-    for row in clips:
-        result = results.get(row["clip_id"])
-        if result is None:
-            continue
-        if "reject_reason" in result:
-            row.update(reject_stage="transcode", **result)
-        else:
-            row.update(result)
-    return video, clips
-
-
-def _crop(row: dict) -> tuple[int, int, int, int] | None:
-    if row.get("crop_w") is None:
-        return None
-    return row["crop_x"], row["crop_y"], row["crop_w"], row["crop_h"]
+    av.logging.set_level(None)  # FFmpeg's own warnings about broken inputs become our reasons instead
+    work = run_video_stages(VideoWork(path, recipe, identity), recipe.stages)
+    if not work.ok:
+        return work.video, []
+    return work.video, work.clips
 
 
 def account_video(video: dict, clips: list[dict]) -> dict:

@@ -5,6 +5,7 @@ Kinds:
 
 - ``video``: the core per-video stages, run fused in one Ray task per source video (decoded
   frames never leave the worker), always in the order probe, analyze, split_scenes, transcode;
+  ``impl(config, work)`` is a step over one ``stages.core.VideoWork``;
 - ``video_filter``: ``impl(config, video, analysis, clips) -> clips``, run in that same task
   between split_scenes and transcode; scores every candidate from the analysis pass and marks
   rejects, so rejected clips are never transcoded;
@@ -19,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from vidsift.pipeline.stages import core
 from vidsift.pipeline.stages.analyze import AnalyzeConfig
 from vidsift.pipeline.stages.caption_expand import CaptionExpand, CaptionExpandConfig
 from vidsift.pipeline.stages.caption_from_sidecar import CaptionFromSidecar, CaptionFromSidecarConfig
@@ -93,7 +95,7 @@ class StageSpec:
     required: bool
     resources: Resources
     doc: str
-    impl: Callable | None = None  # video_filter: function; clip: callable class; core stages: None
+    impl: Callable | None = None  # video: step(config, work); video_filter: function; clip: callable class
     needs: tuple[str, ...] = ()  # optional stages this one reads the columns of
     # video_filter: called by analyze on every sample frame inside the one decode pass; returns the named
     # measurements its impl reduces over each clip (the filter owns both, in its one file)
@@ -101,12 +103,20 @@ class StageSpec:
 
 
 STAGES: dict[str, StageSpec] = {
-    "probe": StageSpec(ProbeConfig, "video", True, Resources(), "container/stream metadata and content hash"),
+    # the core per-video stages: steps over one VideoWork (stages/core.py)
+    "probe": StageSpec(
+        ProbeConfig, "video", True, Resources(), "container/stream metadata and content hash", core.probe_step
+    ),
     "analyze": StageSpec(
-        AnalyzeConfig, "video", True, Resources(), "the one decode pass: signals and statistics"
+        AnalyzeConfig,
+        "video",
+        True,
+        Resources(),
+        "the one decode pass: signals and statistics",
+        core.analyze_step,
     ),
     "split_scenes": StageSpec(
-        SplitScenesConfig, "video", True, Resources(), "shot boundaries -> candidate clips"
+        SplitScenesConfig, "video", True, Resources(), "shot boundaries -> candidate clips", core.split_step
     ),
     # weight-free filters: scores from the analysis pass, run before transcode (docs/filters.md)
     "score_bars": StageSpec(
@@ -164,7 +174,12 @@ STAGES: dict[str, StageSpec] = {
         measure_sample=measure_dedup,
     ),
     "transcode": StageSpec(
-        TranscodeConfig, "video", True, Resources(), "frame-accurate H.264 clips + previews"
+        TranscodeConfig,
+        "video",
+        True,
+        Resources(),
+        "frame-accurate H.264 clips + previews",
+        core.transcode_step,
     ),
     # model-based filters (clip stages, open_clip; docs/filters.md): CPU here, num_gpus=1 on a cluster
     "score_aesthetic": StageSpec(

@@ -235,9 +235,11 @@ def _curate_locked(
         held = hold_back_transient(out, list(pending))  # transient failures: left for a rerun
     dedup: dict | None = None
     if any(s.name == "dedup" for s in recipe.stages):
-        from vidsift.pipeline.select import dedup_run  # the index, its counts and the group rewrites
+        from vidsift.pipeline.dedup_run import dedup_run  # the index, its counts and the group rewrites
 
-        dedup = dedup_run(out, recipe.stage("dedup"), recipe.stage("write_shards"), log=console.print)
+        dedup = dedup_run(
+            out, recipe.stage("dedup"), recipe.stage("write_shards"), log=console.print, console=console
+        )
     manifest = build_manifest(out, recipe, len(inputs), len(groups), time.time() - started)
     manifest["last_run_placement"] = placement
     if dedup is not None:

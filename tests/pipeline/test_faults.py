@@ -14,7 +14,7 @@ from tests.conftest import make_numbered_clip
 from vidsift.pipeline import process, storage
 from vidsift.pipeline.dataflow import video_task
 from vidsift.pipeline.recipe import build_recipe
-from vidsift.pipeline.stages import analyze
+from vidsift.pipeline.stages import analyze, core
 
 PLAIN = ("probe", "analyze", "split_scenes", "transcode", "write_shards")  # the required stages
 
@@ -47,14 +47,14 @@ def run_videos(paths, rec) -> dict[str, tuple[dict, list[dict]]]:
 
 
 def test_an_exception_in_one_video_is_that_videos_internal_error(two_clips, monkeypatch):
-    real = process.transcode_clips
+    real = core.transcode_clips
 
     def broken_for_one(path, video, cuts, config):
         if path.endswith("v1.mp4"):
             raise KeyError("injected bug")
         return real(path, video, cuts, config)
 
-    monkeypatch.setattr(process, "transcode_clips", broken_for_one)
+    monkeypatch.setattr(core, "transcode_clips", broken_for_one)
     rows = run_videos(two_clips, recipe())
     good, bad = rows[str(two_clips[0])], rows[str(two_clips[1])]
     assert good[0]["status"] == "ok" and good[0]["reason"] is None and good[1]
