@@ -1,5 +1,6 @@
 import csv
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -112,7 +113,7 @@ def test_smoke_run_validation_loss_falls_and_writes_a_run_folder(shards, tmp_pat
     assert "steps = 40" in (out / "recipe.toml").read_text()
 
 
-def torchrun(shards: str, out, *sets: str, procs: int = 2) -> None:
+def torchrun(shards: str, out, *sets: str, procs: int = 2) -> subprocess.CompletedProcess:
     """``torchrun -m vidsift.model train`` with 2 CPU processes (gloo), the FAST settings plus ``sets``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
     cmd = [
@@ -134,6 +135,7 @@ def torchrun(shards: str, out, *sets: str, procs: int = 2) -> None:
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
 def assert_same_weights(a_run, b_run) -> None:
@@ -188,8 +190,9 @@ def test_fsdp_with_packing_and_accumulation_trains_and_samples(shards, tmp_path)
     the last of 2 micro-steps, sample grids and validation computed on every rank, a checkpoint that
     samples."""
     out = tmp_path / "packed"
-    torchrun(shards, out, "steps=2", "pack=true", "grad_accum=2", "batch_size=2", "parallel=fsdp",
-             "sample_every=2", "sample_steps=2")  # fmt: skip
+    proc = torchrun(shards, out, "steps=2", "pack=true", "grad_accum=2", "batch_size=2", "parallel=fsdp",
+                    "sample_every=2", "sample_steps=2")  # fmt: skip
+    assert len(re.findall(r"^train .* 2/2 steps loss ", proc.stderr, re.M)) == 1  # one bar: rank 0's
     rows = list(csv.DictReader(open(out / "log.csv")))
     assert [int(r["step"]) for r in rows] == [0, 1, 2] and rows[-1]["val_loss"]
     assert (out / "samples" / "step_000002.png").exists()
