@@ -10,8 +10,8 @@ import pytest
 
 from tests.cluster.jobs import clip_ids, manifest, read_rows, submit_curate
 from tests.conftest import vidsift_exe
-from vidsift.pipeline.recipe import RecipeError
 from vidsift.pipeline.cluster import check_fits
+from vidsift.pipeline.recipe import RecipeError
 
 pytestmark = pytest.mark.slow
 
@@ -255,3 +255,33 @@ def test_a_run_that_cannot_place_its_tasks_ends_with_the_demand_named(tmp_path):
     line = [x for x in result.stderr.splitlines() if x.startswith("vidsift: error:")]
     assert line and "Ray cannot place 1 x {CPU=1, tpu=1} (the per-video task); free now: node " in line[0]
     assert "Traceback" not in result.stderr and not (out / "_lock.json").exists()
+
+
+@pytest.mark.timeout(600)
+def test_the_quick_start_recipe_runs_on_two_one_cpu_nodes(cluster, quickstart_run):
+    """Issue 17: ``vidsift curate quickstart --address`` on two 1-CPU nodes hung for 15 minutes (whole-CPU
+    per-video tasks beside four quarter-CPU caption actors spread over both nodes). The shipped recipe, with
+    its tiny offline caption models (transformers, on CPU) and the sample videos of the embedded local quick
+    start run (``quickstart_run``), now finishes on the loopback cluster with exactly that run's clip ids;
+    ``--stall-timeout`` turns a stall into an error naming the demand instead of a hang."""
+    local, _ = quickstart_run
+    root = local.parent
+    models = root / "out" / "tiny-models"
+    out = root / "on-cluster"
+    # The recipe names its models relative to where vidsift runs (out/tiny-models/...). A Ray worker on a
+    # cluster does not run there (its cwd is its raylet's), so transformers would read the relative path as
+    # a hub repo id and the caption actors fail: the models are given by absolute path until the driver
+    # resolves local model paths itself.
+    result = subprocess.run(
+        [vidsift_exe(), "curate", "quickstart", "--input", str(root / "videos"), "--output", str(out),
+         "--address", cluster.address, "--stall-timeout", "120",
+         "--set", f"caption_vlm.model={models / 'tiny-qwen2_5-vl'}",
+         "--set", f"caption_expand.model={models / 'tiny-qwen2-lm'}"],
+        capture_output=True, text=True, env=cluster.env(), cwd=root, timeout=500,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert clip_ids(str(out)) == clip_ids(str(local)) and clip_ids(str(out))
+    clips = read_rows(str(out), "clips")
+    assert all(c["caption_vlm"] and c["caption"] and c["caption_random_weights"] for c in clips)
+    assert all(c["text_emb"] for c in clips)  # the last clip stage ran on every clip
