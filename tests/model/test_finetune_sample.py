@@ -132,3 +132,20 @@ def test_a_run_whose_base_model_is_gone_is_one_line(tiny_wan, shards, tmp_path, 
     assert len(err.splitlines()) == 1, err
     assert err.startswith(f"error: cannot load the fine-tuned wan model of {run}: "), err
     assert not (tmp_path / "x.mp4").exists()
+
+
+@pytest.mark.parametrize("family, size", [("ltx", 32), ("cogvideox", 16)])
+def test_the_other_families_sample_their_lora_too(family, size, shards, tmp_path):
+    model = build_all(tmp_path / "tiny", [family])[family]
+    run = tmp_path / "run"
+    sets = [f'family="{family}"', f"height={size}", f"width={size}", "steps=1", "eval_clips=0"]
+    assert finetune_cli(model, shards, run, "--quiet", *[a for s in sets for a in ("--set", s)]) == 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    tuned = sample_run(str(run), ["a red square"], (None, None, None), 2, 5.0, 0)
+    assert tuned.shape == (1, 9, size, size, 3)
+    pipe = FAMILIES[family].classes()["pipeline"].from_pretrained(str(model))
+    kw = dict(size=(9, size, size), steps=2, guidance=5.0, tokens=manifest["text_tokens"], seed=0)
+    base = generate(pipe, ["a red square"], **kw)
+    pipe.load_lora_weights(str(run / "lora"))
+    assert np.array_equal(tuned, generate(pipe, ["a red square"], **kw))
+    assert not np.allclose(tuned, base)
