@@ -250,14 +250,18 @@ def probe_video(path: str, config: ProbeConfig = ProbeConfig()) -> dict:
     if stat.S_ISDIR(st.st_mode):
         return _rejected("unreadable", "is a directory")
     if not stat.S_ISREG(st.st_mode):
-        kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device"
+        kind = (
+            "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device"
+        )
         return _rejected("unreadable", f"not a regular file ({kind}): a stream cannot be read twice")
     row: dict = {"size_bytes": st.st_size}
     if st.st_size == 0:
         return row | _rejected("empty_file", "file has 0 bytes")
     stall = config.decode_budget_min_s or None
     try:
-        return run_bounded(lambda watch: _probe(path, config, dict(row), watch), stall_s=stall, name="vidsift-probe")
+        return run_bounded(
+            lambda watch: _probe(path, config, dict(row), watch), stall_s=stall, name="vidsift-probe"
+        )
     except Overran as e:
         detail = (
             f"probe: no progress reading the file for {config.decode_budget_min_s:g} s "
@@ -334,7 +338,8 @@ class DecodeTimeout(Exception):
     caller when the decoder blocked and did not return (``left_behind``: its thread was left behind)."""
 
     def __init__(self, budget_s: float, frames: int, left_behind: bool = False) -> None:
-        why = "; the decoder was blocked in a read and did not return (left behind)" if left_behind else ""
+        why = "; the decoder did not return (blocked in a read or a frame): its thread was left behind"
+        why = why if left_behind else ""
         super().__init__(f"analysis passed its budget of {budget_s:.1f} s after {frames} frames{why}")
         self.budget_s = budget_s
         self.frames = frames

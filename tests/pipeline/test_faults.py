@@ -351,7 +351,8 @@ def test_a_decoder_that_never_returns_is_left_behind(two_clips, tmp_path, monkey
         left = [t for t in decode_threads() if t.is_alive()]
     finally:
         fifo.release()
-    assert caught.value.left_behind and "did not return (left behind)" in str(caught.value)
+    message = str(caught.value)
+    assert caught.value.left_behind and "did not return" in message and "left behind" in message
     assert len(left) == 1  # blocked in FFmpeg's read of the FIFO
     left[0].join(60)  # the writer closed: the read returns, the thread ends (60 s: a hang guard)
     assert not left[0].is_alive()
