@@ -14,9 +14,11 @@
    curves are smooth random walks; the real rows are mixed in at random groups.
 3. **Steps, each in a fresh process** (peak RSS of the process and of every process it started, i.e. Ray
    workers, sampled every 0.2 s): ``dedup`` (``vidsift dedup``'s code), ``select`` (``--where``) beside a
-   DuckDB ``COPY (SELECT ... WHERE ...) TO`` of the same rows, ``stats`` (``compute_stats``) and the
-   manifest recount. Recall and precision are on the planted pairs: a pair counts as found when the two
-   real clips end in one duplicate group; any duplicate involving a background row is a false positive.
+   DuckDB ``COPY (SELECT ... WHERE ...) TO`` of the same rows and beside ``shard_copy`` (every group file
+   read and written again unchanged with the shard contract's writer settings: the part of select's cost
+   that byte-identical shards cannot lose), ``stats`` (``compute_stats``) and the manifest recount.
+   Recall and precision are on the planted pairs: a pair counts as found when the two real clips end in
+   one duplicate group; any duplicate involving a background row is a false positive.
 4. The growth exponent between consecutive sizes: ``log(t2/t1) / log(n2/n1)``.
 
 ``--baseline-clips N`` also times the banded search this replaced (``git show 7a38e5a:pipeline/stages/
@@ -339,6 +341,34 @@ def step(name: str, run: Path, scratch: Path) -> dict:
         target = f"'{scratch}/rows.parquet' (FORMAT parquet, COMPRESSION zstd)"
         con.execute(f"COPY (SELECT * FROM {rows} WHERE {SQL_WHERE}) TO {target}")
         return {"rows": con.execute(f"SELECT count(*) FROM '{scratch}/rows.parquet'").fetchone()[0]}
+    if name == "shard_copy":  # what select cannot avoid: every group file read and written again unchanged,
+        # with the shard contract's writer settings (64-row row groups, zstd), as many threads as select
+        from concurrent.futures import ThreadPoolExecutor
+
+        from vidsift.pipeline import storage
+        from vidsift.pipeline.select import SELECT_THREADS, TABLES, _read_table, _run_write_config, conform
+        from vidsift.pipeline.stages.write_shards import done_groups
+
+        shutil.rmtree(scratch, ignore_errors=True)
+        config = _run_write_config(run)
+        for table in TABLES:
+            (scratch / table).mkdir(parents=True)
+
+        def copy(group: str) -> int:
+            rows = 0
+            for table, schema in TABLES.items():
+                t = conform(_read_table(run / table / f"{group}.parquet"), schema)
+                storage.write_table_atomic(
+                    t,
+                    scratch / table / f"{group}.parquet",
+                    compression=config.compression,
+                    row_group_size=config.row_group_rows,
+                )
+                rows += t.num_rows
+            return rows
+
+        with ThreadPoolExecutor(SELECT_THREADS) as pool:
+            return {"rows": sum(pool.map(copy, sorted(done_groups(run))))}
     if name == "stats":
         from vidsift.pipeline.stats import compute_stats
 
@@ -483,7 +513,7 @@ def baseline_dedup(n: int, real: pa.Table, seed: int) -> float:
     return time.time() - t0
 
 
-STEPS = ["dedup", "select", "duckdb_copy", "select_sql", "stats", "manifest"]
+STEPS = ["dedup", "select", "duckdb_copy", "shard_copy", "select_sql", "stats", "manifest"]
 
 
 def main() -> None:
@@ -542,10 +572,11 @@ def main() -> None:
                     flush=True,
                 )
                 print(f"    planted: {row['quality']}", flush=True)
-        for a_, b_ in (("select", "duckdb_copy"), ("select_sql", "duckdb_copy")):
+        pairs = [("select", "duckdb_copy"), ("select_sql", "duckdb_copy"), ("select", "shard_copy")]
+        for a_, b_ in pairs + [("shard_copy", "duckdb_copy")]:
             if a_ in row and b_ in row:
                 print(
-                    f"  {a_} / duckdb COPY: wall {row[a_]['wall_s'] / row[b_]['wall_s']:.2f}x, "
+                    f"  {a_} / {b_}: wall {row[a_]['wall_s'] / row[b_]['wall_s']:.2f}x, "
                     f"cpu {row[a_]['cpu_s'] / max(row[b_]['cpu_s'], 0.01):.2f}x"
                 )
         results.append(row)
