@@ -383,7 +383,8 @@ def _select_group(
     """
     moves: Counter = Counter()
     t = read_group_tables(src, group)
-    rows = pa.concat_tables([conform(t["clips"], REJECTED_SCHEMA), t["rejected"]])
+    # one chunk per column: Arrow's take over two chunks of binary is 3x the cost of joining them first
+    rows = pa.concat_tables([conform(t["clips"], REJECTED_SCHEMA), t["rejected"]]).combine_chunks()
     reason = rows.column("reject_reason")
     stage = pc.fill_null(rows.column("reject_stage"), "")
     was_accepted = pc.is_null(reason).to_numpy(zero_copy_only=False)
