@@ -32,8 +32,12 @@ FLAT_DIFF_STD = 0.2  # nor does a frame-difference curve this steady
 
 
 def measure_sample(frame) -> dict:
-    """The analysis pass calls this on every sample frame (``analyze.SampleFrame``): the hashes compared."""
-    return {"hashes": dhashes(frame.gray)}
+    """The analysis pass calls this on every sample frame (``analyze.SampleFrame``): the hashes compared,
+    and how much its row means vary (``FLAT_PROFILE_STD``: a flat frame's hash is noise). Measured here,
+    not borrowed from ``score_bars``' line profiles, so a recipe without ``score_bars`` hashes too; the
+    value is the one those profiles gave (row means of the gray frame, stored as float16)."""
+    row_means = frame.gray.astype(np.float32).mean(axis=1).astype(np.float16)
+    return {"hashes": dhashes(frame.gray), "row_mean_std": float(np.std(row_means.astype(np.float32)))}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,7 +139,7 @@ def hash_clips(config: DedupConfig, video: dict, analysis, clips: list[dict]) ->
         hashes: list[int] = []
         for i in sample_indices(analysis, row):
             s = analysis.samples[i]
-            if float(np.std(s.lines[: s.height].astype(np.float32))) >= FLAT_PROFILE_STD:
+            if s.row_mean_std >= FLAT_PROFILE_STD:
                 hashes.extend(s.hashes)
         row["dedup_hashes"] = hashes
         row["dup_of"] = None

@@ -311,3 +311,21 @@ def test_the_curate_pass_shows_bars_on_its_console_and_stays_quiet_with_it(tmp_p
     assert shown[True] == ""
     assert all(f"dedup {phase}" in shown[False] for phase in ("read", "index", "verify", "rewrite"))
     assert "0/0 groups" in shown[False] and "0 near-duplicate clips moved" in shown[False]
+
+
+def test_a_recipe_without_score_bars_hashes_as_one_with_it(videos):
+    # dedup measures its own flat-frame test in the decode pass (it once read score_bars' line profiles,
+    # so a recipe without score_bars failed every video with internal_error)
+    def candidates(stages: list[str]) -> dict[str, list[int]]:
+        recipe = build_recipe(
+            {"stage": [{"name": s, **({"detector": "fast"} if s == "split_scenes" else {})} for s in stages]}
+        )
+        video, clips = process_video(str(videos / BUNNY), "g", recipe)
+        assert video["status"] == "ok", video
+        return {c["clip_id"]: c["dedup_hashes"] for c in clips}
+
+    stages = ["probe", "analyze", "split_scenes", "dedup", "transcode", "write_shards"]
+    without = candidates(stages)
+    with_bars = candidates(stages[:3] + ["score_bars"] + stages[3:])
+    assert without and all(without.values())
+    assert without == with_bars
