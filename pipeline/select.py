@@ -268,13 +268,17 @@ def read_group_tables(out: Location, group: str) -> dict[str, pa.Table]:
 
 
 def conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
-    """``t`` with exactly ``schema``'s columns, in order (a missing column is nulls)."""
-    if t.schema.equals(schema):
-        return t
+    """``t`` with exactly ``schema``'s columns, in order (a missing column is nulls), and exactly its
+    types, down to the names of list items (``Schema.equals`` ignores those, but the Arrow schema a
+    Parquet file stores keeps them: a list read back as ``list<element: ...>`` is cast to ``item``)."""
     have = set(t.column_names)
     cols = [t.column(f.name) if f.name in have else pa.nulls(t.num_rows, f.type) for f in schema]
-    cols = [c if c.type.equals(f.type) else c.cast(f.type) for c, f in zip(cols, schema, strict=True)]
+    cols = [c if _same_type(c.type, f.type) else c.cast(f.type) for c, f in zip(cols, schema, strict=True)]
     return pa.Table.from_arrays(cols, schema=schema)
+
+
+def _same_type(a: pa.DataType, b: pa.DataType) -> bool:
+    return a.equals(b) and str(a) == str(b)
 
 
 def read_group(out: Location, group: str) -> tuple[list[dict], list[dict], list[dict]]:
