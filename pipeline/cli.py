@@ -18,8 +18,9 @@ def _fail(message: str) -> int:
 
 
 def cmd_curate(args: argparse.Namespace) -> int:
+    from vidsift.pipeline.process import EXIT_INCOMPLETE
     from vidsift.pipeline.recipe import RecipeError, load_recipe
-    from vidsift.pipeline.runner import run_curate
+    from vidsift.pipeline.runner import OutputError, run_curate
 
     try:
         recipe = load_recipe(args.recipe, args.set)
@@ -37,6 +38,9 @@ def cmd_curate(args: argparse.Namespace) -> int:
             retry_failed=args.retry_failed,
             stall_timeout_s=args.stall_timeout,
         )
+    except OutputError as e:  # finished groups are kept; the same command resumes
+        _fail(str(e))
+        return EXIT_INCOMPLETE
     except RecipeError as e:
         return _fail(str(e))
 

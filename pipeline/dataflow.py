@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vidsift.pipeline.cluster import max_resources, record_placement, video_stages
-from vidsift.pipeline.publish import WORK_SCHEMA, write_parts, write_video_part
+from vidsift.pipeline.publish import WORK_SCHEMA, write_failed, write_parts, write_video_part
 from vidsift.pipeline.recipe import Recipe
 
 
@@ -43,7 +43,11 @@ def video_task(batch: pa.Table, recipe_dict: dict, out: str, fetch: dict | None 
             for row in [video, *clips]:
                 row["source_meta"] = item["source_meta"]
         n = len(clips) + 1
-        part = write_video_part(out, video, n)
+        try:
+            part = write_video_part(out, video, n)
+        except OSError as e:  # the output cannot be written: the driver stops the run with this error
+            rows.append(write_failed(video["group"], video["source_uri"], e))
+            continue
         receipt = {"group": video["group"], "source_uri": video["source_uri"], "part": part}
         rows.append({"row_kind": "video", "rows_of_video": n, **receipt})
         rows.extend({"row_kind": "clip", "rows_of_video": n, **c} for c in clips)
@@ -100,6 +104,25 @@ class ClipStageTask:
         return batch
 
 
+def local_paths_absolute(config: dict) -> dict:
+    """A stage config for the workers: every value that names an existing file or folder by a relative path
+    (a model folder such as ``out/tiny-models/tiny-qwen2-lm``, a sidecar) made absolute against the driver's
+    working directory, since a Ray worker does not run there (on a cluster the path must also be on a
+    shared filesystem). Hub ids that are not local paths and every other value stay as they are; the
+    fingerprint and ``recipe.resolved.toml`` keep what the user wrote."""
+    import os
+
+    def local(v: object) -> bool:
+        return (
+            isinstance(v, str)
+            and not os.path.isabs(v)
+            and ("/" in v or v.startswith("."))
+            and os.path.exists(v)
+        )
+
+    return {k: os.path.abspath(v) if local(v) else v for k, v in config.items()}
+
+
 def video_resources(recipe: Recipe, video_cpus: float | None) -> dict:
     """Ray options of the per-video task: the most any per-video stage asks, with ``video_cpus`` (the
     placement check's share) when it is lower; spread over the nodes."""
@@ -132,12 +155,14 @@ def build_dataset(recipe: Recipe, items: list[dict], out: str, video_res: dict, 
     if recipe.run.max_videos_in_flight:
         video_res = {**video_res, "compute": ray.data.TaskPoolStrategy(size=recipe.run.max_videos_in_flight)}
     env = {"runtime_env": video_res["runtime_env"]} if "runtime_env" in video_res else {}
+    recipe_dict = recipe.to_dict()
+    recipe_dict["stage"] = [local_paths_absolute(s) for s in recipe_dict["stage"]]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(
         video_task,
         batch_size=1,
         batch_format="pyarrow",
-        fn_kwargs={"recipe_dict": recipe.to_dict(), "out": out, "fetch": fetch, "log": log},
+        fn_kwargs={"recipe_dict": recipe_dict, "out": out, "fetch": fetch, "log": log},
         **video_res,
     )
     for entry in recipe.stages_of_kind("clip"):
@@ -146,9 +171,9 @@ def build_dataset(recipe: Recipe, items: list[dict], out: str, video_res: dict, 
             ClipStageTask,
             fn_constructor_kwargs={
                 "name": entry.name,
-                "config": dataclasses.asdict(entry.config),
+                "config": local_paths_absolute(dataclasses.asdict(entry.config)),
                 "log": log,
-            },  # fmt: skip
+            },
             batch_size=getattr(entry.config, "batch_size", 8),
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors),

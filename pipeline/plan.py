@@ -21,8 +21,8 @@ SHOWN_INPUTS = 10
 
 def curate_plan(recipe: Recipe, input_path: str, output: str, limit: int | None, address: str | None) -> dict:
     """The plan as a JSON-ready dict; ``placement.error`` says why the stages cannot be placed."""
-    from vidsift.pipeline.input_lists import is_url, source_metas
     from vidsift.pipeline.cluster import check_fits, demands
+    from vidsift.pipeline.input_lists import is_url, source_metas
     from vidsift.pipeline.runner import fingerprint, list_inputs, make_groups
     from vidsift.pipeline.stages.write_shards import done_groups
 

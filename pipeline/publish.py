@@ -39,7 +39,19 @@ CLIP_PART_SCHEMA = pa.schema([pa.field("rows_of_video", pa.int32()), *REJECTED_S
 
 PARTS = "_parts"  # OUT/_parts/<group>/<part>.parquet: rows written by workers, not yet a published group
 VIDEO_PART = ".video.parquet"
-RECEIPT_COLUMNS = ("group", "source_uri", "row_kind", "rows_of_video", "reject_reason", "part")
+RECEIPT_COLUMNS = (
+    "group", "source_uri", "row_kind", "rows_of_video", "reject_reason", "reject_detail", "part"
+)  # fmt: skip
+RECEIPT_SCHEMA = pa.schema([WORK_SCHEMA.field(c) for c in RECEIPT_COLUMNS])
+# row_kind of a receipt that says a part file could not be written (its error in reject_detail): the driver
+# stops the run with that error. Ray passes a worker's exception to the driver as text only, so a failed
+# write travels as data, like every other failure.
+WRITE_FAILED = "write_failed"
+
+
+def write_failed(group: str, source_uri: str | None, error: OSError) -> dict:
+    return {"row_kind": WRITE_FAILED, "group": group, "source_uri": source_uri,
+            "reject_detail": f"{type(error).__name__}: {error}"}  # fmt: skip
 
 
 def _part_path(out: str, group: str, suffix: str) -> str:
@@ -68,11 +80,15 @@ def write_parts(batch: pa.Table, out: str) -> pa.Table:
     parts = batch["part"].to_pylist()
     for g in sorted({x for x, c in zip(groups, clips, strict=True) if c}):
         rows = [i for i, (x, c) in enumerate(zip(groups, clips, strict=True)) if c and x == g]
-        path = _part_path(out, g, ".parquet")
-        storage.write_table_atomic(batch.take(rows).select(CLIP_PART_SCHEMA.names), path)
+        try:
+            path = _part_path(out, g, ".parquet")
+            storage.write_table_atomic(batch.take(rows).select(CLIP_PART_SCHEMA.names), path)
+        except OSError as e:  # the output cannot be written: the driver stops the run with this error
+            failed = write_failed(g, batch["source_uri"][rows[0]].as_py(), e)
+            return pa.Table.from_pylist([{c: failed.get(c) for c in RECEIPT_COLUMNS}], schema=RECEIPT_SCHEMA)
         for i in rows:
             parts[i] = path
-    return pa.table({c: parts if c == "part" else batch[c] for c in RECEIPT_COLUMNS})
+    return pa.table({c: parts if c == "part" else batch[c] for c in RECEIPT_COLUMNS}, schema=RECEIPT_SCHEMA)
 
 
 def publish_group(out: str, group: str, files: list[str], parts: list[str], config: dict) -> int:

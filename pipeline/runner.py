@@ -39,7 +39,7 @@ from vidsift.pipeline.cluster import (
 from vidsift.pipeline.dataflow import build_dataset, video_resources
 from vidsift.pipeline.manifest import build_manifest, print_summary
 from vidsift.pipeline.progress import progress_bar
-from vidsift.pipeline.publish import PARTS, GroupBuffer, publish_group
+from vidsift.pipeline.publish import PARTS, WRITE_FAILED, GroupBuffer, publish_group
 from vidsift.pipeline.recipe import Recipe, RecipeError
 from vidsift.pipeline.stages.write_shards import (
     done_groups,
@@ -144,6 +144,34 @@ def resume_mismatch(out: Path | str, inputs: list[str], recipe: Recipe, stored: 
     return f"{other} ({why}; to resume it as it was, give its own {path} as the recipe)"
 
 
+class OutputError(RecipeError):
+    """The run stopped because the output (or its spool) could not be written: a full disk, storage out of
+    reach, its folder gone. Finished groups are kept; ``vidsift curate`` exits ``EXIT_INCOMPLETE``."""
+
+
+def stopped(output: str | Path, error: str) -> str:
+    return (
+        f"the run stopped on a storage error: {error}; the groups finished so far are kept "
+        f"({storage.join(output, '_done')}): rerun the same command to resume"
+    )
+
+
+def storage_error(error: BaseException) -> OSError | None:
+    """The ``OSError`` behind a run's failure, if one is: the driver's own write, a publish task's or a
+    worker's part file (Ray wraps those; the original is in the chain). Failures of one input never get
+    here: they are that video's rejection (``process``)."""
+    found, seen, todo = None, set(), [error]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and not type(e).__module__.startswith("ray"):
+            found = e  # the innermost original, not Ray's wrapper of it
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+    return found
+
+
 def run_curate(
     recipe: Recipe,
     input_path: str,
@@ -170,6 +198,11 @@ def run_curate(
         except KeyboardInterrupt:
             watchdog.raise_if_stalled()  # the stall watchdog interrupted the run: its error, one line
             raise
+        except Exception as e:
+            cause = storage_error(e)
+            if cause is None:
+                raise
+            raise OutputError(stopped(output, f"{type(cause).__name__}: {cause}")) from None
         finally:
             watchdog.stop_all()
 
@@ -276,11 +309,13 @@ def _run_through_client(
     import ray
 
     init_ray(address)
-    env = storage.s3_environment(recipe.run.s3_endpoint_url, recipe.run.s3_region)
-    task = ray.remote(_curate_in_cluster).options(
-        num_cpus=0, max_retries=0, runtime_env={"env_vars": env} if env else None
-    )
-    error = ray.get(task.remote(recipe.to_dict(), input_path, output, limit, quiet, retry_failed))
+    # the recipe's API keys and the S3 settings of this process go to the in-cluster driver as a task
+    # argument (not runtime_env env_vars, whose values Ray writes to its logs); it forwards them to the
+    # run's workers (``forwarded_env``)
+    s3 = storage.s3_environment(recipe.run.s3_endpoint_url, recipe.run.s3_region)
+    env = {**forwarded_env(recipe), **s3}
+    task = ray.remote(_curate_in_cluster).options(num_cpus=0, max_retries=0)
+    error = ray.get(task.remote(recipe.to_dict(), input_path, output, limit, quiet, retry_failed, env))
     if error:
         raise RecipeError(error)
     return 0
@@ -293,10 +328,12 @@ def _curate_in_cluster(
     limit: int | None,
     quiet: bool,
     retry_failed: bool = False,
+    env: dict[str, str] | None = None,
 ) -> str:
     """The driver of a ``ray://`` run, inside the cluster; returns a user error's message, or ""."""
     from vidsift.pipeline.recipe import build_recipe
 
+    os.environ.update(env or {})  # API keys and S3 settings of the client: forwarded to the workers from here
     recipe = build_recipe(recipe_dict)
     try:
         rc = run_curate(recipe, input_path, output, limit, None, quiet, retry_failed)
@@ -369,6 +406,8 @@ def _run_groups(
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             watchdog.progress()
             for row in batch.to_pylist():  # receipts: a few short strings per row
+                if row["row_kind"] == WRITE_FAILED:
+                    raise OutputError(stopped(out, row["reject_detail"]))
                 buffers[row["group"]].count(row)
                 parts[row["group"]].add(row["part"])
                 if row["row_kind"] == "video":

@@ -137,6 +137,63 @@ if _uri:
 """
 
 
+FULL_DISK_HOOK = """
+import errno, os
+if os.environ.get("VIDSIFT_TEST_FULL_DISK"):
+    from vidsift.pipeline import storage
+    _real = storage.write_table_atomic
+
+    def _full(table, location, *args, **kwargs):
+        if "/_parts/g000001/" in str(location):  # the second group's part files: the disk is full by then
+            raise OSError(errno.ENOSPC, "No space left on device", str(location))
+        return _real(table, location, *args, **kwargs)
+
+    storage.write_table_atomic = _full
+"""
+
+
+@pytest.mark.slow
+def test_an_output_that_cannot_be_written_stops_the_run_with_one_line_and_resumes(two_clips, tmp_path):
+    """The output's disk fills up mid-run (writes of the second group's parts fail with ENOSPC, in the Ray
+    workers): the run stops with one line naming the error and exit 3, the first group stays finished, and
+    the same command afterwards completes the run with the ids of a run that never failed."""
+    import os
+    import subprocess
+
+    from tests.conftest import vidsift_exe
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(FULL_DISK_HOOK)
+    recipe_file = tmp_path / "plain.toml"
+    recipe_file.write_text("\n".join(f'[[stage]]\nname = "{n}"' for n in PLAIN))
+
+    def curate(out, full: bool):
+        env = {**os.environ, "PYTHONPATH": f"{hook}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        env["VIDSIFT_TEST_FULL_DISK"] = "1" if full else ""
+        args = [vidsift_exe(), "curate", str(recipe_file), "--input", str(two_clips[0].parent),
+                "--output", str(out), "--quiet", "--set", "split_scenes.min_scene_s=0.5",
+                "--set", "run.group_size=1", "--set", "run.max_videos_in_flight=1"]  # fmt: skip
+        return subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+
+    out = tmp_path / "out"
+    first = curate(out, full=True)
+    assert first.returncode == 3, first.stderr[-3000:]
+    assert "Traceback" not in first.stderr
+    [line] = [x for x in first.stderr.splitlines() if x.startswith("vidsift: error:")]
+    assert "the run stopped on a storage error: OSError: [Errno 28] No space left on device" in line
+    assert "rerun the same command to resume" in line
+    assert sorted(p.name for p in (out / "_done").iterdir()) == ["g000000"]
+    second = curate(out, full=False)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert sorted(p.name for p in (out / "_done").iterdir()) == ["g000000", "g000001"]
+    got = sorted(r["clip_id"] for f in sorted((out / "clips").glob("*.parquet"))
+                 for r in pq.read_table(f, columns=["clip_id"]).to_pylist())  # fmt: skip
+    clean = sorted(c["clip_id"] for _, clips in run_videos(two_clips, recipe()).values() for c in clips
+                   if not c.get("reject_reason"))  # fmt: skip
+    assert got == clean and got
+
+
 @pytest.mark.slow
 def test_transient_failure_leaves_its_group_for_the_rerun(two_clips, tmp_path):
     """The fetch of one input fails transiently: its group is written but not finished, the run exits 3
