@@ -10,7 +10,9 @@ Kinds:
   between split_scenes and transcode; scores every candidate from the analysis pass and marks
   rejects, so rejected clips are never transcoded;
 - ``clip``: ``impl(config)`` is a callable class that loads its model once and maps a list of
-  accepted clip rows to rows with its columns filled; run as a Ray Data actor pool with the
+  accepted clip rows to rows with its columns filled; it declares the columns it ``reads`` (all it is
+  given) and ``writes`` (all it may change, besides the reject columns), and the runner joins those
+  back into the batch (``dataflow.run_clip_stage``); run as a Ray Data actor pool with the
   stage's resources, between transcode and write_shards;
 - ``sink``: write_shards, on the driver.
 """
