@@ -557,8 +557,8 @@ def recount(out: Location, manifest: dict, written: dict[str, list[pa.Table]] | 
 
 
 def __getattr__(name: str):
-    """moved: pipeline/dedup_run.py. ``dedup_run`` (imported from here by ``pipeline/runner.py``) and
-    ``apply_dedup`` (by ``tests/cluster/test_s3.py``) still resolve here until those imports change."""
+    """moved: pipeline/dedup_run.py. ``dedup_run`` and ``apply_dedup`` still resolve here for callers of
+    the old location (``tests/cluster/test_s3.py`` imports ``apply_dedup`` from here)."""
     if name in ("dedup_run", "apply_dedup"):
         from vidsift.pipeline import dedup_run as moved
 
