@@ -260,10 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--stall-timeout",
         type=float,
-        default=600.0,
+        default=None,
         metavar="SECONDS",
         help="end the run with an error after this long without progress while Ray holds a demand it "
-        "cannot place (0: wait forever; default 600)",
+        "cannot place (0: wait forever; default: the recipe's run.stall_timeout_s, 600)",
     )
     p.set_defaults(func=cmd_curate)
 

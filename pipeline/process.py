@@ -11,7 +11,7 @@ Failure classes of one video (docs/architecture.md, "Failure classes"):
   ``decode_timeout`` when the analysis pass runs past its budget);
 - a transient failure (storage or network unreachable, a full spool disk: ``is_transient``): the
   video is rejected as ``transient_failure`` and its group is left unfinished, so a rerun retries it;
-  after ``TRANSIENT_TRIES`` runs the group is finished with that rejection (``vidsift curate
+  after ``run.transient_tries`` runs (3) the group is finished with that rejection (``vidsift curate
   --retry-failed`` runs such videos again);
 - anything else raised while processing one video (a bug our code has on some input): the video is
   rejected as ``internal_error`` with the traceback in ``detail``, and the run goes on with the others.
@@ -33,7 +33,6 @@ from vidsift.pipeline.registry import STAGES
 from vidsift.pipeline.stages.core import VideoWork, find_scenes
 from vidsift.pipeline.stages.probe import probe_video
 
-TRANSIENT_TRIES = 3  # runs that may meet a transient failure in a group before it is finished anyway
 TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ESTALE, errno.ETIMEDOUT, errno.EAGAIN,
                     errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, errno.EHOSTUNREACH,
                     errno.ENETUNREACH, errno.ENETDOWN, errno.EPIPE}  # fmt: skip
@@ -89,11 +88,13 @@ def _delete(location: str) -> None:
         pass
 
 
-def hold_back_transient(out: storage.Location, groups: list[str]) -> dict[str, tuple[int, int]]:
+def hold_back_transient(
+    out: storage.Location, groups: list[str], tries: int = 3
+) -> dict[str, tuple[int, int]]:
     """After a run: every group of ``groups`` that was written with transient failures counts one more
-    try (``OUT/_tries/<group>``) and, while it has had fewer than ``TRANSIENT_TRIES``, loses its
-    completion marker so the next run of the same command does it again. Returns ``{group: (rows,
-    tries)}`` of the groups held back."""
+    try (``OUT/_tries/<group>``) and, while it has had fewer than ``tries`` (``run.transient_tries``),
+    loses its completion marker so the next run of the same command does it again. Returns ``{group:
+    (rows, tries so far)}`` of the groups held back."""
     done = set(storage.list_names(storage.join(out, "_done")))
     held = {}
     for group in groups:
@@ -104,14 +105,14 @@ def hold_back_transient(out: storage.Location, groups: list[str]) -> dict[str, t
         if not rows:
             _delete(path)
             continue
-        tries = (int(storage.read_text(path)) if storage.exists(path) else 0) + 1
-        if tries >= TRANSIENT_TRIES:
+        count = (int(storage.read_text(path)) if storage.exists(path) else 0) + 1
+        if count >= tries:
             _delete(path)  # final: the rows keep reason transient_failure
             continue
         storage.makedirs(storage.join(out, TRIES))
-        storage.write_text_atomic(path, f"{tries}\n")
+        storage.write_text_atomic(path, f"{count}\n")
         _delete(storage.join(out, "_done", group))
-        held[group] = (rows, tries)
+        held[group] = (rows, count)
     return held
 
 

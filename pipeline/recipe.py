@@ -41,8 +41,13 @@ class RunConfig:
     # 0 = $VIDSIFT_FETCH_MAX_MB / $VIDSIFT_FETCH_TIMEOUT_S, else 20 GiB and 600 s
     fetch_max_mb: float = 0.0
     fetch_timeout_s: float = 0.0
+    transient_tries: int = 3  # runs that may meet a transient failure in a group before it is final
+    # no progress this long while Ray holds a demand it cannot place ends the run with an error; 0 = wait
+    stall_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
+        if self.transient_tries < 1 or self.stall_timeout_s < 0:
+            raise ValueError("run.transient_tries must be >= 1 and run.stall_timeout_s >= 0")
         if self.group_size < 1:
             raise ValueError(f"run.group_size must be >= 1, got {self.group_size}")
         if self.object_store_gb < 0 or self.max_videos_in_flight < 0:
@@ -55,7 +60,7 @@ class RunConfig:
 
 # RunConfig keys that change how a run executes but not its rows
 EXECUTION_KEYS = ("spool_dir", "s3_endpoint_url", "s3_region", "object_store_gb", "max_videos_in_flight",
-                  "check_resources")  # fmt: skip
+                  "check_resources", "transient_tries", "stall_timeout_s")  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -180,7 +180,7 @@ def run_curate(
     address: str | None = None,
     quiet: bool = False,
     retry_failed: bool = False,
-    stall_timeout_s: float = 600.0,
+    stall_timeout_s: float | None = None,
 ) -> int:
     if (address or os.environ.get("RAY_ADDRESS") or "").startswith("ray://"):  # it locks in there
         return _run_through_client(recipe, input_path, output, limit, address, quiet, retry_failed)
@@ -191,7 +191,7 @@ def run_curate(
     os.environ.update(storage.s3_environment(recipe.run.s3_endpoint_url, recipe.run.s3_region))
     from vidsift.pipeline import watchdog
 
-    watchdog.configure(stall_timeout_s)
+    watchdog.configure(recipe.run.stall_timeout_s if stall_timeout_s is None else stall_timeout_s)
     with output_lock(output, "curate"):
         try:
             return _curate_locked(recipe, input_path, output, limit, address, quiet, retry_failed)
@@ -265,7 +265,7 @@ def _curate_locked(
 
         meta = source_metas(input_path)  # {} unless --input is an input list
         placement = _run_groups(recipe, pending, duplicates, out, address, console, worker_env, meta)
-        held = hold_back_transient(out, list(pending))  # transient failures: left for a rerun
+        held = hold_back_transient(out, list(pending), run.transient_tries)  # left for a rerun
     dedup: dict | None = None
     if any(s.name == "dedup" for s in recipe.stages):
         from vidsift.pipeline.dedup_run import dedup_run  # the index, its counts and the group rewrites

@@ -554,13 +554,3 @@ def recount(out: Location, manifest: dict, written: dict[str, list[pa.Table]] | 
 
 
 # ------------------------------------------------------------------------------- moved: the dedup pass
-
-
-def __getattr__(name: str):
-    """moved: pipeline/dedup_run.py. ``dedup_run`` and ``apply_dedup`` still resolve here for callers of
-    the old location (``tests/cluster/test_s3.py`` imports ``apply_dedup`` from here)."""
-    if name in ("dedup_run", "apply_dedup"):
-        from vidsift.pipeline import dedup_run as moved
-
-        return getattr(moved, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

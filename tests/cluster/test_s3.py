@@ -10,7 +10,7 @@ import pytest
 
 from tests.cluster.jobs import clip_ids, manifest, read_rows, submit_curate
 from vidsift.pipeline import storage
-from vidsift.pipeline.select import apply_dedup
+from vidsift.pipeline.dedup_run import apply_dedup
 from vidsift.pipeline.stages.write_shards import WriteShardsConfig
 
 pytestmark = pytest.mark.slow
@@ -108,7 +108,7 @@ def test_curate_from_and_to_a_bucket_then_resume(cluster, s3, s3_inputs, recipes
     # local run of the same inputs, and gallery pictures from the clips' Parquet row groups on S3
     _stats_from_the_bucket(out, local, tmp_path)
 
-    # the run-wide dedup pass rewrites groups in place on the bucket too (pipeline/select.py)
+    # the run-wide dedup pass rewrites groups in place on the bucket too (pipeline/dedup_run.py)
     rows = sorted(read_rows(out, "clips"), key=lambda r: r["clip_id"])
     keep, dup = rows[0]["clip_id"], rows[-1]["clip_id"]
     assert apply_dedup(out, lambda _rows: {dup: keep}, WriteShardsConfig()) == 1

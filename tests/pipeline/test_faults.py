@@ -247,18 +247,19 @@ def test_transient_failure_leaves_its_group_for_the_rerun(two_clips, tmp_path):
 
 
 def test_transient_groups_are_held_back_then_final_then_reopened(tmp_path):
-    """The bookkeeping of ``hold_back_transient`` over ``TRANSIENT_TRIES`` runs and ``--retry-failed``."""
+    """The bookkeeping of ``hold_back_transient`` over ``run.transient_tries`` runs and ``--retry-failed``."""
     from vidsift.pipeline.stages.write_shards import WriteShardsConfig, done_groups, write_group
 
     def write(group, reason):
         video = {"source_uri": f"/v/{group}.mp4", "group": group, "status": "rejected", "reason": reason}
         write_group(tmp_path, group, [], [], [video], WriteShardsConfig())
 
-    for n in range(process.TRANSIENT_TRIES):
+    tries = recipe("run.transient_tries=4").run.transient_tries
+    for n in range(tries):
         write("g0", "transient_failure")
         write("g1", "undecodable")
-        held = process.hold_back_transient(tmp_path, ["g0", "g1"])
-        if n < process.TRANSIENT_TRIES - 1:
+        held = process.hold_back_transient(tmp_path, ["g0", "g1"], tries)
+        if n < tries - 1:
             assert held == {"g0": (1, n + 1)} and done_groups(tmp_path) == {"g1"}
         else:  # the last try: finished, with the reason kept
             assert held == {} and done_groups(tmp_path) == {"g0", "g1"}
