@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from vidsift.pipeline.stages.analyze import Analysis, analyze_video, clip_statistics
-from vidsift.pipeline.stages.probe import DecodeTimeout, decode_budget_s, probe_video
+from vidsift.pipeline.stages.probe import DecodeTimeout, Overran, decode_budget_s, probe_video, run_bounded
 from vidsift.pipeline.stages.split_scenes import (
     Scene,
     Transition,
@@ -148,13 +148,31 @@ def make_clips(work: VideoWork, config, frames_per_clip: int) -> None:
 
 
 def transcode_step(config, work: VideoWork) -> None:
-    """Frame-accurate H.264 clips (and previews) of the candidates no stage has rejected."""
+    """Frame-accurate H.264 clips (and previews) of the candidates no stage has rejected, within the probe's
+    decode budget: transcode reads the source again, and a read that blocks (a stalled network mount) must
+    not hang the task. Past the budget every clip still to cut is rejected as ``transcode_timeout`` (the
+    blocked thread is left behind, as for the analysis pass)."""
     cuts = [
         ClipCut(r["clip_id"], r["start_frame"], r["end_frame"], r["end_s"] - r["start_s"], _crop(r))
         for r in work.clips
         if not r.get("reject_reason")
     ]
-    results = transcode_clips(work.path, work.video, cuts, config)
+    budget = decode_budget_s(work.video, work.recipe.stage("probe"))
+    try:
+        results = run_bounded(
+            lambda _watch: transcode_clips(work.path, work.video, cuts, config),
+            total_s=budget,
+            name="vidsift-transcode",
+        )
+    except Overran as e:
+        detail = (
+            f"transcoding {len(cuts)} clips passed the budget of {budget:.1f} s ({e}; probe.decode_budget_x, "
+            "probe.decode_budget_min_s)"
+        )
+        for row in work.clips:
+            if not row.get("reject_reason"):
+                row.update(reject_stage="transcode", reject_reason="transcode_timeout", reject_detail=detail)
+        return
     work.video["time_transcode_s"] = sum(r.pop("_seconds", 0.0) for r in results.values())
     for row in work.clips:
         result = results.get(row["clip_id"])

@@ -85,6 +85,29 @@ def test_a_decode_past_its_budget_ends_as_decode_timeout(two_clips, monkeypatch)
     assert len(seen) < 60  # it ended before the end of the video
 
 
+def test_a_transcode_that_blocks_ends_as_transcode_timeout(two_clips, monkeypatch):
+    """Transcode reads the source again: a read that blocks there (simulated: the cut never returns) ends at
+    the probe's decode budget with the clips rejected as transcode_timeout, and the video is accounted."""
+    import threading
+
+    release = threading.Event()
+
+    def blocked(path, video, cuts, config):
+        release.wait(60)
+        return {}
+
+    monkeypatch.setattr(core, "transcode_clips", blocked)
+    try:
+        rec = recipe("probe.decode_budget_x=0", "probe.decode_budget_min_s=3")
+        video, clips = run_videos(two_clips[:1], rec)[str(two_clips[0])]
+    finally:
+        release.set()
+    assert video["status"] == "ok" and clips
+    assert {c["reject_reason"] for c in clips} == {"transcode_timeout"}
+    assert all("budget of 3.0 s" in c["reject_detail"] and c["reject_stage"] == "transcode" for c in clips)
+    assert process.account_video(video, clips)["reason"] == "no_clip_accepted"
+
+
 def test_budget_relative_to_duration():
     from vidsift.pipeline.stages.probe import ProbeConfig, decode_budget_s
 
