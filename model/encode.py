@@ -9,10 +9,17 @@ half-written shard. The run folder may be an ``s3://`` prefix. Ray starts embedd
 this machine unless RAY_ADDRESS points at a cluster.
 
 Text embeddings keep only the caption's real tokens ([tokens, dim], float16); the trainer pads them.
+
+``vidsift encode OUT --vae diffusers:NAME`` (``encode_family``) caches a pretrained diffusers family's VAE
+posteriors and caption embeddings for ``vidsift finetune`` instead: the same Ray plan, one task per shard
+file, but the clip shards stay untouched and each group's rows go to ``OUT/latents/<model>/<group>.parquet``
+(model/finetune/latents.py says why and what a row holds). A rerun skips groups already written with the
+same settings.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -132,15 +139,33 @@ def encode_shards(
 
     ``gpus``: GPUs per actor (``None``: one if the Ray cluster has GPUs; see ``actor_resources``).
     """
-    import ray
-
     from vidsift.model.data import shard_files
     from vidsift.model.sample import CheckpointError
 
     files = shard_files(data)
     if not os.path.isfile(vae):
-        raise CheckpointError(f"VAE checkpoint not found: {vae}")
-    vae = os.path.abspath(vae)
+        raise CheckpointError(
+            f"VAE checkpoint not found: {vae} (a `vidsift train-vae` checkpoint, or diffusers:<model>)"
+        )
+    kwargs = dict(
+        vae=os.path.abspath(vae),
+        text_model=text_model,
+        frames=frames,
+        height=height,
+        width=width,
+        stride=stride,
+        text_tokens=text_tokens,
+    )
+    return run_pool(data, files, EncodeShards, kwargs, workers, gpus)
+
+
+def run_pool(
+    data: str, files: list[str], actor: type, kwargs: dict, workers: int, gpus: float | None
+) -> list[dict]:
+    """The Ray plan of both encodes: one item per shard file through a pool of ``actor``s (each loads its
+    models once), a progress bar over files; one summary row per file, as files finish."""
+    import ray
+
     started = not ray.is_initialized()
     if started:
         # joins RAY_ADDRESS when set, else starts a local Ray; a bucket's AWS settings go to the workers
@@ -151,16 +176,8 @@ def encode_shards(
         paths = [p if storage.is_remote(p) else os.path.abspath(p) for p in files]
         ds = ray.data.from_items([{"path": p} for p in paths])
         ds = ds.map_batches(
-            EncodeShards,
-            fn_constructor_kwargs=dict(
-                vae=vae,
-                text_model=text_model,
-                frames=frames,
-                height=height,
-                width=width,
-                stride=stride,
-                text_tokens=text_tokens,
-            ),
+            actor,
+            fn_constructor_kwargs=kwargs,
             batch_size=1,
             num_gpus=resources["num_gpus"],
             compute=ray.data.ActorPoolStrategy(size=resources["size"]),
@@ -177,3 +194,90 @@ def encode_shards(
     finally:
         if started:  # a Ray we started must not outlive the job (tests, notebooks call this in-process)
             ray.shutdown()
+
+
+class EncodeFamily:
+    """Ray actor of ``encode_family``: a diffusers family's VAE and text encoder loaded once, then one shard
+    file per call, written to its cache file."""
+
+    def __init__(self, model: str, family: str, offline: bool, settings: dict, folder: str) -> None:
+        import torch
+
+        from vidsift.model.finetune.families import FAMILIES
+
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.family = FAMILIES[family]
+        self.c = self.family.load_encoders(model, torch.float32, offline)
+        self.c.vae.to(self.device)
+        self.c.text_encoder.to(self.device)
+        self.settings, self.folder = settings, folder
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        from vidsift.model.finetune.latents import encode_group
+
+        out: dict[str, list] = {"path": [], "rows": [], "seconds": [], "dropped": []}
+        for path in batch["path"]:
+            t0 = time.time()
+            target = storage.join(self.folder, storage.name(str(path)))
+            counts = encode_group(str(path), target, self.family, self.c, self.settings)
+            out["path"].append(str(path))
+            out["rows"].append(counts["rows"])
+            out["dropped"].append(json.dumps(counts["dropped"], sort_keys=True))
+            out["seconds"].append(time.time() - t0)
+        return out
+
+
+def parse_diffusers_vae(vae: str) -> str | None:
+    """The model of ``--vae diffusers:NAME``, None for a vidsift VAE checkpoint; an empty name is an error."""
+    from vidsift.model.sample import CheckpointError
+
+    if not vae.startswith("diffusers:"):
+        return None
+    name = vae.removeprefix("diffusers:").strip()
+    if not name:
+        raise CheckpointError("--vae diffusers: needs a model: diffusers:<hub id or local folder>")
+    return os.path.abspath(name) if os.path.isdir(name) else name
+
+
+def encode_family(
+    data: str,
+    model: str,
+    buckets: list[tuple[int, int, int]],
+    stride: int = 1,
+    text_tokens: int = 0,
+    caption_column: str = "caption",
+    dtype: str = "float16",
+    family: str = "",
+    offline: bool = False,
+    workers: int = 1,
+    gpus: float | None = None,
+) -> dict:
+    """Cache ``model``'s VAE posteriors and caption embeddings for every clip of the run (``vidsift encode
+    --vae diffusers:NAME``). ``family``: the family a finetune recipe expects ("" = any). Checks the model's
+    family and the sizes before Ray starts; returns the cache folder and per-file counts."""
+    from vidsift.model.data import shard_files
+    from vidsift.model.finetune.families import family_of
+    from vidsift.model.finetune.latents import DTYPES, cache_folder, group_settings, written_settings
+    from vidsift.model.finetune.loop import check_buckets
+    from vidsift.model.sample import CheckpointError
+
+    files = shard_files(data)
+    if dtype not in DTYPES:
+        raise CheckpointError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    try:
+        fam = family_of(model, offline)
+        shell = fam.shell(model, offline)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"--vae diffusers:{model}: {str(e).strip().splitlines()[0]}") from None
+    if family and fam.name != family:
+        raise CheckpointError(f"--vae diffusers:{model} is a {fam.name} model; the recipe is for {family}")
+    check_buckets(fam, shell, buckets)  # a size the family cannot take: RecipeError, before Ray starts
+    tokens = fam.text_tokens(shell, text_tokens)
+    settings = group_settings(model, buckets, stride, tokens, caption_column, dtype)
+    folder = cache_folder(data, model)
+    # Resumable per group: a group whose cache file holds these settings is done.
+    todo = [f for f in files if written_settings(storage.join(folder, storage.name(f))) != settings]
+    kwargs = dict(model=model, family=fam.name, offline=offline, settings=settings, folder=folder)
+    summary = run_pool(data, todo, EncodeFamily, kwargs, workers, gpus) if todo else []
+    return {"folder": folder, "family": fam.name, "files": len(files), "skipped": len(files) - len(todo),
+            "summary": summary}  # fmt: skip

@@ -83,33 +83,53 @@ class Family:
     ) -> Components:
         """Load a checkpoint (hub id or a local folder in the hub layout) through ``from_pretrained``;
         ``offline``: local files and the Hugging Face cache only (no request)."""
-        from transformers import AutoTokenizer
-
         check_offline(model, offline)
-        local = {"local_files_only": offline}
-        cls = self.classes()
-        pipeline_cls = cls["pipeline"]
-        transformer = cls["transformer"].from_pretrained(
-            model, subfolder="transformer", dtype=transformer_dtype, **local
+        transformer = self.classes()["transformer"].from_pretrained(
+            model, subfolder="transformer", dtype=transformer_dtype, local_files_only=offline
         )
-        vae = cls["vae"].from_pretrained(model, subfolder="vae", dtype=frozen_dtype, **local)
+        c = self._load_frozen(model, frozen_dtype, offline, transformer)
+        scheduler_cls = _scheduler_class(model, self.classes()["pipeline"], offline)
+        c.scheduler = scheduler_cls.from_pretrained(model, subfolder="scheduler", local_files_only=offline)
+        return c
+
+    def load_encoders(self, model: str, dtype: torch.dtype, offline: bool = False) -> Components:
+        """The VAE, text encoder and tokenizer (what ``vidsift encode`` runs), with the transformer as a shell
+        on the meta device (its config gives the size rules; no weights are read) and no scheduler."""
+        check_offline(model, offline)
+        return self._load_frozen(model, dtype, offline, self._meta("transformer", model, offline))
+
+    def shell(self, model: str, offline: bool = False) -> Components:
+        """Transformer and VAE on the meta device, from their configs alone: enough for the size rules."""
+        check_offline(model, offline)
+        return Components(
+            self._meta("transformer", model, offline), self._meta("vae", model, offline), None, None, None
+        )
+
+    def _meta(self, part: str, model: str, offline: bool):
+        cls = self.classes()[part]
+        with torch.device("meta"):
+            return cls.from_config(cls.load_config(model, subfolder=part, local_files_only=offline))
+
+    def _load_frozen(self, model: str, dtype: torch.dtype, offline: bool, transformer) -> Components:
+        from transformers import AutoTokenizer
         from transformers.utils import logging as hf_logging
 
+        local = {"local_files_only": offline}
+        cls = self.classes()
+        vae = cls["vae"].from_pretrained(model, subfolder="vae", dtype=dtype, **local)
         shown = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar, not download progress
         try:
             text_encoder = cls["text_encoder"].from_pretrained(
-                model, subfolder="text_encoder", dtype=frozen_dtype, **local
+                model, subfolder="text_encoder", dtype=dtype, **local
             )
         finally:
             if shown:
                 hf_logging.enable_progress_bar()
         tokenizer = AutoTokenizer.from_pretrained(model, subfolder="tokenizer", **local)
-        scheduler_cls = _scheduler_class(model, pipeline_cls, offline)
-        scheduler = scheduler_cls.from_pretrained(model, subfolder="scheduler", **local)
         for m in (vae, text_encoder):
             m.requires_grad_(False).eval()
-        return Components(transformer, vae, text_encoder, tokenizer, scheduler)
+        return Components(transformer, vae, text_encoder, tokenizer, None)
 
     def pipeline(self, c: Components, transformer=None):
         """The family's diffusers pipeline around these components (sampling, load_lora_weights)."""
@@ -148,8 +168,20 @@ class Family:
     ) -> torch.Tensor:
         """[B, 3, F, H, W] in [-1, 1] -> the normalised latent the transformer sees, [B, C, T, h, w].
         ``generator`` samples the VAE posterior; ``None`` takes its mode."""
+        mean, std = self.encode_posterior(c, pixels)
+        return self.latent_from_posterior(c, mean, std, generator)
+
+    def encode_posterior(self, c: Components, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VAE posterior of [B, 3, F, H, W] pixels: its (mean, std), raw (not normalised), in the VAE's
+        dtype. This pair is what ``vidsift encode --vae diffusers:NAME`` caches."""
         dist = c.vae.encode(pixels.to(c.vae.device, c.vae.dtype)).latent_dist
-        raw = dist.mode() if generator is None else _sample_posterior(dist, generator)
+        return dist.mean, dist.std
+
+    def latent_from_posterior(
+        self, c: Components, mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """A posterior sample (``generator``; its mode when ``None``), normalised for the transformer."""
+        raw = mean if generator is None else _sample_posterior(mean, std, generator)
         return self.normalise(c, raw.float())
 
     def decode_latent(self, c: Components, latent: torch.Tensor) -> torch.Tensor:
@@ -204,10 +236,29 @@ class Family:
         raise NotImplementedError
 
 
-def _sample_posterior(dist, generator: torch.Generator) -> torch.Tensor:
+def _sample_posterior(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     # DiagonalGaussianDistribution.sample draws on the parameters' device; draw on the CPU generator instead.
-    eps = torch.randn(dist.mean.shape, generator=generator, dtype=torch.float32).to(dist.mean.device)
-    return dist.mean + dist.std * eps.to(dist.mean.dtype)
+    eps = torch.randn(mean.shape, generator=generator, dtype=torch.float32).to(mean.device)
+    return mean + std * eps.to(mean.dtype)
+
+
+def family_of(model: str, offline: bool = False) -> Family:
+    """The adapter of a diffusers checkpoint, from the pipeline class its model_index.json names; a model of
+    another kind, or no diffusers pipeline at all, is a ValueError saying which families are supported."""
+    from diffusers import DiffusionPipeline
+
+    check_offline(model, offline)
+    supported = ", ".join(f"{f.pipeline_class} ({f.name})" for f in FAMILIES.values())
+    try:
+        config = DiffusionPipeline.load_config(model, local_files_only=offline)
+    except (OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"{model!r} is not a diffusers pipeline (no model_index.json: {first})") from None
+    name = config.get("_class_name")
+    for family in FAMILIES.values():
+        if family.pipeline_class == name:
+            return family
+    raise ValueError(f"{model!r} is a {name or 'pipeline of no class'}, not a supported family: {supported}")
 
 
 def check_offline(model: str, offline: bool) -> None:

@@ -2,7 +2,9 @@
 curated run, with LoRA (peft) or full training. One loop for all families; families.py holds what differs.
 
 A step: draw clips of one bucket, decode them, encode with the frozen VAE and text encoder, noise the
-latents with the family's convention, regress the transformer's output on the target (MSE), AdamW.
+latents with the family's convention, regress the transformer's output on the target (MSE), AdamW. Clips
+with a row in the run's latent cache (latents.py, ``vidsift encode --vae diffusers:NAME``) skip the decode
+and both encoders: their stored VAE posterior is sampled with the same generator draws.
 
 All randomness of a micro-batch (which clips, where in each clip, caption dropout, VAE posterior sample,
 timesteps, noise) comes from a generator seeded by (seed, step, micro-batch), where micro-batch =
@@ -29,6 +31,7 @@ import torch
 
 from vidsift.model.finetune import checkpoint as ckpt
 from vidsift.model.finetune.families import FAMILIES, Components, Family, Text, nearest_frames
+from vidsift.model.finetune.latents import LatentCache, describe, open_cache
 from vidsift.model.finetune.sample import sample_grid, write_grid
 from vidsift.model.finetune.shards import Bucket, Clip, ClipIndex, index_clips
 from vidsift.model.logging_utils import StepBar
@@ -80,6 +83,7 @@ class FinetuneConfig:
     sample_prompts: int = 4  # caption_short of this many clips, held-out ones first
     sample_steps: int = 30  # denoising steps of the pipeline
     sample_guidance: float = 5.0  # classifier-free guidance scale
+    cached_latents: bool = True  # use RUN/latents/<model> (vidsift encode --vae diffusers:NAME) where it fits
 
     def __post_init__(self) -> None:
         choices = {
@@ -259,6 +263,8 @@ class Trainer:
         self.cfg, self.family, self.c, self.index, self.device = cfg, family, c, index, device
         self.tokens = family.text_tokens(c, cfg.text_tokens)
         self.null = family.encode_text(c, [""], self.tokens)
+        self.cache: LatentCache | None = None  # `vidsift encode --vae diffusers:NAME` rows that fit this run
+        self.drawn = {"cached": 0, "encoded": 0}  # clips of training batches, by where their latent came from
         self.autocast = (
             torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext()
         )
@@ -269,11 +275,29 @@ class Trainer:
         """Decoded, encoded and noised clips. Fixed ``starts`` (window in the clip) and ``u`` (timestep), and
         ``posterior=False`` (the VAE's mode, not a sample), make an evaluation batch."""
         starts = torch.rand(len(clips), generator=g) if starts is None else starts
-        decoded = [self.index.pixels(c, float(s)) for c, s in zip(clips, starts, strict=True)]
-        pixels = torch.stack(decoded).to(self.device)
+        cached = [self.cache.get(c) if self.cache else None for c in clips]
+        todo = [i for i, e in enumerate(cached) if e is None]
+        mean, std = [None] * len(clips), [None] * len(clips)
+        text_parts: list[Text | None] = [None] * len(clips)
         with torch.no_grad():
-            latent = self.family.encode_video(self.c, pixels, g if posterior else None)
-        text = self.family.encode_text(self.c, [c.caption for c in clips], self.tokens)
+            if todo:  # decode and encode the clips without a cached latent (all of them without a cache)
+                decoded = [self.index.pixels(clips[i], float(starts[i])) for i in todo]
+                m, s = self.family.encode_posterior(self.c, torch.stack(decoded).to(self.device))
+                text = self.family.encode_text(self.c, [clips[i].caption for i in todo], self.tokens)
+                for k, i in enumerate(todo):
+                    mean[i], std[i], text_parts[i] = m[k], s[k], Text(text.emb[k], text.mask[k])
+            dtype = self.c.vae.dtype
+            for i, e in enumerate(cached):  # a cached clip: its stored posterior and caption embedding
+                if e is not None:
+                    mean[i], std[i] = e.mean.to(self.device, dtype), e.std.to(self.device, dtype)
+                    text_parts[i] = Text(e.text.to(self.device), e.mask.to(self.device))
+            latent = self.family.latent_from_posterior(
+                self.c, torch.stack(mean), torch.stack(std), g if posterior else None
+            )
+        text = Text(torch.stack([t.emb for t in text_parts]), torch.stack([t.mask for t in text_parts]))
+        if posterior:  # training batches (evaluation batches have posterior=False)
+            self.drawn["encoded"] += len(todo)
+            self.drawn["cached"] += len(clips) - len(todo)
         keep = torch.rand(len(clips), generator=g) >= dropout
         text = text.select(keep, self.null)
         if u is None:
@@ -372,6 +396,12 @@ def _finetune(cfg: FinetuneConfig, d: Dist, resume: bool, log, quiet: bool) -> d
     )
 
     trainer = Trainer(cfg, family, c, index, d.device)
+    cache_report: dict = {"folder": None, "clips": 0, "not_used": {}}
+    if cfg.cached_latents:
+        trainer.cache, cache_report = open_cache(cfg.data, cfg.model, index, c, trainer.tokens)
+        log(describe(cache_report))
+    else:
+        log("cached latents: off (cached_latents = false); encoding every clip on the fly")
     model = _distribute(cfg, d, c.transformer)
     params = [p for p in c.transformer.parameters() if p.requires_grad]
     log(f"trainable parameters: {sum(p.numel() for p in params):,} of {c.transformer.num_parameters():,}")
@@ -490,6 +520,7 @@ def _finetune(cfg: FinetuneConfig, d: Dist, resume: bool, log, quiet: bool) -> d
         "data": summary,
         "held_out": [clip.clip_id for clip in held],
         "text_tokens": trainer.tokens,
+        "cached_latents": {**cache_report, "drawn": trainer.drawn},
         "final_loss": _mean_tail(history),
         "timing": {"steps": timed_steps, "seconds": timed_s, "cpu_seconds": timed_cpu},
         "evals": evals,

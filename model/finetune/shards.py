@@ -111,35 +111,45 @@ def index_clips(
     files = shard_files(data)
     index = ClipIndex(files, buckets, stride)
     clips = []
-    for fi, path in enumerate(files):
-        pf = storage.open_parquet(path)
-        names = pf.schema_arrow.names
-        if caption_column not in names:
-            raise DataError(f"{path} has no column {caption_column!r} (caption_column in the recipe)")
-        wanted = ("clip_id", caption_column, "caption_short", "width", "height", "num_frames")
-        cols = [c for c in dict.fromkeys(wanted) if c in names]
-        for g in range(pf.metadata.num_row_groups):
-            t = pf.read_row_group(g, columns=cols).to_pylist()
-            for r, row in enumerate(t):
-                caption = (row.get(caption_column) or "").strip()
-                if not caption:
-                    index.dropped["no_caption"] += 1
-                    continue
-                w, h, n = (
-                    int(row.get("width") or 0),
-                    int(row.get("height") or 0),
-                    int(row.get("num_frames") or 0),
-                )
-                if not (w and h and n):
-                    index.dropped["no_size"] += 1
-                    continue
-                b, reason = choose_bucket(w, h, -(-n // stride), buckets, policy, max_aspect_change)
-                if b is None:
-                    index.dropped[reason] += 1
-                    continue
-                prompt = (row.get("caption_short") or "").strip() or caption
-                clips.append(Clip(row["clip_id"], caption, (fi, g, r), b, prompt))
+    for fi in range(len(files)):
+        clips += index_file(index, fi, caption_column, policy, max_aspect_change)
     index.clips = sorted(clips, key=lambda c: c.clip_id)
     if not index.clips:
         raise DataError(f"no usable clips in {data}: dropped {dict(index.dropped)}")
     return index
+
+
+def index_file(
+    index: ClipIndex, fi: int, caption_column: str, policy: str, max_aspect_change: float
+) -> list[Clip]:
+    """The usable clips of ``index.files[fi]`` in row order; drops are counted in ``index.dropped``."""
+    path = index.files[fi]
+    pf = storage.open_parquet(path)
+    names = pf.schema_arrow.names
+    if caption_column not in names:
+        raise DataError(f"{path} has no column {caption_column!r} (caption_column in the recipe)")
+    wanted = ("clip_id", caption_column, "caption_short", "width", "height", "num_frames")
+    cols = [c for c in dict.fromkeys(wanted) if c in names]
+    clips = []
+    for g in range(pf.metadata.num_row_groups):
+        t = pf.read_row_group(g, columns=cols).to_pylist()
+        for r, row in enumerate(t):
+            caption = (row.get(caption_column) or "").strip()
+            if not caption:
+                index.dropped["no_caption"] += 1
+                continue
+            w, h, n = (
+                int(row.get("width") or 0),
+                int(row.get("height") or 0),
+                int(row.get("num_frames") or 0),
+            )
+            if not (w and h and n):
+                index.dropped["no_size"] += 1
+                continue
+            b, reason = choose_bucket(w, h, -(-n // index.stride), index.buckets, policy, max_aspect_change)
+            if b is None:
+                index.dropped[reason] += 1
+                continue
+            prompt = (row.get("caption_short") or "").strip() or caption
+            clips.append(Clip(row["clip_id"], caption, (fi, g, r), b, prompt))
+    return clips
