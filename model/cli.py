@@ -216,22 +216,67 @@ def run_sample(args: argparse.Namespace) -> int:
 
 
 def run_encode(args: argparse.Namespace) -> int:
-    from vidsift.model.encode import encode_shards
+    from vidsift.model.encode import encode_shards, parse_diffusers_vae
+    from vidsift.model.sample import InputError
     from vidsift.pipeline.lock import output_lock
 
+    model = parse_diffusers_vae(args.vae)
+    if model is not None:
+        return run_encode_diffusers(args, model)
+    only = [f"--{n.replace('_', '-')}" for n in ("recipe", "dtype", "caption_column") if getattr(args, n)]
+    if only or args.offline:
+        raise InputError(f"{', '.join(only + ['--offline'] * args.offline)}: only with --vae diffusers:NAME")
     with output_lock(args.data, "encode"):  # it rewrites the run's shards in place
         summary = encode_shards(
             args.data,
             args.vae,
             args.text_model,
-            args.frames,
-            args.height,
-            args.width,
-            args.frame_stride,
-            args.text_tokens,
+            17 if args.frames is None else args.frames,
+            128 if args.height is None else args.height,
+            128 if args.width is None else args.width,
+            2 if args.frame_stride is None else args.frame_stride,
+            32 if args.text_tokens is None else args.text_tokens,
             args.workers,
         )
     print(f"encoded {sum(s['rows'] for s in summary)} clips in {len(summary)} shard files")
+    return 0
+
+
+def run_encode_diffusers(args: argparse.Namespace, model: str) -> int:
+    """``encode --vae diffusers:NAME``: the family's latents and caption embeddings in OUT/latents/<model>/,
+    at the sizes of a finetune recipe (``--recipe``; else FinetuneConfig's defaults), flags overriding."""
+    import dataclasses
+    import json
+    from collections import Counter
+
+    from vidsift.model.encode import encode_family
+    from vidsift.model.finetune.loop import FinetuneConfig, load_recipe
+    from vidsift.model.sample import InputError
+    from vidsift.pipeline.config import build_config
+    from vidsift.pipeline.lock import output_lock
+
+    if args.text_model:
+        raise InputError("--text-model: a diffusers model brings its own text encoder (--vae diffusers:NAME)")
+    values = dataclasses.asdict(load_recipe(args.recipe) if args.recipe else FinetuneConfig())
+    keys = ("frames", "height", "width", "frame_stride", "text_tokens", "caption_column")
+    given = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    if {"frames", "height", "width"} & set(given):
+        values["buckets"] = []  # an explicit size is the one bucket
+    cfg = build_config(FinetuneConfig, {**values, **given}, "vidsift encode")
+    with output_lock(args.data, "encode"):
+        done = encode_family(
+            args.data, model, cfg.bucket_list, cfg.frame_stride, cfg.text_tokens, cfg.caption_column,
+            args.dtype or "float16", cfg.family if args.recipe else "", args.offline or cfg.offline,
+            args.workers,
+        )  # fmt: skip
+    dropped: Counter = Counter()
+    for row in done["summary"]:
+        dropped.update(json.loads(row["dropped"]))
+    rows, skipped = sum(row["rows"] for row in done["summary"]), dict(sorted(dropped.items()))
+    print(
+        f"encoded {rows} clips of {len(done['summary'])} shard files into {done['folder']} "
+        f"({done['family']}; {done['skipped']} files already done; not cached: {skipped})"
+    )
     return 0
 
 
@@ -288,14 +333,25 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("encode", help="add cached VAE latents and text embeddings to shards (Ray)")
     p.add_argument("data", help="curation run folder holding clips/*.parquet (rewritten in place)")
-    p.add_argument("--vae", required=True, help="VAE checkpoint from `vidsift train-vae`")
+    p.add_argument(
+        "--vae",
+        required=True,
+        help="VAE checkpoint from `vidsift train-vae`, or diffusers:<hub id or folder> (Wan, LTX-Video, "
+        "CogVideoX: cached in OUT/latents/<model>/ for `vidsift finetune`, shards untouched)",
+    )
     p.add_argument("--text-model", default="", help="text encoder name or path (default: bundled MiniLM)")
-    p.add_argument("--text-tokens", type=int, default=32)
-    p.add_argument("--frames", type=int, default=17, help="frames per clip to encode (1 + 4k)")
-    p.add_argument("--height", type=int, default=128)
-    p.add_argument("--width", type=int, default=128)
-    p.add_argument("--frame-stride", type=int, default=2)
+    p.add_argument("--text-tokens", type=int, help="default 32; diffusers: the recipe's (0: the family's)")
+    p.add_argument("--frames", type=int, help="frames per clip to encode (1 + 4k; default 17)")
+    p.add_argument("--height", type=int, help="default 128")
+    p.add_argument("--width", type=int, help="default 128")
+    p.add_argument("--frame-stride", type=int, help="default 2; diffusers: the recipe's")
     p.add_argument("--workers", type=int, default=1, help="actors, each loading the models once")
+    p.add_argument(
+        "--recipe", help="diffusers: the finetune recipe whose buckets, stride, caption column to encode at"
+    )
+    p.add_argument("--caption-column", help="diffusers: the captions to embed (default: the recipe's)")
+    p.add_argument("--dtype", choices=["float16", "float32"], help="diffusers: stored precision (float16)")
+    p.add_argument("--offline", action="store_true", help="diffusers: local files and the HF cache only")
     p.set_defaults(func=_guard(run_encode))
 
 
