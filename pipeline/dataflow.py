@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import warnings
 
 import numpy as np
@@ -28,12 +29,15 @@ from vidsift.pipeline.publish import WORK_SCHEMA, write_failed, write_parts, wri
 from vidsift.pipeline.recipe import Recipe
 
 
-def video_task(batch: pa.Table, recipe_dict: dict, out: str, fetch: dict | None = None, log=None) -> pa.Table:
+def video_task(
+    batch: pa.Table, recipe_dict: dict, out: str, fetch: dict | None = None, log=None, cwd: str = ""
+) -> pa.Table:
     """Ray Data UDF: input rows (source_uri, group, duplicate_of, source_meta) -> the videos' clip rows and
     one receipt row per video (its row already written to a part file under ``out``)."""
     from vidsift.pipeline.input_lists import FetchLimits, process_input
     from vidsift.pipeline.recipe import build_recipe
 
+    use_driver_cwd(cwd)
     recipe = build_recipe(recipe_dict)
     rows = []
     for item in batch.to_pylist():
@@ -87,9 +91,10 @@ def run_clip_stage(stage, batch: pa.Table) -> tuple[pa.Table, int]:
 class ClipStageTask:
     """Ray Data actor for one clip stage: loads the stage (its model) once, then maps batches."""
 
-    def __init__(self, name: str, config: dict, log=None) -> None:
+    def __init__(self, name: str, config: dict, log=None, cwd: str = "") -> None:
         from vidsift.pipeline.registry import STAGES
 
+        use_driver_cwd(cwd)
         spec = STAGES[name]
         self.name = name
         self.stage = spec.impl(spec.config(**config))
@@ -104,23 +109,14 @@ class ClipStageTask:
         return batch
 
 
-def local_paths_absolute(config: dict) -> dict:
-    """A stage config for the workers: every value that names an existing file or folder by a relative path
-    (a model folder such as ``out/tiny-models/tiny-qwen2-lm``, a sidecar) made absolute against the driver's
-    working directory, since a Ray worker does not run there (on a cluster the path must also be on a
-    shared filesystem). Hub ids that are not local paths and every other value stay as they are; the
-    fingerprint and ``recipe.resolved.toml`` keep what the user wrote."""
-    import os
-
-    def local(v: object) -> bool:
-        return (
-            isinstance(v, str)
-            and not os.path.isabs(v)
-            and ("/" in v or v.startswith("."))
-            and os.path.exists(v)
-        )
-
-    return {k: os.path.abspath(v) if local(v) else v for k, v in config.items()}
+def use_driver_cwd(cwd: str) -> None:
+    """Run in the driver's working directory where this node has it, so that a stage's relative paths (a
+    model folder such as ``out/tiny-models/tiny-qwen2-lm``, a sidecar) mean on the workers what they mean
+    where the user typed them: a Ray worker starts elsewhere (its raylet's folder). The rows still record
+    the names as the recipe gives them. On a cluster such paths must be on a filesystem every node mounts
+    at the same place; where the folder does not exist the worker stays where it is."""
+    if cwd and os.path.isdir(cwd) and os.getcwd() != cwd:
+        os.chdir(cwd)
 
 
 def video_resources(recipe: Recipe, video_cpus: float | None) -> dict:
@@ -155,14 +151,13 @@ def build_dataset(recipe: Recipe, items: list[dict], out: str, video_res: dict, 
     if recipe.run.max_videos_in_flight:
         video_res = {**video_res, "compute": ray.data.TaskPoolStrategy(size=recipe.run.max_videos_in_flight)}
     env = {"runtime_env": video_res["runtime_env"]} if "runtime_env" in video_res else {}
-    recipe_dict = recipe.to_dict()
-    recipe_dict["stage"] = [local_paths_absolute(s) for s in recipe_dict["stage"]]
+    cwd = os.getcwd()  # relative paths in stage configs mean the same on the workers (use_driver_cwd)
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(
         video_task,
         batch_size=1,
         batch_format="pyarrow",
-        fn_kwargs={"recipe_dict": recipe_dict, "out": out, "fetch": fetch, "log": log},
+        fn_kwargs={"recipe_dict": recipe.to_dict(), "out": out, "fetch": fetch, "log": log, "cwd": cwd},
         **video_res,
     )
     for entry in recipe.stages_of_kind("clip"):
@@ -171,8 +166,9 @@ def build_dataset(recipe: Recipe, items: list[dict], out: str, video_res: dict, 
             ClipStageTask,
             fn_constructor_kwargs={
                 "name": entry.name,
-                "config": local_paths_absolute(dataclasses.asdict(entry.config)),
+                "config": dataclasses.asdict(entry.config),
                 "log": log,
+                "cwd": cwd,
             },
             batch_size=getattr(entry.config, "batch_size", 8),
             batch_format="pyarrow",

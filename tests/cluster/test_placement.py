@@ -269,8 +269,8 @@ def test_the_quick_start_recipe_runs_on_two_one_cpu_nodes(cluster, quickstart_ru
     models = root / "out" / "tiny-models"
     out = root / "on-cluster"
     # The recipe names its models relative to where vidsift runs (out/tiny-models/...). A Ray worker on a
-    # cluster does not run there (its cwd is its raylet's): the driver makes such paths absolute for the
-    # workers (dataflow.local_paths_absolute), so the shipped recipe runs as it is.
+    # cluster does not start there (its cwd is its raylet's): every task and actor of the run moves to the
+    # driver's working directory first (dataflow.use_driver_cwd), so the shipped recipe runs as it is.
     assert models.is_dir()
     result = subprocess.run(
         [vidsift_exe(), "curate", "quickstart", "--input", str(root / "videos"), "--output", str(out),

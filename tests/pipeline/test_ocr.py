@@ -13,9 +13,10 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("rapidocr_onnxruntime")
 
 from tests.conftest import REPO, run_cli  # noqa: E402
-from vidsift.pipeline.process import _clip_row, apply_clip_stage, scan_video  # noqa: E402
+from vidsift.pipeline.process import apply_clip_stage, scan_video  # noqa: E402
 from vidsift.pipeline.recipe import RecipeError, build_recipe, load_recipe  # noqa: E402
 from vidsift.pipeline.stages import score_ocr  # noqa: E402
+from vidsift.pipeline.stages.core import make_clips  # noqa: E402
 from vidsift.pipeline.stages.score_ocr import ScoreOcr, ScoreOcrConfig, covered_share  # noqa: E402
 
 # catalog.json "content": video2 "large caption text", video1 "YOUKU watermark + vertical Chinese
@@ -38,9 +39,10 @@ def rows(videos) -> dict[str, list[dict]]:
     )
     out = {}
     for name in TEXT + CLEAN + [SINTEL]:
-        scan = scan_video(str(videos / name), recipe)
-        video = {**scan.video, "source_uri": name, "group": "g"}
-        out[name] = [_clip_row(video, s, i, scan.analysis, 4) for i, s in enumerate(scan.scenes)]
+        work = scan_video(str(videos / name), recipe)
+        work.video.update(source_uri=name, group="g")
+        make_clips(work, recipe.stage("split_scenes"), 4)
+        out[name] = [r for r in work.clips if not r.get("reject_reason")]  # the scenes long enough
         assert out[name] and all(r["frames_jpeg"] for r in out[name]), name
     return out
 
