@@ -107,9 +107,175 @@ def real_rows(work: Path) -> pa.Table:
     return table
 
 
+MEDIA_DIRS = [VIDEOS, REPO.parent / "scene_eval_media" / "raw", REPO.parent / "scene_eval_media" / "set"]
+VIDEO_EXT = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".ts", ".ivf", ".gif"}
+
+
+def distinct_rows(work: Path) -> pa.Table:
+    """Every accepted clip of every readable video in ``MEDIA_DIRS`` (``../shared/videos`` and the scene
+    evaluation media), through the real hashing code with the default recipe (cached in
+    ``WORK/distinct.parquet``): what real hashes and curves of *different* clips look like."""
+    cache = work / "distinct.parquet"
+    if cache.exists():
+        return pq.read_table(cache)
+    from vidsift.pipeline.process import process_video
+    from vidsift.pipeline.recipe import load_recipe
+
+    recipe = load_recipe(REPO / "recipes/curate/default.toml", ["split_scenes.detector=fast"])
+    rows = []
+    files = sorted(p for d in MEDIA_DIRS if d.exists() for p in d.rglob("*") if p.suffix.lower() in VIDEO_EXT)
+    for path in files:
+        for c in process_video(str(path), "g", recipe)[1]:
+            if not c.get("reject_reason") and c.get("dedup_hashes"):
+                rows.append(
+                    {**{k: c.get(k) for k in REAL_COLUMNS}, "family": str(path.relative_to(REPO.parent))}
+                )
+    table = pa.Table.from_pylist(rows)
+    work.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, cache)
+    return table
+
+
+# one content under several file names: the scene evaluation set keeps its sources in raw/, set/ and
+# set/sources/; these sample files are cuts of one film
+SAME_CONTENT = {"big_buck_bunny_0_30.webm": "bunny", "Big_Buck_Bunny_180_10s.webm": "bunny",
+                "rotate-buck-bunny.mp4": "bunny", "fucked-keyframes.mp4": "bunny"}  # fmt: skip
+
+
+def content_key(family: str) -> str | None:
+    """What a distinct-set file shows; None for the composed scene-evaluation clips (``set/cNN_*``), which
+    are cut from the sources and so share content with them (left out of both distinct and copy pairs)."""
+    name = Path(family).name
+    if "scene_eval_media/set/" in family and name[:1] == "c" and name[1:3].isdigit():
+        return None
+    return SAME_CONTENT.get(name, name)
+
+
+def _brightness(curves: np.ndarray, i: np.ndarray, j: np.ndarray, step_min: float) -> tuple[np.ndarray, ...]:
+    """Per pair: both brightness curves vary, levels correlate >= 0.9 (either direction), and levels and
+    steps both (in one direction, steps >= ``step_min``)."""
+    from vidsift.pipeline.stages.dedup import FLAT_LUMA_STD, _step_corr_many
+
+    def corr(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        zx = (x - x.mean(1, keepdims=True)) / np.maximum(x.std(1), 1e-12)[:, None]
+        zy = (y - y.mean(1, keepdims=True)) / np.maximum(y.std(1), 1e-12)[:, None]
+        return (zx * zy).mean(1)
+
+    x, y = curves[i, :32].astype(np.float64), curves[j, :32].astype(np.float64)
+    vary = (x.std(1) >= FLAT_LUMA_STD) & (y.std(1) >= FLAT_LUMA_STD)
+    level = np.zeros(len(i), bool)
+    both = np.zeros(len(i), bool)
+    for z in (y, y[:, ::-1]):
+        ok = corr(x, z) >= 0.9
+        level |= ok
+        both |= ok & (_step_corr_many(x, z) >= step_min)
+    return vary, level & vary, both & vary
+
+
+def distinct_report(work: Path, real: pa.Table, seed: int) -> dict:
+    """How often unrelated *real* clips pass each part of the rule, beside the synthetic background.
+
+    Real: ``distinct_rows`` (every pair of files of different content; composed clips left out) and, as
+    held-out copies, pairs of files of one content. Background: ``background_hashes`` and random-walk
+    curves exactly as ``make_run`` draws them (``seed``), pairs at random.
+    """
+    from vidsift.pipeline.dedup_index import table_from_arrow, verify_pairs
+    from vidsift.pipeline.stages.dedup import DedupConfig, _matches
+
+    d = distinct_rows(work)
+    t = table_from_arrow(d)
+    duration = d.column("duration_s").to_numpy()
+    keys = [content_key(f) for f in d.column("family").to_pylist()]
+    files = d.column("family").to_pylist()
+    n = len(keys)
+    i, j = np.triu_indices(n, 1)
+    known = np.array([keys[a] is not None and keys[b] is not None for a, b in zip(i, j, strict=True)], bool)
+    same = np.array([keys[a] == keys[b] for a, b in zip(i, j, strict=True)], bool)
+    other_file = np.array([files[a] != files[b] for a, b in zip(i, j, strict=True)], bool)
+    distinct = known & ~same
+    copies = known & same & other_file & (np.abs(duration[i] - duration[j]) < 0.1)  # the same scene
+    config_old, config_new = DedupConfig(min_step_corr=-1), DedupConfig()
+    signed = t.hashes.view(np.int64)
+
+    def frames(a: np.ndarray, b: np.ndarray, h: np.ndarray, off: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(a), bool)
+        for k, (x, y) in enumerate(zip(a, b, strict=True)):
+            hx, hy = h[off[x] : off[x + 1]].reshape(-1, 3), h[off[y] : off[y + 1]].reshape(-1, 3)
+            out[k] = len(hx) > 0 and len(hy) > 0 and _matches(hx, hy, config_old)
+        return out
+
+    def rule(a: np.ndarray, b: np.ndarray, config) -> np.ndarray:
+        pairs = (a.astype(np.uint64) << np.uint64(32)) | b.astype(np.uint64)
+        return verify_pairs(pairs, t.offsets, t.hashes, t.curves, t.has_curve, config)
+
+    di, dj = i[distinct], j[distinct]
+    clip = np.repeat(np.arange(n), np.diff(t.offsets))
+    rng = np.random.default_rng(seed)
+    ha, hb = rng.integers(0, len(t.hashes), (2, 2_000_000))
+    ka, kb = np.array(keys, object)[clip[ha]], np.array(keys, object)[clip[hb]]
+    keep = (ka != kb) & (ka != None) & (kb != None)  # noqa: E711 - elementwise on an object array
+    real_hash = np.bitwise_count(t.hashes[ha[keep]] ^ t.hashes[hb[keep]])
+    # the background exactly as make_run draws it
+    m = 20_000
+    offsets, hashes = background_hashes(m, rng, bit_frequencies(real))
+    curves = np.cumsum(rng.normal(0, 3, (m, 64)), axis=1).astype(np.float32) + 100
+    ba, bb = rng.integers(0, len(hashes), (2, 2_000_000))
+    bg_clip = np.repeat(np.arange(m), np.diff(offsets))
+    ok = bg_clip[ba] != bg_clip[bb]
+    bg_hash = np.bitwise_count(hashes[ba[ok]] ^ hashes[bb[ok]])
+    pa_, pb_ = rng.integers(0, m, (2, 200_000))
+    pa_, pb_ = pa_[pa_ != pb_], pb_[pa_ != pb_]
+    step = config_new.min_step_corr
+    r_vary, r_level, r_both = _brightness(t.curves, di, dj, step)
+    b_vary, b_level, b_both = _brightness(curves, pa_, pb_, step)
+    bg_frames = frames(pa_[:20_000], pb_[:20_000], hashes.view(np.int64), offsets)
+    real_frames = frames(di, dj, signed, t.offsets)
+    old, new = rule(di, dj, config_old), rule(di, dj, config_new)
+    ci, cj = i[copies], j[copies]
+
+    def share(hit: np.ndarray, of: np.ndarray | None = None) -> float:
+        return float(hit.sum() / max(1, hit.size if of is None else of.sum()))
+
+    def names(a: np.ndarray, b: np.ndarray) -> list:
+        return sorted({tuple(sorted((files[x], files[y]))) for x, y in zip(a, b, strict=True)})
+
+    report = {
+        "real_rows": n,
+        "real_files": len(set(files)),
+        "distinct_pairs": int(distinct.sum()),
+        "hash_pairs_within_10_bits": {"real": share(real_hash <= 10), "background": share(bg_hash <= 10)},
+        "hash_distance_mean_sd": {
+            "real": [float(real_hash.mean()), float(real_hash.std())],
+            "background": [float(bg_hash.mean()), float(bg_hash.std())],
+        },
+        "clip_pairs_frames_match": {
+            "real": share(real_frames),
+            "background": share(bg_frames),
+            "background_pairs": len(bg_frames),
+        },
+        "brightness_level_ge_0.9": {"real": share(r_level, r_vary), "background": share(b_level, b_vary)},
+        f"brightness_level_and_steps_ge_{step}": {
+            "real": share(r_both, r_vary),
+            "background": share(b_both, b_vary),
+        },
+        "rule_passes_distinct": {"old": int(old.sum()), "new": int(new.sum())},
+        "old_rule_false_pairs": names(di[old], dj[old]),
+        "new_rule_false_pairs": names(di[new], dj[new]),
+        "copy_pairs": int(copies.sum()),
+        "copy_pairs_found": {
+            "old": int(rule(ci, cj, config_old).sum()),
+            "new": int(rule(ci, cj, config_new).sum()),
+        },
+    }
+    print(json.dumps(report, indent=1))
+    return report
+
+
 def truth_pairs(real: pa.Table) -> tuple[set[tuple[int, int]], int]:
-    """Duplicate pairs by today's rule over every pair of real rows (no index), within one source family;
-    and how many cross-family pairs the rule itself calls duplicates (reported, not planted)."""
+    """The planted pairs: duplicate pairs by the frame-and-level rule (``min_step_corr = -1``, the rule before
+    the step test, so the truth does not move with the rule measured) over every pair of real rows (no
+    index), within one source family; and how many cross-family pairs it calls duplicates (reported, not
+    planted)."""
     from vidsift.pipeline.dedup_index import table_from_arrow, verify_pairs
     from vidsift.pipeline.stages.dedup import DedupConfig
 
@@ -117,7 +283,7 @@ def truth_pairs(real: pa.Table) -> tuple[set[tuple[int, int]], int]:
     n = len(t)
     i, j = np.triu_indices(n, 1)
     pairs = (i.astype(np.uint64) << np.uint64(32)) | j.astype(np.uint64)
-    ok = verify_pairs(pairs, t.offsets, t.hashes, t.curves, t.has_curve, DedupConfig())
+    ok = verify_pairs(pairs, t.offsets, t.hashes, t.curves, t.has_curve, DedupConfig(min_step_corr=-1))
     family = real.column("family").to_pylist()
     same = {
         (a, b)
@@ -315,12 +481,12 @@ def make_run(out: Path, n: int, real: pa.Table, seed: int, group_size: int, medi
 # ------------------------------------------------------------------------------------------------ steps
 
 
-def step(name: str, run: Path, scratch: Path) -> dict:
+def step(name: str, run: Path, scratch: Path, dedup_set: list[str] = ()) -> dict:
     """One step in this process (the parent measures time and memory); returns what it found."""
     if name == "dedup":
         from vidsift.pipeline.dedup_run import dedup_finished_run
 
-        return dedup_finished_run(str(run))
+        return dedup_finished_run(str(run), overrides=dedup_set)
     if name == "select":
         from vidsift.pipeline.select import select_run
 
@@ -383,7 +549,7 @@ def step(name: str, run: Path, scratch: Path) -> dict:
     raise SystemExit(f"unknown step {name}")
 
 
-def measure(name: str, run: Path, scratch: Path) -> dict:
+def measure(name: str, run: Path, scratch: Path, dedup_set: list[str] = ()) -> dict:
     """Run ``step`` in a fresh process: wall and CPU seconds, peak RSS of it and of each process it started
     (Ray workers), sampled every 0.2 s."""
     import resource
@@ -391,6 +557,7 @@ def measure(name: str, run: Path, scratch: Path) -> dict:
     import psutil
 
     cmd = [sys.executable, __file__, "--step", name, "--run", str(run), "--scratch", str(scratch)]
+    cmd += [f"--dedup-set={s}" for s in dedup_set]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
@@ -524,15 +691,20 @@ def main() -> None:
     ap.add_argument("--media-bytes", type=int, default=64, help="bytes of clip_mp4 per clip (random)")
     ap.add_argument("--steps", nargs="+", default=STEPS, choices=STEPS)
     ap.add_argument("--baseline-clips", type=int, default=0, help="also time the old banded search on N")
-    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=1, help="background seed (tune with one, report another)")
+    ap.add_argument("--dedup-set", action="append", default=[], help="dedup.KEY=VALUE for the dedup step")
+    ap.add_argument("--distinct", action="store_true", help="only the real distinct-clip statistics")
     ap.add_argument("--step", help=argparse.SUPPRESS)
     ap.add_argument("--run", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--scratch", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.step:
-        print(json.dumps(step(args.step, args.run, args.scratch), default=str))
+        print(json.dumps(step(args.step, args.run, args.scratch, args.dedup_set), default=str))
         return
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.distinct:
+        distinct_report(args.work, real_rows(args.work), args.seed)
+        return
     print("real clips and copies through the real hashing code (cached)...", flush=True)
     real = real_rows(args.work)
     truth, cross = truth_pairs(real)
@@ -544,6 +716,7 @@ def main() -> None:
     results = []
     for n in args.sizes:
         run = args.work / (f"run-{n}" if args.media_bytes == 64 else f"run-{n}-{args.media_bytes}b")
+        run = run.with_name(run.name + (f"-seed{args.seed}" if args.seed != 1 else ""))
         t0 = time.time()
         made = make_run(run, n, real, args.seed, args.group_size, args.media_bytes)
         print(
@@ -553,7 +726,7 @@ def main() -> None:
         )
         row: dict = {"clips": n}
         for name in args.steps:
-            m = measure(name, run, args.work / "scratch")
+            m = measure(name, run, args.work / "scratch", args.dedup_set)
             row[name] = m
             print(
                 f"  {name:12s} wall {m['wall_s']:7.1f} s  cpu {m['cpu_s']:7.1f} s"

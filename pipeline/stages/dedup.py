@@ -7,9 +7,11 @@ Two halves. In the per-video task, ``hash_clips`` stores ``dedup_hashes`` for ev
 ``min_match`` of the samples of the one with fewer samples have a hash, at any pair of crop
 scales, within ``max_hamming`` bits of a hash of the other, and their histories in time
 (``dedup_curve``: brightness and frame difference at 32 points each) correlate, forwards or
-backwards. Matching sets of frames ignores their order and spacing, so time-reversed and
-sped-up copies match; the crop scales let a centre crop of up to about a third meet its
-original. Candidate pairs come from a Hamming-space LSH index (``pipeline/dedup_index.py``:
+backwards (the brightness curves in their levels and in their steps, ``min_step_corr``: smooth curves of
+unrelated clips often correlate in level by chance, rarely in their steps). Matching sets of frames
+ignores their order and spacing, so time-reversed and sped-up copies match; the crop scales let a centre
+crop of up to about a third meet its original. Candidate pairs come from a Hamming-space LSH index
+(``pipeline/dedup_index.py``:
 ``index_tables`` tables keyed on random bit positions, every bucket searched, big ones split, never
 skipped), so the run is not compared pair by pair; it runs as Ray tasks past ``distribute_above``
 clips. In each group of duplicates the clip with the most pixels, then the longest, then the smallest
@@ -47,6 +49,11 @@ class DedupConfig:
     # Frames alone confuse two moments of one static shot (a traffic camera, a talk at a table) with
     # a copy; a copy also has the same brightness history, forwards or backwards.
     min_curve_corr: float = 0.9
+    # ... and the same changes from point to point: the brightness curves' steps (first differences), in the
+    # direction whose levels agree, correlate at least this much. Smooth curves (drifts, random walks)
+    # correlate >= 0.9 in level by chance for ~1-2% of unrelated pairs; their steps do not (docs/filters.md).
+    # -1 turns the step test off: the rule of runs deduplicated before it existed.
+    min_step_corr: float = 0.7
     # The run-wide index (docs/filters.md: its measured recall). A copy collides in a table when one of
     # its many sample hashes agrees with one of the original's on all of that table's key bits.
     index_tables: int = 20  # hash tables; more find farther copies (reversed, sped up), each costs one sort
@@ -68,6 +75,8 @@ class DedupConfig:
             raise ValueError(f"dedup.max_hamming must be in [0, 32], got {self.max_hamming}")
         if not -1 <= self.min_curve_corr <= 1:
             raise ValueError(f"dedup.min_curve_corr must be in [-1, 1], got {self.min_curve_corr}")
+        if not -1 <= self.min_step_corr <= 1:
+            raise ValueError(f"dedup.min_step_corr must be in [-1, 1], got {self.min_step_corr}")
         if not 0 < self.min_match <= 1:
             raise ValueError(f"dedup.min_match must be in (0, 1], got {self.min_match}")
 
@@ -79,6 +88,15 @@ def _resample(values: np.ndarray) -> list[float]:
     return np.interp(x, np.arange(len(values)), values).astype(np.float32).tolist()
 
 
+def _step_corr(x: np.ndarray, y: np.ndarray) -> float:
+    """Correlation of the steps (first differences) of two curves; 1 when either has constant steps (a
+    linear ramp: nothing to compare beyond its level)."""
+    dx, dy = np.diff(x), np.diff(y)
+    if dx.std() < 1e-9 or dy.std() < 1e-9:
+        return 1.0
+    return float(np.corrcoef(dx, dy)[0, 1])
+
+
 def time_curves(analysis, start: int, end: int) -> list[float]:
     """Brightness and frame-difference over the clip, each resampled to ``CURVE_POINTS`` points."""
     return _resample(analysis.luma_mean[start:end]) + _resample(analysis.frame_diff[start + 1 : end])
@@ -87,8 +105,9 @@ def time_curves(analysis, start: int, end: int) -> list[float]:
 def _curves_agree(a: list[float], b: list[float], config: DedupConfig) -> bool:
     """Same history in time, forwards or backwards (time-reversed copies)?
 
-    Brightness is compared when it varies in both clips, else the frame-to-frame change (cars
-    passing a static camera); two clips steady in both are judged by their frames alone.
+    Brightness is compared when it varies in both clips (its levels, ``min_curve_corr``, and its steps,
+    ``min_step_corr``, in the same direction), else the frame-to-frame change (cars passing a static
+    camera; its levels only); two clips steady in both are judged by their frames alone.
     """
     if len(a) != 2 * CURVE_POINTS or len(b) != 2 * CURVE_POINTS:
         return True  # no curve to compare: the frames alone decide
@@ -98,8 +117,13 @@ def _curves_agree(a: list[float], b: list[float], config: DedupConfig) -> bool:
     ):
         x, y = np.asarray(a[channel], np.float64), np.asarray(b[channel], np.float64)
         if x.std() >= flat and y.std() >= flat:
-            corr = max(float(np.corrcoef(x, y)[0, 1]), float(np.corrcoef(x, y[::-1])[0, 1]))
-            return corr >= config.min_curve_corr
+            for z in (y, y[::-1]):  # forwards, or backwards (time-reversed copies)
+                steps = channel.start != 0 or config.min_step_corr <= -1  # no step test: passed
+                if float(np.corrcoef(x, z)[0, 1]) >= config.min_curve_corr and (
+                    steps or _step_corr(x, z) >= config.min_step_corr
+                ):
+                    return True
+            return False
         if (x.std() >= flat) != (y.std() >= flat):
             return False  # one changes over time, the other does not: not copies
     return True
@@ -121,14 +145,29 @@ def curves_agree_many(a: np.ndarray, b: np.ndarray, config: DedupConfig) -> np.n
         vx, vy = sx >= flat, sy >= flat
         zx = (x - x.mean(axis=1, keepdims=True)) / np.where(sx > 0, sx, 1)[:, None]
         zy = (y - y.mean(axis=1, keepdims=True)) / np.where(sy > 0, sy, 1)[:, None]
-        corr = np.maximum((zx * zy).mean(axis=1), (zx * zy[:, ::-1]).mean(axis=1))
+        agree = np.zeros(len(a), bool)
+        for z, zz in ((y, zy), (y[:, ::-1], zy[:, ::-1])):  # forwards, backwards
+            ok = (zx * zz).mean(axis=1) >= config.min_curve_corr
+            if channel.start == 0 and config.min_step_corr > -1:  # brightness: its steps must agree too
+                ok &= _step_corr_many(x, z) >= config.min_step_corr
+            agree |= ok
         both = ~decided & vx & vy
-        result[both] = corr[both] >= config.min_curve_corr
+        result[both] = agree[both]
         one = ~decided & (vx != vy)
         result[one] = False
         decided |= both | one
     result[missing] = True
     return result
+
+
+def _step_corr_many(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``_step_corr`` for each row of ``x``, ``y`` (``n x CURVE_POINTS``)."""
+    dx, dy = np.diff(x, axis=1), np.diff(y, axis=1)
+    sx, sy = dx.std(axis=1), dy.std(axis=1)
+    flat = (sx < 1e-9) | (sy < 1e-9)
+    zx = (dx - dx.mean(axis=1, keepdims=True)) / np.where(flat, 1, sx)[:, None]
+    zy = (dy - dy.mean(axis=1, keepdims=True)) / np.where(flat, 1, sy)[:, None]
+    return np.where(flat, 1.0, (zx * zy).mean(axis=1))
 
 
 def hash_clips(config: DedupConfig, video: dict, analysis, clips: list[dict]) -> list[dict]:

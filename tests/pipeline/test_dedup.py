@@ -281,14 +281,60 @@ def test_curve_rule_for_many_pairs_is_the_rule_for_one():
     a[::5, :32] = 80.0  # flat brightness: the frame difference decides
     b[::10, 32:] = 0.0  # flat motion in one of the two
     a[::11] = np.nan  # no curve: the frames alone decide
-    config = DedupConfig()
-    one = [
-        _curves_agree([] if np.isnan(x).any() else x.tolist(), y.tolist(), config)
-        for x, y in zip(a, b, strict=True)
-    ]
-    many = curves_agree_many(a, b, config)
-    assert many.tolist() == one
-    assert 0 < sum(one) < n  # both outcomes occur
+    for config in (DedupConfig(), DedupConfig(min_step_corr=-1)):  # with the step test and without
+        one = [
+            _curves_agree([] if np.isnan(x).any() else x.tolist(), y.tolist(), config)
+            for x, y in zip(a, b, strict=True)
+        ]
+        many = curves_agree_many(a, b, config)
+        assert many.tolist() == one
+        assert 0 < sum(one) < n  # both outcomes occur
+
+
+def _strangers_with_like_levels(rng: np.random.Generator, want: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of unrelated random-walk brightness curves whose levels correlate >= 0.9 (forwards)."""
+    a = np.cumsum(rng.normal(0, 3, (20_000, 32)), axis=1) + 100
+    b = np.cumsum(rng.normal(0, 3, (20_000, 32)), axis=1) + 100
+    za = (a - a.mean(1, keepdims=True)) / a.std(1, keepdims=True)
+    zb = (b - b.mean(1, keepdims=True)) / b.std(1, keepdims=True)
+    like = np.flatnonzero((za * zb).mean(1) >= 0.9)[:want]
+    assert len(like) == want
+    flat_motion = np.full((want, 32), 1.0)  # steady frame difference: the brightness decides
+    return np.hstack([a[like], flat_motion]), np.hstack([b[like], flat_motion])
+
+
+def test_step_test_rejects_strangers_whose_levels_correlate_and_keeps_copies():
+    # smooth curves of unrelated clips correlate >= 0.9 in level by chance (random walks: ~1%, real
+    # brightness curves: ~1%, docs/filters.md); their steps do not: the old rule took them as copies
+    rng = np.random.default_rng(10)
+    a, b = _strangers_with_like_levels(rng, 40)
+    old, new = DedupConfig(min_step_corr=-1), DedupConfig()
+    from vidsift.pipeline.stages.dedup import curves_agree_many
+
+    assert curves_agree_many(a, b, old).all()
+    assert not curves_agree_many(a, b, new).any()
+    # copies: re-encoding noise (0.3 luma levels), time-reversed, sped up (resampled), a darker crop
+    noisy = a + rng.normal(0, 0.3, a.shape)
+    reverse = np.hstack([a[:, 31::-1], a[:, :31:-1]]) + rng.normal(0, 0.3, a.shape)
+    x = np.linspace(0, 31, 32)
+    sped = np.array([np.interp(x * 0.97 + 0.5, np.arange(32), row[:32]) for row in a])
+    sped = np.hstack([sped, a[:, 32:]])
+    darker = np.hstack([a[:, :32] * 0.8 + 5, a[:, 32:]])
+    for copy in (noisy, reverse, sped, darker):
+        assert curves_agree_many(a, copy, new).all()
+
+
+def test_old_runs_dedup_as_before_with_the_step_test_off():
+    # the stored columns are unchanged; the rule is stricter: a pair of clips with the same frames but only
+    # level-alike brightness was a duplicate before and is not now; --set dedup.min_step_corr=-1 restores it
+    from vidsift.pipeline.stages.dedup import find_duplicates
+
+    a, b = _strangers_with_like_levels(np.random.default_rng(11), 1)
+    rows = synthetic(2, seed=12)
+    rows[1]["dedup_hashes"] = rows[0]["dedup_hashes"]  # the same frames
+    rows[0]["dedup_curve"], rows[1]["dedup_curve"] = a[0].tolist(), b[0].tolist()
+    assert find_duplicates(rows, DedupConfig()) == {}
+    assert find_duplicates(rows, DedupConfig(min_step_corr=-1)) == {rows[1]["clip_id"]: rows[0]["clip_id"]}
 
 
 def test_the_curate_pass_shows_bars_on_its_console_and_stays_quiet_with_it(tmp_path):
