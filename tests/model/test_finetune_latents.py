@@ -188,3 +188,25 @@ def test_bad_vae_values_and_runs_without_clips_are_one_line_errors(wan, run, tmp
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1 and message in err, (args, err)
     assert not (Path(run) / "latents").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family,size", [("ltx", 32), ("cogvideox", 16)])
+def test_cached_equals_on_the_fly_for_ltx_and_cogvideox(family, size, run, tmp_path):
+    """The other two adapters' conventions (LTX's latent statistics and packed tokens, CogVideoX's fixed text
+    length and v-prediction) through the same cache: float32 rows reproduce the on-the-fly losses."""
+    model = str(build_all(tmp_path / "tiny", [family])[family])
+    data = tmp_path / "run"
+    shutil.copytree(run, data)
+    kw = dict(family=family, height=size, width=size)
+    fam = FAMILIES[family]
+    c, _ = load_model(config(model, str(data), tmp_path / "unused", **kw), fam, torch.device("cpu"))
+    tokens = fam.text_tokens(c, 16)
+    settings = group_settings(model, [(9, size, size)], 1, tokens, "caption", "float32")
+    folder = cache_folder(str(data), model)
+    for name in ("part-0", "part-1"):
+        encode_group(str(data / f"clips/{name}.parquet"), f"{folder}/{name}.parquet", fam, c, settings)
+    fly = finetune(config(model, str(data), tmp_path / "fly", cached_latents=False, **kw), quiet=True)
+    cached = finetune(config(model, str(data), tmp_path / "cached", **kw), quiet=True)
+    assert cached["cached_latents"]["drawn"] == {"cached": 6, "encoded": 0}
+    assert_same_run(fly, cached, rel=1e-5, weight_share=0.01)
