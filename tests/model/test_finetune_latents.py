@@ -210,3 +210,35 @@ def test_cached_equals_on_the_fly_for_ltx_and_cogvideox(family, size, run, tmp_p
     cached = finetune(config(model, str(data), tmp_path / "cached", **kw), quiet=True)
     assert cached["cached_latents"]["drawn"] == {"cached": 6, "encoded": 0}
     assert_same_run(fly, cached, rel=1e-5, weight_share=0.01)
+
+
+def test_cached_latents_decode_back_within_the_vaes_own_reconstruction_error(wan, run, tmp_path):
+    """A float16 cache row's posterior mean, decoded through the family's VAE, gives the clip's frames back
+    as well as the VAE's own encode-decode of the same frames does (the cache adds no error of its own
+    beyond float16 rounding)."""
+    from vidsift.model.finetune.latents import WINDOW, _tensor
+    from vidsift.model.finetune.shards import ClipIndex, index_file
+
+    data = tmp_path / "run"
+    shutil.copytree(run, data)
+    assert model_cli(["encode", str(data), "--vae", f"diffusers:{wan}", *SIZE, "--dtype", "float16"]) == 0
+    cache = {r["clip_id"]: r for r in pq.read_table(cache_folder(str(data), wan)).to_pylist()}
+    family = FAMILIES["wan"]
+    c = family.load_encoders(wan, torch.float32)
+    shard = sorted((data / "clips").glob("*.parquet"))[0]
+    settings = group_settings(wan, [(9, 16, 16)], 1, 16, "caption", "float16")
+    index = ClipIndex([str(shard)], [tuple(b) for b in settings["buckets"]], settings["frame_stride"])
+    clips = index_file(index, 0, "caption", "crop", 0.0)
+    assert clips
+    with torch.no_grad():
+        for clip in clips:
+            pixels = index.pixels(clip, WINDOW)[None].float()
+            row = cache[clip.clip_id]
+            cached = _tensor(row["latent_mean"], row["latent_shape"], row["dtype"]).float()[None]
+            direct, _ = family.encode_posterior(c, pixels)
+            from_cache = c.vae.decode(cached, return_dict=False)[0].float()
+            own = c.vae.decode(direct.float(), return_dict=False)[0].float()
+            err_cache = float((from_cache - pixels).abs().mean())
+            err_own = float((own - pixels).abs().mean())
+            assert err_cache <= err_own * 1.01 + 1e-3, (err_cache, err_own)
+            assert float((from_cache - own).abs().mean()) <= 0.01 * err_own + 1e-3
