@@ -71,9 +71,12 @@ _GATE_CONTENT = 12.0
 _GATE_DISTANCE = 0.8
 _GATE_LUMA = 25.0
 _GATE_LAG = 8
-# The network predicts blocks of _GATE_BLOCK frames within _GATE_MARGIN frames of a candidate.
+# The network predicts blocks of _GATE_BLOCK frames within _GATE_MARGIN frames of a candidate, with
+# _GATE_CONTEXT frames of context on each side of a stretch (the package uses 25; 12 gave the same
+# fused boundaries on the tune split with 20% fewer frames through the network).
 _GATE_BLOCK = 16
 _GATE_MARGIN = 12
+_GATE_CONTEXT = 12
 
 
 DETECTORS = ("fast", "transnetv2", "fused")
@@ -238,7 +241,11 @@ class SceneSignals:
 
             self._gated = config.detector == "fused" and config.fused_gate
             self._net = ShotProbabilities(
-                config.device, gated=self._gated, block=_GATE_BLOCK, margin=_GATE_MARGIN
+                config.device,
+                gated=self._gated,
+                block=_GATE_BLOCK,
+                margin=_GATE_MARGIN,
+                context=_GATE_CONTEXT if self._gated else None,
             )
 
     def update(self, bgr: np.ndarray) -> None:

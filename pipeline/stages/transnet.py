@@ -83,8 +83,8 @@ class ShotProbabilities:
     wanted)``): the timeline is cut into blocks of ``block`` frames, a block is predicted only when a
     wanted frame lies within ``margin`` frames of it, consecutive predicted blocks share one window (up
     to ``keep`` frames plus the context on each side), and every other frame gets probability 0 without
-    running the network. Predicted frames see exactly the context an ungated run gives them except at the
-    edges of a gated window, where the window's own context replaces the neighbouring predictions.
+    running the network. ``context``: frames on each side of the predicted ones (the package's 25; the
+    fused detector's gate uses 12, measured on the tune split in ``docs/scenes.md``).
     """
 
     def __init__(
@@ -96,14 +96,18 @@ class ShotProbabilities:
         gated: bool = False,
         block: int = 16,
         margin: int = 12,
+        context: int | None = None,
     ) -> None:
         self.device = resolve_device(device)
         # 2 windows of 250 frames fill a CPU's cores; a GPU wants many more in flight
         batch = batch or (2 if self.device == "cpu" else 16)
-        if keep < 1 or batch < 1 or block < 1 or margin < 0:
+        context = CONTEXT if context is None else context
+        if keep < 1 or batch < 1 or block < 1 or margin < 0 or context < 0:
             raise ValueError(
-                f"keep, batch, block must be >= 1 and margin >= 0, got {keep}, {batch}, {block}, {margin}"
+                "keep, batch, block must be >= 1, margin and context >= 0, "
+                f"got {keep}, {batch}, {block}, {margin}, {context}"
             )
+        self.context = context
         self.net = load_network(self.device)
         self.keep, self.batch, self.gated = keep, batch, gated
         # ungated: one block per window, every frame wanted
@@ -129,7 +133,7 @@ class ShotProbabilities:
             raise ValueError(f"expected a {HEIGHT}x{WIDTH}x3 frame, got {rgb.shape}")
         i = self.num_frames
         if i == 0:
-            self._frames.extend([rgb] * CONTEXT)  # the first frame, replicated, is the left context
+            self._frames.extend([rgb] * self.context)  # the first frame, replicated, is the left context
         self._frames.append(rgb)
         self.num_frames += 1
         if wanted or not self.gated:
@@ -146,8 +150,8 @@ class ShotProbabilities:
         """Predict or skip every block whose fate and right context are known."""
         n, k = self.num_frames, self.block
         # A block ending at e is decided when no later frame can still mark it (margin) and its right
-        # context has arrived (CONTEXT); at the end everything is decided (the last frame is replicated).
-        limit = n if final else n - max(CONTEXT, self.margin)
+        # context has arrived (self.context); at the end everything is decided (the last frame is replicated).
+        limit = n if final else n - max(self.context, self.margin)
         while self._next < n:
             first = self._next
             end = min(first + k, n)
@@ -180,9 +184,9 @@ class ShotProbabilities:
         # The window is a whole number of blocks (the last frame replicated past the end), so that with
         # keep=50 and no gate the predictions are the package's own.
         length = -(-(end - first) // self.block) * self.block
-        lo = first - self._offset  # padded index first - CONTEXT + CONTEXT
-        frames = self._frames[lo : lo + length + 2 * CONTEXT]
-        frames = frames + [self._frames[-1]] * (length + 2 * CONTEXT - len(frames))
+        lo = first - self._offset  # padded index first - context + context
+        frames = self._frames[lo : lo + length + 2 * self.context]
+        frames = frames + [self._frames[-1]] * (length + 2 * self.context - len(frames))
         if self._pending and len(self._pending[0][2]) != len(frames):
             self._flush()
         self._pending.append((first, end, np.stack(frames)))
@@ -201,7 +205,7 @@ class ShotProbabilities:
             many = torch.sigmoid(extra["many_hot"][:, :, 0]).float().cpu().numpy()
         for j, (first, end, _) in enumerate(self._pending):
             count = end - first
-            keep = slice(CONTEXT, CONTEXT + count)
+            keep = slice(self.context, self.context + count)
             self._out.append((first, single[j, keep], many[j, keep]))
             self.predicted_frames += count
         self.network_frames += clips.shape[0] * clips.shape[1]
