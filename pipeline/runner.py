@@ -168,7 +168,8 @@ def storage_error(error: BaseException) -> OSError | None:
         seen.add(id(e))
         if isinstance(e, OSError) and not type(e).__module__.startswith("ray"):
             found = e  # the innermost original, not Ray's wrapper of it
-        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+        context = None if e.__suppress_context__ else e.__context__  # `raise ... from None` hides it
+        todo += [e.__cause__, context, getattr(e, "cause", None)]
     return found
 
 
@@ -197,6 +198,8 @@ def run_curate(
             return _curate_locked(recipe, input_path, output, limit, address, quiet, retry_failed)
         except KeyboardInterrupt:
             watchdog.raise_if_stalled()  # the stall watchdog interrupted the run: its error, one line
+            raise
+        except RecipeError:  # a user error (no input, a bad recipe, ...): its own one line
             raise
         except Exception as e:
             cause = storage_error(e)
