@@ -25,19 +25,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vidsift.pipeline.cluster import max_resources, record_placement, video_stages
-from vidsift.pipeline.publish import WORK_SCHEMA, write_failed, write_parts, write_video_part
+from vidsift.pipeline.publish import WORK_SCHEMA, publish_group, write_failed, write_parts, write_video_part
 from vidsift.pipeline.recipe import Recipe
 
 
 def video_task(
-    batch: pa.Table, recipe_dict: dict, out: str, fetch: dict | None = None, log=None, cwd: str = ""
+    batch: pa.Table,
+    recipe_dict: dict,
+    out: str,
+    fetch: dict | None = None,
+    log=None,
+    cwd: str = "",
+    env: list | None = None,
 ) -> pa.Table:
     """Ray Data UDF: input rows (source_uri, group, duplicate_of, source_meta) -> the videos' clip rows and
     one receipt row per video (its row already written to a part file under ``out``)."""
     from vidsift.pipeline.input_lists import FetchLimits, process_input
     from vidsift.pipeline.recipe import build_recipe
 
-    use_driver_cwd(cwd)
+    enter_run(cwd, env)
     recipe = build_recipe(recipe_dict)
     rows = []
     for item in batch.to_pylist():
@@ -91,10 +97,10 @@ def run_clip_stage(stage, batch: pa.Table) -> tuple[pa.Table, int]:
 class ClipStageTask:
     """Ray Data actor for one clip stage: loads the stage (its model) once, then maps batches."""
 
-    def __init__(self, name: str, config: dict, log=None, cwd: str = "") -> None:
+    def __init__(self, name: str, config: dict, log=None, cwd: str = "", env: list | None = None) -> None:
         from vidsift.pipeline.registry import STAGES
 
-        use_driver_cwd(cwd)
+        enter_run(cwd, env)
         spec = STAGES[name]
         self.name = name
         self.stage = spec.impl(spec.config(**config))
@@ -109,14 +115,31 @@ class ClipStageTask:
         return batch
 
 
-def use_driver_cwd(cwd: str) -> None:
-    """Run in the driver's working directory where this node has it, so that a stage's relative paths (a
-    model folder such as ``out/tiny-models/tiny-qwen2-lm``, a sidecar) mean on the workers what they mean
-    where the user typed them: a Ray worker starts elsewhere (its raylet's folder). The rows still record
-    the names as the recipe gives them. On a cluster such paths must be on a filesystem every node mounts
-    at the same place; where the folder does not exist the worker stays where it is."""
+def enter_run(cwd: str, env: list | None) -> None:
+    """What every task and actor of the run does first.
+
+    ``cwd``: run in the driver's working directory where this node has it, so that a stage's relative paths
+    (a model folder such as ``out/tiny-models/tiny-qwen2-lm``, a sidecar) and a relative ``--output`` mean on
+    the workers what they mean where the user typed them: a Ray worker starts elsewhere (its raylet's
+    folder). The rows still record the names as the recipe gives them. On a cluster such paths must be on a
+    filesystem every node mounts at the same place; where the folder does not exist the worker stays.
+
+    ``env``: ``[ObjectRef]`` of the variables a driver inside the cluster (``ray://``) forwards (API keys,
+    S3 settings), or ``[None]`` / None when the job's setup hook has set them already; a list, so that Ray
+    passes the reference through instead of its value."""
     if cwd and os.path.isdir(cwd) and os.getcwd() != cwd:
         os.chdir(cwd)
+    ref = (env or [None])[0]
+    if ref is not None:
+        import ray
+
+        os.environ.update(ray.get(ref))
+
+
+def publish_in_run(env: list | None, out: str, group: str, files: list[str], parts: list[str], config: dict):
+    """``publish.publish_group`` as a task of the run (with the run's forwarded environment)."""
+    enter_run("", env)
+    return publish_group(out, group, files, parts, config)
 
 
 def video_resources(recipe: Recipe, video_cpus: float | None) -> dict:
@@ -131,7 +154,9 @@ def video_resources(recipe: Recipe, video_cpus: float | None) -> dict:
     return res
 
 
-def build_dataset(recipe: Recipe, items: list[dict], out: str, video_res: dict, fetch: dict, log):
+def build_dataset(
+    recipe: Recipe, items: list[dict], out: str, video_res: dict, fetch: dict, log, env_ref=None
+):
     """The run's Ray Data plan over ``items`` (one per input video); iterating it yields receipts."""
     import ray
 
@@ -150,14 +175,21 @@ def build_dataset(recipe: Recipe, items: list[dict], out: str, video_res: dict, 
         )
     if recipe.run.max_videos_in_flight:
         video_res = {**video_res, "compute": ray.data.TaskPoolStrategy(size=recipe.run.max_videos_in_flight)}
-    env = {"runtime_env": video_res["runtime_env"]} if "runtime_env" in video_res else {}
-    cwd = os.getcwd()  # relative paths in stage configs mean the same on the workers (use_driver_cwd)
+    cwd = os.getcwd()  # relative paths in stage configs mean the same on the workers (enter_run)
+    env = [env_ref]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(
         video_task,
         batch_size=1,
         batch_format="pyarrow",
-        fn_kwargs={"recipe_dict": recipe.to_dict(), "out": out, "fetch": fetch, "log": log, "cwd": cwd},
+        fn_kwargs={
+            "recipe_dict": recipe.to_dict(),
+            "out": out,
+            "fetch": fetch,
+            "log": log,
+            "cwd": cwd,
+            "env": env,
+        },  # fmt: skip
         **video_res,
     )
     for entry in recipe.stages_of_kind("clip"):
@@ -169,11 +201,22 @@ def build_dataset(recipe: Recipe, items: list[dict], out: str, video_res: dict, 
                 "config": dataclasses.asdict(entry.config),
                 "log": log,
                 "cwd": cwd,
+                "env": env,
             },
             batch_size=getattr(entry.config, "batch_size", 8),
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors),
             **res.ray_options(),
-            **env,
         )
-    return ds.map_batches(write_parts, batch_format="pyarrow", fn_kwargs={"out": out}, **video_res)
+    return ds.map_batches(
+        write_parts_in_run,
+        batch_format="pyarrow",
+        fn_kwargs={"out": out, "cwd": cwd, "env": env},
+        **video_res,
+    )
+
+
+def write_parts_in_run(batch: pa.Table, out: str, cwd: str = "", env: list | None = None) -> pa.Table:
+    """``publish.write_parts`` as a task of the run (its working directory and forwarded environment)."""
+    enter_run(cwd, env)
+    return write_parts(batch, out)

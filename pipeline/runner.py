@@ -36,10 +36,10 @@ from vidsift.pipeline.cluster import (
     max_resources,
     video_stages,
 )
-from vidsift.pipeline.dataflow import build_dataset, video_resources
+from vidsift.pipeline.dataflow import build_dataset, publish_in_run, video_resources
 from vidsift.pipeline.manifest import build_manifest, print_summary
 from vidsift.pipeline.progress import progress_bar
-from vidsift.pipeline.publish import PARTS, WRITE_FAILED, GroupBuffer, publish_group
+from vidsift.pipeline.publish import PARTS, WRITE_FAILED, GroupBuffer
 from vidsift.pipeline.recipe import Recipe, RecipeError
 from vidsift.pipeline.stages.write_shards import (
     done_groups,
@@ -312,11 +312,11 @@ def _run_through_client(
     import ray
 
     init_ray(address)
-    # the recipe's API keys and the S3 settings of this process go to the in-cluster driver as a task
-    # argument (not runtime_env env_vars, whose values Ray writes to its logs); it forwards them to the
-    # run's workers (``forwarded_env``)
+    # the recipe's API keys and the S3 settings of this process go to the in-cluster driver through the
+    # object store (not runtime_env env_vars, whose values Ray writes to its logs); it forwards them to the
+    # run's workers the same way (``forwarded_env``, ``dataflow.enter_run``)
     s3 = storage.s3_environment(recipe.run.s3_endpoint_url, recipe.run.s3_region)
-    env = {**forwarded_env(recipe), **s3}
+    env = [ray.put({**forwarded_env(recipe), **s3})]
     task = ray.remote(_curate_in_cluster).options(num_cpus=0, max_retries=0)
     error = ray.get(task.remote(recipe.to_dict(), input_path, output, limit, quiet, retry_failed, env))
     if error:
@@ -331,12 +331,13 @@ def _curate_in_cluster(
     limit: int | None,
     quiet: bool,
     retry_failed: bool = False,
-    env: dict[str, str] | None = None,
+    env: list | None = None,
 ) -> str:
     """The driver of a ``ray://`` run, inside the cluster; returns a user error's message, or ""."""
+    from vidsift.pipeline.dataflow import enter_run
     from vidsift.pipeline.recipe import build_recipe
 
-    os.environ.update(env or {})  # API keys and S3 settings of the client: forwarded to the workers from here
+    enter_run("", env)  # API keys and S3 settings of the client: forwarded to the workers from here
     recipe = build_recipe(recipe_dict)
     try:
         rc = run_curate(recipe, input_path, output, limit, None, quiet, retry_failed)
@@ -375,8 +376,10 @@ def _run_groups(
             f"vidsift curate: per-video tasks run with num_cpus={video_res['num_cpus']:g} instead of "
             f"{wanted:g}: no node has more left once the clip-stage pools are spread over it"
         )
-    if worker_env and not hooked:  # a driver inside the cluster (ray://): Ray logs these values
-        video_res["runtime_env"] = {"env_vars": worker_env}  # S3 settings, API keys
+    # A driver inside the cluster (ray://) could not install the setup hook: the values go to every task and
+    # actor of the run through the object store (one reference, fetched by the worker: never runtime_env
+    # env_vars, which Ray writes to its logs, nor a plain argument Ray may print)
+    env_ref = ray.put(worker_env) if worker_env and not hooked else None
     items = [
         {
             "source_uri": uri,
@@ -389,13 +392,11 @@ def _run_groups(
     ]
     fetch = dataclasses.asdict(FetchLimits.from_env(recipe.run.fetch_max_mb, recipe.run.fetch_timeout_s))
     log = ray.remote(PlacementLog).options(num_cpus=0).remote()
-    ds = build_dataset(recipe, items, str(out), video_res, fetch, log)
+    ds = build_dataset(recipe, items, str(out), video_res, fetch, log, env_ref)
     buffers = {g: GroupBuffer(expected=set(files)) for g, files in pending.items()}
     parts: dict[str, set[str]] = defaultdict(set)
     write_cfg = dataclasses.asdict(recipe.stage("write_shards"))
-    publish = ray.remote(publish_group).options(
-        num_cpus=0, max_retries=3, scheduling_strategy="SPREAD", runtime_env=video_res.get("runtime_env")
-    )
+    publish = ray.remote(publish_in_run).options(num_cpus=0, max_retries=3, scheduling_strategy="SPREAD")
     publishing: list = []
     accepted = 0
     counters = "{task.fields[clips]} clips, {task.fields[groups]} groups written"
@@ -419,7 +420,8 @@ def _run_groups(
                     accepted += 1
             for g in [g for g, b in buffers.items() if b.complete()]:
                 buffers.pop(g)
-                publishing.append(publish.remote(str(out), g, pending[g], sorted(parts.pop(g)), write_cfg))
+                group_parts = sorted(parts.pop(g))
+                publishing.append(publish.remote([env_ref], str(out), g, pending[g], group_parts, write_cfg))
             done, publishing = ray.wait(publishing, num_returns=len(publishing), timeout=0)
             ray.get(done)  # a group that could not be written fails the run here, with its error
             written += len(done)

@@ -231,6 +231,35 @@ def test_quick_start_shape_runs_on_two_one_cpu_nodes_with_the_key_forwarded(clus
     assert len(files) > 20 and not [p for p in files if KEY.encode() in p.read_bytes()]
 
 
+@pytest.mark.timeout(600)
+def test_through_ray_client_the_key_reaches_the_actors_and_no_log(cluster, tiny_clips, tmp_path):
+    """``--address ray://``: the run's driver is a task inside the cluster, which cannot install the worker
+    setup hook. The API key still reaches the caption actors (through the object store), and it is in no
+    file of the output nor of anything Ray wrote on the cluster's nodes (runtime_env env_vars would be)."""
+    from tests.pipeline.test_caption_openai import DESCRIPTION, KEY, Server, start
+
+    server = start(Server())
+    try:
+        captions = "".join(CAPTION.format(name=n, url=server.url) for n in ("caption_vlm", "caption_expand"))
+        recipe = tmp_path / "captioned.toml"
+        recipe.write_text(CAPTIONED.format(captions=captions))
+        out = tmp_path / "client"
+        result = subprocess.run(
+            [vidsift_exe(), "curate", str(recipe), "--input", str(tiny_clips), "--output", str(out),
+             "--address", cluster.client_address, "--limit", "2"],
+            capture_output=True, text=True, env=cluster.env() | {"OPENAI_API_KEY": KEY}, timeout=500,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:] + cluster.log_tails("ray_client_server*")
+        assert sum(server.calls.values()) and set(server.auth) == {f"Bearer {KEY}"}
+    finally:
+        server.shutdown()
+        server.server_close()
+    clips = read_rows(str(out), "clips")
+    assert clips and all(c["caption"] == DESCRIPTION for c in clips)
+    files = [p for where in (out, Path(cluster.temp_dir)) for p in where.rglob("*") if p.is_file()]
+    assert len(files) > 20 and not [p for p in files if KEY.encode() in p.read_bytes()]
+
+
 @pytest.mark.timeout(300)
 def test_a_run_that_cannot_place_its_tasks_ends_with_the_demand_named(tmp_path):
     """The placement check off (as on an autoscaling cluster) and a per-video resource no node has: on an
