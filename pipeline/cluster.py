@@ -5,8 +5,7 @@
 - ``demands`` / ``check_fits``: the placement check before anything runs: one per-video task plus every
   clip-stage pool's ``min_actors``, placed per node the way Ray spreads them; a recipe that could never be
   placed is a ``RecipeError`` naming the stage, not a silent stall;
-- ``PlacementLog``: where work ran, recorded once per stage and node and batch (never per row); the
-  manifest's ``last_run_placement``.
+- ``node_id``: the Ray node a worker runs on (where work ran: ``dataflow.note_placement``).
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import math
 import os
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 
 from vidsift.pipeline import storage
 from vidsift.pipeline.recipe import Recipe, RecipeError
@@ -245,29 +244,3 @@ def max_resources(resources: list) -> dict:
             else:
                 opts[k] = max(opts.get(k, 0), v)
     return opts
-
-
-class PlacementLog:
-    """A zero-CPU Ray actor that counts, per stage and Ray node, the videos (stage ``video``) and the clips
-    each stage worked on. Workers report once per batch, not per row; a retried task reports again, so the
-    counts are of work done, attempts included."""
-
-    def __init__(self) -> None:
-        self.rows: dict[str, Counter] = defaultdict(Counter)
-
-    def add(self, stage: str, node: str, n: int) -> None:
-        self.rows[stage][node] += n
-
-    def counts(self) -> dict[str, dict[str, int]]:
-        return {stage: dict(sorted(c.items())) for stage, c in sorted(self.rows.items())}
-
-
-def record_placement(log, stage: str, n: int) -> None:
-    """Report ``n`` rows of ``stage`` done on this worker's node to ``log`` (a ``PlacementLog`` handle, or
-    None outside a run: a stage called directly in a test). Waits for the actor, so the driver's final
-    ``counts`` sees every report of the batches it received."""
-    if log is None or not n:
-        return
-    import ray
-
-    ray.get(log.add.remote(stage, node_id(), n))

@@ -10,7 +10,9 @@
   clip rows of a batch, only the columns it declares it reads (``stage.reads``), and joins the columns it
   wrote back into the batch, in place; rejected clips and video receipts pass
   through untouched.
-- Where work ran is reported once per batch and node to the run's ``cluster.PlacementLog``, not per row.
+- Where work ran is noted once per batch and stage (``note_placement``: ``{stage: {node: rows}}`` on the
+  batch's first row), not per row; the driver sums the receipts' notes into ``last_run_placement``. A retried
+  task's output replaces the failed one's, so nothing is counted twice.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vidsift.pipeline.cluster import max_resources, record_placement, video_stages
+from vidsift.pipeline.cluster import max_resources, node_id, video_stages
 from vidsift.pipeline.publish import WORK_SCHEMA, publish_group, write_failed, write_parts, write_video_part
 from vidsift.pipeline.recipe import Recipe
 
@@ -34,7 +36,6 @@ def video_task(
     recipe_dict: dict,
     out: str,
     fetch: dict | None = None,
-    log=None,
     cwd: str = "",
     env: list | None = None,
 ) -> pa.Table:
@@ -61,8 +62,25 @@ def video_task(
         receipt = {"group": video["group"], "source_uri": video["source_uri"], "part": part}
         rows.append({"row_kind": "video", "rows_of_video": n, **receipt})
         rows.extend({"row_kind": "clip", "rows_of_video": n, **c} for c in clips)
-    record_placement(log, "video", batch.num_rows)
-    return pa.Table.from_pylist([{n: r.get(n) for n in WORK_SCHEMA.names} for r in rows], schema=WORK_SCHEMA)
+    table = pa.Table.from_pylist([{n: r.get(n) for n in WORK_SCHEMA.names} for r in rows], schema=WORK_SCHEMA)
+    return note_placement(table, "video", batch.num_rows)
+
+
+def note_placement(batch: pa.Table, stage: str, n: int) -> pa.Table:
+    """``batch`` with ``n`` rows of work by ``stage`` on this worker's node added to the placement note of its
+    first row (``publish.WORK_SCHEMA``); unchanged when there is nothing to note."""
+    import json
+
+    if not n or not batch.num_rows:
+        return batch
+    note = json.loads(batch["placement"][0].as_py() or "{}")
+    nodes = note.setdefault(stage, {})
+    node = node_id()
+    nodes[node] = nodes.get(node, 0) + n
+    column = batch["placement"].combine_chunks().to_pylist()
+    column[0] = json.dumps(note, sort_keys=True)
+    index = batch.schema.get_field_index("placement")
+    return batch.set_column(index, batch.schema.field(index), pa.array(column, pa.string()))
 
 
 def accepted_clips(batch: pa.Table) -> pa.ChunkedArray:
@@ -97,7 +115,7 @@ def run_clip_stage(stage, batch: pa.Table) -> tuple[pa.Table, int]:
 class ClipStageTask:
     """Ray Data actor for one clip stage: loads the stage (its model) once, then maps batches."""
 
-    def __init__(self, name: str, config: dict, log=None, cwd: str = "", env: list | None = None) -> None:
+    def __init__(self, name: str, config: dict, cwd: str = "", env: list | None = None) -> None:
         from vidsift.pipeline.registry import STAGES
 
         enter_run(cwd, env)
@@ -107,12 +125,10 @@ class ClipStageTask:
         unknown = [c for c in (*self.stage.reads, *self.stage.writes) if c not in WORK_SCHEMA.names]
         if unknown:
             raise RuntimeError(f"stage {name} declares columns that are not clip columns: {unknown}")
-        self.log = log
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         batch, n = run_clip_stage(self.stage, batch)
-        record_placement(self.log, self.name, n)
-        return batch
+        return note_placement(batch, self.name, n)
 
 
 def enter_run(cwd: str, env: list | None) -> None:
@@ -154,9 +170,7 @@ def video_resources(recipe: Recipe, video_cpus: float | None) -> dict:
     return res
 
 
-def build_dataset(
-    recipe: Recipe, items: list[dict], out: str, video_res: dict, fetch: dict, log, env_ref=None
-):
+def build_dataset(recipe: Recipe, items: list[dict], out: str, video_res: dict, fetch: dict, env_ref=None):
     """The run's Ray Data plan over ``items`` (one per input video); iterating it yields receipts."""
     import ray
 
@@ -186,7 +200,6 @@ def build_dataset(
             "recipe_dict": recipe.to_dict(),
             "out": out,
             "fetch": fetch,
-            "log": log,
             "cwd": cwd,
             "env": env,
         },  # fmt: skip
@@ -199,7 +212,6 @@ def build_dataset(
             fn_constructor_kwargs={
                 "name": entry.name,
                 "config": dataclasses.asdict(entry.config),
-                "log": log,
                 "cwd": cwd,
                 "env": env,
             },

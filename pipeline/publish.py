@@ -30,6 +30,9 @@ WORK_SCHEMA = pa.schema(
         pa.field("row_kind", pa.string()),  # "clip", or "video": the receipt of a video row in ``part``
         pa.field("rows_of_video", pa.int32()),  # rows the video sent: its video row and every candidate clip
         pa.field("part", pa.string()),
+        # where the batch this row came in was worked on: JSON {stage: {node: rows}}, on one row of each batch
+        # per stage (null on the others), so the driver's sums count every row once
+        pa.field("placement", pa.string()),
     ]
     + [pa.field(f.name, f.type) for f in REJECTED_SCHEMA]
 )
@@ -40,7 +43,7 @@ CLIP_PART_SCHEMA = pa.schema([pa.field("rows_of_video", pa.int32()), *REJECTED_S
 PARTS = "_parts"  # OUT/_parts/<group>/<part>.parquet: rows written by workers, not yet a published group
 VIDEO_PART = ".video.parquet"
 RECEIPT_COLUMNS = (
-    "group", "source_uri", "row_kind", "rows_of_video", "reject_reason", "reject_detail", "part"
+    "group", "source_uri", "row_kind", "rows_of_video", "reject_reason", "reject_detail", "part", "placement"
 )  # fmt: skip
 RECEIPT_SCHEMA = pa.schema([WORK_SCHEMA.field(c) for c in RECEIPT_COLUMNS])
 # row_kind of a receipt that says a part file could not be written (its error in reject_detail): the driver

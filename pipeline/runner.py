@@ -22,12 +22,11 @@ import json
 import os
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from vidsift.pipeline import storage
 from vidsift.pipeline.cluster import (
-    PlacementLog,
     check_fits,
     demands,
     describe_demand,
@@ -391,14 +390,14 @@ def _run_groups(
         for uri in files
     ]
     fetch = dataclasses.asdict(FetchLimits.from_env(recipe.run.fetch_max_mb, recipe.run.fetch_timeout_s))
-    log = ray.remote(PlacementLog).options(num_cpus=0).remote()
-    ds = build_dataset(recipe, items, str(out), video_res, fetch, log, env_ref)
+    ds = build_dataset(recipe, items, str(out), video_res, fetch, env_ref)
     buffers = {g: GroupBuffer(expected=set(files)) for g, files in pending.items()}
     parts: dict[str, set[str]] = defaultdict(set)
     write_cfg = dataclasses.asdict(recipe.stage("write_shards"))
     publish = ray.remote(publish_in_run).options(num_cpus=0, max_retries=3, scheduling_strategy="SPREAD")
     publishing: list = []
     accepted = 0
+    rows_by_stage: dict[str, Counter] = defaultdict(Counter)
     counters = "{task.fields[clips]} clips, {task.fields[groups]} groups written"
     with progress_bar("curate", "videos", counters, console=console) as progress:
         task = progress.add_task("curate", total=len(items), clips=0, groups=0)
@@ -414,6 +413,8 @@ def _run_groups(
                     raise OutputError(stopped(out, row["reject_detail"]))
                 buffers[row["group"]].count(row)
                 parts[row["group"]].add(row["part"])
+                for stage, by_node in json.loads(row["placement"] or "{}").items():
+                    rows_by_stage[stage].update(by_node)
                 if row["row_kind"] == "video":
                     progress.advance(task)
                 elif not row["reject_reason"]:
@@ -438,7 +439,7 @@ def _run_groups(
     # per Ray node: videos of the per-video task, clips of each clip stage, in this invocation (a resumed
     # run counts only what it ran)
     return {
-        "rows": ray.get(log.counts.remote()),
+        "rows": {stage: dict(sorted(c.items())) for stage, c in sorted(rows_by_stage.items())},
         "nodes": {
             n["NodeID"]: {k: v for k, v in sorted(n["Resources"].items()) if not k.startswith("node:")}
             for n in nodes

@@ -748,6 +748,10 @@ def _licences(db: RunDb) -> dict:
     """Accepted clips and input videos per ``licence`` of their input list row (``source_meta``); rows
     without one count as ``unknown``. ``{}`` for a run without ``source_meta`` (not from a list)."""
     out = {}
+    # a run not made from an input list has no source_meta in any video row (every clip's comes from its
+    # video's): one look at the small video table spares a scan of the clip table
+    if not db.has("videos", "source_meta") or not db.rows("SELECT count(source_meta) FROM videos")[0][0]:
+        return out
     spellings = ", ".join(f"json_extract_string(source_meta, '$.{k}')" for k in ("licence", "license"))
     for key, table in (("clips", "clips"), ("videos", "videos")):
         if not db.has(table, "source_meta"):
