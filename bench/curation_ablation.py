@@ -296,7 +296,7 @@ def summarise(values: list[float]) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=os.path.join(ROOT, "out", "curation_ablation"))
-    p.add_argument("--quick", action="store_true", help="1,500 steps (58 min, --jobs 3, busy 2 cores)")
+    p.add_argument("--quick", action="store_true", help="1,500 steps (16 min quiet with --jobs 2)")
     p.add_argument("--toy", action="store_true", help="plumbing only: tiny pool, a few steps, few samples")
     p.add_argument("--steps", type=int, default=0, help="training steps (default: 5000, --quick 1500)")
     p.add_argument("--seeds", type=int, default=3, help="training seeds per arm")
