@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import warnings
@@ -69,8 +70,6 @@ def video_task(
 def note_placement(batch: pa.Table, stage: str, n: int) -> pa.Table:
     """``batch`` with ``n`` rows of work by ``stage`` on this worker's node added to the placement note of its
     first row (``publish.WORK_SCHEMA``); unchanged when there is nothing to note."""
-    import json
-
     if not n or not batch.num_rows:
         return batch
     note = json.loads(batch["placement"][0].as_py() or "{}")

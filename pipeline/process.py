@@ -27,7 +27,7 @@ from contextlib import ExitStack
 
 import av
 
-from vidsift.pipeline import storage
+from vidsift.pipeline import schema, storage
 from vidsift.pipeline.recipe import Recipe
 from vidsift.pipeline.registry import STAGES
 from vidsift.pipeline.stages.core import VideoWork, find_scenes
@@ -229,7 +229,7 @@ def account_group(videos: list[dict], clips: list[dict], rejected: list[dict]) -
     return [account_video(v, by_uri[v["source_uri"]]) for v in videos]
 
 
-REJECT_COLUMNS = ("reject_stage", "reject_reason", "reject_detail")  # any clip stage may reject a clip
+REJECT_COLUMNS = tuple(c.name for c in schema.REJECT_COLUMNS)  # any clip stage may reject a clip
 
 
 def call_clip_stage(stage, rows: list[dict]) -> list[dict]:

@@ -153,9 +153,9 @@ def test_time_true_frames_take_the_same_seconds_per_sample_at_any_source_rate(tm
     row = {"clip_id": "c", "clip_mp4": mp4, "caption": "x", "fps": float(source_fps)}
     source = ClipSource(8, 64, 96, stride=2, fps=10.0)
     numbers = _bar_numbers(source.sample(row, 0.5).x)
-    seconds = [n / source_fps for n in numbers]
-    assert np.allclose(np.diff(seconds), 0.1)  # one training frame per 1/10 s, whatever the source rate
-    assert abs(seconds[0] - 1.15) < 0.06  # the middle window of the 3 s clip
+    video_times = [n / source_fps for n in numbers]  # positions in the clip (its drawn frame numbers)
+    assert np.allclose(np.diff(video_times), 0.1)  # one training frame per 1/10 s, whatever the source rate
+    assert abs(video_times[0] - 1.15) < 0.06  # the middle window of the 3 s clip
     # without fps the old fixed stride: every 2nd frame, 1/15 s or 1/30 s apart
     assert np.allclose(np.diff(_bar_numbers(ClipSource(8, 64, 96, stride=2).sample(row, 0.5).x)), 2)
 
