@@ -19,6 +19,7 @@ import ast
 import json
 import operator
 import os
+import sys
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -376,10 +377,17 @@ def _sorted_take(t: pa.Table, idx: np.ndarray) -> pa.Table:
 
 
 def _select_group(
-    src: Location, dst: Location, group: str, mask_of: Mask, text: str, config: WriteShardsConfig
+    src: Location,
+    dst: Location,
+    group: str,
+    mask_of: Mask,
+    text: str,
+    config: WriteShardsConfig,
+    latents: dict[str, dict[str, Location]] | None = None,
 ) -> tuple[Counter, dict[str, pa.Table]]:
-    """One group of ``select_run``: decide its rows again and write them to ``dst``; the move counts and
-    the ``COUNTED`` columns of what it wrote.
+    """One group of ``select_run``: decide its rows again and write them to ``dst``, with the cached
+    latents of the clips it keeps (``carry_latents``; ``latents``: ``latent_files(src)``); the move and
+    latents counts and the ``COUNTED`` columns of what it wrote.
 
     Every row gets its new reason columns in one table (kept reasons, ``select_where``,
     ``not_transcoded`` or none), then each output table is one sorted gather of it: the rows and their
@@ -427,6 +435,9 @@ def _select_group(
     moves["rejected_kept"] += int((~decide).sum() + (failed & ~was_accepted).sum())
     moves["rejected_not_transcoded"] += int(not_transcoded.sum())
     written = write_group_tables(dst, group, new_clips, new_rejected, t["videos"], config, presorted=True)
+    if latents:
+        newly = rows.column("clip_id").filter(pa.array(accepted & ~was_accepted))
+        moves.update(carry_latents(src, dst, group, latents, new_clips.column("clip_id"), newly))
     return moves, {name: written[name].select(columns) for name, columns in COUNTED.items()}
 
 
@@ -470,6 +481,7 @@ def select_run(
         raise SelectError(f"--output {dst} exists and is not empty")
     config = config or _run_write_config(src)
     moves: Counter = Counter()
+    carried: Counter = Counter()  # latents_* counts of carry_latents
     written: dict[str, list[pa.Table]] = {name: [] for name in COUNTED}  # counted at the end, not re-read
     # groups are independent: a few threads overlap Parquet reads, compute and writes (all release the GIL)
     from vidsift.pipeline.progress import progress_bar
@@ -478,9 +490,11 @@ def select_run(
     bar = progress_bar("select", "groups", "{task.fields[rows]} rows decided", quiet=quiet)
     with ThreadPoolExecutor(max_workers=SELECT_THREADS) as pool, bar:
         task = bar.add_task("select", total=len(groups), rows=0)
-        jobs = [pool.submit(_select_group, src, dst, g, mask_of, text, config) for g in groups]
+        latents = latent_files(src)
+        jobs = [pool.submit(_select_group, src, dst, g, mask_of, text, config, latents) for g in groups]
         for k, job in enumerate(jobs, 1):
             group_moves, counted = job.result()
+            carried.update({k: group_moves.pop(k) for k in list(group_moves) if k.startswith("latents_")})
             moves.update(group_moves)
             for name, part in counted.items():
                 written[name].append(part)
@@ -491,11 +505,92 @@ def select_run(
     manifest = json.loads(storage.read_text(storage.join(src, "manifest.json")))
     kind = "where" if where is not None else "sql"
     manifest["select"] = {"source": str(src), kind: text, "moves": dict(sorted(moves.items()))}
+    if latents:
+        kinds = ("latents_rows", "latents_rows_dropped", "latents_clips_missing", "latents_groups_incomplete")
+        manifest["select"]["latents"] = {"models": sorted(latents), **{k: carried[k] for k in kinds}}
+        line = (
+            f"select: cached latents of {len(latents)} model(s) carried: {carried['latents_rows']} rows "
+            f"kept, {carried['latents_rows_dropped']} of clips not kept left behind; "
+            f"{carried['latents_clips_missing']} newly accepted clips have none "
+            f"({carried['latents_groups_incomplete']} group files marked for `vidsift encode` to redo)"
+        )
+        if log:
+            log(line)
+        elif not quiet:
+            print(line, file=sys.stderr)
     recipe = storage.join(src, "recipe.resolved.toml")
     if storage.exists(recipe):
         storage.write_text_atomic(storage.join(dst, "recipe.resolved.toml"), storage.read_text(recipe))
     write_manifest(dst, recount(dst, manifest, written))
     return dict(moves)
+
+
+# ------------------------------------------------------------------------------------ cached latents
+
+LATENTS = "latents"  # RUN/latents/<model key>/<group>.parquet: ``vidsift encode --vae diffusers:NAME``
+LATENTS_SETTINGS = (
+    b"vidsift_latents"  # the settings a cache file was written with (model/finetune/latents.py)
+)
+
+
+def latent_files(run: Location) -> dict[str, dict[str, Location]]:
+    """``{model key: {group: file}}`` of the run's cached latents (none: ``{}``)."""
+    try:
+        files = storage.list_files(storage.join(run, LATENTS))
+    except FileNotFoundError:
+        return {}
+    out: dict[str, dict[str, Location]] = {}
+    for f in files:
+        parts = str(f).rsplit("/", 3)
+        if len(parts) == 4 and parts[1] == LATENTS and parts[3].endswith(".parquet"):
+            if not parts[3].startswith("."):  # a killed writer's partial file
+                out.setdefault(parts[2], {})[parts[3].removesuffix(".parquet")] = f
+    return out
+
+
+def carry_latents(
+    src: Location, dst: Location, group: str, latents: dict[str, dict[str, Location]], kept: pa.ChunkedArray,
+    newly_accepted: pa.ChunkedArray,
+) -> Counter:  # fmt: skip
+    """Copy ``group``'s cached latents of every model from ``src`` to ``dst``, only the rows of the clips
+    ``dst`` keeps (``kept`` clip ids), in the same layout: same columns, file metadata and row group size.
+
+    A clip ``dst`` accepts that ``src`` had not (``newly_accepted``) has no cached row. A later ``vidsift
+    encode`` skips a group file written with its settings, so such a file's settings get a
+    ``select_missing_clips`` count: ``encode`` then sees other settings and encodes that group again, while
+    ``vidsift finetune`` uses the carried rows (it checks each row, not the file's settings) and encodes
+    the missing clips on the fly. Returns ``latents_*`` counts.
+    """
+    counts: Counter = Counter()
+    for key, groups in latents.items():
+        path = groups.get(group)
+        if path is None:
+            continue
+        md = storage.read_parquet_metadata(path)
+        t = storage.read_table(path)
+        keep = pc.is_in(t.column("clip_id"), value_set=kept.combine_chunks())
+        out = t.filter(keep)
+        counts["latents_rows"] += out.num_rows
+        counts["latents_rows_dropped"] += t.num_rows - out.num_rows
+        cached = pc.is_in(newly_accepted.combine_chunks(), value_set=t.column("clip_id").combine_chunks())
+        missing = len(newly_accepted) - int(pc.sum(cached).as_py() or 0)
+        meta = dict(t.schema.metadata or {})
+        if missing and LATENTS_SETTINGS in meta:
+            settings = json.loads(meta[LATENTS_SETTINGS])
+            settings["select_missing_clips"] = missing
+            meta[LATENTS_SETTINGS] = json.dumps(settings, sort_keys=True).encode()
+            counts["latents_groups_incomplete"] += 1
+        counts["latents_clips_missing"] += missing
+        rows_per_group = max((md.row_group(i).num_rows for i in range(md.num_row_groups)), default=1) or 1
+        compression = md.row_group(0).column(0).compression.lower() if md.num_row_groups else "zstd"
+        storage.makedirs(storage.join(dst, LATENTS, key))
+        storage.write_table_atomic(
+            out.replace_schema_metadata(meta),
+            storage.join(dst, LATENTS, key, f"{group}.parquet"),
+            compression=compression,
+            row_group_size=rows_per_group,
+        )
+    return counts
 
 
 # ----------------------------------------------------------------------------------------- counting
