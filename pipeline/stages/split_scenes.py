@@ -61,7 +61,11 @@ _NET_W, _NET_H = 48, 27
 # A rise of mean brightness (0..255) this large in one frame that falls back soon after is a flash.
 _FLASH_JUMP = 30.0
 # A cut candidate must be the largest content score among its +-_PEAK_GAP neighbours.
-_PEAK_GAP = 2
+_PEAK_GAP = 1
+# A frame correlating at least this with one just before it shows the same picture (flash test).
+_SAME_PICTURE_CORR = 0.5
+# A changed area with less than this share of the texture it covers is an occluder, not a picture.
+_OCCLUDER_TEXTURE = 0.35
 _CD_WEIGHTS = np.array(ContentDetector.DEFAULT_COMPONENT_WEIGHTS[:3], dtype=np.float64)
 # fused_gate: a frame is a candidate for the network when its content score reaches _GATE_CONTENT, or
 # its thumbnail differs from the one _GATE_LAG frames earlier by _GATE_DISTANCE (contrast-normalised),
@@ -313,6 +317,45 @@ class SceneSignals:
         return self._net.network_frames if self._net is not None else 0
 
 
+# Letterbox and pillarbox bars: thumbnail rows or columns at the frame's edge that stay black and flat
+# through the whole video (a value of at most _BAR_LEVEL in nearly every frame, and no change over time).
+_BAR_LEVEL = 20
+_BAR_FRAMES = 0.97
+_BAR_STD = 1.5
+
+
+def _picture_area(thumbs: np.ndarray) -> tuple[slice, slice]:
+    """Rows and columns of the thumbnails that show picture, letterbox/pillarbox bars left out.
+
+    A bar is a run of edge rows (or columns) that is black in nearly every frame and never changes.
+    Footage that is merely dark changes over time (noise, motion, the odd brighter frame), so it keeps
+    its whole area; at least a quarter of each dimension is always kept.
+    """
+    n, h, w = thumbs.shape[:3]
+    if n < 2:
+        return slice(0, h), slice(0, w)
+    peak = thumbs.max(axis=3)  # brightest channel per cell
+
+    def bar_lines(axis: int, length: int) -> np.ndarray:
+        line_max = peak.max(axis=axis)  # n x length
+        line_mean = peak.mean(axis=axis, dtype=np.float32)
+        return ((line_max <= _BAR_LEVEL).mean(axis=0) >= _BAR_FRAMES) & (line_mean.std(axis=0) <= _BAR_STD)
+
+    def span(bars: np.ndarray) -> slice:
+        length = len(bars)
+        lo = 0
+        while lo < length and bars[lo]:
+            lo += 1
+        hi = length
+        while hi > lo and bars[hi - 1]:
+            hi -= 1
+        if hi - lo < length // 4:
+            return slice(0, length)
+        return slice(lo, hi)
+
+    return span(bar_lines(2, h)), span(bar_lines(1, w))
+
+
 class _Thumbs:
     """Contrast-normalised distances between frame thumbnails.
 
@@ -332,6 +375,11 @@ class _Thumbs:
     BLOCK = 4096
 
     def __init__(self, thumbs: np.ndarray) -> None:
+        rows, cols = _picture_area(thumbs)
+        if rows.stop - rows.start < thumbs.shape[1] or cols.stop - cols.start < thumbs.shape[2]:
+            thumbs = np.ascontiguousarray(thumbs[:, rows, cols])
+        # Share of the frame that is picture (1.0 without letterbox or pillarbox bars).
+        self.picture_fraction = thumbs.shape[1] * thumbs.shape[2] / (_THUMB_H * _THUMB_W)
         self.t = thumbs.reshape(len(thumbs), -1)  # uint8 view; rows are converted to float on use
         self.contrast = (
             np.concatenate(
@@ -470,6 +518,37 @@ def _is_flash(luma: np.ndarray, i: int, ahead: int) -> bool:
     return bool(after.min() <= luma[i - 1] + 0.25 * jump)
 
 
+def _same_picture(thumbs: _Thumbs, i: int, j: int) -> bool:
+    """Are frames ``i..j-1`` the picture of the frames just before ``i``, lit differently?
+
+    A flash, a strobe or a burst brightens the picture that is there: its frames still correlate with
+    the frames before it. A short insert from another shot (a bright title, a white page) does not.
+    """
+    before = thumbs.t[max(0, i - 3) : i].astype(np.float32)
+    inside = thumbs.t[i:j].astype(np.float32)
+    if len(before) == 0:
+        return True
+    before -= before.mean(axis=1, keepdims=True)
+    inside -= inside.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(before, axis=1)[:, None] * np.linalg.norm(inside, axis=1)[None, :]
+    corr = (before @ inside.T) / np.maximum(norms, 1e-6)
+    return float(corr.max()) >= _SAME_PICTURE_CORR
+
+
+def _occluded(thumbs: _Thumbs, before: int, frames: np.ndarray) -> bool:
+    """Is the change from frame ``before`` to ``frames`` something flat passing in front of the lens?
+
+    An object close to the camera (a hand, a passer-by, a car) covers part of the picture with a dark,
+    blurred, nearly uniform area; a shot of its own has texture where it differs from the shot before.
+    """
+    prev = thumbs.row(before)
+    inside = thumbs.t[frames].astype(np.float32).mean(axis=0)
+    changed = np.abs(inside - prev) > 16.0
+    if changed.sum() < 8:
+        return False
+    return float(inside[changed].std()) < _OCCLUDER_TEXTURE * max(float(prev[changed].std()), 1.0)
+
+
 def _verify_cuts(
     candidates: np.ndarray, thumbs: _Thumbs, luma: np.ndarray, fps: float, config: SplitScenesConfig
 ) -> list[Transition]:
@@ -479,8 +558,9 @@ def _verify_cuts(
     ahead = max(2, round(config.lookahead_s * fps))
     cuts: list[Transition] = []
     last_cut = 0
-    for i in candidates:
-        if _is_flash(luma, int(i), ahead):
+    for k, i in enumerate(candidates):
+        j = int(candidates[k + 1]) if k + 1 < len(candidates) and candidates[k + 1] - i <= ahead else None
+        if _is_flash(luma, int(i), ahead) and (j is None or _same_picture(thumbs, int(i), j)):
             continue
         # Look back only as far as the last accepted cut: the shot before it may legitimately return
         # (shot / reverse shot), but the current shot repeating itself is not a new shot.
@@ -488,12 +568,22 @@ def _verify_cuts(
         post = np.arange(i, min(n, i + ahead + 1))
         if len(pre) == 0:
             continue
-        cross = thumbs.cross_min(pre, post)
-        # Typical frame-to-frame change on both sides, the candidate pair excluded.
-        near = np.arange(max(1, i - ahead), min(n, i + ahead + 1))
+        # Typical frame-to-frame change on both sides, the candidate pair excluded, within the shots on
+        # either side only (not across the last accepted cut or the next candidate).
+        near = np.arange(max(1, i - ahead, last_cut + 1), min(n, i + ahead + 1, j if j is not None else n))
         near = near[near != i]
         motion = float(np.median(thumbs.dist(near - 1, near))) if len(near) else 0.0
-        if cross >= config.min_cut_distance and cross >= config.motion_ratio * motion:
+        need = max(config.min_cut_distance, config.motion_ratio * motion)
+        separate = thumbs.cross_min(pre, post) >= need
+        if not separate and j is not None and j - i >= 2:
+            # A shot of a few frames between two cuts (an insert), after which the earlier shot may
+            # resume: the insert's frames differ from every frame before it and from every frame after
+            # the next cut, which a flash or an occlusion (a change of the same picture) does not.
+            insert, after = np.arange(i, j), np.arange(j, min(n, j + ahead + 1))
+            separate = min(
+                thumbs.cross_min(pre, insert), thumbs.cross_min(insert, after)
+            ) >= need and not _occluded(thumbs, i - 1, insert)
+        if separate:
             cuts.append(Transition(frame=int(i), first=int(i), last=int(i) - 1, kind="cut"))
             last_cut = int(i)
     return cuts
@@ -616,6 +706,26 @@ def _transnet_transitions(single: np.ndarray, threshold: float) -> list[Transiti
     return out
 
 
+class _PictureSignals:
+    """A video's signals measured over its picture only, when letterbox or pillarbox bars surround it.
+
+    The content score and mean brightness are means over the whole frame, where black bars add nothing
+    but area: dividing by the picture's share of the frame gives the change and brightness of the
+    picture itself, so a cut inside a 4:3 picture in a 16:9 frame counts like one that fills the frame.
+    """
+
+    def __init__(self, signals: SceneSignals, fraction: float) -> None:
+        self._signals = signals
+        self.num_frames = signals.num_frames
+        self.content = signals.content / fraction
+        self.luma = signals.luma / fraction
+        self.lit_fraction = signals.lit_fraction
+        self.thumbs = signals.thumbs
+
+    def shot_probabilities(self) -> tuple[np.ndarray, np.ndarray] | None:
+        return self._signals.shot_probabilities()
+
+
 def detect_transitions(signals: SceneSignals, fps: float, config: SplitScenesConfig) -> list[Transition]:
     """All shot boundaries of one video, sorted, at most one per transition."""
     n = signals.num_frames
@@ -624,6 +734,8 @@ def detect_transitions(signals: SceneSignals, fps: float, config: SplitScenesCon
     if not fps > 0 or not math.isfinite(fps):
         raise ValueError(f"fps must be a positive number, got {fps!r}")
     thumbs = _Thumbs(signals.thumbs)
+    if thumbs.picture_fraction < 1.0:
+        signals = _PictureSignals(signals, thumbs.picture_fraction)
     if config.detector == "fast":
         found = _detect_fast(signals, thumbs, fps, config)
     else:
@@ -689,8 +801,11 @@ def _fuse(
     for t in fades:
         busy[max(0, t.first - 2) : t.last + 3] = True
     fast_at = np.zeros(n + 2, bool)  # frames where the weight-free detector reports a boundary, +-1
+    fast_cut_at = np.zeros(n + 2, bool)  # ... a hard cut
     for t in fast:
         fast_at[max(0, t.frame - 1) : t.frame + 2] = True
+        if t.kind == "cut":
+            fast_cut_at[max(0, t.frame - 1) : t.frame + 2] = True
     ahead = max(2, round(config.lookahead_s * fps))
     found: list[Transition] = list(fades)
     floor = 0
@@ -701,7 +816,11 @@ def _fuse(
             continue
         if p < config.fused_threshold and not fast_at[peak + 1]:
             continue
-        if _is_flash(signals.luma, peak + 1, ahead) or _returns(thumbs, s, e, floor, fps, config):
+        # The weight-free detector's own verified cuts have passed its flash test already (which lets
+        # short inserts through); elsewhere the picture must not come back.
+        if not fast_cut_at[peak + 1] and (
+            _is_flash(signals.luma, peak + 1, ahead) or _returns(thumbs, s, e, floor, fps, config)
+        ):
             continue
         if e - s < 2:
             found.append(Transition(frame=peak + 1, first=peak + 1, last=peak, kind="cut"))
@@ -709,6 +828,20 @@ def _fuse(
             found.append(Transition(frame=peak + 1, first=s, last=e, kind="dissolve"))
         busy[max(0, s - 2) : e + 3] = True
         floor = peak + 1
+    # Two cuts a few frames apart can fall in one run of network frames, which gives one boundary: a
+    # further weight-free cut under the run (network at least fused_support) is a boundary too.
+    taken = np.zeros(n + 2, bool)
+    for t in found:
+        taken[max(0, t.frame - 1) : t.frame + 2] = True
+    for t in fast:
+        if (
+            t.kind == "cut"
+            and not taken[t.frame]
+            and single[max(0, t.frame - 2) : t.frame + 1].max(initial=0.0) >= config.fused_support
+        ):
+            found.append(t)
+            taken[max(0, t.frame - 1) : t.frame + 2] = True
+            busy[max(0, t.frame - 2) : t.frame + 2] = True
     for s, e in _runs(many > 0.5):
         if e - s + 1 < 3 or many[s : e + 1].max() < config.fused_gradual or busy[s : e + 1].any():
             continue

@@ -432,3 +432,35 @@ def test_without_torch_fast_is_the_default_and_works() -> None:
     done = _python(_NO_TORCH, "scenes", str(clip), "--json")
     assert done.returncode == 0, done.stderr
     assert _near(json.loads(done.stdout)[0]["cuts"], [55])
+
+
+def test_short_insert_between_two_cuts_is_two_cuts_even_when_the_shot_resumes() -> None:
+    # Three frames of another shot inside a steady shot, which then goes on: an insert, not a flash.
+    shot = _textured(5, 120)
+    frames = np.concatenate([shot[:60], _textured(6, 3, drift=0.0), shot[63:]])
+    assert [t.frame for t in _transitions(frames)] == [60, 63]
+
+
+def test_strobe_with_two_bright_frames_is_not_a_cut() -> None:
+    frames = _textured(7, 100).astype(np.float32)
+    for i in range(40, 64):
+        if (i - 40) % 4 < 2:  # two bright frames, two normal ones
+            frames[i] = frames[i] * 0.35 + 170
+    assert _transitions(frames.astype(np.uint8)) == []
+
+
+def test_pillarbox_bars_are_left_out_of_the_picture() -> None:
+    from vidsift.pipeline.stages.split_scenes import _picture_area, _Thumbs
+
+    frames = np.zeros((80, 72, 128, 3), np.uint8)
+    frames[:40, :, 16:112] = _textured(8, 40, w=96)
+    frames[40:, :, 16:112] = _textured(9, 40, w=96)
+    signals = _signals(frames)
+    rows, cols = _picture_area(signals.thumbs)
+    assert (rows, cols) == (slice(0, 16), slice(3, 21))
+    assert _Thumbs(signals.thumbs).picture_fraction == 0.75
+    assert [t.frame for t in detect_transitions(signals, FPS, CFG)] == [40]
+    # Dark footage that changes keeps its whole area.
+    dim = (_textured(10, 60).astype(np.float32) * 0.06).astype(np.uint8)
+    rows, cols = _picture_area(_signals(dim).thumbs)
+    assert (rows, cols) == (slice(0, 16), slice(0, 24))
