@@ -15,6 +15,9 @@ Steps (``find_near_duplicates``):
    its candidate count grows with the square of the run (see docs/filters.md).
    No bucket is skipped: a bucket larger than ``max_bucket`` entries is split by further bit positions
    and searched again; such splits are counted (``split_buckets``, ``split_entries``) and printed.
+   Each table is one in-place sort of keys packed above the entries' positions, then the sorted
+   entries a chunk at a time (``_packed_round``): CPU per table grows with the entries (1.0x per entry
+   from 2.6M to 26M entries), where whole-run temporaries cost page faults growing faster than the run.
 3. **Verify** (``verify_pairs``): today's decision rule on each candidate pair (the time curves,
    vectorised over pairs, then ``dedup._matches`` over the samples at three crops).
 4. **Group**: connected components over the verified pairs only (scipy), then the keep-the-best rule:
@@ -232,29 +235,54 @@ def table_positions(config: DedupConfig) -> list[np.ndarray]:
 
 
 def _keys(h: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """The bits of ``h`` at ``positions``, packed into a uint64 key (byte-wise lookup tables)."""
+    """The bits of ``h`` at ``positions``, packed into a uint64 key (lookup tables over 16-bit parts, read
+    in place: four passes over the hashes)."""
     key = np.zeros(len(h), np.uint64)
-    for byte in range(8):
-        lut = np.zeros(256, np.uint64)
-        v = np.arange(256, dtype=np.uint64)
+    parts = np.ascontiguousarray(h, "<u8").view("<u2").reshape(-1, 4)  # part k: bits 16k..16k+15
+    v = np.arange(1 << 16, dtype=np.uint64)
+    for part in range(4):
+        lut = np.zeros(1 << 16, np.uint64)
         for out_bit, pos in enumerate(positions):
-            if pos // 8 == byte:
-                lut |= ((v >> np.uint64(pos % 8)) & np.uint64(1)) << np.uint64(out_bit)
+            if pos // 16 == part:
+                lut |= ((v >> np.uint64(pos % 16)) & np.uint64(1)) << np.uint64(out_bit)
         if lut.any():
-            key |= lut[(h >> np.uint64(8 * byte)) & np.uint64(0xFF)]
+            key |= lut[parts[:, part]]
     return key
 
 
 def entries(table: HashTable) -> tuple[np.ndarray, np.ndarray]:
-    """The index entries: each clip's distinct hashes (``hash``, ``clip``), static shots repeat them."""
-    clip = np.repeat(np.arange(len(table), dtype=np.int64), np.diff(table.offsets))
+    """The index entries: each clip's distinct hashes (``hash``, ``clip``), static shots repeat them.
+
+    In clip order, each clip's hashes ascending (``bit_entropy`` samples this order). Sorted clip by clip
+    (all clips of one hash count at once, a row per clip): a global sort of (clip, hash) cost 15x more
+    for 10x the hashes.
+    """
+    lens = np.diff(table.offsets)
+    clip = np.repeat(np.arange(len(table), dtype=np.int64), lens)
     if len(clip) == 0:
         return np.zeros(0, np.uint64), np.zeros(0, np.int32)
-    order = np.lexsort((table.hashes, clip))
-    h, c = table.hashes[order], clip[order]
+    h = np.empty_like(table.hashes)
+    for n in np.unique(lens[lens > 0]):
+        at = table.offsets[:-1][lens == n][:, None] + np.arange(n)
+        h[at] = np.sort(table.hashes[at], axis=1)
     first = np.ones(len(h), bool)
-    first[1:] = (h[1:] != h[:-1]) | (c[1:] != c[:-1])
-    return h[first], c[first].astype(np.int32)
+    first[1:] = (h[1:] != h[:-1]) | (clip[1:] != clip[:-1])
+    return h[first], clip[first].astype(np.int32)
+
+
+def _sorted_keys(keys: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(order, keys[order])`` for keys below ``2**bits``, ties in index order (a stable argsort).
+
+    One ``np.sort`` of the keys packed above their positions when both fit in 64 bits: 3-4x less CPU than
+    ``argsort`` at 10^7 keys, whose cost grew 14x for 10x the keys (docs/benchmarks.md, issue 16).
+    """
+    n = len(keys)
+    low = max(1, (n - 1).bit_length())
+    if bits + low > 64:
+        order = np.argsort(keys, kind="stable")
+        return order, keys[order]
+    packed = np.sort((keys << np.uint64(low)) | np.arange(n, dtype=np.uint64))
+    return (packed & np.uint64((1 << low) - 1)).astype(np.int64), packed >> np.uint64(low)
 
 
 def table_pairs(
@@ -273,51 +301,122 @@ def table_pairs(
     """
     counts = {"hash_pairs_compared": 0, "split_buckets": 0, "split_entries": 0}
     found: list[np.ndarray] = []
-    todo = np.arange(len(hashes), dtype=np.int64)
+    low = max(1, (len(hashes) - 1).bit_length())
+    if bits + low <= 64:  # keys and positions fit one uint64: one sort, then the buckets chunk by chunk
+        todo, todo_keys = _packed_round(hashes, clips, runs, positions, bits, low, config, counts, found)
+    else:
+        order, sk = _sorted_keys(_keys(hashes, positions[:bits]), bits)
+        todo, todo_keys = _search_buckets(order, sk, bits, hashes, clips, runs, config, counts, found)
     used = bits
-    keys = _keys(hashes, positions[:bits])
-    while len(todo):
-        order = np.argsort(keys[todo], kind="stable")
-        idx = todo[order]
-        sk = keys[idx]
-        start = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]])
-        size = np.diff(np.r_[start, len(sk)])
-        big = size > config.max_bucket if used < 64 else np.zeros(len(size), bool)
-        member_big = np.repeat(big, size)
-        small_idx = idx[~member_big]
-        small_keys = sk[~member_big]
-        found.extend(_bucket_pairs(hashes, clips, runs, small_idx, small_keys, config, counts))
-        if not big.any():
-            break
-        counts["split_buckets"] += int(big.sum())
-        counts["split_entries"] += int(member_big.sum())
-        todo = idx[member_big]
+    while len(todo):  # crowded buckets, keyed again on 8 more positions
         extra = positions[used : used + 8]
-        keys[todo] = (keys[todo] << np.uint64(len(extra))) | _keys(hashes[todo], extra)
+        keys = (todo_keys << np.uint64(len(extra))) | _keys(hashes[todo], extra)
         used += len(extra)
+        order, sk = _sorted_keys(keys, used)
+        todo, todo_keys = _search_buckets(todo[order], sk, used, hashes, clips, runs, config, counts, found)
     pairs = np.unique(np.concatenate(found)) if found else np.zeros(0, np.uint64)
     return pairs, counts
 
 
-def _bucket_pairs(
+CHUNK = 1 << 19  # entries handled at once after the sort: arrays of a few MB stay in cache and in the heap
+
+
+def _packed_round(
     hashes: np.ndarray,
     clips: np.ndarray,
-    runs: np.ndarray,
+    runs: np.ndarray | None,
+    positions: np.ndarray,
+    bits: int,
+    low: int,
+    config: DedupConfig,
+    counts: dict[str, int],
+    found: list[np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first round of ``table_pairs`` when a key (``bits``) and an entry's position (``low`` bits) fit
+    in 64 bits: the keys packed above the positions, one in-place sort, then the sorted entries ``CHUNK``
+    at a time, each chunk ending at a key boundary (a bucket is never cut). Work on whole-run arrays
+    made the kernel's page faults for fresh 100+ MB temporaries the largest cost at 1M clips, growing
+    faster than the run (docs/benchmarks.md, issue 16). Returns the members of crowded buckets."""
+    n = len(hashes)
+    packed = np.empty(n, np.uint64)
+    for s in range(0, n, CHUNK):
+        e = min(n, s + CHUNK)
+        packed[s:e] = (_keys(hashes[s:e], positions[:bits]) << np.uint64(low)) | np.arange(
+            s, e, dtype=np.uint64
+        )
+    packed.sort()
+    mask = np.uint64((1 << low) - 1)
+    crowded: list[tuple[np.ndarray, np.ndarray]] = []
+    s = 0
+    while s < n:
+        e = min(n, s + CHUNK)
+        if e < n:  # extend to the end of the last bucket
+            after = ((int(packed[e - 1]) >> low) + 1) << low
+            e = n if after >= 1 << 64 else int(np.searchsorted(packed, np.uint64(after)))
+        part = packed[s:e]
+        big = _search_buckets((part & mask).astype(np.int64), part >> np.uint64(low), bits, hashes, clips,
+                              runs, config, counts, found)  # fmt: skip
+        if len(big[0]):
+            crowded.append(big)
+        s = e
+    if not crowded:
+        return np.zeros(0, np.int64), np.zeros(0, np.uint64)
+    return np.concatenate([c[0] for c in crowded]), np.concatenate([c[1] for c in crowded])
+
+
+def _search_buckets(
     idx: np.ndarray,
+    sk: np.ndarray,
+    used: int,
+    hashes: np.ndarray,
+    clips: np.ndarray,
+    runs: np.ndarray | None,
+    config: DedupConfig,
+    counts: dict[str, int],
+    found: list[np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Search the buckets of entries ``idx`` sorted by their keys ``sk`` (``used`` bits); those over
+    ``max_bucket`` entries are not searched but returned (entries, keys) to be split, unless the whole hash
+    is the key already (identical hashes: searched whatever their number)."""
+    start = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]])
+    size = np.diff(np.r_[start, len(sk)])
+    big = size > config.max_bucket if used < 64 else np.zeros(len(size), bool)
+    crowded = np.zeros(0, np.int64), np.zeros(0, np.uint64)
+    if big.any():
+        member_big = np.repeat(big, size)
+        counts["split_buckets"] += int(big.sum())
+        counts["split_entries"] += int(member_big.sum())
+        crowded = idx[member_big], sk[member_big]
+        idx, sk = idx[~member_big], sk[~member_big]
+    # the bucket members' hashes and clips in key order: the pair loop then reads them in order
+    found.extend(_bucket_pairs(hashes[idx], clips[idx], runs, sk, config, counts))
+    return crowded
+
+
+def _bucket_pairs(
+    hs: np.ndarray,
+    cs: np.ndarray,
+    runs: np.ndarray | None,
     sk: np.ndarray,
     config: DedupConfig,
     counts: dict[str, int],
 ) -> list[np.ndarray]:
-    """Every pair inside each run of equal keys in ``sk`` (sorted), kept when within ``max_hamming``."""
+    """Every pair inside each run of equal keys in ``sk`` (sorted; ``hs``, ``cs``: the entries' hashes and
+    clips in that order), kept when within ``max_hamming``."""
     out = []
-    pos = np.flatnonzero(sk[1:] == sk[:-1]) if len(sk) > 1 else np.zeros(0, np.int64)
+    if len(sk) < 2:
+        return out
+    same = sk[1:] == sk[:-1]
+    pos = np.flatnonzero(same)  # entries with a bucket mate after them
+    starts = np.flatnonzero(np.r_[True, ~same])
+    end = np.repeat(np.r_[starts[1:], len(sk)], np.diff(np.r_[starts, len(sk)]))[pos]  # their bucket's end
     offset = 1
     limit = np.uint64(config.max_hamming)
     while len(pos):
-        a, b = idx[pos], idx[pos + offset]
+        b = pos + offset
         counts["hash_pairs_compared"] += len(pos)
-        ca, cb = clips[a], clips[b]
-        ok = (ca != cb) & (np.bitwise_count(hashes[a] ^ hashes[b]) <= limit)
+        ca, cb = cs[pos], cs[b]
+        ok = (ca != cb) & (np.bitwise_count(hs[pos] ^ hs[b]) <= limit)
         if runs is not None:
             ok &= (runs[ca] == 0) | (runs[cb] == 0)  # two clips of --against runs: not our business
         if ok.any():
@@ -325,9 +424,8 @@ def _bucket_pairs(
             hi = np.maximum(ca[ok], cb[ok]).astype(np.uint64)
             out.append(np.unique((lo << np.uint64(32)) | hi))
         offset += 1
-        nxt = pos + offset
-        pos = pos[nxt < len(sk)]
-        pos = pos[sk[pos] == sk[pos + offset]]
+        more = end > b + 1  # a mate ``offset`` entries on, still in the bucket
+        pos, end = pos[more], end[more]
     return out
 
 
