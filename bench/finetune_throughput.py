@@ -13,9 +13,9 @@ clips from the shards, ``vae.encode(...).latent_dist.sample()`` and Wan's latent
 peft LoRA (``add_adapter``) on the same modules, MSE, AdamW, gradient clipping; its first step is untimed too.
 Both read the clips through ``vidsift.model.data.decode_clip`` (PyAV), so the comparison is of the loops.
 
-The two are timed in alternating rounds (which one goes first alternates too: on a busy CPU the first of a
+The three are timed in alternating rounds (which one goes first rotates too: on a busy CPU the first of a
 round was measurably slower) and each keeps its best round, so load from other processes on a shared
-machine affects both alike; on CPU the process CPU time per step (all threads) is printed too, which other
+machine affects all three alike; on CPU the process CPU time per step (all threads) is printed too, which other
 processes' load changes less. Ratio = baseline time / vidsift time (>= 1: vidsift is not slower).
 """
 
@@ -154,64 +154,65 @@ def main() -> None:
         data = str(work / "shards")
         write_synthetic_shards(data, 24, files=2, rows_per_group=4, frames=20, size=48)
     device = torch.device("cuda" if args.gpu else "cpu")
-    cfg = FinetuneConfig(
+    base = FinetuneConfig(
         model=model, family="wan", mode="lora", data=data, out=str(work / "run"), frames=args.frames,
         height=args.height, width=args.width, batch_size=args.batch, text_tokens=args.text_tokens,
         lora_rank=16, lora_alpha=16.0, lr=1e-4, steps=0, log_every=10**9, device=device.type,
         precision="bf16" if args.gpu else "fp32", gradient_checkpointing=args.gpu,
     )  # fmt: skip
-    ours, theirs, memory = [], [], {"vidsift": 0.0, "baseline": 0.0, "other": 0.0}
+    # vidsift as it runs by default (the next micro-batch decoded in a background thread while this one
+    # trains), and with prefetch = false (decoding inline, as the baseline does): the loop's own overhead.
+    configs = {
+        "vidsift": dataclasses.replace(base, out=str(work / "run")),
+        "vidsift_no_prefetch": dataclasses.replace(base, out=str(work / "run_inline"), prefetch=False),
+    }
+    sides = [*configs, "baseline"]
+    times: dict[str, list[tuple[float, float]]] = {side: [] for side in sides}
+    memory = {side: 0.0 for side in [*sides, "other"]}
 
     def peak(side: str) -> None:
         if device.type == "cuda":
             memory[side] = max(memory[side], torch.cuda.max_memory_allocated() / 2**30)
             torch.cuda.reset_peak_memory_stats()
 
-    def run_vidsift(r: int) -> None:
-        nonlocal cfg
+    def run(side: str, r: int) -> None:
         peak("other")
-        wall, cpu, cfg = vidsift_round(cfg, args.steps, first=r == 0)
-        ours.append((wall, cpu))
-        peak("vidsift")
-
-    def run_baseline() -> None:
-        peak("other")
-        # Loaded afresh each round, as vidsift's resumed run is: both start with cold models.
-        baseline = Baseline(cfg, device)
-        theirs.append(baseline.round(args.steps))
-        del baseline
-        peak("baseline")
+        if side == "baseline":
+            # Loaded afresh each round, as vidsift's resumed run is: both start with cold models.
+            baseline = Baseline(base, device)
+            times[side].append(baseline.round(args.steps))
+            del baseline
+        else:
+            wall, cpu, configs[side] = vidsift_round(configs[side], args.steps, first=r == 0)
+            times[side].append((wall, cpu))
+        peak(side)
 
     for r in range(args.rounds):
-        # Whichever runs first in a round was measurably slower on a busy CPU: the order alternates.
-        if r % 2 == 0:
-            run_vidsift(r)
-            run_baseline()
-        else:
-            run_baseline()
-            run_vidsift(r)
-        print(
-            f"round {r}: vidsift {ours[-1][0] * 1e3:.1f} ms/step  baseline {theirs[-1][0] * 1e3:.1f} ms/step"
-        )
-    ow, oc = min(w for w, _ in ours), min(c for _, c in ours)
-    tw, tc = min(w for w, _ in theirs), min(c for _, c in theirs)
+        # Whichever runs first in a round was measurably slower on a busy CPU: the order rotates.
+        for side in sides[r % 3 :] + sides[: r % 3]:
+            run(side, r)
+        timed = "  ".join(f"{side} {times[side][-1][0] * 1e3:.1f}" for side in sides)
+        print(f"round {r}: {timed} ms/step")
+    wall = {side: min(w for w, _ in times[side]) for side in sides}
+    cpu = {side: min(c for _, c in times[side]) for side in sides}
     lat_f = 1 + (args.frames - 1) // 4
     tokens = args.batch * lat_f * (args.height // 16) * (args.width // 16)
-    result = {
-        "shape": f"batch {args.batch} x {args.frames} frames x {args.height}x{args.width}",
-        "tokens_per_step": tokens,
-        "vidsift_ms_per_step": ow * 1e3,
-        "baseline_ms_per_step": tw * 1e3,
-        "ratio_wall": tw / ow,
-        "vidsift_tokens_per_s": tokens / ow,
-    }
+    result: dict = {"shape": f"batch {args.batch} x {args.frames} frames x {args.height}x{args.width}"}
+    result["tokens_per_step"] = tokens
+    result.update({f"{side}_ms_per_step": wall[side] * 1e3 for side in sides})
+    result["ratio_wall"] = wall["baseline"] / wall["vidsift"]
+    result["ratio_wall_no_prefetch"] = wall["baseline"] / wall["vidsift_no_prefetch"]
+    result["vidsift_tokens_per_s"] = tokens / wall["vidsift"]
     if device.type == "cpu":
-        result["ratio_cpu_time"] = tc / oc
+        result["ratio_cpu_time"] = cpu["baseline"] / cpu["vidsift"]
+        result["ratio_cpu_time_no_prefetch"] = cpu["baseline"] / cpu["vidsift_no_prefetch"]
     else:
         result["peak_memory_gib"] = {k: v for k, v in memory.items() if k != "other"}
     print(json.dumps(result, indent=1))
-    print(f"ratio baseline / vidsift: {tw / ow:.2f} (wall, best round)", end="")
-    print(f", {tc / oc:.2f} (process CPU time, best round)" if device.type == "cpu" else "")
+    for side, label in (("vidsift", "vidsift"), ("vidsift_no_prefetch", "vidsift, prefetch = false")):
+        print(f"ratio baseline / {label}: {wall['baseline'] / wall[side]:.2f} (wall, best round)", end="")
+        cpu_ratio = f", {cpu['baseline'] / cpu[side]:.2f} (process CPU time, best round)"
+        print(cpu_ratio if device.type == "cpu" else "")
 
 
 if __name__ == "__main__":

@@ -174,7 +174,7 @@ class Family:
     def encode_posterior(self, c: Components, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The VAE posterior of [B, 3, F, H, W] pixels: its (mean, std), raw (not normalised), in the VAE's
         dtype. This pair is what ``vidsift encode --vae diffusers:NAME`` caches."""
-        dist = c.vae.encode(pixels.to(c.vae.device, c.vae.dtype)).latent_dist
+        dist = c.vae.encode(pixels.to(*placement(c.vae))).latent_dist
         return dist.mean, dist.std
 
     def latent_from_posterior(
@@ -186,7 +186,7 @@ class Family:
 
     def decode_latent(self, c: Components, latent: torch.Tensor) -> torch.Tensor:
         """Normalised latent -> pixels [B, 3, F, H, W] in about [-1, 1] (as the last step of the pipeline)."""
-        raw = self.denormalise(c, latent.float()).to(c.vae.device, c.vae.dtype)
+        raw = self.denormalise(c, latent.float()).to(*placement(c.vae))
         return c.vae.decode(raw, return_dict=False)[0].float()
 
     def normalise(self, c: Components, raw: torch.Tensor) -> torch.Tensor:
@@ -207,10 +207,8 @@ class Family:
             return_attention_mask=True,
             return_tensors="pt",
         )
-        ids, mask = (
-            inputs.input_ids.to(c.text_encoder.device),
-            inputs.attention_mask.to(c.text_encoder.device),
-        )
+        device = placement(c.text_encoder)[0]
+        ids, mask = inputs.input_ids.to(device), inputs.attention_mask.to(device)
         with torch.no_grad():
             emb = self._run_text_encoder(c, ids, mask)
         return Text(emb.float(), mask)
@@ -234,6 +232,14 @@ class Family:
     ) -> torch.Tensor:
         """The transformer's output for a noisy latent [B, C, T, h, w], in the same layout."""
         raise NotImplementedError
+
+
+def placement(module: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    """(device, dtype) of a frozen model's first parameter: where and in what its input goes. diffusers'
+    ``.device`` and ``.dtype`` walk every submodule looking for offloading and casting hooks (which vidsift
+    never attaches): a fixed cost per call that a training step on a small model feels."""
+    p = next(module.parameters())
+    return p.device, p.dtype
 
 
 def _sample_posterior(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -376,7 +382,7 @@ class LTXVideo(Family):
         )
 
     def decode_latent(self, c: Components, latent: torch.Tensor) -> torch.Tensor:
-        raw = self.denormalise(c, latent.float()).to(c.vae.device, c.vae.dtype)
+        raw = self.denormalise(c, latent.float()).to(*placement(c.vae))
         timestep = (
             torch.zeros(raw.shape[0], device=raw.device) if c.vae.config.timestep_conditioning else None
         )

@@ -27,7 +27,7 @@ import hashlib
 import json
 import os
 import re
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,7 +36,7 @@ import torch
 
 from vidsift.model.data import DataError
 from vidsift.model.finetune.families import Components, Family, Text
-from vidsift.model.finetune.shards import Bucket, Clip, ClipIndex, index_file
+from vidsift.model.finetune.shards import Bucket, ByteLRU, Clip, ClipIndex, index_file
 from vidsift.pipeline import storage
 
 WINDOW = 0.5  # where in a clip longer than its bucket the cached window starts (0 first frames, 1 last)
@@ -195,37 +195,41 @@ class Entry:
 
 @dataclass
 class LatentCache:
-    """The cache rows of one model that match a run's clips; values read one row group at a time."""
+    """The cache rows of one model that match a run's clips; values read one row group at a time, turned
+    into tensors once and kept up to ``shards.CACHE_BYTES`` (least recently used row groups go first)."""
 
     folder: str
     files: list[str]
     refs: dict[str, tuple[int, int, int]]  # clip_id -> (file, row group, row)
     report: dict
-    loaded: OrderedDict = field(default_factory=OrderedDict)
+    loaded: ByteLRU = field(default_factory=ByteLRU)  # (file, row group) -> its rows as Entry values
 
     def get(self, clip: Clip) -> Entry | None:
+        """The clip's entry (its tensors are shared between calls: read them, never write to them)."""
         ref = self.refs.get(clip.clip_id)
         if ref is None:
             return None
-        key = ref[:2]
-        if key not in self.loaded:
-            pf = storage.open_parquet(self.files[key[0]])
-            self.loaded[key] = pf.read_row_group(key[1], columns=VALUES).to_pylist()
-            while len(self.loaded) > 4:
-                self.loaded.popitem(last=False)
-        self.loaded.move_to_end(key)
-        row = self.loaded[key][ref[2]]
-        shape = [int(s) for s in row["latent_shape"]]
-        mask = torch.from_numpy(np.frombuffer(row["text_mask"], dtype=np.uint8).astype(np.int64))
-        emb = _tensor(row["text_emb"], [int(s) for s in row["text_emb_shape"]], row["dtype"]).float()
-        text = torch.zeros(mask.shape[0], emb.shape[1])
-        text[: emb.shape[0]] = emb
-        return Entry(
-            _tensor(row["latent_mean"], shape, row["dtype"]),
-            _tensor(row["latent_std"], shape, row["dtype"]),
-            text,
-            mask,
-        )
+        return self.loaded.get(ref[:2], lambda: self._read_group(*ref[:2]))[ref[2]]
+
+    def _read_group(self, file: int, group: int) -> tuple[list[Entry], int]:
+        rows = storage.open_parquet(self.files[file]).read_row_group(group, columns=VALUES).to_pylist()
+        entries = [_entry(row) for row in rows]
+        size = sum(t.nbytes for e in entries for t in (e.mean, e.std, e.text, e.mask))
+        return entries, size
+
+
+def _entry(row: dict) -> Entry:
+    shape = [int(s) for s in row["latent_shape"]]
+    mask = torch.from_numpy(np.frombuffer(row["text_mask"], dtype=np.uint8).astype(np.int64))
+    emb = _tensor(row["text_emb"], [int(s) for s in row["text_emb_shape"]], row["dtype"]).float()
+    text = torch.zeros(mask.shape[0], emb.shape[1])
+    text[: emb.shape[0]] = emb
+    return Entry(
+        _tensor(row["latent_mean"], shape, row["dtype"]),
+        _tensor(row["latent_std"], shape, row["dtype"]),
+        text,
+        mask,
+    )
 
 
 def open_cache(

@@ -12,6 +12,10 @@ rank * grad_accum + accumulation index. So a resumed run replays exactly the bat
 sees (bitwise-equal weights on the same machine), and 2 processes under torchrun see the same global batch
 as 1 process accumulating 2 micro-batches. Clips are drawn with replacement.
 
+With ``prefetch`` (the default) the clips of the next micro-batch are drawn and decoded in a background thread
+while this one trains (on a GPU the CPU decodes while the GPU computes); the draws come from that
+micro-batch's own generator, so the batches, and the weights, are the same as without it.
+
 Evaluation (``eval_clips``): the same loss at fixed timesteps and noise, on clips held out from training
 ("check") and on as many training clips ("tune"), before training and every ``eval_every`` steps.
 """
@@ -23,6 +27,7 @@ import json
 import math
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +35,7 @@ from pathlib import Path
 import torch
 
 from vidsift.model.finetune import checkpoint as ckpt
-from vidsift.model.finetune.families import FAMILIES, Components, Family, Text, nearest_frames
+from vidsift.model.finetune.families import FAMILIES, Components, Family, Text, nearest_frames, placement
 from vidsift.model.finetune.latents import LatentCache, describe, open_cache
 from vidsift.model.finetune.sample import sample_grid, write_grid
 from vidsift.model.finetune.shards import Bucket, Clip, ClipIndex, index_clips
@@ -84,6 +89,7 @@ class FinetuneConfig:
     sample_steps: int = 30  # denoising steps of the pipeline
     sample_guidance: float = 5.0  # classifier-free guidance scale
     cached_latents: bool = True  # use RUN/latents/<model> (vidsift encode --vae diffusers:NAME) where it fits
+    prefetch: bool = True  # decode the next micro-batch's clips in a background thread while this one trains
 
     def __post_init__(self) -> None:
         choices = {
@@ -249,6 +255,16 @@ def draw(clips: list[Clip], by_bucket: dict[int, list[Clip]], n: int, g: torch.G
 
 
 @dataclass
+class Draw:
+    """A micro-batch's clips and windows, drawn from its generator, and (with prefetch) their decoding."""
+
+    g: torch.Generator  # the rest of the micro-batch's randomness comes from here
+    clips: list[Clip]
+    starts: torch.Tensor  # where in each clip its window starts, in [0, 1]
+    pixels: Future | None = None  # Trainer.decode of these clips, running in the background
+
+
+@dataclass
 class Batch:
     latent: torch.Tensor  # normalised, [B, C, T, h, w]
     text: Text
@@ -268,25 +284,53 @@ class Trainer:
         self.autocast = (
             torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext()
         )
+        # Looked up once: diffusers' .dtype walks every submodule on each call (families.placement).
+        self.vae_dtype = placement(c.vae)[1]
+        self.input_dtype = c.transformer.dtype if cfg.precision == "bf16" else torch.float32
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch") if cfg.prefetch else None
+
+    def draw(self, clips: list[Clip], by_bucket: dict[int, list[Clip]], g: torch.Generator) -> Draw:
+        """The clips and windows of a training micro-batch; with prefetch, their decoding starts now."""
+        picked = draw(clips, by_bucket, self.cfg.batch_size, g)
+        starts = torch.rand(len(picked), generator=g)
+        pixels = self.pool.submit(self.decode, picked, starts) if self.pool else None
+        return Draw(g, picked, starts, pixels)
+
+    def decode(self, clips: list[Clip], starts: torch.Tensor) -> list[torch.Tensor]:
+        """[3, F, H, W] pixels of the clips without a cached latent, in order."""
+        cached = self.cache.refs if self.cache else {}
+        todo = [(c, float(s)) for c, s in zip(clips, starts, strict=True) if c.clip_id not in cached]
+        return [self.index.pixels(c, s) for c, s in todo]
+
+    def close(self) -> None:
+        if self.pool:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
     def batch(
-        self, clips: list[Clip], g: torch.Generator, dropout: float, starts=None, u=None, posterior=True
+        self,
+        clips: list[Clip],
+        g: torch.Generator,
+        dropout: float,
+        starts: torch.Tensor,
+        u: torch.Tensor | None = None,
+        posterior: bool = True,
+        pixels: Future | None = None,
     ) -> Batch:
-        """Decoded, encoded and noised clips. Fixed ``starts`` (window in the clip) and ``u`` (timestep), and
-        ``posterior=False`` (the VAE's mode, not a sample), make an evaluation batch."""
-        starts = torch.rand(len(clips), generator=g) if starts is None else starts
+        """Decoded, encoded and noised clips; ``starts`` places each clip's window. ``pixels``: their decoding
+        under way (Trainer.draw). Fixed ``u`` (timestep) and ``posterior=False`` (the VAE's mode, not a
+        sample) make an evaluation batch."""
         cached = [self.cache.get(c) if self.cache else None for c in clips]
         todo = [i for i, e in enumerate(cached) if e is None]
         mean, std = [None] * len(clips), [None] * len(clips)
         text_parts: list[Text | None] = [None] * len(clips)
         with torch.no_grad():
             if todo:  # decode and encode the clips without a cached latent (all of them without a cache)
-                decoded = [self.index.pixels(clips[i], float(starts[i])) for i in todo]
+                decoded = pixels.result() if pixels is not None else self.decode(clips, starts)
                 m, s = self.family.encode_posterior(self.c, torch.stack(decoded).to(self.device))
                 text = self.family.encode_text(self.c, [clips[i].caption for i in todo], self.tokens)
                 for k, i in enumerate(todo):
                     mean[i], std[i], text_parts[i] = m[k], s[k], Text(text.emb[k], text.mask[k])
-            dtype = self.c.vae.dtype
+            dtype = self.vae_dtype
             for i, e in enumerate(cached):  # a cached clip: its stored posterior and caption embedding
                 if e is not None:
                     mean[i], std[i] = e.mean.to(self.device, dtype), e.std.to(self.device, dtype)
@@ -310,7 +354,7 @@ class Trainer:
 
     def loss(self, model, b: Batch) -> torch.Tensor:
         noisy, timestep, target = self.family.noise(self.c, b.latent, b.noise, b.u, self.cfg.flow_shift)
-        dtype = self.c.transformer.dtype if self.cfg.precision == "bf16" else torch.float32
+        dtype = self.input_dtype
         with self.autocast:
             pred = self.family.predict(
                 self.c, model, noisy.to(dtype), timestep, b.text.to(self.device, dtype)
@@ -447,6 +491,17 @@ def _finetune(cfg: FinetuneConfig, d: Dist, resume: bool, log, quiet: bool) -> d
     # Time of the steps after this session's first (its warm-up), without evaluation, saving and sampling.
     timed_steps, timed_s, timed_cpu = 0, 0.0, 0.0
     bar = StepBar("finetune", cfg.steps, step, quiet)  # the shared rich bar on stderr (rank 0)
+
+    def draw_micro(s: int, a: int) -> Draw | None:
+        """Micro-batch ``a`` of step ``s`` (None past the last step), its generator a function of (seed, step,
+        micro-batch) only: the same clips whether it is drawn ahead (prefetch) or not."""
+        if a == cfg.grad_accum:
+            s, a = s + 1, 0
+        if s >= cfg.steps:
+            return None
+        return trainer.draw(train_clips, by_bucket, step_generator(cfg.seed, s, d.rank * cfg.grad_accum + a))
+
+    following = draw_micro(step, 0)
     try:
         while step < cfg.steps:
             t_step, c_step = time.perf_counter(), time.process_time()
@@ -454,8 +509,8 @@ def _finetune(cfg: FinetuneConfig, d: Dist, resume: bool, log, quiet: bool) -> d
                 group["lr"] = lr_at(step, cfg)
             total = torch.zeros(())
             for a in range(cfg.grad_accum):
-                g = step_generator(cfg.seed, step, d.rank * cfg.grad_accum + a)
-                b = trainer.batch(draw(train_clips, by_bucket, cfg.batch_size, g), g, cfg.caption_dropout)
+                this, following = following, draw_micro(step, a + 1)  # the next one decodes meanwhile
+                b = trainer.batch(this.clips, this.g, cfg.caption_dropout, this.starts, pixels=this.pixels)
                 last = a == cfg.grad_accum - 1
                 if cfg.fsdp and d.on:
                     model.set_requires_gradient_sync(last)
@@ -492,6 +547,7 @@ def _finetune(cfg: FinetuneConfig, d: Dist, resume: bool, log, quiet: bool) -> d
             if cfg.sample_every and step % cfg.sample_every == 0 and (d.master or cfg.fsdp):
                 sample()  # under FSDP every rank runs the sharded transformer; the master writes
     finally:
+        trainer.close()
         bar.close()
     if held and (not evals or evals[-1]["step"] != step):
         evaluate()

@@ -1,8 +1,9 @@
 """Curated clips for fine-tuning: an index of every clip in a run's shards, assigned to size buckets.
 
 The index reads only small columns (clip_id, the caption column, width, height, num_frames) once; a clip's
-``clip_mp4`` bytes are read when a batch needs it, one row group at a time through a small cache, and decoded
-with ``vidsift.model.data.decode_clip`` (resize to cover, centre crop, frame stride).
+``clip_mp4`` bytes are read when a batch needs it, one row group at a time, and kept in memory up to
+``CACHE_BYTES`` (least recently used row groups go first: a small run is read from disk once, a large one
+streams), then decoded with ``vidsift.model.data.decode_clip`` (resize to cover, centre crop, frame stride).
 
 Buckets are (frames, height, width) sizes that the family accepts. Each clip goes to the bucket whose aspect
 ratio is nearest its own, among the buckets it is long enough for (after the frame stride). What happens to a
@@ -21,8 +22,11 @@ to the run's manifest.json.
 from __future__ import annotations
 
 import math
+import threading
 from collections import Counter, OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -30,6 +34,30 @@ from vidsift.model.data import DataError, decode_clip, shard_files
 from vidsift.pipeline import storage
 
 Bucket = tuple[int, int, int]  # (frames, height, width)
+CACHE_BYTES = 512 * 2**20  # clip bytes (and, in latents.py, cached latents) kept in memory per process
+
+
+class ByteLRU:
+    """Values by key, least recently used dropped first once their sizes add up to more than ``budget``
+    bytes (the newest value is always kept). Safe to share between the loop and its prefetch thread."""
+
+    def __init__(self, budget: int = CACHE_BYTES) -> None:
+        self.budget, self.bytes = budget, 0
+        self.items: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: Hashable, load: Callable[[], tuple[Any, int]]) -> Any:
+        """The value of ``key``; ``load()`` gives (value, size in bytes) when it is not held."""
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key][0]
+            value, size = load()
+            self.items[key] = (value, size)
+            self.bytes += size
+            while self.bytes > self.budget and len(self.items) > 1:
+                self.bytes -= self.items.popitem(last=False)[1][1]
+            return value
 
 
 @dataclass(frozen=True)
@@ -50,7 +78,7 @@ class ClipIndex:
     stride: int
     clips: list[Clip] = field(default_factory=list)
     dropped: Counter = field(default_factory=Counter)
-    cache: OrderedDict = field(default_factory=OrderedDict)
+    cache: ByteLRU = field(default_factory=ByteLRU)  # (file, row group) -> its clip_mp4 values
 
     def summary(self) -> dict:
         per_bucket = Counter(c.bucket for c in self.clips)
@@ -66,18 +94,15 @@ class ClipIndex:
     def pixels(self, clip: Clip, start: float) -> torch.Tensor:
         """The clip decoded at its bucket's size: [3, F, H, W] in [-1, 1]."""
         f, h, w = self.buckets[clip.bucket]
-        key = clip.ref[:2]
-        if key not in self.cache:
-            pf = storage.open_parquet(self.files[key[0]])
-            self.cache[key] = pf.read_row_group(key[1], columns=["clip_mp4"]).column(0).to_pylist()
-            while len(self.cache) > 4:
-                self.cache.popitem(last=False)
-        self.cache.move_to_end(key)
-        data = self.cache[key][clip.ref[2]]
+        data = self.cache.get(clip.ref[:2], lambda: self._read_group(*clip.ref[:2]))[clip.ref[2]]
         try:
             return decode_clip(data, f, h, w, self.stride, start)
         except Exception as e:  # noqa: BLE001 - PyAV raises many types; all mean "bad clip bytes"
             raise DataError(f"clip {clip.clip_id}: unreadable clip_mp4 ({type(e).__name__}: {e})") from e
+
+    def _read_group(self, file: int, group: int) -> tuple[list, int]:
+        column = storage.open_parquet(self.files[file]).read_row_group(group, columns=["clip_mp4"]).column(0)
+        return column.to_pylist(), column.nbytes
 
 
 def choose_bucket(

@@ -28,7 +28,7 @@ from vidsift.model.data import DataError  # noqa: E402
 from vidsift.model.finetune.checkpoint import ADAPTER  # noqa: E402
 from vidsift.model.finetune.families import FAMILIES  # noqa: E402
 from vidsift.model.finetune.loop import FinetuneConfig, finetune, load_model, load_recipe  # noqa: E402
-from vidsift.model.finetune.shards import choose_bucket  # noqa: E402
+from vidsift.model.finetune.shards import ByteLRU, choose_bucket  # noqa: E402
 from vidsift.pipeline.config import RecipeError, shipped_recipes  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,6 +99,12 @@ def test_resume_is_bitwise_equal_to_uninterrupted(tiny, shards, tmp_path):
     sb = torch.load(tmp_path / "parts/checkpoint/state.pt", weights_only=False)
     for name, state in sa["optimizer"]["state"].items():
         assert torch.equal(state["exp_avg_sq"], sb["optimizer"]["state"][name]["exp_avg_sq"]), name
+    # Decoding the next micro-batch in a background thread (prefetch, the default) trains on the same
+    # batches as decoding each one inline.
+    inline = finetune(config(tiny, shards, tmp_path / "inline", steps=6, prefetch=False))
+    assert inline["history"] == whole["history"]
+    c = load_file(inline["outputs"]["lora"])
+    assert all(torch.equal(a[k], c[k]) for k in a)
 
 
 def test_full_finetuning_saves_a_transformer_the_pipeline_runs(tiny, shards, tmp_path):
@@ -187,6 +193,21 @@ def test_buckets_follow_aspect_and_duration():
     assert choose_bucket(1440, 1080, 120, buckets, "crop", 0.1)[0] is not None
     assert choose_bucket(1440, 1080, 120, buckets, "drop", 0.1) == (None, "aspect")
     assert choose_bucket(1440, 1080, 120, buckets, "drop", 0.35) == (0, "")
+
+
+def test_the_clip_cache_drops_the_least_recently_used_row_groups_beyond_its_budget():
+    lru, loads = ByteLRU(budget=10), []
+
+    def load(key: str, size: int):
+        return lambda: (loads.append(key) or f"value {key}", size)
+
+    assert lru.get("a", load("a", 4)) == "value a"
+    lru.get("b", load("b", 4))
+    assert lru.get("a", load("a", 4)) == "value a"  # held: not read again
+    lru.get("c", load("c", 4))  # 12 bytes > 10: b, the least recently used, goes
+    assert list(lru.items) == ["a", "c"] and lru.bytes == 8 and loads == ["a", "b", "c"]
+    lru.get("d", load("d", 50))  # more than the whole budget: kept alone
+    assert list(lru.items) == ["d"] and lru.bytes == 50
 
 
 def test_shipped_recipes_are_valid():
