@@ -812,7 +812,12 @@ def main() -> None:
         for name in args.steps:
             gw = math.log(b[name]["wall_s"] / a[name]["wall_s"]) / ratio
             gc = math.log(max(b[name]["cpu_s"], 0.01) / max(a[name]["cpu_s"], 0.01)) / ratio
-            print(f"growth {a['clips']} -> {b['clips']}: {name:12s} exponent wall {gw:.2f}, cpu {gc:.2f}")
+            total = [max(x[name]["cpu_s"] + x[name]["worker_cpu_s"], 0.01) for x in (a, b)]
+            ga = math.log(total[1] / total[0]) / ratio  # with the Ray processes it started
+            print(
+                f"growth {a['clips']} -> {b['clips']}: {name:12s} exponent wall {gw:.2f}, cpu {gc:.2f}, "
+                f"cpu with its Ray processes {ga:.2f}"
+            )
     if args.baseline_clips:
         s = baseline_dedup(args.baseline_clips, real, args.seed)
         print(f"\nold banded search (7a38e5a), {args.baseline_clips} background clips: {s:.1f} s")
