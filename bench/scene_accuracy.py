@@ -262,7 +262,7 @@ def main() -> int:
     if args.baselines_only:
         return 0
     print(f"\n{len(files)} files; scorer eval_cuts.py, tolerance +-{args.tol} frames")
-    for split in sorted(by_split, key=lambda s: ("tune", "check", "all").index(s)):
+    for split in sorted(by_split, key=lambda s: ("tune", "check", "check2", "check3", "all").index(s)):
         tables = by_split[split]
         n_true = tables["fast"]["tp"] + tables["fast"]["fn"]
         n_neg = tables["fast"]["negatives"]

@@ -64,6 +64,8 @@ _FLASH_JUMP = 30.0
 _PEAK_GAP = 1
 # A frame correlating at least this with one just before it shows the same picture (flash test).
 _SAME_PICTURE_CORR = 0.5
+# Light between two black stretches that lit at most this share of the pixels on average: sparks, a beam.
+_SPARKS_LIT = 0.3
 # A changed area with less than this share of the texture it covers is an occluder, not a picture.
 _OCCLUDER_TEXTURE = 0.35
 _CD_WEIGHTS = np.array(ContentDetector.DEFAULT_COMPONENT_WEIGHTS[:3], dtype=np.float64)
@@ -423,7 +425,48 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return [(int(s), int(e) - 1) for s, e in zip(edges[::2], edges[1::2], strict=True)]
 
 
-def _detect_fades(signals: SceneSignals, fps: float, config: SplitScenesConfig) -> list[Transition]:
+def _dark_runs(
+    signals: SceneSignals, thumbs: _Thumbs, fps: float, config: SplitScenesConfig
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Stretches of black frames (inclusive), joined across lights in the dark; and the lights.
+
+    Lights in the dark (fireworks, a torch, a passing car at night) break a black stretch for a moment:
+    when black comes back within ``lookback_s``, and the light between lit few pixels on average
+    (sparks, a beam) or the black after it shows (within a few frames, as the last sparks fade) the
+    picture of the black before it, it is one dark shot, not black shots between cuts. Returns the
+    joined black stretches and the stretches of light they were joined across (inclusive).
+    """
+    lit = signals.lit_fraction
+    dark = lit <= config.dark_max_fraction
+    gap_max = max(1, round(config.lookback_s * fps))
+    runs: list[tuple[int, int]] = []
+    lights: list[tuple[int, int]] = []
+    for s, e in _runs(dark):
+        # The earliest black stretch that ended shortly before this one and shows the same picture.
+        back = next(
+            (
+                k
+                for k, (_, end) in enumerate(runs)
+                if s - end - 1 <= gap_max
+                and (
+                    float(lit[end + 1 : s].mean()) <= _SPARKS_LIT
+                    or thumbs.cross_min(np.arange(max(0, end - 2), end + 1), np.arange(s, min(e, s + 5) + 1))
+                    < config.min_cut_distance
+                )
+            ),
+            None,
+        )
+        if back is None:
+            runs.append((s, e))
+            continue
+        lights.append((runs[back][1] + 1, s - 1))
+        runs[back:] = [(runs[back][0], e)]
+    return runs, lights
+
+
+def _detect_fades(
+    signals: SceneSignals, thumbs: _Thumbs, fps: float, config: SplitScenesConfig
+) -> list[Transition]:
     """Each stretch of black frames, with the brightness ramps into and out of it, is one fade."""
     n = signals.num_frames
     luma = signals.luma
@@ -432,7 +475,7 @@ def _detect_fades(signals: SceneSignals, fps: float, config: SplitScenesConfig) 
         return []
     max_ramp = max(1, round(config.max_fade_s * fps))
     fades = []
-    for s, e in _runs(dark):
+    for s, e in _dark_runs(signals, thumbs, fps, config)[0]:
         # Walk back over the fade-out while the picture keeps getting darker in small steps, and
         # forward over the fade-in while it keeps getting brighter; a cut into or out of black (one
         # big step) has no ramp.
@@ -676,11 +719,13 @@ def _detect_fast(
 ) -> list[Transition]:
     """The weight-free detector: fades, verified hard cuts, dissolves (module docstring)."""
     n = signals.num_frames
-    fades = _detect_fades(signals, fps, config)
+    fades = _detect_fades(signals, thumbs, fps, config)
     busy = np.zeros(n, bool)
     for t in fades:
         # A cut into or out of the black, or a flicker of the ramp, is part of the fade.
         busy[max(0, t.first - 2) : t.last + 3] = True
+    for s, e in _dark_runs(signals, thumbs, fps, config)[1]:
+        busy[s : e + 1] = True  # lights in the dark are not cuts
     candidates = _cut_candidates(signals, fps, config)
     candidates = candidates[~busy[candidates]] if len(candidates) else candidates
     cuts = _verify_cuts(candidates, thumbs, signals.luma, fps, config)
@@ -800,6 +845,8 @@ def _fuse(
     busy = np.zeros(n + 1, bool)
     for t in fades:
         busy[max(0, t.first - 2) : t.last + 3] = True
+    for s, e in _dark_runs(signals, thumbs, fps, config)[1]:
+        busy[s : e + 1] = True  # lights in the dark are not cuts
     fast_at = np.zeros(n + 2, bool)  # frames where the weight-free detector reports a boundary, +-1
     fast_cut_at = np.zeros(n + 2, bool)  # ... a hard cut
     for t in fast:
@@ -818,9 +865,9 @@ def _fuse(
             continue
         # The weight-free detector's own verified cuts have passed its flash test already (which lets
         # short inserts through); elsewhere the picture must not come back.
-        if not fast_cut_at[peak + 1] and (
-            _is_flash(signals.luma, peak + 1, ahead) or _returns(thumbs, s, e, floor, fps, config)
-        ):
+        # The network tends to peak a frame or two after a flash's onset, so the flash test looks there.
+        flash = any(_is_flash(signals.luma, k, ahead) for k in range(max(1, s - 1), peak + 2))
+        if not fast_cut_at[peak + 1] and (flash or _returns(thumbs, s, e, floor, fps, config)):
             continue
         if e - s < 2:
             found.append(Transition(frame=peak + 1, first=peak + 1, last=peak, kind="cut"))

@@ -464,3 +464,15 @@ def test_pillarbox_bars_are_left_out_of_the_picture() -> None:
     dim = (_textured(10, 60).astype(np.float32) * 0.06).astype(np.uint8)
     rows, cols = _picture_area(_signals(dim).thumbs)
     assert (rows, cols) == (slice(0, 16), slice(0, 24))
+
+
+def test_lights_in_the_dark_are_not_cuts() -> None:
+    # A night shot (no pixel above dark_level) lit by a burst: a bright bang, then sparks fading.
+    frames = (_textured(11, 120).astype(np.float32) * 0.07).astype(np.uint8)
+    rng = np.random.default_rng(0)
+    for i in range(40, 58):
+        if i < 42:
+            frames[i] = np.clip(frames[i].astype(np.int16) * 2 + 90, 0, 255).astype(np.uint8)
+        for y, x in rng.integers(0, [68, 124], size=(12, 2)):
+            frames[i, y : y + 4, x : x + 4] = 220 - 8 * (i - 40)
+    assert _transitions(frames) == []
