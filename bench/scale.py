@@ -389,6 +389,15 @@ def _list(offsets: np.ndarray, values: np.ndarray, type_: pa.DataType) -> pa.Arr
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, type_.value_type))
 
 
+NO_DICTIONARY = "VIDSIFT_BENCH_NO_DICTIONARY"  # set: an experiment, Parquet written without dictionary pages
+
+
+def _writer_options() -> dict:
+    """Extra Parquet writer options of the ``--no-dictionary`` experiment (the run folder and every step's
+    writes), else none: the shard contract's writer."""
+    return {"use_dictionary": False} if os.environ.get(NO_DICTIONARY) else {}
+
+
 def make_run(out: Path, n: int, real: pa.Table, seed: int, group_size: int, media_bytes: int = 64) -> dict:
     """Write a finished run folder of ``n`` accepted background clips plus the real rows; returns where
     the real rows went (``real_index -> clip_id``)."""
@@ -512,7 +521,7 @@ def make_run(out: Path, n: int, real: pa.Table, seed: int, group_size: int, medi
         )
         for table, t in (("rejected", rej), ("videos", vids), ("clips", clips)):
             pq.write_table(
-                t, out / table / f"{name}.parquet", compression="zstd", row_group_size=64
+                t, out / table / f"{name}.parquet", compression="zstd", row_group_size=64, **_writer_options()
             )  # as curate writes
         (out / "_done" / name).touch()
     from vidsift.pipeline.recipe import build_recipe
@@ -533,6 +542,11 @@ def make_run(out: Path, n: int, real: pa.Table, seed: int, group_size: int, medi
 
 def step(name: str, run: Path, scratch: Path, dedup_set: list[str] = ()) -> dict:
     """One step in this process (the parent measures time and memory); returns what it found."""
+    if _writer_options():  # the experiment: every table select, dedup and shard_copy write
+        from vidsift.pipeline import storage
+
+        plain = storage.write_table_atomic
+        storage.write_table_atomic = lambda t, loc, **o: plain(t, loc, **o, **_writer_options())
     if name == "dedup":
         from vidsift.pipeline.dedup_run import dedup_finished_run
 
@@ -739,6 +753,11 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=REPO / "out" / "bench-scale")
     ap.add_argument("--group-size", type=int, default=500, help="clip rows per group file")
     ap.add_argument("--media-bytes", type=int, default=64, help="bytes of clip_mp4 per clip (random)")
+    ap.add_argument(
+        "--no-dictionary",
+        action="store_true",
+        help="experiment: write the run and every step without dictionary pages",
+    )
     ap.add_argument("--steps", nargs="+", default=STEPS, choices=STEPS)
     ap.add_argument("--baseline-clips", type=int, default=0, help="also time the old banded search on N")
     ap.add_argument("--seed", type=int, default=1, help="background seed (tune with one, report another)")
@@ -749,6 +768,8 @@ def main() -> None:
     ap.add_argument("--run", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--scratch", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if getattr(args, "no_dictionary", False):
+        os.environ[NO_DICTIONARY] = "1"  # the step processes inherit it
     if args.step:
         print(json.dumps(step(args.step, args.run, args.scratch, args.dedup_set), default=str))
         return
@@ -770,6 +791,7 @@ def main() -> None:
     results = []
     for n in args.sizes:
         run = args.work / (f"run-{n}" if args.media_bytes == 64 else f"run-{n}-{args.media_bytes}b")
+        run = run.with_name(run.name + ("-nodict" if args.no_dictionary else ""))
         run = run.with_name(run.name + (f"-seed{args.seed}" if args.seed != 1 else ""))
         t0 = time.time()
         made = make_run(run, n, real, args.seed, args.group_size, args.media_bytes)
