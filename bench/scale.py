@@ -26,6 +26,9 @@
    one duplicate group; any duplicate involving a background row is a false positive.
 4. The growth exponent between consecutive sizes: ``log(t2/t1) / log(n2/n1)``.
 
+``--no-dictionary`` (an experiment, not the shard contract) writes the run folder and every step's tables
+without Parquet dictionary pages, for select's cost against DuckDB's (docs/benchmarks.md).
+
 ``--baseline-clips N`` also times the banded search this replaced (``git show 7a38e5a:pipeline/stages/
 dedup.py``) on N background clips, for the ratio. Timings on a shared machine are rough.
 """

@@ -5,7 +5,9 @@ with the run-wide dedup pass (``pipeline/dedup_run.py``).
   --output OUT2`` (or ``--sql "<DuckDB WHERE condition>"``) replaces the filters' thresholds by a
   predicate over the stored score columns and writes a new run folder, with the accounting of which
   clips moved between accepted and rejected, and why. It streams group by group in Arrow: rows never
-  become Python objects and MP4 bytes are copied as bytes. Local, NFS and ``s3://`` runs.
+  become Python objects and MP4 bytes are copied as bytes. Local, NFS and ``s3://`` runs. The run's
+  cached latents (``latents/<model>/<group>.parquet``) go along for the clips the new run keeps
+  (``carry_latents``).
 
 It writes whole group files (temporary file, then rename, in ``write_shards.TABLES`` order) and then
 counts the manifest from the columns of the tables it wrote. Its cost is the shard writer's (64-row row
