@@ -31,6 +31,7 @@ from functools import reduce
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from vidsift.pipeline import storage
 from vidsift.pipeline.process import account_group
@@ -564,19 +565,18 @@ def carry_latents(
     the missing clips on the fly. Returns ``latents_*`` counts.
     """
     counts: Counter = Counter()
+    kept_ids = kept.combine_chunks()
     for key, groups in latents.items():
         path = groups.get(group)
         if path is None:
             continue
-        md = storage.read_parquet_metadata(path)
-        t = storage.read_table(path)
-        keep = pc.is_in(t.column("clip_id"), value_set=kept.combine_chunks())
-        out = t.filter(keep)
-        counts["latents_rows"] += out.num_rows
-        counts["latents_rows_dropped"] += t.num_rows - out.num_rows
-        cached = pc.is_in(newly_accepted.combine_chunks(), value_set=t.column("clip_id").combine_chunks())
+        source = storage.open_parquet(path)
+        md = source.metadata
+        ids = source.read(columns=["clip_id"]).column("clip_id").combine_chunks()
+        cached = pc.is_in(newly_accepted.combine_chunks(), value_set=ids)
         missing = len(newly_accepted) - int(pc.sum(cached).as_py() or 0)
-        meta = dict(t.schema.metadata or {})
+        schema = source.schema_arrow
+        meta = dict(schema.metadata or {})
         if missing and LATENTS_SETTINGS in meta:
             settings = json.loads(meta[LATENTS_SETTINGS])
             settings["select_missing_clips"] = missing
@@ -585,13 +585,26 @@ def carry_latents(
         counts["latents_clips_missing"] += missing
         rows_per_group = max((md.row_group(i).num_rows for i in range(md.num_row_groups)), default=1) or 1
         compression = md.row_group(0).column(0).compression.lower() if md.num_row_groups else "zstd"
+        target = storage.join(dst, LATENTS, key, f"{group}.parquet")
         storage.makedirs(storage.join(dst, LATENTS, key))
-        storage.write_table_atomic(
-            out.replace_schema_metadata(meta),
-            storage.join(dst, LATENTS, key, f"{group}.parquet"),
-            compression=compression,
-            row_group_size=rows_per_group,
-        )
+        fs, out_path = storage.filesystem(target)
+        tmp = storage._tmp(out_path)
+        # one row group at a time (a clip's latents are megabytes), repacked into the source's row group size
+        with pq.ParquetWriter(tmp, schema.with_metadata(meta), filesystem=fs, compression=compression) as out:
+            pending: list[pa.Table] = []
+            for g in range(md.num_row_groups):
+                t = source.read_row_group(g)
+                t = t.filter(pc.is_in(t.column("clip_id"), value_set=kept_ids))
+                counts["latents_rows"] += t.num_rows
+                counts["latents_rows_dropped"] += md.row_group(g).num_rows - t.num_rows
+                pending.append(t)
+                while sum(p.num_rows for p in pending) >= rows_per_group or (
+                    g == md.num_row_groups - 1 and sum(p.num_rows for p in pending)
+                ):
+                    whole = pa.concat_tables(pending).combine_chunks()
+                    out.write_table(whole.slice(0, rows_per_group).replace_schema_metadata(meta))
+                    pending = [whole.slice(rows_per_group)]
+        storage._publish(fs, tmp, out_path)
     return counts
 
 
