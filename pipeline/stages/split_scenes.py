@@ -24,13 +24,18 @@ How the weight-free signals and ``fast`` work, in two passes:
    Nothing else is kept, so memory grows by about 1.2 KB per frame.
 2. ``detect_transitions`` runs once over those descriptors:
 
+   - letterbox/pillarbox bars (edge rows or columns of the thumbnails that stay black and flat) are
+     left out, and the content score and brightness are scaled to the picture inside them;
    - fades: a stretch of dark frames plus the brightness ramps into and out of it is one transition;
-   - hard cuts: peaks of the content score (over +-2 frames, so two cuts 3 frames apart both count)
+     black stretches broken for under ``lookback_s`` by lights in the dark (fireworks) are one shot;
+   - hard cuts: peaks of the content score (over +-1 frame, so two cuts 2 frames apart both count)
      that stand out from their neighbourhood (the ``AdaptiveDetector`` idea); a jump in brightness that
      falls back within ``lookahead_s`` is a flash; every other candidate is verified by comparing
      *every* frame shortly before it with every frame shortly after it: a flash or an occlusion
      returns to a picture seen before, fast motion is as different from frame to frame inside the
-     shot as across the candidate, and a true cut is neither;
+     shot as across the candidate, and a true cut is neither; a few frames of another shot cut into
+     a shot that then resumes (an insert) are two cuts when they differ from both sides and are not
+     a flat occluder;
    - dissolves: the middle frame of a window is a blend of its two ends, while the ends are far apart
      and the shots on either side are steady; wipes the same, with every pixel showing one end or the
      other instead of a blend (reported as kind ``dissolve``).
@@ -532,7 +537,7 @@ def _cut_candidates(signals: SceneSignals, fps: float, config: SplitScenesConfig
             continue
         lo, hi = max(1, i - w), min(n, i + w + 1)
         window = c[lo:hi]
-        # A peak among its +-2 neighbours, not the whole window: a shot of 3 frames between two cuts
+        # A peak among its +-1 neighbours, not the whole window: a shot of 2 frames between two cuts
         # gives two peaks that both count.
         if c[i] < c[max(1, i - _PEAK_GAP) : i + _PEAK_GAP + 1].max():
             continue
