@@ -12,9 +12,10 @@ rank * grad_accum + accumulation index. So a resumed run replays exactly the bat
 sees (bitwise-equal weights on the same machine), and 2 processes under torchrun see the same global batch
 as 1 process accumulating 2 micro-batches. Clips are drawn with replacement.
 
-With ``prefetch`` (the default) the clips of the next micro-batch are drawn and decoded in a background thread
-while this one trains (on a GPU the CPU decodes while the GPU computes); the draws come from that
-micro-batch's own generator, so the batches, and the weights, are the same as without it.
+With ``prefetch`` the clips of the next micro-batch are drawn and decoded in a background thread while this
+one trains (on a GPU the CPU decodes while the GPU computes; by default only where that can overlap: on a GPU,
+or when torch's threads leave a CPU core free); the draws come from that micro-batch's own generator, so the
+batches, and the weights, are the same as without it.
 
 Evaluation (``eval_clips``): the same loss at fixed timesteps and noise, on clips held out from training
 ("check") and on as many training clips ("tune"), before training and every ``eval_every`` steps.
@@ -38,7 +39,7 @@ from vidsift.model.finetune import checkpoint as ckpt
 from vidsift.model.finetune.families import FAMILIES, Components, Family, Text, nearest_frames, placement
 from vidsift.model.finetune.latents import LatentCache, describe, open_cache
 from vidsift.model.finetune.sample import sample_grid, write_grid
-from vidsift.model.finetune.shards import Bucket, Clip, ClipIndex, index_clips
+from vidsift.model.finetune.shards import Bucket, ByteLRU, Clip, ClipIndex, index_clips
 from vidsift.model.logging_utils import StepBar
 from vidsift.pipeline.config import RecipeError, build_config, parse_override, read_recipe, to_toml
 
@@ -89,7 +90,9 @@ class FinetuneConfig:
     sample_steps: int = 30  # denoising steps of the pipeline
     sample_guidance: float = 5.0  # classifier-free guidance scale
     cached_latents: bool = True  # use RUN/latents/<model> (vidsift encode --vae diffusers:NAME) where it fits
-    prefetch: bool = True  # decode the next micro-batch's clips in a background thread while this one trains
+    prefetch: str = "auto"  # on: decode the next micro-batch's clips in a background thread while this one
+    # trains; auto: on where that can overlap (a GPU, or torch leaves a CPU core free); off
+    text_cache: bool = True  # keep each caption's embedding in memory after its first use (up to 512 MiB)
 
     def __post_init__(self) -> None:
         choices = {
@@ -98,6 +101,7 @@ class FinetuneConfig:
             "bucket_policy": ("crop", "drop"),
             "timestep_sampling": ("logit_normal", "uniform"),
             "precision": ("fp32", "bf16"),
+            "prefetch": ("auto", "on", "off"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -272,6 +276,14 @@ class Batch:
     noise: torch.Tensor
 
 
+def prefetches(cfg: FinetuneConfig, device: torch.device) -> bool:
+    """Whether to decode ahead in a thread: "auto" does where it overlaps with training instead of taking a
+    core from it (on a CPU whose cores torch's threads all use, it measured no faster)."""
+    if cfg.prefetch != "auto":
+        return cfg.prefetch == "on"
+    return device.type != "cpu" or torch.get_num_threads() < len(os.sched_getaffinity(0))
+
+
 class Trainer:
     """The model, data and conventions of one run; ``loss`` is a micro-batch's loss."""
 
@@ -287,7 +299,19 @@ class Trainer:
         # Looked up once: diffusers' .dtype walks every submodule on each call (families.placement).
         self.vae_dtype = placement(c.vae)[1]
         self.input_dtype = c.transformer.dtype if cfg.precision == "bf16" else torch.float32
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch") if cfg.prefetch else None
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch") if prefetches(cfg, device) else None
+        self.texts = ByteLRU() if cfg.text_cache else None  # caption -> its Text, encoded alone
+
+    def caption_text(self, caption: str) -> Text:
+        """A caption's embedding, kept after its first use: the text encoder is frozen. Each caption is
+        encoded alone (as ``vidsift encode`` caches it), so its value does not depend on the batch it first
+        came in, nor on whether the run was resumed."""
+
+        def encode() -> tuple[Text, int]:
+            t = self.family.encode_text(self.c, [caption], self.tokens)
+            return Text(t.emb[0], t.mask[0]), t.emb.nbytes + t.mask.nbytes
+
+        return self.texts.get(caption, encode)
 
     def draw(self, clips: list[Clip], by_bucket: dict[int, list[Clip]], g: torch.Generator) -> Draw:
         """The clips and windows of a training micro-batch; with prefetch, their decoding starts now."""
@@ -327,9 +351,12 @@ class Trainer:
             if todo:  # decode and encode the clips without a cached latent (all of them without a cache)
                 decoded = pixels.result() if pixels is not None else self.decode(clips, starts)
                 m, s = self.family.encode_posterior(self.c, torch.stack(decoded).to(self.device))
-                text = self.family.encode_text(self.c, [clips[i].caption for i in todo], self.tokens)
+                if self.texts is None:
+                    text = self.family.encode_text(self.c, [clips[i].caption for i in todo], self.tokens)
                 for k, i in enumerate(todo):
-                    mean[i], std[i], text_parts[i] = m[k], s[k], Text(text.emb[k], text.mask[k])
+                    mean[i], std[i] = m[k], s[k]
+                    cap = clips[i].caption
+                    text_parts[i] = self.caption_text(cap) if self.texts else Text(text.emb[k], text.mask[k])
             dtype = self.vae_dtype
             for i, e in enumerate(cached):  # a cached clip: its stored posterior and caption embedding
                 if e is not None:

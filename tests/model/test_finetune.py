@@ -88,10 +88,11 @@ def test_lora_learns_and_loads_into_the_family_pipeline(family, tiny, shards, tm
     assert not torch.allclose(pipeline_latents(pipe, family), base)
 
 
-def test_resume_is_bitwise_equal_to_uninterrupted(tiny, shards, tmp_path):
-    whole = finetune(config(tiny, shards, tmp_path / "whole", steps=6))
-    finetune(config(tiny, shards, tmp_path / "parts", steps=3))
-    parts = finetune(config(tiny, shards, tmp_path / "parts", steps=6), resume=True)
+@pytest.mark.parametrize("family", ["wan", "ltx", "cogvideox"])
+def test_resume_is_bitwise_equal_to_uninterrupted(family, tiny, shards, tmp_path):
+    whole = finetune(config(tiny, shards, tmp_path / "whole", family, steps=6, prefetch="on"))
+    finetune(config(tiny, shards, tmp_path / "parts", family, steps=3, prefetch="on"))
+    parts = finetune(config(tiny, shards, tmp_path / "parts", family, steps=6, prefetch="on"), resume=True)
     assert whole["history"] == parts["history"]
     a, b = load_file(whole["outputs"]["lora"]), load_file(parts["outputs"]["lora"])
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -99,12 +100,36 @@ def test_resume_is_bitwise_equal_to_uninterrupted(tiny, shards, tmp_path):
     sb = torch.load(tmp_path / "parts/checkpoint/state.pt", weights_only=False)
     for name, state in sa["optimizer"]["state"].items():
         assert torch.equal(state["exp_avg_sq"], sb["optimizer"]["state"][name]["exp_avg_sq"]), name
-    # Decoding the next micro-batch in a background thread (prefetch, the default) trains on the same
-    # batches as decoding each one inline.
-    inline = finetune(config(tiny, shards, tmp_path / "inline", steps=6, prefetch=False))
+    # Decoding the next micro-batch in a background thread (prefetch) trains on the same batches as decoding
+    # each one inline, and keeping caption embeddings (text_cache) on the same embeddings.
+    inline = config(tiny, shards, tmp_path / "inline", family, steps=6, prefetch="off", text_cache=False)
+    inline = finetune(inline)
     assert inline["history"] == whole["history"]
     c = load_file(inline["outputs"]["lora"])
     assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_caption_dropout_trains_on_the_empty_caption(tiny, shards):
+    """A dropped caption's embedding is that of "" (the pipeline's unconditional prompt under classifier-free
+    guidance); a kept caption's is its own."""
+    from vidsift.model.finetune.loop import Trainer
+    from vidsift.model.finetune.shards import index_clips
+
+    fam, cfg = FAMILIES["wan"], config(tiny, shards, "unused")
+    c, _ = load_model(cfg, fam, torch.device("cpu"))
+    index = index_clips(shards, "caption", cfg.bucket_list, 1, "crop", 0.1)
+    trainer = Trainer(cfg, fam, c, index, torch.device("cpu"))
+    clips, starts = index.clips[:8], torch.full((8,), 0.5)
+    own = fam.encode_text(c, [clip.caption for clip in clips], trainer.tokens).emb
+    kept = trainer.batch(clips, torch.Generator().manual_seed(0), 0.0, starts).text.emb
+    assert torch.allclose(kept, own, atol=1e-6)
+    half = trainer.batch(clips, torch.Generator().manual_seed(0), 0.5, starts).text.emb
+    trainer.close()
+    null = fam.encode_text(c, [""], trainer.tokens).emb[0]
+    dropped = [torch.equal(e, null) for e in half]
+    assert 0 < sum(dropped) < len(clips), dropped
+    assert all(d or torch.allclose(e, o, atol=1e-6) for d, e, o in zip(dropped, half, own, strict=True))
+    assert not any(torch.allclose(o, null) for o in own)
 
 
 def test_full_finetuning_saves_a_transformer_the_pipeline_runs(tiny, shards, tmp_path):
@@ -135,16 +160,22 @@ def test_gradient_checkpointing_keeps_the_result_and_bf16_runs(tiny, shards, tmp
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
-def test_two_processes_agree_with_one_process(fsdp, tiny, shards, tmp_path):
+@pytest.mark.parametrize(
+    "family, fsdp, port",
+    [("wan", False, 29517), ("wan", True, 29518), ("ltx", False, 29519), ("cogvideox", False, 29520)],
+    ids=["wan-ddp", "wan-fsdp2", "ltx-ddp", "cogvideox-ddp"],
+)
+def test_two_processes_agree_with_one_process(family, fsdp, port, tiny, shards, tmp_path):
     """torchrun, 2 gloo processes of 1 clip each (DDP, or FSDP2 sharding the transformer) == 1 process
     accumulating 2 micro-batches of 1 clip."""
-    one = finetune(config(tiny, shards, tmp_path / "one", steps=3, batch_size=1, grad_accum=2))
+    one = finetune(config(tiny, shards, tmp_path / "one", family, steps=3, batch_size=1, grad_accum=2))
+    size = SIZE[family]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-        str(29517 + fsdp), "-m", "vidsift.pipeline.cli", "finetune", "tiny", "--data", shards,
-        "--out", str(tmp_path / "two"), "--set", f"model={json.dumps(str(tiny['wan']))}", "--set", "steps=3",
+        str(port), "-m", "vidsift.pipeline.cli", "finetune", "tiny", "--data", shards,
+        "--out", str(tmp_path / "two"), "--set", f"model={json.dumps(str(tiny[family]))}", "--set", "steps=3",
+        "--set", f"family={json.dumps(family)}", "--set", f"height={size}", "--set", f"width={size}",
         "--set", "batch_size=1", "--set", "eval_clips=0", "--set", "lr=3e-3",
         "--set", f"fsdp={str(fsdp).lower()}",
     ]  # fmt: skip
@@ -272,11 +303,13 @@ def test_sample_every_writes_a_grid_from_the_family_pipeline(tiny, shards, tmp_p
 
 
 @pytest.mark.slow
-def test_wan_lora_on_the_quickstart_shards(quickstart_run, tiny, tmp_path):
+@pytest.mark.parametrize("family", ["wan", "ltx", "cogvideox"])
+def test_lora_on_the_quickstart_shards(family, quickstart_run, tiny, tmp_path):
     """The README quick start's real clips (native sizes and aspect ratios) in three aspect buckets."""
     run, _ = quickstart_run
-    buckets = [[9, 16, 32], [9, 32, 16], [9, 16, 16]]
-    cfg = config(tiny, str(run), tmp_path / "qs", buckets=buckets, eval_clips=1, steps=30)
+    s = SIZE[family]
+    buckets = [[9, s, 2 * s], [9, 2 * s, s], [9, s, s]]
+    cfg = config(tiny, str(run), tmp_path / "qs", family, buckets=buckets, eval_clips=1, steps=30)
     m = finetune(cfg)
     data = m["data"]
     assert data["clips"] >= 3 and sum(b["clips"] for b in data["buckets"]) == data["clips"]
