@@ -194,7 +194,8 @@ def test_bad_vae_values_and_runs_without_clips_are_one_line_errors(wan, run, tmp
 @pytest.mark.parametrize("family,size", [("ltx", 32), ("cogvideox", 16)])
 def test_cached_equals_on_the_fly_for_ltx_and_cogvideox(family, size, run, tmp_path):
     """The other two adapters' conventions (LTX's latent statistics and packed tokens, CogVideoX's fixed text
-    length and v-prediction) through the same cache: float32 rows reproduce the on-the-fly losses."""
+    length and v-prediction) through the same cache: float32 rows reproduce the on-the-fly losses, and float16
+    rows decode back through the family's VAE within its own reconstruction error."""
     model = str(build_all(tmp_path / "tiny", [family])[family])
     data = tmp_path / "run"
     shutil.copytree(run, data)
@@ -210,6 +211,25 @@ def test_cached_equals_on_the_fly_for_ltx_and_cogvideox(family, size, run, tmp_p
     cached = finetune(config(model, str(data), tmp_path / "cached", **kw), quiet=True)
     assert cached["cached_latents"]["drawn"] == {"cached": 6, "encoded": 0}
     assert_same_run(fly, cached, rel=1e-5, weight_share=0.01)
+
+    # float16 rows of this family decode back through its VAE within the VAE's own reconstruction error.
+    from vidsift.model.finetune.latents import WINDOW, _tensor
+    from vidsift.model.finetune.shards import ClipIndex, index_file
+
+    shard, rows = str(data / "clips/part-0.parquet"), tmp_path / "fp16/part-0.parquet"
+    encode_group(shard, str(rows), fam, c, {**settings, "dtype": "float16"})
+    index = ClipIndex([shard], [(9, size, size)], 1)
+    clips = {clip.clip_id: clip for clip in index_file(index, 0, "caption", "crop", 0.0)}
+    table = pq.read_table(rows).to_pylist()
+    assert len(table) == len(clips) > 0
+    with torch.no_grad():
+        for row in table:
+            pixels = index.pixels(clips[row["clip_id"]], WINDOW)[None]
+            mean = _tensor(row["latent_mean"], row["latent_shape"], row["dtype"]).float()[None]
+            from_cache = fam.decode_latent(c, fam.normalise(c, mean))
+            own = fam.decode_latent(c, fam.encode_video(c, pixels, None))
+            err_cache, err_own = (float((x - pixels).abs().mean()) for x in (from_cache, own))
+            assert err_cache <= err_own * 1.01 + 1e-3, (err_cache, err_own)
 
 
 def test_cached_latents_decode_back_within_the_vaes_own_reconstruction_error(wan, run, tmp_path):
