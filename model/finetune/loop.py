@@ -462,7 +462,9 @@ def _finetune(cfg: FinetuneConfig, d: Dist, resume: bool, log, quiet: bool) -> d
     summary = index.summary()
     log(
         f"{family.name} {cfg.mode}: {len(train_clips)} training clips, {len(held)} held out; dropped "
-        f"{sum(index.dropped.values())} {dict(sorted(index.dropped.items()))}; buckets "
+        f"{sum(index.dropped.values())} {dict(sorted(index.dropped.items()))}; bucket_policy "
+        f"{cfg.bucket_policy} ({index.cropped} cropped by more than {cfg.max_aspect_change:.0%} of their "
+        "aspect); buckets "
         + ", ".join(f"{b['frames']}x{b['height']}x{b['width']}: {b['clips']}" for b in summary["buckets"])
     )
 

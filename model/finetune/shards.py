@@ -78,6 +78,9 @@ class ClipIndex:
     stride: int
     clips: list[Clip] = field(default_factory=list)
     dropped: Counter = field(default_factory=Counter)
+    policy: str = "crop"  # bucket_policy: crop | drop
+    max_aspect_change: float = 0.1
+    cropped: int = 0  # clips used although their aspect ratio is more than max_aspect_change off (crop)
     cache: ByteLRU = field(default_factory=ByteLRU)  # (file, row group) -> its clip_mp4 values
 
     def summary(self) -> dict:
@@ -85,6 +88,9 @@ class ClipIndex:
         return {
             "clips": len(self.clips),
             "dropped": dict(sorted(self.dropped.items())),
+            "bucket_policy": self.policy,
+            "max_aspect_change": self.max_aspect_change,
+            "cropped_beyond_max_aspect_change": self.cropped,
             "buckets": [
                 {"frames": b[0], "height": b[1], "width": b[2], "clips": per_bucket[i]}
                 for i, b in enumerate(self.buckets)
@@ -108,7 +114,9 @@ class ClipIndex:
 def choose_bucket(
     width: int, height: int, frames: int, buckets: list[Bucket], policy: str, max_aspect_change: float
 ) -> tuple[int | None, str]:
-    """(bucket index, "") for a clip of ``frames`` (after stride) at width x height, or (None, reason)."""
+    """(bucket index, "") for a clip of ``frames`` (after stride) at width x height, (bucket index, "cropped")
+    when ``crop`` uses it although its aspect ratio is more than ``max_aspect_change`` off, or (None,
+    reason)."""
     fits = [i for i, b in enumerate(buckets) if b[0] <= frames]
     if not fits:
         return None, "too_short"
@@ -121,7 +129,7 @@ def choose_bucket(
     best = min(fits, key=lambda i: (round(change(i), 6), -buckets[i][0]))
     if policy == "drop" and math.exp(change(best)) - 1 > max_aspect_change:
         return None, "aspect"
-    return best, ""
+    return best, "cropped" if math.exp(change(best)) - 1 > max_aspect_change else ""
 
 
 def index_clips(
@@ -134,7 +142,7 @@ def index_clips(
 ) -> ClipIndex:
     """Every clip of the run's shards with its bucket, in clip_id order (deterministic across runs)."""
     files = shard_files(data)
-    index = ClipIndex(files, buckets, stride)
+    index = ClipIndex(files, buckets, stride, policy=policy, max_aspect_change=max_aspect_change)
     clips = []
     for fi in range(len(files)):
         clips += index_file(index, fi, caption_column, policy, max_aspect_change)
@@ -175,6 +183,7 @@ def index_file(
             if b is None:
                 index.dropped[reason] += 1
                 continue
+            index.cropped += reason == "cropped"
             prompt = (row.get("caption_short") or "").strip() or caption
             clips.append(Clip(row["clip_id"], caption, (fi, g, r), b, prompt))
     return clips

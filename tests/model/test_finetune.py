@@ -221,7 +221,7 @@ def test_buckets_follow_aspect_and_duration():
     assert choose_bucket(1920, 1080, 30, buckets, "crop", 0.1) == (3, "")  # too short for 49
     assert choose_bucket(1920, 1080, 10, buckets, "crop", 0.1) == (None, "too_short")
     # 4:3 is 30% off 832x480 (its nearest) and 33% off 624x624: cropped under crop, dropped under drop.
-    assert choose_bucket(1440, 1080, 120, buckets, "crop", 0.1)[0] is not None
+    assert choose_bucket(1440, 1080, 120, buckets, "crop", 0.1) == (0, "cropped")
     assert choose_bucket(1440, 1080, 120, buckets, "drop", 0.1) == (None, "aspect")
     assert choose_bucket(1440, 1080, 120, buckets, "drop", 0.35) == (0, "")
 
@@ -313,6 +313,7 @@ def test_lora_on_the_quickstart_shards(family, quickstart_run, tiny, tmp_path):
     m = finetune(cfg)
     data = m["data"]
     assert data["clips"] >= 3 and sum(b["clips"] for b in data["buckets"]) == data["clips"]
+    assert (data["bucket_policy"], data["max_aspect_change"]) == ("crop", 0.1)
     assert m["evals"][-1]["tune"] < m["evals"][0]["tune"], m["evals"]
     assert m["evals"][-1]["check"] < m["evals"][0]["check"], m["evals"]
     # The same clips under "drop" with a tight aspect tolerance: each clip is used or counted as dropped.
@@ -326,3 +327,7 @@ def test_lora_on_the_quickstart_shards(family, quickstart_run, tiny, tmp_path):
     except DataError as e:  # every clip dropped: the message counts them
         used, aspect = 0, int(re.search(r"'aspect': (\d+)", str(e)).group(1))
     assert aspect > 0 and used + aspect == data["clips"]
+    # Under crop the same clips are used, and the manifest counts those cropped beyond the tolerance.
+    cropped = finetune(dataclasses.replace(strict, out=str(tmp_path / "crop"), bucket_policy="crop"))["data"]
+    assert cropped["bucket_policy"] == "crop" and cropped["clips"] == data["clips"]
+    assert cropped["cropped_beyond_max_aspect_change"] == aspect
