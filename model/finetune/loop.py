@@ -281,7 +281,8 @@ def prefetches(cfg: FinetuneConfig, device: torch.device) -> bool:
     core from it (on a CPU whose cores torch's threads all use, it measured no faster)."""
     if cfg.prefetch != "auto":
         return cfg.prefetch == "on"
-    return device.type != "cpu" or torch.get_num_threads() < len(os.sched_getaffinity(0))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return device.type != "cpu" or torch.get_num_threads() < cores
 
 
 class Trainer:
@@ -607,7 +608,12 @@ def _finetune(cfg: FinetuneConfig, d: Dist, resume: bool, log, quiet: bool) -> d
         "text_tokens": trainer.tokens,
         "cached_latents": {**cache_report, "drawn": trainer.drawn},
         "final_loss": _mean_tail(history),
-        "timing": {"steps": timed_steps, "seconds": timed_s, "cpu_seconds": timed_cpu},
+        "timing": {
+            "steps": timed_steps,
+            "seconds": timed_s,
+            "cpu_seconds": timed_cpu,
+            "prefetch": trainer.pool is not None,  # prefetch = "auto" resolved
+        },
         "evals": evals,
         "history": history,
         "outputs": outputs,

@@ -104,6 +104,7 @@ def test_resume_is_bitwise_equal_to_uninterrupted(family, tiny, shards, tmp_path
     # each one inline, and keeping caption embeddings (text_cache) on the same embeddings.
     inline = config(tiny, shards, tmp_path / "inline", family, steps=6, prefetch="off", text_cache=False)
     inline = finetune(inline)
+    assert whole["timing"]["prefetch"] and not inline["timing"]["prefetch"]
     assert inline["history"] == whole["history"]
     c = load_file(inline["outputs"]["lora"])
     assert all(torch.equal(a[k], c[k]) for k in a)
