@@ -167,3 +167,17 @@ def test_a_clip_slower_than_the_target_rate_repeats_frames(tmp_path):
     row = {"clip_id": "c", "clip_mp4": mp4, "caption": "x", "fps": 5.0}
     numbers = _bar_numbers(ClipSource(8, 64, 96, fps=10.0).sample(row, 0.0).x)
     assert numbers == [0, 0, 1, 1, 2, 2, 3, 3]  # at 0.1 s steps, the 5 fps frame on show
+
+
+def test_read_video_reuses_one_scaler_with_the_same_pixels(tmp_path) -> None:
+    # read_video scales every frame through one VideoReformatter; frame.reformat per frame gives the same.
+    from vidsift.model.data import cover_crop, read_video
+
+    frames = (np.random.default_rng(0).integers(0, 256, (12, 40, 56, 3))).astype(np.uint8)
+    src = encode_mp4(frames, fps=12)
+    got, _ = read_video(src, 24, 30, frames=8, start=0.0)
+    with av.open(io.BytesIO(src)) as container:
+        ref = [cover_crop(f, 24, 30) for f in container.decode(video=0)][:8]
+    want = torch.from_numpy(np.stack(ref)).permute(3, 0, 1, 2).float() / 127.5 - 1
+    assert got.shape == (3, 8, 24, 30)
+    assert torch.equal(got, want)
