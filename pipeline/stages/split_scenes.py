@@ -69,6 +69,10 @@ _FLASH_JUMP = 30.0
 _PEAK_GAP = 1
 # A frame correlating at least this with one just before it shows the same picture (flash test).
 _SAME_PICTURE_CORR = 0.5
+# Consecutive frames closer than this (contrast-normalised) repeat the picture (duplicated frames).
+_REPEATED_FRAME = 0.02
+# A short insert between two cuts differs from the shot around it by at least this (contrast-normalised).
+_INSERT_DISTANCE = 1.0
 # Light between two black stretches that lit at most this share of the pixels on average: sparks, a beam.
 _SPARKS_LIT = 0.3
 # A changed area with less than this share of the texture it covers is an occluder, not a picture.
@@ -466,14 +470,13 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
 
 
 def _dark_runs(
-    signals: SceneSignals, thumbs: _Thumbs, fps: float, config: SplitScenesConfig
+    signals: SceneSignals, fps: float, config: SplitScenesConfig
 ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """Stretches of black frames (inclusive), joined across lights in the dark; and the lights.
 
     Lights in the dark (fireworks, a torch, a passing car at night) break a black stretch for a moment:
-    when black comes back within ``lookback_s``, and the light between lit few pixels on average
-    (sparks, a beam) or the black after it shows (within a few frames, as the last sparks fade) the
-    picture of the black before it, it is one dark shot, not black shots between cuts. Returns the
+    when black comes back within ``lookback_s`` and the light between lit few pixels on average
+    (sparks, a beam; not a picture), it is one dark shot, not black shots between cuts. Returns the
     joined black stretches and the stretches of light they were joined across (inclusive).
     """
     lit = signals.lit_fraction
@@ -487,12 +490,7 @@ def _dark_runs(
             (
                 k
                 for k, (_, end) in enumerate(runs)
-                if s - end - 1 <= gap_max
-                and (
-                    float(lit[end + 1 : s].mean()) <= _SPARKS_LIT
-                    or thumbs.cross_min(np.arange(max(0, end - 2), end + 1), np.arange(s, min(e, s + 5) + 1))
-                    < config.min_cut_distance
-                )
+                if s - end - 1 <= gap_max and float(lit[end + 1 : s].mean()) <= _SPARKS_LIT
             ),
             None,
         )
@@ -504,9 +502,7 @@ def _dark_runs(
     return runs, lights
 
 
-def _detect_fades(
-    signals: SceneSignals, thumbs: _Thumbs, fps: float, config: SplitScenesConfig
-) -> list[Transition]:
+def _detect_fades(signals: SceneSignals, fps: float, config: SplitScenesConfig) -> list[Transition]:
     """Each stretch of black frames, with the brightness ramps into and out of it, is one fade."""
     n = signals.num_frames
     luma = signals.luma
@@ -515,7 +511,7 @@ def _detect_fades(
         return []
     max_ramp = max(1, round(config.max_fade_s * fps))
     fades = []
-    for s, e in _dark_runs(signals, thumbs, fps, config)[0]:
+    for s, e in _dark_runs(signals, fps, config)[0]:
         # Walk back over the fade-out while the picture keeps getting darker in small steps, and
         # forward over the fade-in while it keeps getting brighter; a cut into or out of black (one
         # big step) has no ramp.
@@ -655,7 +651,8 @@ def _verify_cuts(
         # either side only (not across the last accepted cut or the next candidate).
         near = np.arange(max(1, i - ahead, last_cut + 1), min(n, i + ahead + 1, j if j is not None else n))
         near = near[near != i]
-        motion = float(np.median(thumbs.dist(near - 1, near))) if len(near) else 0.0
+        steps = thumbs.dist(near - 1, near) if len(near) else np.zeros(0, np.float32)
+        motion = float(np.median(steps)) if len(steps) else 0.0
         need = max(config.min_cut_distance, config.motion_ratio * motion)
         separate = thumbs.cross_min(pre, post) >= need
         if not separate and j is not None and j - i >= 2:
@@ -663,6 +660,17 @@ def _verify_cuts(
             # resume: the insert's frames differ from every frame before it and from every frame after
             # the next cut, which a flash or an occlusion (a change of the same picture) does not.
             insert, after = np.arange(i, j), np.arange(j, min(n, j + ahead + 1))
+            # Motion in steps (animation on twos or fours, a frame-rate conversion that repeats frames)
+            # moves the picture every few frames: the repeated frames are not the typical change here.
+            # An insert is a different picture, not the next step of the same one: it must also stand
+            # _INSERT_DISTANCE apart from both sides.
+            around = np.arange(max(1, i - ahead), min(n, j + ahead + 1))
+            around = around[(around != i) & (around != j)]
+            moving = thumbs.dist(around - 1, around)
+            moving = moving[moving > _REPEATED_FRAME]
+            need = max(need, _INSERT_DISTANCE)
+            if len(moving):
+                need = max(need, config.motion_ratio * float(np.median(moving)))
             separate = min(
                 thumbs.cross_min(pre, insert), thumbs.cross_min(insert, after)
             ) >= need and not _occluded(thumbs, i - 1, insert)
@@ -759,12 +767,12 @@ def _detect_fast(
 ) -> list[Transition]:
     """The weight-free detector: fades, verified hard cuts, dissolves (module docstring)."""
     n = signals.num_frames
-    fades = _detect_fades(signals, thumbs, fps, config)
+    fades = _detect_fades(signals, fps, config)
     busy = np.zeros(n, bool)
     for t in fades:
         # A cut into or out of the black, or a flicker of the ramp, is part of the fade.
         busy[max(0, t.first - 2) : t.last + 3] = True
-    for s, e in _dark_runs(signals, thumbs, fps, config)[1]:
+    for s, e in _dark_runs(signals, fps, config)[1]:
         busy[s : e + 1] = True  # lights in the dark are not cuts
     candidates = _cut_candidates(signals, fps, config)
     candidates = candidates[~busy[candidates]] if len(candidates) else candidates
@@ -885,7 +893,7 @@ def _fuse(
     busy = np.zeros(n + 1, bool)
     for t in fades:
         busy[max(0, t.first - 2) : t.last + 3] = True
-    for s, e in _dark_runs(signals, thumbs, fps, config)[1]:
+    for s, e in _dark_runs(signals, fps, config)[1]:
         busy[s : e + 1] = True  # lights in the dark are not cuts
     fast_at = np.zeros(n + 2, bool)  # frames where the weight-free detector reports a boundary, +-1
     fast_cut_at = np.zeros(n + 2, bool)  # ... a hard cut

@@ -493,3 +493,12 @@ def test_lights_in_the_dark_are_not_cuts() -> None:
         for y, x in rng.integers(0, [68, 124], size=(12, 2)):
             frames[i, y : y + 4, x : x + 4] = 220 - 8 * (i - 40)
     assert _transitions(frames) == []
+
+
+def test_countdown_leader_steps_are_not_short_inserts() -> None:
+    # quality/in.mp4: a film countdown whose picture moves every 4th frame (the frames between repeat).
+    # Each step differs from the frames around it, like a short insert would; it is not one.
+    signals, fps = _decode(VIDEOS / "quality/in.mp4")
+    found = _cut_frames(signals, fps)
+    assert not set(range(20, 90)) & set(found), found  # digit changes at 25, 50, 75 and the steps
+    assert any(abs(f - 180) <= 2 for f in found), found  # the cut to black
