@@ -5,7 +5,8 @@ Reads every labelled clip of two sets in one run:
 - ``../shared/videos``: the clips of catalog.json that carry cut ground truth (split ``tune``: the
   weight-free detector was developed on them);
 - the scene evaluation set of ``bench/scene_eval`` (labels.json, media built by its fetch.py into
-  ``--eval-media``), whose clips are split into ``tune`` and ``check`` by labels.json.
+  ``--eval-media``), whose clips are split into ``tune``, ``check``, ``check2`` and ``check3`` by labels.json
+  (docs/scenes.md says which were scored blind when).
 
 Methods, all on the same files:
 
