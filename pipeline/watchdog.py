@@ -18,6 +18,7 @@ turns that interruption into the error with ``raise_if_stalled``.
 from __future__ import annotations
 
 import _thread
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -97,10 +98,22 @@ class StallWatchdog:
         self.last = time.monotonic()
         self.done = threading.Event()
         self.message: str | None = None
+        self._restore: signal.Handlers | Callable | int | None = None  # SIGINT's disposition before start()
         self.thread = threading.Thread(target=self._watch, name="vidsift-stall-watchdog", daemon=True)
 
     def start(self) -> StallWatchdog:
         if self.stall_s > 0:
+            # The watchdog ends the run through the main thread's KeyboardInterrupt. A process started
+            # with SIGINT ignored (``nohup vidsift curate ... &``, a background job of a script) would
+            # never get it, and a stalled run would wait forever: Python's handler is put in place
+            # while the watchdog runs (the main thread only can) and the old disposition comes back
+            # on stop().
+            if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) in (
+                signal.SIG_IGN,
+                signal.SIG_DFL,
+                None,
+            ):
+                self._restore = signal.signal(signal.SIGINT, signal.default_int_handler)
             _active.append(self)
             self.thread.start()
         return self
@@ -112,6 +125,9 @@ class StallWatchdog:
         self.done.set()
         if self in _active:
             _active.remove(self)
+        if self._restore is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._restore)
+            self._restore = None
 
     def stalled(self) -> str | None:
         """The error to end the run with, or None while it is not stalled."""

@@ -157,6 +157,30 @@ def test_stall_watchdog_names_the_demand_it_cannot_place():
     watchdog._fired.clear()
 
 
+def test_stall_watchdog_fires_when_sigint_was_ignored():
+    """Started with SIGINT ignored (nohup ... &, a script's background job), the watchdog still fires."""
+    import signal
+
+    from vidsift.pipeline import watchdog
+
+    free = {"n": {"CPU": 1.0}}
+    pending = ([({"tpu": 1.0}, 1)], free, free)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        w = watchdog.StallWatchdog(stall_s=0.1, probe=lambda: pending)
+        watchdog._fired.clear()
+        w.start()
+        with pytest.raises(KeyboardInterrupt):
+            for _ in range(600):  # a hang guard: the interrupt comes after ~0.2 s
+                time.sleep(0.05)
+        w.stop()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # the disposition it found is back
+        assert "cannot place 1 x {tpu=1}" in watchdog._fired[-1]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        watchdog._fired.clear()
+
+
 CAPTIONED = """
 [run]
 group_size = 1
