@@ -295,3 +295,10 @@ def table_from_rows(rows: list[dict], schema: pa.Schema) -> pa.Table:
         if extra:
             raise KeyError(f"columns not in the schema: {sorted(extra)}")
     return pa.Table.from_pylist([{n: r.get(n) for n in schema.names} for r in rows], schema=schema)
+
+
+# Cached latents of a diffusers model (``vidsift encode --vae diffusers:NAME``): RUN/<LATENTS_DIR>/<model
+# key>/<group>.parquet, each file's schema metadata holding the settings it was written with under
+# LATENTS_SETTINGS_KEY. Written by vidsift.model.finetune.latents; carried by ``vidsift select``.
+LATENTS_DIR = "latents"
+LATENTS_SETTINGS_KEY = b"vidsift_latents"

@@ -35,7 +35,13 @@ import pyarrow.parquet as pq
 
 from vidsift.pipeline import storage
 from vidsift.pipeline.process import account_group
-from vidsift.pipeline.schema import CLIP_SCHEMA, REJECTED_SCHEMA, VIDEO_SCHEMA
+from vidsift.pipeline.schema import (
+    CLIP_SCHEMA,
+    LATENTS_DIR,
+    LATENTS_SETTINGS_KEY,
+    REJECTED_SCHEMA,
+    VIDEO_SCHEMA,
+)
 from vidsift.pipeline.stages.write_shards import TABLES, WriteShardsConfig, done_groups, write_manifest
 from vidsift.pipeline.storage import Location
 
@@ -255,7 +261,6 @@ def _read_table(location: Location) -> pa.Table:
             con = _readers.con = duckdb.connect(":memory:", config={"threads": 1})
         rel = con.read_parquet(path)
         return rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.fetch_arrow_table()
-    import pyarrow.parquet as pq
 
     fs, path = storage.filesystem(location)
     with fs.open_input_file(path) as f:
@@ -530,22 +535,17 @@ def select_run(
 
 # ------------------------------------------------------------------------------------ cached latents
 
-LATENTS = "latents"  # RUN/latents/<model key>/<group>.parquet: ``vidsift encode --vae diffusers:NAME``
-LATENTS_SETTINGS = (
-    b"vidsift_latents"  # the settings a cache file was written with (model/finetune/latents.py)
-)
-
 
 def latent_files(run: Location) -> dict[str, dict[str, Location]]:
     """``{model key: {group: file}}`` of the run's cached latents (none: ``{}``)."""
     try:
-        files = storage.list_files(storage.join(run, LATENTS))
+        files = storage.list_files(storage.join(run, LATENTS_DIR))
     except FileNotFoundError:
         return {}
     out: dict[str, dict[str, Location]] = {}
     for f in files:
         parts = str(f).rsplit("/", 3)
-        if len(parts) == 4 and parts[1] == LATENTS and parts[3].endswith(".parquet"):
+        if len(parts) == 4 and parts[1] == LATENTS_DIR and parts[3].endswith(".parquet"):
             if not parts[3].startswith("."):  # a killed writer's partial file
                 out.setdefault(parts[2], {})[parts[3].removesuffix(".parquet")] = f
     return out
@@ -577,20 +577,20 @@ def carry_latents(
         missing = len(newly_accepted) - int(pc.sum(cached).as_py() or 0)
         schema = source.schema_arrow
         meta = dict(schema.metadata or {})
-        if missing and LATENTS_SETTINGS in meta:
-            settings = json.loads(meta[LATENTS_SETTINGS])
+        if missing and LATENTS_SETTINGS_KEY in meta:
+            settings = json.loads(meta[LATENTS_SETTINGS_KEY])
             settings["select_missing_clips"] = missing
-            meta[LATENTS_SETTINGS] = json.dumps(settings, sort_keys=True).encode()
+            meta[LATENTS_SETTINGS_KEY] = json.dumps(settings, sort_keys=True).encode()
             counts["latents_groups_incomplete"] += 1
         counts["latents_clips_missing"] += missing
         rows_per_group = max((md.row_group(i).num_rows for i in range(md.num_row_groups)), default=1) or 1
         compression = md.row_group(0).column(0).compression.lower() if md.num_row_groups else "zstd"
-        target = storage.join(dst, LATENTS, key, f"{group}.parquet")
-        storage.makedirs(storage.join(dst, LATENTS, key))
-        fs, out_path = storage.filesystem(target)
-        tmp = storage._tmp(out_path)
+        target = storage.join(dst, LATENTS_DIR, key, f"{group}.parquet")
+        storage.makedirs(storage.join(dst, LATENTS_DIR, key))
         # one row group at a time (a clip's latents are megabytes), repacked into the source's row group size
-        with pq.ParquetWriter(tmp, schema.with_metadata(meta), filesystem=fs, compression=compression) as out:
+        with storage.parquet_writer_atomic(
+            target, schema.with_metadata(meta), compression=compression
+        ) as out:
             pending: list[pa.Table] = []
             for g in range(md.num_row_groups):
                 t = source.read_row_group(g)
@@ -604,7 +604,6 @@ def carry_latents(
                     whole = pa.concat_tables(pending).combine_chunks()
                     out.write_table(whole.slice(0, rows_per_group).replace_schema_metadata(meta))
                     pending = [whole.slice(rows_per_group)]
-        storage._publish(fs, tmp, out_path)
     return counts
 
 

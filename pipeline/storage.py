@@ -225,6 +225,24 @@ def write_table_atomic(table: pa.Table, location: Location, **parquet_options) -
     _publish(fs, tmp, path)
 
 
+@contextmanager
+def parquet_writer_atomic(
+    location: Location, schema: pa.Schema, **parquet_options
+) -> Iterator[pq.ParquetWriter]:
+    """A ``ParquetWriter`` on a temporary name, moved into place when the block ends without an error (the
+    temporary file is removed when it raises): for files written a row group at a time."""
+    fs, path = filesystem(location)
+    tmp = _tmp(path)
+    try:
+        with pq.ParquetWriter(tmp, schema, filesystem=fs, **parquet_options) as writer:
+            yield writer
+    except BaseException:
+        if fs.get_file_info(tmp).type != pafs.FileType.NotFound:
+            fs.delete_file(tmp)
+        raise
+    _publish(fs, tmp, path)
+
+
 def write_bytes_atomic(location: Location, data: bytes) -> None:
     fs, path = filesystem(location)
     tmp = _tmp(path)

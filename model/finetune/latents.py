@@ -38,10 +38,11 @@ from vidsift.model.data import DataError
 from vidsift.model.finetune.families import Components, Family, Text
 from vidsift.model.finetune.shards import Bucket, ByteLRU, Clip, ClipIndex, index_file
 from vidsift.pipeline import storage
+from vidsift.pipeline.schema import LATENTS_DIR, LATENTS_SETTINGS_KEY
 
 WINDOW = 0.5  # where in a clip longer than its bucket the cached window starts (0 first frames, 1 last)
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
-SETTINGS_KEY = b"vidsift_latents"
+SETTINGS_KEY = LATENTS_SETTINGS_KEY
 LOAD_KEYS = {"torch_dtype", "dtype", "transformers_version"}  # how a model was loaded, not what it is
 
 SCHEMA = pa.schema(
@@ -83,7 +84,7 @@ def model_key(model: str) -> str:
 
 
 def cache_folder(data: str, model: str) -> str:
-    return storage.join(data, "latents", model_key(model))
+    return storage.join(data, LATENTS_DIR, model_key(model))
 
 
 def fingerprint(module: torch.nn.Module) -> str:

@@ -99,3 +99,21 @@ def test_workers_write_parts_and_a_group_is_published_from_the_parts_it_has_rece
     assert publish_group(str(out), "g000000", [str(src)], parts, config) == accepted
     with pytest.raises(RuntimeError, match="do not hold every row"):  # a receipt's part is missing
         publish_group(str(out), "g000001", [str(src)], [], config)
+
+
+def test_parquet_writer_atomic_publishes_whole_files_only(tmp_path) -> None:
+    import os
+
+    import pyarrow as pa
+
+    from vidsift.pipeline import storage
+
+    t = pa.table({"x": [1, 2, 3]})
+    with storage.parquet_writer_atomic(tmp_path / "a.parquet", t.schema) as out:
+        out.write_table(t)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [f".a.parquet.tmp-{os.getpid()}"]
+    assert pq.read_table(tmp_path / "a.parquet").equals(t)
+    with pytest.raises(RuntimeError), storage.parquet_writer_atomic(tmp_path / "b.parquet", t.schema) as out:
+        out.write_table(t)
+        raise RuntimeError("writer died")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.parquet"]  # no b.parquet, no partial file
