@@ -485,15 +485,14 @@ def _dark_runs(
     runs: list[tuple[int, int]] = []
     lights: list[tuple[int, int]] = []
     for s, e in _runs(dark):
-        # The earliest black stretch that ended shortly before this one and shows the same picture.
-        back = next(
-            (
-                k
-                for k, (_, end) in enumerate(runs)
-                if s - end - 1 <= gap_max and float(lit[end + 1 : s].mean()) <= _SPARKS_LIT
-            ),
-            None,
-        )
+        # The earliest black stretch that ended at most gap_max frames before this one with only sparse
+        # light since (looking back over the recent stretches only).
+        back = None
+        k = len(runs) - 1
+        while k >= 0 and s - runs[k][1] - 1 <= gap_max:
+            if float(lit[runs[k][1] + 1 : s].mean()) <= _SPARKS_LIT:
+                back = k
+            k -= 1
         if back is None:
             runs.append((s, e))
             continue
@@ -502,8 +501,11 @@ def _dark_runs(
     return runs, lights
 
 
-def _detect_fades(signals: SceneSignals, fps: float, config: SplitScenesConfig) -> list[Transition]:
-    """Each stretch of black frames, with the brightness ramps into and out of it, is one fade."""
+def _detect_fades(
+    signals: SceneSignals, fps: float, config: SplitScenesConfig, runs: list[tuple[int, int]]
+) -> list[Transition]:
+    """Each stretch of black frames (``runs``, from ``_dark_runs``), with the brightness ramps into and out
+    of it, is one fade."""
     n = signals.num_frames
     luma = signals.luma
     dark = signals.lit_fraction <= config.dark_max_fraction
@@ -511,7 +513,7 @@ def _detect_fades(signals: SceneSignals, fps: float, config: SplitScenesConfig) 
         return []
     max_ramp = max(1, round(config.max_fade_s * fps))
     fades = []
-    for s, e in _dark_runs(signals, fps, config)[0]:
+    for s, e in runs:
         # Walk back over the fade-out while the picture keeps getting darker in small steps, and
         # forward over the fade-in while it keeps getting brighter; a cut into or out of black (one
         # big step) has no ramp.
@@ -763,16 +765,22 @@ def _detect_dissolves(
 
 
 def _detect_fast(
-    signals: SceneSignals, thumbs: _Thumbs, fps: float, config: SplitScenesConfig
+    signals: SceneSignals,
+    thumbs: _Thumbs,
+    fps: float,
+    config: SplitScenesConfig,
+    dark: tuple[list[tuple[int, int]], list[tuple[int, int]]],
 ) -> list[Transition]:
-    """The weight-free detector: fades, verified hard cuts, dissolves (module docstring)."""
+    """The weight-free detector: fades, verified hard cuts, dissolves (module docstring); ``dark``: the
+    video's ``_dark_runs``."""
     n = signals.num_frames
-    fades = _detect_fades(signals, fps, config)
+    runs, lights = dark
+    fades = _detect_fades(signals, fps, config, runs)
     busy = np.zeros(n, bool)
     for t in fades:
         # A cut into or out of the black, or a flicker of the ramp, is part of the fade.
         busy[max(0, t.first - 2) : t.last + 3] = True
-    for s, e in _dark_runs(signals, fps, config)[1]:
+    for s, e in lights:
         busy[s : e + 1] = True  # lights in the dark are not cuts
     candidates = _cut_candidates(signals, fps, config)
     candidates = candidates[~busy[candidates]] if len(candidates) else candidates
@@ -830,7 +838,7 @@ def detect_transitions(signals: SceneSignals, fps: float, config: SplitScenesCon
     if thumbs.picture_fraction < 1.0:
         signals = _PictureSignals(signals, thumbs.picture_fraction)
     if config.detector == "fast":
-        found = _detect_fast(signals, thumbs, fps, config)
+        found = _detect_fast(signals, thumbs, fps, config, _dark_runs(signals, fps, config))
     else:
         probs = signals.shot_probabilities()
         if probs is None:
@@ -883,7 +891,8 @@ def _fuse(
     """
     single, many = probs
     n = signals.num_frames
-    fast = _detect_fast(signals, thumbs, fps, config)
+    dark = _dark_runs(signals, fps, config)
+    fast = _detect_fast(signals, thumbs, fps, config, dark)
     fades = [
         t
         for t in fast
@@ -893,7 +902,7 @@ def _fuse(
     busy = np.zeros(n + 1, bool)
     for t in fades:
         busy[max(0, t.first - 2) : t.last + 3] = True
-    for s, e in _dark_runs(signals, fps, config)[1]:
+    for s, e in dark[1]:
         busy[s : e + 1] = True  # lights in the dark are not cuts
     fast_at = np.zeros(n + 2, bool)  # frames where the weight-free detector reports a boundary, +-1
     fast_cut_at = np.zeros(n + 2, bool)  # ... a hard cut
@@ -914,8 +923,10 @@ def _fuse(
         # The weight-free detector's own verified cuts have passed its flash test already (which lets
         # short inserts through); elsewhere the picture must not come back.
         # The network tends to peak a frame or two after a flash's onset, so the flash test looks there.
-        flash = any(_is_flash(signals.luma, k, ahead) for k in range(max(1, s - 1), peak + 2))
-        if not fast_cut_at[peak + 1] and (flash or _returns(thumbs, s, e, floor, fps, config)):
+        if not fast_cut_at[peak + 1] and (
+            any(_is_flash(signals.luma, k, ahead) for k in range(max(1, s - 1), peak + 2))
+            or _returns(thumbs, s, e, floor, fps, config)
+        ):
             continue
         if e - s < 2:
             found.append(Transition(frame=peak + 1, first=peak + 1, last=peak, kind="cut"))
