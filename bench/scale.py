@@ -401,11 +401,31 @@ def _writer_options() -> dict:
     return {"use_dictionary": False} if os.environ.get(NO_DICTIONARY) else {}
 
 
-def make_run(out: Path, n: int, real: pa.Table, seed: int, group_size: int, media_bytes: int = 64) -> dict:
+def _no_dictionary() -> None:
+    """The ``--no-dictionary`` experiment: the shard writer in this process writes without dictionaries."""
+    from vidsift.pipeline import storage
+
+    plain = storage.write_shard_table
+    storage.write_shard_table = lambda t, loc, **o: plain(t, loc, **o, **_writer_options())
+
+
+def make_run(
+    out: Path,
+    n: int,
+    real: pa.Table,
+    seed: int,
+    group_size: int,
+    media_bytes: int = 64,
+    shards: dict | None = None,
+) -> dict:
     """Write a finished run folder of ``n`` accepted background clips plus the real rows; returns where
-    the real rows went (``real_index -> clip_id``)."""
+    the real rows went (``real_index -> clip_id``). ``shards``: ``write_shards`` settings (else the
+    defaults), used to write the folder and recorded in its recipe, so select and dedup write alike."""
     from vidsift.pipeline.schema import CLIP_SCHEMA, REJECTED_SCHEMA, VIDEO_SCHEMA
     from vidsift.pipeline.select import conform
+    from vidsift.pipeline.stages.write_shards import WriteShardsConfig
+
+    contract = WriteShardsConfig(**(shards or {}))
 
     rng = np.random.default_rng(seed)
     p_bit = bit_frequencies(real)
@@ -523,14 +543,14 @@ def make_run(out: Path, n: int, real: pa.Table, seed: int, group_size: int, medi
             pa.array([per.get(u, 0) for u in vids.column("source_uri").to_pylist()], pa.int32()),
         )
         for table, t in (("rejected", rej), ("videos", vids), ("clips", clips)):
-            pq.write_table(
-                t, out / table / f"{name}.parquet", compression="zstd", row_group_size=64, **_writer_options()
-            )  # as curate writes
+            contract.write(t, out / table / f"{name}.parquet")  # as curate writes
         (out / "_done" / name).touch()
     from vidsift.pipeline.recipe import build_recipe
 
     stages = ("probe", "analyze", "split_scenes", "dedup", "transcode", "write_shards")
-    recipe = build_recipe({"stage": [{"name": s} for s in stages]})
+    recipe = build_recipe(
+        {"stage": [{"name": s, **(shards or {} if s == "write_shards" else {})} for s in stages]}
+    )
     manifest = {
         "schema_version": 1,
         "recipe": recipe.to_dict(),
@@ -545,11 +565,8 @@ def make_run(out: Path, n: int, real: pa.Table, seed: int, group_size: int, medi
 
 def step(name: str, run: Path, scratch: Path, dedup_set: list[str] = ()) -> dict:
     """One step in this process (the parent measures time and memory); returns what it found."""
-    if _writer_options():  # the experiment: every table select, dedup and shard_copy write
-        from vidsift.pipeline import storage
-
-        plain = storage.write_table_atomic
-        storage.write_table_atomic = lambda t, loc, **o: plain(t, loc, **o, **_writer_options())
+    if _writer_options():  # the experiment: every table the run folder, select, dedup and shard_copy write
+        _no_dictionary()
     if name == "dedup":
         from vidsift.pipeline.dedup_run import dedup_finished_run
 
@@ -578,7 +595,6 @@ def step(name: str, run: Path, scratch: Path, dedup_set: list[str] = ()) -> dict
         # with the shard contract's writer settings (64-row row groups, zstd), as many threads as select
         from concurrent.futures import ThreadPoolExecutor
 
-        from vidsift.pipeline import storage
         from vidsift.pipeline.select import SELECT_THREADS, TABLES, _read_table, _run_write_config, conform
         from vidsift.pipeline.stages.write_shards import done_groups
 
@@ -591,12 +607,7 @@ def step(name: str, run: Path, scratch: Path, dedup_set: list[str] = ()) -> dict
             rows = 0
             for table, schema in TABLES.items():
                 t = conform(_read_table(run / table / f"{group}.parquet"), schema)
-                storage.write_table_atomic(
-                    t,
-                    scratch / table / f"{group}.parquet",
-                    compression=config.compression,
-                    row_group_size=config.row_group_rows,
-                )
+                config.write(t, scratch / table / f"{group}.parquet")
                 rows += t.num_rows
             return rows
 
@@ -761,6 +772,15 @@ def main() -> None:
         action="store_true",
         help="experiment: write the run and every step without dictionary pages",
     )
+    ap.add_argument(
+        "--shard-rows", type=int, help="write_shards.row_group_rows of the run folder (default: the default)"
+    )
+    ap.add_argument(
+        "--shard-mib",
+        type=float,
+        help="write_shards.row_group_mib of the run folder (the older contract, 64-row groups: "
+        "--shard-rows 64 --shard-mib 0)",
+    )
     ap.add_argument("--steps", nargs="+", default=STEPS, choices=STEPS)
     ap.add_argument("--baseline-clips", type=int, default=0, help="also time the old banded search on N")
     ap.add_argument("--seed", type=int, default=1, help="background seed (tune with one, report another)")
@@ -796,8 +816,13 @@ def main() -> None:
         run = args.work / (f"run-{n}" if args.media_bytes == 64 else f"run-{n}-{args.media_bytes}b")
         run = run.with_name(run.name + ("-nodict" if args.no_dictionary else ""))
         run = run.with_name(run.name + (f"-seed{args.seed}" if args.seed != 1 else ""))
+        given = (("row_group_rows", args.shard_rows), ("row_group_mib", args.shard_mib))
+        shards = {k: v for k, v in given if v is not None}
+        run = run.with_name(run.name + "".join(f"-{k.split('_')[-1]}{v:g}" for k, v in shards.items()))
         t0 = time.time()
-        made = make_run(run, n, real, args.seed, args.group_size, args.media_bytes)
+        if args.no_dictionary:
+            _no_dictionary()
+        made = make_run(run, n, real, args.seed, args.group_size, args.media_bytes, shards)
         print(
             f"\n{n} clips: run folder written in {time.time() - t0:.0f} s ({made['groups']} groups, "
             f"{made['rows']} clip rows incl. rejected)",

@@ -328,12 +328,7 @@ def write_group_tables(
     }
     for name in TABLES:
         storage.makedirs(storage.join(out, name))
-        storage.write_table_atomic(
-            tables[name],
-            storage.join(out, name, f"{group}.parquet"),
-            compression=config.compression,
-            row_group_size=config.row_group_rows,
-        )
+        config.write(tables[name], storage.join(out, name, f"{group}.parquet"))
     storage.makedirs(storage.join(out, "_done"))
     storage.touch(storage.join(out, "_done", group))
     return tables

@@ -36,7 +36,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -223,6 +225,63 @@ def write_table_atomic(table: pa.Table, location: Location, **parquet_options) -
     tmp = _tmp(path)
     pq.write_table(table, tmp, filesystem=fs, **parquet_options)
     _publish(fs, tmp, path)
+
+
+def row_group_sizes(table: pa.Table, max_rows: int, max_bytes: int) -> list[int]:
+    """Rows per Parquet row group for ``table``: consecutive rows until the next row would take the group
+    past ``max_bytes`` of Arrow data (uncompressed; a clip's MP4 bytes dominate) or past ``max_rows``
+    rows; a row larger than ``max_bytes`` is a group of its own. ``max_bytes`` 0: ``max_rows`` only."""
+    n = table.num_rows
+    if n == 0:
+        return []
+    if max_bytes <= 0 or table.nbytes <= max_bytes:  # nbytes can only overstate a slice's size
+        return [max_rows] * (n // max_rows) + ([n % max_rows] if n % max_rows else [])
+    variable = np.zeros(n, np.int64)
+    fixed = table.nbytes
+    for column in table.columns:
+        if (
+            pa.types.is_binary(column.type)
+            or pa.types.is_string(column.type)
+            or (pa.types.is_large_binary(column.type) or pa.types.is_large_string(column.type))
+        ):
+            lengths = pc.fill_null(pc.binary_length(column), 0).to_numpy()
+            variable += lengths
+            fixed -= int(lengths.sum())
+    ends = np.cumsum(variable + max(fixed, 0) / n)
+    sizes, start, before = [], 0, 0.0
+    while start < n:
+        end = int(np.searchsorted(ends, before + max_bytes, side="right"))
+        end = min(max(end, start + 1), start + max_rows, n)
+        sizes.append(end - start)
+        before, start = ends[end - 1], end
+    return sizes
+
+
+def write_shard_table(
+    table: pa.Table, location: Location, *, compression: str, max_rows: int, max_bytes: int, **parquet_options
+) -> None:
+    """``write_table_atomic`` with the shard contract's row groups (``row_group_sizes``): at most
+    ``max_rows`` rows and about ``max_bytes`` of data each, so small rows share few row groups and a
+    reader of clips with MP4 bytes holds a bounded amount.
+
+    Dictionary pages only for text columns (names, paths, reasons repeat; hashes, curves, scores and
+    media do not: a dictionary there is built, then dropped or kept at a cost in time and size).
+    """
+    parquet_options.setdefault(
+        "use_dictionary",
+        [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)],
+    )
+    sizes = row_group_sizes(table, max_rows, max_bytes)
+    if len(set(sizes[:-1])) <= 1 and (not sizes or sizes[-1] <= sizes[0]):  # one size: a plain write
+        write_table_atomic(
+            table, location, compression=compression, row_group_size=max(sizes or [1]), **parquet_options
+        )
+        return
+    with parquet_writer_atomic(location, table.schema, compression=compression, **parquet_options) as writer:
+        start = 0
+        for size in sizes:
+            writer.write_table(table.slice(start, size), row_group_size=size)
+            start += size
 
 
 @contextmanager

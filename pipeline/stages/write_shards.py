@@ -2,8 +2,9 @@
 
 Reads: the clip, rejected and video rows of one group. ``OUT`` is a local path or an
 ``s3://`` URI (``pipeline/storage.py``). Writes ``OUT/clips/<group>.parquet``,
-``OUT/rejected/<group>.parquet``, ``OUT/videos/<group>.parquet`` (zstd, row groups of
-``row_group_rows``) and then the empty marker ``OUT/_done/<group>``. Every file is written
+``OUT/rejected/<group>.parquet``, ``OUT/videos/<group>.parquet`` (zstd; a row group ends at
+``row_group_rows`` rows or about ``row_group_mib`` MiB, ``storage.row_group_sizes``) and then the
+empty marker ``OUT/_done/<group>``. Every file is written
 under a temporary name and moved into place (a rename locally; on object storage a server-side
 copy, so the final key appears whole), and the marker comes last, so a run killed at
 any point leaves either a complete group or one that the next run redoes from scratch.
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+
+import pyarrow as pa
 
 from vidsift.pipeline import storage
 from vidsift.pipeline.schema import CLIP_SCHEMA, REJECTED_SCHEMA, VIDEO_SCHEMA, table_from_rows
@@ -28,16 +31,33 @@ TABLES = {"rejected": REJECTED_SCHEMA, "videos": VIDEO_SCHEMA, "clips": CLIP_SCH
 
 @dataclass(frozen=True, kw_only=True)
 class WriteShardsConfig:
-    row_group_rows: int = 64  # rows per Parquet row group: clips carry MP4 bytes, so keep groups small
+    # A Parquet row group ends at row_group_rows rows or at about row_group_mib MiB of data (uncompressed),
+    # whichever comes first: clips carry MP4 bytes, so the size bounds what a streaming reader holds
+    # (about 64 clips of 2 MB), while rows without media share few row groups (each row group costs
+    # a footer entry and a page per column).
+    row_group_rows: int = 65536
+    row_group_mib: float = 128.0  # 0: row_group_rows rows a group, whatever their size
     compression: str = "zstd"
 
     def __post_init__(self) -> None:
         if self.row_group_rows < 1:
             raise ValueError(f"write_shards.row_group_rows must be >= 1, got {self.row_group_rows}")
+        if self.row_group_mib < 0:
+            raise ValueError(f"write_shards.row_group_mib must be >= 0, got {self.row_group_mib}")
         if self.compression not in ("zstd", "snappy", "gzip", "none"):
             raise ValueError(
                 f"write_shards.compression must be zstd, snappy, gzip or none; got {self.compression!r}"
             )
+
+    def write(self, table: pa.Table, location: Location) -> None:
+        """One shard file with these settings (``storage.write_shard_table``)."""
+        storage.write_shard_table(
+            table,
+            location,
+            compression=self.compression,
+            max_rows=self.row_group_rows,
+            max_bytes=int(self.row_group_mib * 2**20),
+        )
 
 
 def remove_partial_files(out: Location) -> int:
@@ -65,12 +85,7 @@ def write_group(
     }
     for name, schema in TABLES.items():
         storage.makedirs(storage.join(out, name))
-        storage.write_table_atomic(
-            table_from_rows(rows[name], schema),
-            storage.join(out, name, f"{group}.parquet"),
-            compression=config.compression,
-            row_group_size=config.row_group_rows,
-        )
+        config.write(table_from_rows(rows[name], schema), storage.join(out, name, f"{group}.parquet"))
     storage.makedirs(storage.join(out, "_done"))
     storage.touch(storage.join(out, "_done", group))
 

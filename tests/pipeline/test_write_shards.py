@@ -117,3 +117,52 @@ def test_parquet_writer_atomic_publishes_whole_files_only(tmp_path) -> None:
         out.write_table(t)
         raise RuntimeError("writer died")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.parquet"]  # no b.parquet, no partial file
+
+
+def _sizes(path):
+    md = pq.ParquetFile(path).metadata
+    return [md.row_group(i).num_rows for i in range(md.num_row_groups)]
+
+
+def test_row_groups_are_bounded_by_bytes_and_rows(tmp_path):
+    """Clips with MP4 bytes get row groups of about row_group_mib; rows without media share one row
+    group; row_group_rows caps the rows; row_group_mib 0 is a fixed row count. Every row is written once,
+    in order."""
+    import os
+
+    clips = [_clip("a.mp4", i, f"c{i:04d}") for i in range(300)]
+    for i, c in enumerate(clips):
+        c["clip_mp4"] = os.urandom(40_000 if i < 100 else 10)  # a large part, then a small one
+    videos = [{"source_uri": "a.mp4", "group": "g1", "status": "ok"}]
+    write_group(tmp_path, "g1", clips, [], videos, WriteShardsConfig(row_group_mib=1))
+    sizes = _sizes(tmp_path / "clips/g1.parquet")
+    assert sum(sizes) == 300 and len(sizes) == 5
+    assert max(sizes[:3]) <= 27 and min(sizes[:3]) >= 24  # 1 MiB / 40 KB: about 26 clips a group
+    assert sizes[-1] > 64  # the small rows after them fill the last two row groups
+    table = pq.read_table(tmp_path / "clips/g1.parquet")
+    assert table.column("clip_id").to_pylist() == [c["clip_id"] for c in clips]
+    assert table.column("clip_mp4").to_pylist() == [c["clip_mp4"] for c in clips]
+
+    write_group(tmp_path / "capped", "g1", clips, [], videos, WriteShardsConfig(row_group_rows=64))
+    assert max(_sizes(tmp_path / "capped/clips/g1.parquet")) == 64
+    write_group(
+        tmp_path / "rows", "g1", clips, [], videos, WriteShardsConfig(row_group_rows=7, row_group_mib=0)
+    )
+    assert set(_sizes(tmp_path / "rows/clips/g1.parquet")[:-1]) == {7}
+    write_group(tmp_path / "small", "g1", clips[100:], [], videos, WriteShardsConfig())
+    assert _sizes(tmp_path / "small/clips/g1.parquet") == [200]
+
+
+def test_a_row_larger_than_the_budget_is_a_group_of_its_own():
+    import pyarrow as pa
+
+    from vidsift.pipeline.storage import row_group_sizes
+
+    t = pa.table({"b": [b"x" * 100, b"x" * 5000, b"x" * 100, b"x" * 100]})
+    assert row_group_sizes(t, max_rows=100, max_bytes=1000) == [1, 1, 2]
+    assert row_group_sizes(t.slice(0, 0), max_rows=100, max_bytes=1000) == []
+
+
+def test_row_group_mib_must_not_be_negative():
+    with pytest.raises(ValueError, match="row_group_mib must be >= 0"):
+        WriteShardsConfig(row_group_mib=-1)
