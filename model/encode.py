@@ -93,13 +93,14 @@ class EncodeShards:
             field = table.schema.field(name) if i >= 0 else pa.field(name, arr.type)
             table = table.set_column(i, field, arr) if i >= 0 else table.append_column(field, arr)
         # a hidden temporary file (key) beside the shard, then moved over it: readers never see half a file
-        storage.write_table_atomic(table, path, compression="zstd", row_group_size=_row_group_size(path))
+        # with the file's own row groups (the run's shard contract decided them)
+        storage.write_row_groups_atomic(table, path, _row_group_sizes(path), compression="zstd")
         return n
 
 
-def _row_group_size(path: str) -> int:
+def _row_group_sizes(path: str) -> list[int]:
     md = storage.read_parquet_metadata(path)
-    return max((md.row_group(i).num_rows for i in range(md.num_row_groups)), default=1) or 1
+    return [md.row_group(i).num_rows for i in range(md.num_row_groups)]
 
 
 def actor_resources(gpus: float | None, cluster_gpus: float, workers: int, files: int) -> dict:

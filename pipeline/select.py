@@ -10,8 +10,8 @@ with the run-wide dedup pass (``pipeline/dedup_run.py``).
   (``carry_latents``).
 
 It writes whole group files (temporary file, then rename, in ``write_shards.TABLES`` order) and then
-counts the manifest from the columns of the tables it wrote. Its cost is the shard writer's (64-row row
-groups, zstd): select takes about 1.1x the CPU of reading and writing every group file unchanged
+counts the manifest from the columns of the tables it wrote. Its cost is reading and writing every group
+file: about 1.2-1.3x the CPU of re-writing each one unchanged with the shard contract's writer
 (``bench/scale.py``, ``docs/benchmarks.md``).
 """
 
@@ -247,7 +247,7 @@ def _read_table(location: Location) -> pa.Table:
     """One whole Parquet file, single-threaded (groups run in parallel already; per-file threads only
     add overhead: 3x the CPU of ``pq.ParquetFile.read`` on small shard files).
 
-    A local file is read by DuckDB: on shard files (85 columns, 64-row row groups) it takes 0.6x the CPU
+    A local file is read by DuckDB: on shard files (85 columns, 64-row row groups) it took 0.6x the CPU
     of ``pq.ParquetFile.read`` and returns one chunk per column instead of one per row group, which the
     filters and sorts after it also pay for. ``s3://`` files (and paths DuckDB would take for a glob)
     go through pyarrow's own S3 client.

@@ -272,12 +272,17 @@ def write_shard_table(
         [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)],
     )
     sizes = row_group_sizes(table, max_rows, max_bytes)
+    write_row_groups_atomic(table, location, sizes, compression=compression, **parquet_options)
+
+
+def write_row_groups_atomic(table: pa.Table, location: Location, sizes: list[int], **parquet_options) -> None:
+    """``write_table_atomic`` with row groups of exactly ``sizes`` rows (in order; they sum to the rows)."""
+    if sum(sizes) != table.num_rows:
+        raise ValueError(f"row group sizes sum to {sum(sizes)}, the table has {table.num_rows} rows")
     if len(set(sizes[:-1])) <= 1 and (not sizes or sizes[-1] <= sizes[0]):  # one size: a plain write
-        write_table_atomic(
-            table, location, compression=compression, row_group_size=max(sizes or [1]), **parquet_options
-        )
+        write_table_atomic(table, location, row_group_size=max(sizes or [1]), **parquet_options)
         return
-    with parquet_writer_atomic(location, table.schema, compression=compression, **parquet_options) as writer:
+    with parquet_writer_atomic(location, table.schema, **parquet_options) as writer:
         start = 0
         for size in sizes:
             writer.write_table(table.slice(start, size), row_group_size=size)

@@ -118,6 +118,11 @@ def test_unreadable_clip_bytes_exit_2(tmp_path, capsys):
 def test_train_vae_then_encode_with_ray_then_train_on_cached_latents(shards, tmp_path):
     data = str(tmp_path / "data")
     shutil.copytree(shards, data)
+    first = os.path.join(data, "clips", "part-0.parquet")
+    t = pq.read_table(first)
+    with pq.ParquetWriter(first, t.schema) as w:  # uneven row groups, as byte-sized ones are
+        w.write_table(t.slice(0, 5))
+        w.write_table(t.slice(5))
     vae_dir = str(tmp_path / "vae")
     rc = main(
         [
@@ -156,6 +161,8 @@ def test_train_vae_then_encode_with_ray_then_train_on_cached_latents(shards, tmp
     )
     t = pq.read_table(os.path.join(data, "clips", "part-0.parquet"))
     assert t.num_rows == 12 and t.column("latent").null_count == 0
+    md = pq.ParquetFile(os.path.join(data, "clips", "part-0.parquet")).metadata
+    assert [md.row_group(i).num_rows for i in range(md.num_row_groups)] == [5, 7]  # the file's own
     row = t.slice(0, 1).to_pylist()[0]
     assert row["latent_shape"] == [4, 2, 2, 2]
     assert len(row["latent"]) == 2 * np.prod(row["latent_shape"])
