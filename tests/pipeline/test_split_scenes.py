@@ -304,6 +304,51 @@ def test_own_windows_reproduce_the_package_predict_frames(net_signals) -> None:
     assert np.abs(signals.shot_probabilities()[0] - reference).max() < 0.1
 
 
+@pytest.mark.slow
+def test_bfloat16_network_gives_the_float32_decisions(net_signals) -> None:
+    """network_precision = bfloat16 (auto's choice on a CPU with AMX or AVX-512 BF16): the probabilities
+    stay within a few hundredths of float32's and the frames above 0.5 are the same."""
+    pytest.importorskip("torch")
+    cv2 = pytest.importorskip("cv2")
+    from vidsift.pipeline.stages.transnet import ShotProbabilities
+
+    for name in ("cuts/video-1080p-60fps-2s.mp4", "cuts/video1.mp4"):
+        frames = [
+            cv2.cvtColor(cv2.resize(t, (48, 27), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+            for t in _frames(name)
+        ]
+        out = {}
+        for precision in ("float32", "bfloat16"):
+            stream = ShotProbabilities("cpu", precision=precision)
+            assert stream.precision == precision
+            for f in frames:
+                stream.push(f)
+            out[precision] = stream.finish()
+        assert not np.array_equal(out["float32"][0], out["bfloat16"][0])  # it did compute in bfloat16
+        for a, b in zip(out["float32"], out["bfloat16"], strict=True):
+            assert np.abs(a - b).max() < 0.05, name
+            assert np.array_equal(a > 0.5, b > 0.5), name
+
+
+def test_auto_precision_is_bfloat16_only_where_the_cpu_computes_it(monkeypatch) -> None:
+    torch = pytest.importorskip("torch")
+    from vidsift.pipeline.stages.transnet import resolve_precision
+
+    for amx, avx512_bf16, expected in (
+        (True, False, "bfloat16"),
+        (False, True, "bfloat16"),
+        (False, False, "float32"),
+    ):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
+        assert resolve_precision("auto", "cpu") == expected
+        assert resolve_precision("float32", "cpu") == "float32"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("fp8", "cpu")
+    with pytest.raises(ValueError, match="network_precision must be auto, float32 or bfloat16"):
+        SplitScenesConfig(network_precision="half")
+
+
 def test_gated_network_predicts_only_around_flagged_frames(net_signals) -> None:
     """fused's gate: blocks near the frames the weight-free signals flag get the ungated predictions
     (up to the windows' edges), the rest get 0 without running the network."""
