@@ -35,7 +35,8 @@ How the weight-free signals and ``fast`` work, in two passes:
      returns to a picture seen before, fast motion is as different from frame to frame inside the
      shot as across the candidate, and a true cut is neither; a few frames of another shot cut into
      a shot that then resumes (an insert) are two cuts when they differ from both sides and are not
-     a flat occluder;
+     a flat occluder; a change confined to thin full-width bands of rows while at least half the
+     picture's rows, lit, stay as they were is a caption or banner coming, going or changing, not a cut;
    - dissolves: the middle frame of a window is a blend of its two ends, while the ends are far apart
      and the shots on either side are steady; wipes the same, with every pixel showing one end or the
      other instead of a blend (reported as kind ``dissolve``).
@@ -77,6 +78,19 @@ _INSERT_DISTANCE = 1.0
 _SPARKS_LIT = 0.3
 # A changed area with less than this share of the texture it covers is an occluder, not a picture.
 _OCCLUDER_TEXTURE = 0.35
+# Caption and banner changes (_overlay_change): a thumbnail row whose mean change (0..255) is at most
+# _STILL_ROW is unchanged; it counts as picture that stays when its mean level exceeds _LIT_ROW (black rows
+# of dark footage stay the same across real cuts). At least _STILL_ROWS of the rows so, and the changed
+# rows changed by over _OVERLAY_PIXEL across at least _OVERLAY_WIDTH of their width: an overlay.
+# Chosen on the tune split: captions 0.62-0.69 still rows, 0.72-0.76 width; true cuts at most 0.3 still rows.
+_STILL_ROW, _LIT_ROW, _STILL_ROWS = 6.0, 30.0, 0.5
+# ... or up to twice that where the row moved before: at most this many times its median frame-to-frame
+# change (a caption over a moving shot); fast motion beyond that allowance is not taken for a still row.
+_STILL_STEPS = 2.5
+_OVERLAY_PIXEL, _OVERLAY_WIDTH = 20.0, 0.6
+# Each band of changed rows is at most this share of the picture's height (a caption bar, blurred over
+# 2-4 of the 16 thumbnail rows); a taller one is an inset picture changing (quality/video3.mp4: 6 rows).
+_OVERLAY_BAND = 0.3
 _CD_WEIGHTS = np.array(ContentDetector.DEFAULT_COMPONENT_WEIGHTS[:3], dtype=np.float64)
 # fused_gate: a frame is a candidate for the network when its content score reaches _GATE_CONTENT, or
 # its thumbnail differs from the one _GATE_LAG frames earlier by _GATE_DISTANCE (contrast-normalised),
@@ -435,6 +449,7 @@ class _Thumbs:
             thumbs = np.ascontiguousarray(thumbs[:, rows, cols])
         # Share of the frame that is picture (1.0 without letterbox or pillarbox bars).
         self.picture_fraction = thumbs.shape[1] * thumbs.shape[2] / (_THUMB_H * _THUMB_W)
+        self.shape = thumbs.shape[1:]  # (rows, columns, 3) of the picture
         self.t = thumbs.reshape(len(thumbs), -1)  # uint8 view; rows are converted to float on use
         self.contrast = (
             np.concatenate(
@@ -639,10 +654,41 @@ def _occluded(thumbs: _Thumbs, before: int, frames: np.ndarray) -> bool:
     return float(inside[changed].std()) < _OCCLUDER_TEXTURE * max(float(prev[changed].std()), 1.0)
 
 
+def _overlay_change(thumbs: _Thumbs, before: np.ndarray, after: np.ndarray, motion: np.ndarray) -> bool:
+    """Is the change from frames ``before`` to frames ``after`` a caption, subtitle or banner?
+
+    Text bars come, go and change over a shot that goes on: the rows they cover change across most of
+    the width while the other rows, at least half of the picture and lit, stay as they were. A cut
+    changes the picture's rows too, if only a little; in dark footage black rows stay black across a
+    cut, so only lit rows count as picture that stays.
+    """
+    a = thumbs.t[before].astype(np.float32).mean(axis=0).reshape(thumbs.shape)
+    b = thumbs.t[after].astype(np.float32).mean(axis=0).reshape(thumbs.shape)
+    change = np.abs(b - a).mean(axis=-1)  # rows x columns
+    row_change = change.mean(axis=1)
+    # each row's own frame-to-frame change before the candidate: a moving picture under the text moves on
+    shot = thumbs.t[motion].astype(np.float32).reshape((len(motion), *thumbs.shape))
+    steps = np.abs(np.diff(shot, axis=0)).mean(axis=(2, 3)) if len(motion) > 1 else np.zeros((1, len(a)))
+    limit = np.clip(_STILL_STEPS * np.median(steps, axis=0), _STILL_ROW, 2 * _STILL_ROW)
+    still = (row_change <= limit) & (a.mean(axis=(1, 2)) > _LIT_ROW)
+    changed = row_change > limit
+    if still.mean() < _STILL_ROWS or not changed.any():
+        return False
+    if max(e - s + 1 for s, e in _runs(changed)) > _OVERLAY_BAND * len(changed):
+        return False  # a tall band: a picture-in-picture or split-screen change, an edit of its own
+    return float((change[changed] > _OVERLAY_PIXEL).mean()) >= _OVERLAY_WIDTH
+
+
 def _verify_cuts(
-    candidates: np.ndarray, thumbs: _Thumbs, luma: np.ndarray, fps: float, config: SplitScenesConfig
+    candidates: np.ndarray,
+    thumbs: _Thumbs,
+    luma: np.ndarray,
+    fps: float,
+    config: SplitScenesConfig,
+    overlays: list[int] | None = None,
 ) -> list[Transition]:
-    """Keep candidates whose before and after frames never meet again (see the module docstring)."""
+    """Keep candidates whose before and after frames never meet again (see the module docstring);
+    candidates that are caption changes (``_overlay_change``) go to ``overlays``."""
     n = len(luma)
     back = max(2, round(config.lookback_s * fps))
     ahead = max(2, round(config.lookahead_s * fps))
@@ -685,6 +731,15 @@ def _verify_cuts(
             separate = min(
                 thumbs.cross_min(pre, insert), thumbs.cross_min(insert, after)
             ) >= need and not _occluded(thumbs, i - 1, insert)
+        if separate and _overlay_change(
+            thumbs, pre[-2:], post[: 2 if j is None else min(2, j - i)], pre[-8:]
+        ):
+            # Not a cut; but the frames before it carry the old caption, so later candidates look back no
+            # further than here (as after a cut), or the caption's change would count for them too.
+            last_cut = int(i)
+            if overlays is not None:
+                overlays.append(int(i))
+            continue
         if separate:
             cuts.append(Transition(frame=int(i), first=int(i), last=int(i) - 1, kind="cut"))
             last_cut = int(i)
@@ -793,9 +848,11 @@ def _detect_fast(
         busy[s : e + 1] = True  # lights in the dark are not cuts
     candidates = _cut_candidates(signals, fps, config)
     candidates = candidates[~busy[candidates]] if len(candidates) else candidates
-    cuts = _verify_cuts(candidates, thumbs, signals.luma, fps, config)
-    for t in cuts:
-        busy[max(0, t.frame - 2) : t.frame + 2] = True
+    overlays: list[int] = []
+    cuts = _verify_cuts(candidates, thumbs, signals.luma, fps, config, overlays)
+    for i in [t.frame for t in cuts] + overlays:
+        # a dissolve window holding a cut or a caption change compares pictures that differ by it
+        busy[max(0, i - 2) : i + 2] = True
     dissolves = _detect_dissolves(thumbs, busy, signals.content, fps, config)
     return fades + cuts + dissolves
 
@@ -935,8 +992,14 @@ def _fuse(
         if not fast_cut_at[peak + 1] and (
             any(_is_flash(signals.luma, k, ahead) for k in range(max(1, s - 1), peak + 2))
             or _returns(thumbs, s, e, floor, fps, config)
+            or _overlay_change(
+                thumbs,
+                np.arange(max(floor, peak - 1), peak + 1),
+                np.arange(peak + 1, min(n, peak + 3)),
+                np.arange(max(floor, peak - 7), peak + 1),
+            )
         ):
-            continue
+            continue  # a flash, a picture that comes back, or a caption over a shot that goes on
         if e - s < 2:
             found.append(Transition(frame=peak + 1, first=peak + 1, last=peak, kind="cut"))
         else:

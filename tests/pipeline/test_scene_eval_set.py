@@ -62,8 +62,9 @@ def test_at_least_40_clips_each_with_licence_split_and_categories():
     assert len(LABELS) >= 40
     for name, e in LABELS.items():
         assert e["licence"].strip(), name
-        # check2, check3: fresh check splits added in session 7, each scored once after a round of tuning
-        assert e["split"] in ("tune", "check", "check2", "check3"), name
+        # check2, check3 (session 7), check4 (session 8): fresh check splits, each scored once after a
+        # round of tuning
+        assert e["split"] in ("tune", "check", "check2", "check3", "check4"), name
         assert e["category"] and all(isinstance(c, str) and c for c in e["category"]), name
         assert e["how_checked"].strip() and "TODO" not in e["how_checked"], name
         assert e["kind"] in ("natural", "composed"), name
@@ -72,7 +73,7 @@ def test_at_least_40_clips_each_with_licence_split_and_categories():
 def test_both_splits_hold_clips_and_every_category_is_covered():
     splits = Counter(e["split"] for e in LABELS.values())
     assert splits["tune"] > 0 and splits["check"] > 0 and splits["check2"] > 0
-    checks = splits["check"] + splits["check2"] + splits["check3"]
+    checks = splits["check"] + splits["check2"] + splits["check3"] + splits["check4"]
     assert abs(splits["tune"] - checks) <= len(LABELS) // 5
     cats = {c for e in LABELS.values() for c in e["category"]}
     assert REQUIRED_CATEGORIES <= cats, REQUIRED_CATEGORIES - cats

@@ -109,6 +109,35 @@ def _transitions(frames: np.ndarray) -> list[Transition]:
     return detect_transitions(_signals(frames), FPS, CFG)
 
 
+def _caption(frames: np.ndarray, rows: tuple[int, int], colour: tuple[int, int, int]) -> np.ndarray:
+    """Frames with a full-width caption bar (rows of a 72-row frame) and a few "letters" in it."""
+    out = frames.copy()
+    out[:, rows[0] : rows[1]] = colour
+    out[:, rows[0] + 2 : rows[1] - 2, 20:100:6] = 255  # strokes of text
+    return out
+
+
+def test_captions_coming_going_and_changing_are_not_cuts_and_a_cut_under_one_is() -> None:
+    """A bar appears, changes colour and place, and goes over a moving shot: no cut (the rows outside
+    the bars, lit, stay as they were); a cut to another shot under a caption that stays is found."""
+    shot, other = _textured(1, 160, drift=0.35), _textured(2, 60, drift=0.35)
+    frames = np.concatenate([shot, other])
+    frames[40:80] = _caption(frames[40:80], (60, 70), (0, 0, 0))  # bottom subtitle
+    frames[80:120] = _caption(frames[80:120], (8, 18), (150, 30, 30))  # a banner at the top instead
+    frames[120:200] = _caption(frames[120:200], (58, 68), (0, 0, 0))  # a subtitle over the cut at 160
+    found = [(t.frame, t.kind) for t in _transitions(frames)]
+    assert found == [(160, "cut")], found
+
+
+def test_a_tall_inset_changing_is_a_cut_not_a_caption() -> None:
+    """A picture-in-picture inset over the lower 40% switching to another shot is an edit."""
+    frames = _textured(3, 120, drift=0.4)
+    inset = _textured(4, 120, h=28, drift=0.4)
+    frames[60:, 44:72] = inset[60:]
+    found = [(t.frame, t.kind) for t in _transitions(frames)]
+    assert found == [(60, "cut")], found
+
+
 def test_synthetic_hard_cut() -> None:
     frames = np.concatenate([_textured(1, 60), _textured(2, 60)])
     t = _transitions(frames)
