@@ -35,6 +35,7 @@ def _video_counts(db: RunDb) -> dict[str, Any]:
             "passes": 0,
             "by_reason": {},
             "times": {},
+            "detectors": {},
         }
     analysed = "coalesce(analysis_decode_passes, 0) <> 0"  # readable: decoded once for analysis
     exprs = {
@@ -47,8 +48,9 @@ def _video_counts(db: RunDb) -> dict[str, Any]:
     exprs |= {f"time_{s}": f"coalesce(sum(time_{s}_s), 0)" for s in STAGE_TIMES}
     agg = db.aggregate("videos", exprs)
     by_reason = _value_counts(db, "videos", "reason", "status = 'rejected'")
+    detectors = _value_counts(db, "videos", "scene_detector") if db.has("videos", "scene_detector") else {}
     times = {s: round(float(agg.pop(f"time_{s}")), 3) for s in STAGE_TIMES}
-    return {**agg, "by_reason": dict(sorted(by_reason.items())), "times": times}
+    return {**agg, "by_reason": dict(sorted(by_reason.items())), "times": times, "detectors": detectors}
 
 
 def _caption_summary(db: RunDb) -> dict:
@@ -106,6 +108,7 @@ def build_manifest(out: Path | str, recipe: Recipe, n_inputs: int, n_groups: int
             "videos_rejected": int(videos["rejected"]),
             "videos_rejected_by_reason": videos["by_reason"],
             "videos_analysed": int(videos["analysed"]),
+            "videos_by_scene_detector": dict(sorted(videos["detectors"].items())),
             "input_hours": round(float(videos["hours"]), 6),
             "candidate_clips": clips + rejected,
             "clips_accepted": clips,

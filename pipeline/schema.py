@@ -71,6 +71,18 @@ VIDEO_COLUMNS: list[Column] = [
         "analysis_decode_passes", pa.int32(), "analyze", "decode passes spent on analysis (always 0 or 1)"
     ),
     Column("num_scenes", pa.int32(), "split_scenes", "candidate clips after scene splitting"),
+    Column(
+        "scene_detector",
+        pa.string(),
+        "split_scenes",
+        "detector that cut the scenes; for the network: gating, precision and device resolved on the worker",
+    ),
+    Column(
+        "scene_network_frames",
+        pa.int64(),
+        "split_scenes",
+        "frames that went through TransNetV2, context included (0 for fast)",
+    ),
     Column("num_clips_accepted", pa.int32(), "runner", "clips of this video in the clips table"),
     Column("time_probe_s", pa.float64(), "probe", "wall time of the probe stage"),
     Column("time_analyze_s", pa.float64(), "analyze", "wall time of the analysis pass (decode + signals)"),

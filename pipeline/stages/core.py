@@ -108,6 +108,8 @@ def find_scenes(config, work: VideoWork) -> None:
     )
     work.video["time_split_s"] = time.perf_counter() - t0
     work.video["num_scenes"] = len(work.scenes) + len(work.too_short)
+    work.video["scene_detector"] = analysis.signals.detector
+    work.video["scene_network_frames"] = analysis.signals.network_frames
 
 
 def make_clips(work: VideoWork, config, frames_per_clip: int) -> None:

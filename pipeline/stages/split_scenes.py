@@ -364,6 +364,16 @@ class SceneSignals:
         """Frames that went through TransNetV2 so far, context included (0 for ``fast``)."""
         return self._net.network_frames if self._net is not None else 0
 
+    @property
+    def detector(self) -> str:
+        """What decides the boundaries here: ``fast``, or the network's detector with where and in which
+        arithmetic it runs (``auto`` settings resolved on this worker), e.g. ``fused (gated, TransNetV2
+        bfloat16 on cpu)``."""
+        if self._net is None:
+            return "fast"
+        gate = "gated, " if self._gated else ""
+        return f"{self.config.detector} ({gate}TransNetV2 {self._net.precision} on {self._net.device})"
+
 
 # Letterbox and pillarbox bars: thumbnail rows or columns at the frame's edge that stay black and flat
 # through the whole video (a value of at most _BAR_LEVEL in nearly every frame, and no change over time).

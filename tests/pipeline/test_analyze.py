@@ -114,3 +114,7 @@ def test_learned_detector_frames_come_from_the_one_pass(videos, monkeypatch):
     assert len(single) == len(many) == a.num_frames == 120
     assert a.video_columns()["analysis_decode_passes"] == 1
     assert int(np.argmax(single)) + 1 == 21  # the network's peak is the last frame before the cut at 21
+    # the video row says which detector cut it, with the precision and device resolved on this worker
+    assert a.signals.detector == f"transnetv2 (TransNetV2 {a.signals._net.precision} on cpu)"
+    assert a.signals._net.precision in ("float32", "bfloat16")
+    assert a.signals.network_frames >= 120

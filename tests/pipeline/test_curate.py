@@ -114,6 +114,9 @@ def test_accounting_adds_up_and_clips_are_real(bad_run):
     assert all(v["analysis_decode_passes"] == 1 for v in analysed)
     assert manifest["analysis_decode_passes"] == len(analysed)
     assert all(not v["analysis_decode_passes"] for v in videos if v["reason"] == "duplicate_file")
+    split = [v for v in videos if v["num_scenes"] is not None]
+    assert split and all(v["scene_detector"] for v in split)
+    assert sum(counts["videos_by_scene_detector"].values()) == len(split)
     for v in videos:
         if v["reason"] == "no_clip_accepted":
             assert v["num_scenes"] >= 1 and v["detail"].startswith(
