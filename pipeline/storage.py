@@ -227,6 +227,9 @@ def write_table_atomic(table: pa.Table, location: Location, **parquet_options) -
     _publish(fs, tmp, path)
 
 
+_VARIABLE_WIDTH = (pa.types.is_binary, pa.types.is_string, pa.types.is_large_binary, pa.types.is_large_string)
+
+
 def row_group_sizes(table: pa.Table, max_rows: int, max_bytes: int) -> list[int]:
     """Rows per Parquet row group for ``table``: consecutive rows until the next row would take the group
     past ``max_bytes`` of Arrow data (uncompressed; a clip's MP4 bytes dominate) or past ``max_rows``
@@ -239,11 +242,7 @@ def row_group_sizes(table: pa.Table, max_rows: int, max_bytes: int) -> list[int]
     variable = np.zeros(n, np.int64)
     fixed = table.nbytes
     for column in table.columns:
-        if (
-            pa.types.is_binary(column.type)
-            or pa.types.is_string(column.type)
-            or (pa.types.is_large_binary(column.type) or pa.types.is_large_string(column.type))
-        ):
+        if any(is_type(column.type) for is_type in _VARIABLE_WIDTH):
             lengths = pc.fill_null(pc.binary_length(column), 0).to_numpy()
             variable += lengths
             fixed -= int(lengths.sum())

@@ -198,9 +198,11 @@ class SplitScenesConfig:
             raise ValueError(
                 f"split_scenes.detector must be one of {', '.join(DETECTORS)}, got {self.detector!r}"
             )
-        if self.network_precision not in ("auto", "float32", "bfloat16"):
+        from vidsift.pipeline.stages.transnet import PRECISIONS  # no torch at import time
+
+        if self.network_precision not in PRECISIONS:
             raise ValueError(
-                "split_scenes.network_precision must be auto, float32 or bfloat16, "
+                f"split_scenes.network_precision must be {', '.join(PRECISIONS)}, "
                 f"got {self.network_precision!r}"
             )
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
@@ -672,6 +674,8 @@ def _overlay_change(thumbs: _Thumbs, before: np.ndarray, after: np.ndarray, moti
     changes the picture's rows too, if only a little; in dark footage black rows stay black across a
     cut, so only lit rows count as picture that stays.
     """
+    if len(before) == 0 or len(after) == 0:
+        return False
     a = thumbs.t[before].astype(np.float32).mean(axis=0).reshape(thumbs.shape)
     b = thumbs.t[after].astype(np.float32).mean(axis=0).reshape(thumbs.shape)
     change = np.abs(b - a).mean(axis=-1)  # rows x columns

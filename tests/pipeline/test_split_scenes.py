@@ -374,7 +374,7 @@ def test_auto_precision_is_bfloat16_only_where_the_cpu_computes_it(monkeypatch) 
         assert resolve_precision("float32", "cpu") == "float32"
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve_precision("fp8", "cpu")
-    with pytest.raises(ValueError, match="network_precision must be auto, float32 or bfloat16"):
+    with pytest.raises(ValueError, match="network_precision must be auto, float32, bfloat16"):
         SplitScenesConfig(network_precision="half")
 
 
