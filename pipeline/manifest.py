@@ -48,7 +48,14 @@ def _video_counts(db: RunDb) -> dict[str, Any]:
     exprs |= {f"time_{s}": f"coalesce(sum(time_{s}_s), 0)" for s in STAGE_TIMES}
     agg = db.aggregate("videos", exprs)
     by_reason = _value_counts(db, "videos", "reason", "status = 'rejected'")
-    detectors = _value_counts(db, "videos", "scene_detector") if db.has("videos", "scene_detector") else {}
+    detectors = {}
+    if db.has("videos", "num_scenes"):  # videos split into scenes; rows of older versions do not say how
+        name = (
+            "coalesce(scene_detector, 'not recorded')"
+            if db.has("videos", "scene_detector")
+            else "'not recorded'"
+        )
+        detectors = _value_counts(db, "videos", name, "num_scenes IS NOT NULL")
     times = {s: round(float(agg.pop(f"time_{s}")), 3) for s in STAGE_TIMES}
     return {**agg, "by_reason": dict(sorted(by_reason.items())), "times": times, "detectors": detectors}
 
