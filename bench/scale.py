@@ -10,10 +10,12 @@
    within the source they came from: 62 pairs of 35 rows.
 2. **Background rows.** Each size gets a run folder of that many accepted clip rows (plus 10% rejected
    rows and one video row per 5 clips, in groups of ``--group-size``), schema-valid, with tiny media
-   (64 bytes per clip). Their hashes follow the real hashes' per-bit frequencies (each clip: three
-   crop-scale base hashes drifting a few bits from sample to sample, as frames of one shot do), their
-   curves are smooth random walks; the real rows are mixed in at random groups. ``--seed`` draws the
-   background (tune thresholds on one seed, report another: the run folder's name carries the seed).
+   (64 bytes per clip), written with the shard contract (``write_shards`` defaults, or ``--shard-rows`` /
+   ``--shard-mib``, recorded in the folder's recipe so select and dedup write alike). Their hashes
+   follow the real hashes' per-bit frequencies (each clip: three crop-scale base hashes drifting a few
+   bits from sample to sample, as frames of one shot do), their curves are smooth random walks; the real
+   rows are mixed in at random groups. ``--seed`` draws the background (tune thresholds on one seed,
+   report another: the run folder's name carries the seed).
    ``--distinct`` instead measures how often unrelated *real* clips (``../shared/videos`` and the scene
    evaluation media, hashed by the real code) pass each part of the rule, beside this background: how
    faithful it is (docs/benchmarks.md, issue 16).
@@ -592,7 +594,7 @@ def step(name: str, run: Path, scratch: Path, dedup_set: list[str] = ()) -> dict
         con.execute(f"COPY (SELECT * FROM {rows} WHERE {SQL_WHERE}) TO {target}")
         return {"rows": con.execute(f"SELECT count(*) FROM '{scratch}/rows.parquet'").fetchone()[0]}
     if name == "shard_copy":  # what select cannot avoid: every group file read and written again unchanged,
-        # with the shard contract's writer settings (64-row row groups, zstd), as many threads as select
+        # with the shard contract's writer settings (the run's write_shards), as many threads as select
         from concurrent.futures import ThreadPoolExecutor
 
         from vidsift.pipeline.select import SELECT_THREADS, TABLES, _read_table, _run_write_config, conform
@@ -811,6 +813,8 @@ def main() -> None:
         f"({cross} cross-source pairs, not counted)",
         flush=True,
     )
+    if args.no_dictionary:
+        _no_dictionary()  # the run folders written here; each step's own process patches itself
     results = []
     for n in args.sizes:
         run = args.work / (f"run-{n}" if args.media_bytes == 64 else f"run-{n}-{args.media_bytes}b")
@@ -820,8 +824,6 @@ def main() -> None:
         shards = {k: v for k, v in given if v is not None}
         run = run.with_name(run.name + "".join(f"-{k.split('_')[-1]}{v:g}" for k, v in shards.items()))
         t0 = time.time()
-        if args.no_dictionary:
-            _no_dictionary()
         made = make_run(run, n, real, args.seed, args.group_size, args.media_bytes, shards)
         print(
             f"\n{n} clips: run folder written in {time.time() - t0:.0f} s ({made['groups']} groups, "
