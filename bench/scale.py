@@ -641,18 +641,30 @@ def measure(name: str, run: Path, scratch: Path, dedup_set: list[str] = ()) -> d
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    peak = {"driver": 0, "worker": 0}
+    peak = {"driver": 0, "worker": 0, "driver_private": 0, "worker_private": 0}
     worker_cpu: dict[int, float] = {}
     done = threading.Event()
+
+    def private(pid: int) -> int:
+        """The process's own memory (smaps_rollup's ``Anonymous``: heap and arrays, not files): RSS also
+        counts the pages of Ray's object store (shared memory) a process has touched, once in every
+        process that touched them, though the store holds them once, within its own fixed size."""
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                return sum(int(line.split()[1]) << 10 for line in f if line.startswith("Anonymous:"))
+        except OSError:
+            return 0
 
     def sample() -> None:
         p = psutil.Process(proc.pid)
         while not done.is_set():
             try:
                 peak["driver"] = max(peak["driver"], p.memory_info().rss)
+                peak["driver_private"] = max(peak["driver_private"], private(p.pid))
                 for c in p.children(recursive=True):
                     try:
                         peak["worker"] = max(peak["worker"], c.memory_info().rss)
+                        peak["worker_private"] = max(peak["worker_private"], private(c.pid))
                         t = c.cpu_times()
                         worker_cpu[c.pid] = t.user + t.system
                     except psutil.Error:
@@ -676,6 +688,8 @@ def measure(name: str, run: Path, scratch: Path, dedup_set: list[str] = ()) -> d
         "worker_cpu_s": round(sum(worker_cpu.values()), 2),
         "driver_gib": round(peak["driver"] / 2**30, 3),
         "worker_gib": round(peak["worker"] / 2**30, 3),
+        "driver_private_gib": round(peak["driver_private"] / 2**30, 3),
+        "worker_private_gib": round(peak["worker_private"] / 2**30, 3),
         "result": json.loads(out.strip().splitlines()[-1]),
     }
 
@@ -837,7 +851,8 @@ def main() -> None:
             print(
                 f"  {name:12s} wall {m['wall_s']:7.1f} s  cpu {m['cpu_s']:7.1f} s"
                 f" (+workers {m['worker_cpu_s']:.1f})"
-                f"  peak driver {m['driver_gib']:.2f} GiB, worker {m['worker_gib']:.2f} GiB",
+                f"  peak driver {m['driver_gib']:.2f} GiB, worker {m['worker_gib']:.2f} GiB"
+                f" (private {m['driver_private_gib']:.2f}, {m['worker_private_gib']:.2f})",
                 flush=True,
             )
             if name == "dedup":

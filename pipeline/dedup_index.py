@@ -463,7 +463,10 @@ def verify_pairs(
 
 
 def _ray_table_pairs(h, c, r, positions, bits, config):  # runs inside a Ray task
-    return table_pairs(h, c, r, positions, bits, config)
+    try:
+        return table_pairs(h, c, r, positions, bits, config)
+    finally:
+        _release_memory()  # the packed keys: the worker's next task starts from little
 
 
 def _ray_verify(pairs, offsets, hashes, curves, has_curve, config):  # runs inside a Ray task
@@ -481,24 +484,37 @@ def _gather(refs: list, each: Callable[[int], None]) -> list:
     return ray.get(refs)
 
 
-def search_pairs(
-    table: HashTable, config: DedupConfig, stats: SearchStats, progress: Progress | None = None
+def _start_ray() -> bool:
+    """Join ``RAY_ADDRESS`` when set, else start a local Ray for this search; True when started here."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    return True
+
+
+def table_task_memory(entries: int) -> int:
+    """Bytes a hash-table task needs beside the shared entries (Ray's ``memory`` resource, so a node runs
+    no more of them than its memory holds): the packed keys (8 bytes an entry), the chunk temporaries and
+    the pairs found. Measured: a private peak of 1.1x the packed keys (docs/benchmarks.md, issue 16)."""
+    return int(1.5 * 8 * entries) + (256 << 20)
+
+
+def _candidates(
+    h: np.ndarray,
+    c: np.ndarray,
+    runs: np.ndarray | None,
+    perms: list[np.ndarray],
+    bits: list[int],
+    config: DedupConfig,
+    stats: SearchStats,
+    progress: Progress,
+    refs: tuple | None = None,
 ) -> np.ndarray:
-    """Verified duplicate clip pairs (uint64 ``i << 32 | j``); ``progress`` as ``find_near_duplicates``."""
-    import time
-
-    progress = progress or (lambda *a, **k: None)
-
-    t0 = time.time()
-    h, c = entries(table)
-    runs = table.run if (table.run != 0).any() else None
-    perms = table_positions(config)
-    entropy = bit_entropy(h)
-    bits = [key_bits(len(h), entropy, p, config) for p in perms]
-    stats.hashes, stats.tables, stats.key_bits = len(h), config.index_tables, round(float(np.mean(bits)), 1)
-    started_ray = False
-    distributed = len(table) > config.distribute_above
-    stats.distributed = distributed
+    """The candidate clip pairs of every hash table (unique, uint64 ``i << 32 | j``), one Ray task per
+    table when ``refs`` (the object refs of ``h``, ``c``, ``runs``; then ``h`` and ``c`` may be None and
+    ``stats.hashes`` gives their length), else in this process."""
     compared = [0]
 
     def table_done(done: int, counts: dict | None = None) -> None:
@@ -506,38 +522,41 @@ def search_pairs(
         progress("index", done, len(perms), compared=compared[0])
 
     table_done(0)
-    if distributed:
+    if refs is not None:
         import ray
 
-        if not ray.is_initialized():  # joins RAY_ADDRESS when set, else a local Ray for this search
-            ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-            started_ray = True
-        # a task holds one table's keys, order and bucket arrays beside the shared entries: memory is
-        # declared so Ray runs no more of them on a node than its memory holds
-        need = int(6 * h.nbytes + 4 * c.nbytes) + (256 << 20)
-        task = ray.remote(_ray_table_pairs).options(num_cpus=1, memory=need, max_retries=2)
-        h_ref, c_ref, r_ref = ray.put(h), ray.put(c), ray.put(runs)
-        refs = [task.remote(h_ref, c_ref, r_ref, p, b, config) for p, b in zip(perms, bits, strict=True)]
-        results = _gather(refs, lambda done: progress("index", done, len(perms), compared=0))
-        del h_ref, c_ref, r_ref, refs
+        task = ray.remote(_ray_table_pairs).options(
+            num_cpus=1, memory=table_task_memory(stats.hashes), max_retries=2
+        )
+        futures = [task.remote(*refs, p, b, config) for p, b in zip(perms, bits, strict=True)]
+        results = _gather(futures, lambda done: progress("index", done, len(perms), compared=0))
+        del futures
         table_done(len(perms), {"hash_pairs_compared": sum(c["hash_pairs_compared"] for _, c in results)})
     else:
         results = []
         for p, b in zip(perms, bits, strict=True):
             results.append(table_pairs(h, c, runs, p, b, config))
             table_done(len(results), results[-1][1])
-    del h, c
     found = []
     for pairs, counts in results:
         found.append(pairs)
         stats.hash_pairs_compared += counts["hash_pairs_compared"]
         stats.split_buckets += counts["split_buckets"]
         stats.split_entries += counts["split_entries"]
-    candidates = np.unique(np.concatenate(found)) if found else np.zeros(0, np.uint64)
-    del found, results
-    stats.candidate_pairs = len(candidates)
-    t1 = time.time()
-    stats.seconds["candidates"] = round(t1 - t0, 3)
+    del results
+    return np.unique(np.concatenate(found)) if found else np.zeros(0, np.uint64)
+
+
+def _verify(
+    candidates: np.ndarray,
+    config: DedupConfig,
+    stats: SearchStats,
+    progress: Progress,
+    table: HashTable | None = None,
+    remote: Callable | None = None,
+) -> np.ndarray:
+    """The verified pairs among ``candidates``: in this process over ``table``, or ``remote(chunk)`` (a Ray
+    task's future) per chunk of ``VERIFY_CHUNK`` pairs."""
     chunks = [candidates[s : s + VERIFY_CHUNK] for s in range(0, len(candidates), VERIFY_CHUNK)]
     verified = [0]
 
@@ -546,15 +565,11 @@ def search_pairs(
         progress("verify", done, len(chunks), verified=verified[0], candidates=len(candidates))
 
     chunk_done(0)
-    if distributed and len(candidates) > VERIFY_CHUNK:
-        import ray
-
-        task = ray.remote(_ray_verify).options(num_cpus=1, max_retries=2)
-        refs = [ray.put(x) for x in (table.offsets, table.hashes, table.curves, table.has_curve)]
-        futures = [task.remote(ch, *refs, config) for ch in chunks]
+    if remote is not None:
+        futures = [remote(ch) for ch in chunks]
         masks = _gather(futures, lambda done: progress("verify", done, len(chunks), verified=0,
                                                        candidates=len(candidates)))  # fmt: skip
-        chunk_done(len(chunks), np.concatenate(masks))
+        chunk_done(len(chunks), np.concatenate(masks) if masks else None)
     else:
         masks = []
         for ch in chunks:  # verify_pairs works chunk by chunk anyway: the same masks
@@ -562,12 +577,305 @@ def search_pairs(
             chunk_done(len(masks), masks[-1])
     mask = np.concatenate(masks) if masks else np.zeros(0, bool)
     stats.verified_pairs = int(mask.sum())
-    stats.seconds["verify"] = round(time.time() - t1, 3)
-    if started_ray:
-        import ray
-
-        ray.shutdown()
     return candidates[mask]
+
+
+def search_pairs(
+    table: HashTable, config: DedupConfig, stats: SearchStats, progress: Progress | None = None
+) -> np.ndarray:
+    """Verified duplicate clip pairs (uint64 ``i << 32 | j``) of a table held here; ``progress`` as
+    ``find_near_duplicates``. Past ``distribute_above`` clips the tables and the verification run as Ray
+    tasks over copies of the arrays in the object store (``search_files`` reads a run without holding it)."""
+    import time
+
+    progress = progress or (lambda *a, **k: None)
+    t0 = time.time()
+    h, c = entries(table)
+    runs = table.run if (table.run != 0).any() else None
+    perms = table_positions(config)
+    entropy = bit_entropy(h)
+    bits = [key_bits(len(h), entropy, p, config) for p in perms]
+    stats.hashes, stats.tables, stats.key_bits = len(h), config.index_tables, round(float(np.mean(bits)), 1)
+    distributed = len(table) > config.distribute_above
+    stats.distributed = distributed
+    started_ray = _start_ray() if distributed else False
+    try:
+        if distributed:
+            import ray
+
+            refs = (ray.put(h), ray.put(c), ray.put(runs))
+            del h, c
+            candidates = _candidates(None, None, runs, perms, bits, config, stats, progress, refs)
+            del refs
+        else:
+            candidates = _candidates(h, c, runs, perms, bits, config, stats, progress)
+            del h, c
+        stats.candidate_pairs = len(candidates)
+        t1 = time.time()
+        stats.seconds["candidates"] = round(t1 - t0, 3)
+        remote = None
+        if distributed and len(candidates) > VERIFY_CHUNK:
+            import ray
+
+            task = ray.remote(_ray_verify).options(num_cpus=1, max_retries=2)
+            arrays = [ray.put(x) for x in (table.offsets, table.hashes, table.curves, table.has_curve)]
+            remote = lambda chunk: task.remote(chunk, *arrays, config)  # noqa: E731
+        pairs = _verify(candidates, config, stats, progress, table=table, remote=remote)
+        stats.seconds["verify"] = round(time.time() - t1, 3)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    return pairs
+
+
+# ----------------------------------------------------------------------- the run read by the tasks
+
+LOAD_CLIPS = 150_000  # clips per read task of ``search_files`` (a few hundred MB of task memory)
+
+
+def count_clips(files: list[list[Location]], above: int) -> tuple[int, bool]:
+    """Clips in ``files`` from the Parquet footers, counting until past ``above``: ``(counted, more)``,
+    ``more`` when the count stopped there (the search is then distributed: the exact count comes later)."""
+    counted = 0
+    for f in (f for run in files for f in run):
+        counted += storage.read_parquet_metadata(f).num_rows
+        if counted > above:
+            return counted, True
+    return counted, False
+
+
+META_SCHEMA = pa.schema(
+    [("clip_id", pa.string()), ("source_uri", pa.string()), ("group", pa.string()), ("run", pa.int16()),
+     ("pixels", pa.int64()), ("duration", pa.float64())]
+)  # fmt: skip
+
+
+def _load_task(files: list[Location], run: int, cwd: str, env: list):  # runs inside a Ray task
+    """One chunk of a run's clip files, read and indexed: (counts, index entries, the verification part)."""
+    from vidsift.pipeline.dataflow import enter_run
+
+    enter_run(cwd, env)
+    t = table_from_arrow(read_clip_columns("", files), run=run)
+    h, c = entries(t)
+    columns = [t.clip_id, t.source_uri, t.group, t.run, t.pixels, t.duration]
+    arrays = [
+        (x if isinstance(x, pa.Array) else pa.array(x)).cast(f.type)
+        for x, f in zip(columns, META_SCHEMA, strict=True)
+    ]
+    meta = pa.Table.from_arrays(arrays, schema=META_SCHEMA)
+    info = {
+        "clips": len(t),
+        "entries": len(h),
+        "without_hashes": int((np.diff(t.offsets) < SCALES).sum()),
+        "files": len(files),
+    }
+    _release_memory()  # the Arrow columns read
+    part = {
+        "offsets": t.offsets,
+        "hashes": t.hashes,
+        "curves": t.curves,
+        "has_curve": t.has_curve,
+        "meta": meta,
+    }
+    return info, (h, c, t.run), part
+
+
+def _assemble_task(*chunks):  # runs inside a Ray task
+    """The index entries of every chunk as one array each (clip numbers made run-wide), the runs of the
+    clips (None: no --against run), and the entries' count and bit entropy. Written into arrays allocated
+    once: the entries plus a third is this task's memory beside the shared chunks."""
+    entries_n, clips_n = sum(len(h) for h, _, _ in chunks), sum(len(r) for _, _, r in chunks)
+    h, c, run = np.empty(entries_n, np.uint64), np.empty(entries_n, np.int32), np.empty(clips_n, np.int16)
+    at = base = 0
+    for hk, ck, rk in chunks:
+        h[at : at + len(hk)] = hk
+        np.add(ck, base, out=c[at : at + len(ck)])
+        run[base : base + len(rk)] = rk
+        at, base = at + len(hk), base + len(rk)
+    return h, c, (run if (run != 0).any() else None), {"hashes": entries_n, "entropy": bit_entropy(h)}
+
+
+def _release_memory() -> None:
+    """Hand freed memory back to the system: a Ray worker lives on after its task, and the Arrow pool and
+    the C heap otherwise keep the pages of a task's temporaries (measured: 0.5 GiB after a read task)."""
+    import ctypes
+    import ctypes.util
+
+    pa.default_memory_pool().release_unused()
+    name = ctypes.util.find_library("c")
+    if name:
+        try:
+            ctypes.CDLL(name).malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc
+            pass
+
+
+class _Parts:
+    """Clip ``i`` of the run-wide numbering found in the chunk parts ``_load_task`` returned."""
+
+    def __init__(self, parts: list[dict]) -> None:
+        self.parts = parts
+        self.base = np.cumsum([0] + [len(p["offsets"]) - 1 for p in parts])
+
+    def locate(self, clips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(part, index inside it) of each clip."""
+        part = np.searchsorted(self.base, clips, side="right") - 1
+        return part, clips - self.base[part]
+
+    def table(self, clips: np.ndarray) -> HashTable:
+        """A ``HashTable`` of ``clips`` (sorted, unique) only, in that order."""
+        part, local = self.locate(clips)
+        offsets, hashes, curves, has_curve, metas = [np.zeros(1, np.int64)], [], [], [], []
+        total = 0
+        for k in np.unique(part):
+            p, idx = self.parts[k], local[part == k]
+            lens = p["offsets"][idx + 1] - p["offsets"][idx]
+            at = np.repeat(p["offsets"][idx] - np.r_[0, np.cumsum(lens)[:-1]], lens) + np.arange(lens.sum())
+            hashes.append(p["hashes"][at])
+            offsets.append(total + np.cumsum(lens))
+            total += int(lens.sum())
+            curves.append(p["curves"][idx])
+            has_curve.append(p["has_curve"][idx])
+            metas.append(p["meta"].take(pa.array(idx)))
+        meta = pa.concat_tables(metas) if metas else META_SCHEMA.empty_table()
+        return HashTable(
+            clip_id=meta.column("clip_id").combine_chunks(),
+            source_uri=meta.column("source_uri").combine_chunks(),
+            group=meta.column("group").combine_chunks(),
+            run=meta.column("run").to_numpy(),
+            offsets=np.concatenate(offsets),
+            hashes=np.concatenate(hashes) if hashes else np.zeros(0, np.uint64),
+            curves=np.concatenate(curves) if curves else np.zeros((0, 2 * CURVE_POINTS), np.float32),
+            has_curve=np.concatenate(has_curve) if has_curve else np.zeros(0, bool),
+            pixels=meta.column("pixels").to_numpy(),
+            duration=meta.column("duration").to_numpy(),
+        )
+
+
+def _local_pairs(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The clips of ``pairs`` (sorted, unique) and the pairs renumbered into them."""
+    i = (pairs >> np.uint64(32)).astype(np.int64)
+    j = (pairs & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    clips = np.unique(np.concatenate([i, j]))
+    li, lj = np.searchsorted(clips, i), np.searchsorted(clips, j)
+    return clips, (li.astype(np.uint64) << np.uint64(32)) | lj.astype(np.uint64)
+
+
+def _verify_task(pairs: np.ndarray, config: DedupConfig, *parts: dict) -> np.ndarray:  # in a Ray task
+    """``verify_pairs`` over the clips of ``pairs`` only, gathered from the chunk parts."""
+    clips, local = _local_pairs(pairs)
+    t = _Parts(list(parts)).table(clips)
+    return verify_pairs(local, t.offsets, t.hashes, t.curves, t.has_curve, config)
+
+
+def _moves_task(pairs: np.ndarray, run_names: list[str], *parts: dict) -> pa.Table:  # in a Ray task
+    """The moves (``moves_table``) of the verified ``pairs``, from the chunk parts."""
+    clips, local = _local_pairs(pairs)
+    t = _Parts(list(parts)).table(clips)
+    return moves_table(t, choose_representatives(t, local), run_names)
+
+
+def moves_table(table: HashTable, duplicates: dict[int, int], run_names: list[str]) -> pa.Table:
+    """What ``dedup_run.move_duplicates`` applies: ``group``, ``clip_id``, ``dup_of`` and ``reject_detail``
+    (the kept clip, its source and, from an ``--against`` run, that run) of each duplicate of
+    ``duplicates`` (``{duplicate: kept}`` clip indices of ``table``)."""
+    dup = pa.array(np.fromiter(duplicates.keys(), np.int64, len(duplicates)))
+    rep = np.fromiter(duplicates.values(), np.int64, len(duplicates))
+    rep_id = table.clip_id.take(pa.array(rep))
+    rep_src = table.source_uri.take(pa.array(rep)).to_pylist()
+    details = [
+        f"duplicates {i} from {s}" + (f" in run {run_names[r]}" if r else "")
+        for i, s, r in zip(rep_id.to_pylist(), rep_src, table.run[rep].tolist(), strict=True)
+    ]
+    return pa.table(
+        {
+            "group": table.group.take(dup).cast(pa.string()),
+            "clip_id": table.clip_id.take(dup),
+            "dup_of": rep_id,
+            "reject_detail": pa.array(details, pa.string()),
+        }
+    )
+
+
+def search_files(
+    runs: list[Location], config: DedupConfig, progress: Progress | None = None
+) -> tuple[pa.Table, SearchStats]:
+    """The search as Ray tasks straight from the shards, for runs of any size: ``(moves, stats)``.
+
+    Nothing run-wide passes through this process. Read tasks (``LOAD_CLIPS`` clips each) read the hash
+    columns of their files and return the index entries and the verification arrays to the object store;
+    one task joins the entries (the input of every hash-table task); verification and the keep-the-best
+    rule run in tasks that gather only the clips of their pairs. This process holds object references,
+    counts, the candidate pairs and the moves. Same results as ``find_near_duplicates`` over
+    ``load_hash_table(runs)``: the clips are numbered in the same order.
+    """
+    import os
+    import time
+
+    import ray
+
+    progress = progress or (lambda *a, **k: None)
+    t0 = time.time()
+    files = [storage.parquet_files(storage.join(r, "clips")) for r in runs]
+    if not any(files):
+        return moves_table(_Parts([]).table(np.zeros(0, np.int64)), {}, []), SearchStats(distributed=True)
+    started_ray = _start_ray()
+    try:
+        env = [ray.put(storage.s3_environment())] if any(storage.is_remote(str(r)) for r in runs) else [None]
+        # chunks of about LOAD_CLIPS clips, from the rows of each run's first file
+        chunks: list[tuple[list[Location], int]] = []
+        for k, run_files in enumerate(files):
+            per_file = storage.read_parquet_metadata(run_files[0]).num_rows if run_files else 1
+            step = max(1, LOAD_CLIPS // max(1, per_file))
+            chunks += [(run_files[s : s + step], k) for s in range(0, len(run_files), step)]
+        load = ray.remote(_load_task).options(num_cpus=1, num_returns=3, max_retries=2)
+        loaded = [load.remote(chunk, k, os.getcwd(), env) for chunk, k in chunks]
+        infos = [x[0] for x in loaded]
+        total = sum(len(f) for f in files)
+        done = {"files": 0, "clips": 0}
+        progress("read", 0, total, clips=0)
+        pending = list(infos)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            info = ray.get(ready[0])
+            done["files"] += info["files"]
+            done["clips"] += info["clips"]
+            progress("read", done["files"], total, clips=done["clips"])
+        infos = ray.get(infos)
+        stats = SearchStats(clips=sum(i["clips"] for i in infos), distributed=True)
+        stats.clips_without_hashes = sum(i["without_hashes"] for i in infos)
+        parts = [x[2] for x in loaded]
+        entries_n = sum(i["entries"] for i in infos)  # the joined entries: 12 bytes each, made once
+        assemble = ray.remote(_assemble_task).options(
+            num_cpus=1, num_returns=4, max_retries=2, memory=int(1.5 * 12 * entries_n) + (256 << 20)
+        )
+        h_ref, c_ref, r_ref, summary = assemble.remote(*[x[1] for x in loaded])
+        del loaded  # the chunks' entries are freed once joined
+        summary = ray.get(summary)
+        stats.hashes = summary["hashes"]
+        perms = table_positions(config)
+        bits = [key_bits(stats.hashes, summary["entropy"], p, config) for p in perms]
+        stats.tables, stats.key_bits = config.index_tables, round(float(np.mean(bits)), 1)
+        candidates = _candidates(
+            None, None, None, perms, bits, config, stats, progress, (h_ref, c_ref, r_ref)
+        )
+        del h_ref, c_ref, r_ref
+        stats.candidate_pairs = len(candidates)
+        t1 = time.time()
+        stats.seconds["candidates"] = round(t1 - t0, 3)
+        verify = ray.remote(_verify_task).options(num_cpus=1, max_retries=2)
+        remote = lambda chunk: verify.remote(chunk, config, *parts)  # noqa: E731
+        pairs = _verify(candidates, config, stats, progress, remote=remote)
+        stats.seconds["verify"] = round(time.time() - t1, 3)
+        moves_task = ray.remote(_moves_task).options(num_cpus=1, max_retries=2)
+        moves = ray.get(moves_task.remote(pairs, [str(r) for r in runs], *parts))
+        stats.duplicates = moves.num_rows
+    finally:
+        if started_ray:
+            ray.shutdown()
+    return moves, stats
 
 
 def choose_representatives(table: HashTable, pairs: np.ndarray) -> dict[int, int]:

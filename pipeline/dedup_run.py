@@ -15,7 +15,6 @@ import json
 import os
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from rich.console import Console
@@ -146,33 +145,27 @@ def dedup_run(
     that is a rich console's ``print`` lends its console (so ``vidsift curate --quiet`` stays quiet);
     otherwise no bar shows. ``log`` gets the counted summary lines.
     """
-    from vidsift.pipeline.dedup_index import find_near_duplicates, load_hash_table
+    from vidsift.pipeline.dedup_index import (
+        count_clips,
+        find_near_duplicates,
+        load_hash_table,
+        moves_table,
+        search_files,
+    )
 
     if console is None and isinstance(getattr(log, "__self__", None), Console):
         console = log.__self__
     bars = PhaseBars(console)
     runs = [out, *against]
     try:
-        table = load_hash_table(runs, progress=bars)
-        duplicates, stats = find_near_duplicates(table, config, progress=bars)
-        if duplicates:
-            dup = np.fromiter(duplicates.keys(), np.int64, len(duplicates))
-            rep = np.fromiter(duplicates.values(), np.int64, len(duplicates))
-            rep_id = table.clip_id.take(pa.array(rep))
-            rep_src = table.source_uri.take(pa.array(rep)).to_pylist()
-            run_names = [str(r) for r in runs]
-            details = [
-                f"duplicates {i} from {s}" + (f" in run {run_names[r]}" if r else "")
-                for i, s, r in zip(rep_id.to_pylist(), rep_src, table.run[rep].tolist(), strict=True)
-            ]
-            moves = pa.table(
-                {
-                    "group": table.group.take(pa.array(dup)),
-                    "clip_id": table.clip_id.take(pa.array(dup)),
-                    "dup_of": rep_id,
-                    "reject_detail": pa.array(details, pa.string()),
-                }
-            )
+        files = [storage.parquet_files(storage.join(r, "clips")) for r in runs]
+        if count_clips(files, config.distribute_above)[1]:  # Ray tasks read the run: none of it held here
+            moves, stats = search_files(runs, config, progress=bars)
+        else:
+            table = load_hash_table(runs, progress=bars)
+            duplicates, stats = find_near_duplicates(table, config, progress=bars)
+            moves = moves_table(table, duplicates, [str(r) for r in runs])
+        if moves.num_rows:
             moved = move_duplicates(out, moves, write_config, progress=bars)
         else:
             moved = 0

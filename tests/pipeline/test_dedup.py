@@ -270,6 +270,49 @@ def test_ray_tasks_find_the_same_duplicates(real, tmp_path):
     assert stats.candidate_pairs == local_stats.candidate_pairs
 
 
+@pytest.mark.slow
+def test_tasks_reading_the_shards_move_what_the_local_pass_moves(real, tmp_path, monkeypatch):
+    # past distribute_above, Ray tasks read the run in chunks of files (here 3 chunks of the new run and 2
+    # of the earlier one) and nothing run-wide is held by the driver: the same clips move, with the same
+    # kept clips and details, as when this process reads both runs whole
+    import shutil
+
+    from vidsift.pipeline import dedup_index
+    from vidsift.pipeline.dedup_run import dedup_finished_run
+
+    earlier = write_run(tmp_path / "earlier", real["original"] + synthetic(300, seed=20), groups=2)
+    rows = synthetic(600, seed=21)
+    batch = [r for k in ("reencoded", "reversed", "other") for r in real[k]]
+    batch += rows + [_planted_copy(rows[9], 4)]
+    new = write_run(tmp_path / "new", batch, groups=6)
+    shutil.copytree(new, tmp_path / "new-local")
+    monkeypatch.setattr(dedup_index, "LOAD_CLIPS", 250)  # about 2 files of ~100 clips per read task
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("the driver read the run's hash columns")
+
+    # the Ray workers import their own copy of the module: only this process is forbidden to read the run
+    monkeypatch.setattr(dedup_index, "read_clip_columns", not_here)
+    monkeypatch.setattr(dedup_index, "load_hash_table", not_here)
+    tasks = dedup_finished_run(str(new), [str(earlier)], ["distribute_above=0"])
+    monkeypatch.undo()
+    local = dedup_finished_run(str(tmp_path / "new-local"), [str(earlier)])
+    assert tasks["distributed"] and not local["distributed"]
+    same = ("clips", "hashes", "tables", "key_bits", "hash_pairs_compared", "candidate_pairs",
+            "verified_pairs", "duplicates", "moved", "clips_without_hashes")  # fmt: skip
+    assert {k: tasks[k] for k in same} == {k: local[k] for k in same}
+    assert tasks["moved"] == 3 and tasks["clips"] == len(batch) + len(real["original"]) + 300
+
+    def moved(run: Path) -> list[tuple]:
+        return sorted((r["clip_id"], r["dup_of"], r["reject_detail"]) for r in _table(run, "rejected"))
+
+    by_tasks = moved(new)
+    assert by_tasks == moved(tmp_path / "new-local")
+    copies = {r["clip_id"] for k in ("reencoded", "reversed") for r in real[k]}
+    assert {m[0] for m in by_tasks} == copies | {rows[9]["clip_id"] + "-copy"}
+    assert {m[1] for m in by_tasks if m[0] in copies} == {real["original"][0]["clip_id"]}
+
+
 def test_curve_rule_for_many_pairs_is_the_rule_for_one():
     from vidsift.pipeline.stages.dedup import _curves_agree, curves_agree_many
 

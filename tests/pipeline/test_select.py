@@ -174,6 +174,7 @@ def test_select_and_dedup_on_s3_match_local(s3, tmp_path):  # noqa: F811
     write_run(tmp_path / "dups", rows + plants)
     _upload(local, "s3://select-dedup/run")
     _upload(tmp_path / "dups", "s3://select-dedup/dups")
+    _upload(tmp_path / "dups", "s3://select-dedup/dups-tasks")
     where = "motion_score > 0.8"
     assert select_run(local, tmp_path / "sel", where=where) == select_run(
         "s3://select-dedup/run", "s3://select-dedup/sel", where=where
@@ -195,6 +196,11 @@ def test_select_and_dedup_on_s3_match_local(s3, tmp_path):  # noqa: F811
     remote_rejected = {c: r["dup_of"] for c, r in _remote_rows("s3://select-dedup/dups/rejected").items()}
     assert remote_rejected == {c: r["dup_of"] for c, r in _rows(tmp_path / "dups", "rejected").items()}
     assert set(remote_rejected) == {p["clip_id"] for p in plants}
+    # past distribute_above Ray tasks read the bucket's clip files themselves: the same moves
+    tasks = dedup_finished_run("s3://select-dedup/dups-tasks", overrides=["distribute_above=0"])
+    assert tasks["distributed"] and tasks["moved"] == 2
+    by_tasks = _remote_rows("s3://select-dedup/dups-tasks/rejected")
+    assert {c: r["dup_of"] for c, r in by_tasks.items()} == remote_rejected
 
 
 def _random_column(field, n: int, rng: np.random.Generator):
