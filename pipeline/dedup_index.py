@@ -24,9 +24,12 @@ Steps (``find_near_duplicates``):
    most pixels, then longest, then smallest ``clip_id``; a clip of an ``--against`` run is always kept
    before a clip of the run being deduplicated (those runs are never rewritten).
 
-Steps 2 and 3 run as Ray tasks (one per hash table, one per chunk of pairs) when the search is larger than
-``distribute_above`` clips, with the hash arrays shared through Ray's object store (zero-copy), so each
-worker holds one table's keys at a time. Otherwise they run in this process.
+Past ``distribute_above`` clips (counted from the Parquet footers) ``search_files`` runs every step as Ray
+tasks and this process holds none of the run: read tasks of ~``LOAD_CLIPS`` clips put each chunk's entries
+and verification arrays in the object store, one task joins the entries that every table task reads
+zero-copy (one task per hash table), verification tasks (one per chunk of pairs) and the grouping gather
+only the clips of their pairs. Below it, ``load_hash_table`` and ``find_near_duplicates`` run in this
+process (``search_pairs`` can also send a table held here to Ray tasks).
 """
 
 from __future__ import annotations
