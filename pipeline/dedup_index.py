@@ -145,16 +145,29 @@ def table_from_arrow(t: pa.Table, run: int = 0) -> HashTable:
     )
 
 
+class UnreadableShard(ValueError):
+    """A clip file the search cannot read: not Parquet, cut short, or without the hash columns."""
+
+
+def _unreadable(location: Location, error: Exception) -> UnreadableShard:
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return UnreadableShard(f"{location}: cannot read the clip columns dedup needs ({reason})")
+
+
 def read_clip_columns(run: Location, files: list | None = None, on_file: Callable[[int], None] | None = None
                       ) -> pa.Table:  # fmt: skip
     """The columns the search needs, of every accepted clip of a run (column-only Parquet reads).
 
     ``files``: the run's clip files when already listed; ``on_file(rows)`` is called after each file.
+    Raises ``UnreadableShard`` naming the first file that cannot be read.
     """
     files = storage.parquet_files(storage.join(run, "clips")) if files is None else files
     tables = []
     for f in files:
-        tables.append(storage.read_table(f, columns=COLUMNS))
+        try:
+            tables.append(storage.read_table(f, columns=COLUMNS))
+        except (OSError, pa.ArrowException) as e:
+            raise _unreadable(f, e) from None
         if on_file:
             on_file(tables[-1].num_rows)
     if not tables:
@@ -643,7 +656,10 @@ def count_clips(files: list[list[Location]], above: int) -> tuple[int, bool]:
     ``more`` when the count stopped there (the search is then distributed: the exact count comes later)."""
     counted = 0
     for f in (f for run in files for f in run):
-        counted += storage.read_parquet_metadata(f).num_rows
+        try:
+            counted += storage.read_parquet_metadata(f).num_rows
+        except (OSError, pa.ArrowException) as e:
+            raise _unreadable(f, e) from None
         if counted > above:
             return counted, True
     return counted, False
@@ -830,7 +846,7 @@ def search_files(
         # chunks of about LOAD_CLIPS clips, from the rows of each run's first file
         chunks: list[tuple[list[Location], int]] = []
         for k, run_files in enumerate(files):
-            per_file = storage.read_parquet_metadata(run_files[0]).num_rows if run_files else 1
+            per_file = count_clips([run_files[:1]], 0)[0] if run_files else 1
             step = max(1, LOAD_CLIPS // max(1, per_file))
             chunks += [(run_files[s : s + step], k) for s in range(0, len(run_files), step)]
         load = ray.remote(_load_task).options(num_cpus=1, num_returns=3, max_retries=2)

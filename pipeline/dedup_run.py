@@ -146,6 +146,7 @@ def dedup_run(
     otherwise no bar shows. ``log`` gets the counted summary lines.
     """
     from vidsift.pipeline.dedup_index import (
+        UnreadableShard,
         count_clips,
         find_near_duplicates,
         load_hash_table,
@@ -159,12 +160,15 @@ def dedup_run(
     runs = [out, *against]
     try:
         files = [storage.parquet_files(storage.join(r, "clips")) for r in runs]
-        if count_clips(files, config.distribute_above)[1]:  # Ray tasks read the run: none of it held here
-            moves, stats = search_files(runs, config, progress=bars)
-        else:
-            table = load_hash_table(runs, progress=bars)
-            duplicates, stats = find_near_duplicates(table, config, progress=bars)
-            moves = moves_table(table, duplicates, [str(r) for r in runs])
+        try:
+            if count_clips(files, config.distribute_above)[1]:  # Ray tasks read the run: none of it here
+                moves, stats = search_files(runs, config, progress=bars)
+            else:
+                table = load_hash_table(runs, progress=bars)
+                duplicates, stats = find_near_duplicates(table, config, progress=bars)
+                moves = moves_table(table, duplicates, [str(r) for r in runs])
+        except UnreadableShard as e:  # from a Ray task too: its error is an UnreadableShard with a cause
+            raise DedupError(str(getattr(e, "cause", None) or e)) from None
         if moves.num_rows:
             moved = move_duplicates(out, moves, write_config, progress=bars)
         else:

@@ -173,6 +173,33 @@ def test_dedup_against_an_earlier_run(real, tmp_path):
     assert json.loads((new / "manifest.json").read_text())["dedup"]["against"] == [str(earlier)]
 
 
+@pytest.mark.slow
+def test_an_unreadable_clip_file_is_one_line_naming_it(tmp_path):
+    # in this process or in a Ray read task (the footer is fine, the hash columns are missing): one line
+    # naming the file, nothing rewritten
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    run = write_run(tmp_path / "run", synthetic(200, seed=22), groups=3)
+    bad = sorted((run / "clips").glob("*.parquet"))[1]
+    pq.write_table(pa.table({"clip_id": ["x"]}), bad)
+    files = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    for extra in ([], ["--set", "distribute_above=0"]):
+        result = run_cli("dedup", str(run), "--quiet", *extra)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().splitlines() == [
+            f"vidsift: error: {bad}: cannot read the clip columns dedup needs "
+            "(No match for FieldRef.Name(group) in clip_id: string)"
+        ]
+    bad.write_bytes(b"not parquet")
+    result = run_cli("dedup", str(run), "--quiet")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"vidsift: error: {bad}: cannot read the clip columns dedup needs (")
+    assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file() and p != bad} == {
+        p: b for p, b in files.items() if p != bad
+    }
+
+
 def test_dedup_refuses_a_folder_that_is_not_a_run(tmp_path):
     r = run_cli("dedup", str(tmp_path))
     assert r.returncode == 2 and "not a finished vidsift run" in r.stderr and "Traceback" not in r.stderr
