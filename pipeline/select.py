@@ -247,13 +247,19 @@ def _read_table(location: Location) -> pa.Table:
     """One whole Parquet file, single-threaded (groups run in parallel already; per-file threads only
     add overhead: 3x the CPU of ``pq.ParquetFile.read`` on small shard files).
 
-    A local file is read by DuckDB: on shard files (85 columns, 64-row row groups) it took 0.6x the CPU
-    of ``pq.ParquetFile.read`` and returns one chunk per column instead of one per row group, which the
-    filters and sorts after it also pay for. ``s3://`` files (and paths DuckDB would take for a glob)
+    A local file of one or two row groups (the shard contract's byte-sized row groups without media, the
+    rejected and videos tables) is read by pyarrow (without pre-buffering): 7.9 ms CPU a group's three files
+    at 1M rows, where DuckDB took 12.9 ms. A file of many row groups (64-row groups of clips with media, and
+    every older run's files) is read by DuckDB: 8.3 ms for a clips file of 8 row groups, where pyarrow took
+    16.6 ms, and one chunk per column instead of one per row group, which the filters and sorts after it
+    also pay for (docs/benchmarks.md, issue 16). ``s3://`` files (and paths DuckDB would take for a glob)
     go through pyarrow's own S3 client.
     """
     path = str(location)
     if not storage.is_remote(path) and not any(ch in path for ch in "*?[{"):
+        with pq.ParquetFile(path, pre_buffer=False) as parquet:
+            if parquet.metadata.num_row_groups <= 2:
+                return parquet.read(use_threads=False)
         con = getattr(_readers, "con", None)
         if con is None:
             import duckdb

@@ -182,7 +182,7 @@ def test_select_and_dedup_on_s3_match_local(s3, tmp_path):  # noqa: F811
     remote = {r["clip_id"]: r for f in storage.parquet_files("s3://select-dedup/sel/clips")
               for r in storage.read_table(f).to_pylist()}  # fmt: skip
     assert remote == _rows(tmp_path / "sel", "clips")
-    # the same bytes: local groups are read by DuckDB, s3:// ones by pyarrow
+    # the same bytes: local groups are read by pyarrow or DuckDB, s3:// ones by pyarrow's S3 client
     for table in ("clips", "rejected", "videos"):
         for f in sorted((tmp_path / "sel" / table).glob("*.parquet")):
             with storage.open_input(f"s3://select-dedup/sel/{table}/{f.name}") as remote_file:
@@ -230,23 +230,25 @@ def _random_column(field, n: int, rng: np.random.Generator):
 
 
 def test_group_files_read_by_duckdb_equal_pyarrow_reads(tmp_path):
-    # local group files are read by DuckDB (faster on 85-column, 64-row-group shards); every column type of
-    # the three tables must come back as pyarrow reads it, or select would change the shards it writes
+    # local group files of many row groups are read by DuckDB (faster on 85-column, 64-row-group shards),
+    # those of one or two by pyarrow; every column type of the three tables must come back as pyarrow reads
+    # it, or select would change the shards it writes
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from vidsift.pipeline.select import TABLES, _read_table, conform
 
     rng = np.random.default_rng(17)
-    for folder in ("run", "run[1]"):  # a glob character in the path: pyarrow reads it
+    # a glob character in the path: pyarrow reads it; 3 row groups of 64 rows: DuckDB; one of 150: pyarrow
+    for folder, rows in (("run", 64), ("run[1]", 64), ("one-group", 150)):
         (tmp_path / folder).mkdir()
         for name, schema in TABLES.items():
             table = pa.Table.from_arrays([_random_column(f, 150, rng) for f in schema], schema=schema)
             path = tmp_path / folder / f"{name}.parquet"
-            pq.write_table(table, path, compression="zstd", row_group_size=64)
+            pq.write_table(table, path, compression="zstd", row_group_size=rows)
             written = []  # what select would write from each read (NaN != NaN, so compare the files)
             for read in (_read_table(path), pq.read_table(path)):
                 buffer = pa.BufferOutputStream()
-                pq.write_table(conform(read, schema), buffer, compression="zstd", row_group_size=64)
+                pq.write_table(conform(read, schema), buffer, compression="zstd", row_group_size=rows)
                 written.append(buffer.getvalue().to_pybytes())
             assert written[0] == written[1] == path.read_bytes(), (folder, name)
