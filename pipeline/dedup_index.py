@@ -782,6 +782,36 @@ def _local_pairs(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return clips, (li.astype(np.uint64) << np.uint64(32)) | lj.astype(np.uint64)
 
 
+PAIR_PARTITION_ENTRIES = 2_000_000  # index entries per partition of the candidate pairs (``search_files``)
+
+
+def _partition(pairs: np.ndarray, n: int) -> list[np.ndarray]:
+    """``pairs`` (sorted) cut into ``n`` sorted parts by a hash of each pair: a pair found by several hash
+    tables lands in the same part every time, so each part can be made unique on its own."""
+    if n == 1:
+        return [pairs]
+    part = ((pairs * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)) % np.uint64(n)  # wraps: a hash
+    order = np.argsort(part, kind="stable")
+    bounds = np.r_[0, np.cumsum(np.bincount(part.astype(np.int64), minlength=n))]
+    return [pairs[order[bounds[k] : bounds[k + 1]]] for k in range(n)]
+
+
+def _ray_table_parts(h, c, r, positions, bits, config, n):  # runs inside a Ray task
+    """``table_pairs``, its pairs returned as ``n`` partitions (``_partition``) after the counts."""
+    try:
+        pairs, counts = table_pairs(h, c, r, positions, bits, config)
+        return (counts, *_partition(pairs, n))
+    finally:
+        _release_memory()
+
+
+def _verify_partition_task(config: DedupConfig, tables: int, *args) -> tuple[int, np.ndarray]:  # Ray task
+    """One partition of the candidate pairs: ``args`` are its part from each of ``tables`` hash tables, then
+    the chunk parts of the run. Returns how many distinct candidates it held and the verified ones."""
+    candidates = np.unique(np.concatenate(args[:tables]))
+    return len(candidates), candidates[_verify_task(candidates, config, *args[tables:])]
+
+
 def _verify_task(pairs: np.ndarray, config: DedupConfig, *parts: dict) -> np.ndarray:  # in a Ray task
     """``verify_pairs`` over the clips of ``pairs`` only, gathered from the chunk parts."""
     clips, local = _local_pairs(pairs)
@@ -826,9 +856,11 @@ def search_files(
     Nothing run-wide passes through this process. Read tasks (``LOAD_CLIPS`` clips each) read the hash
     columns of their files and return the index entries and the verification arrays to the object store;
     one task joins the entries (the input of every hash-table task); verification and the keep-the-best
-    rule run in tasks that gather only the clips of their pairs. This process holds object references,
-    counts, the candidate pairs and the moves. Same results as ``find_near_duplicates`` over
-    ``load_hash_table(runs)``: the clips are numbered in the same order.
+    rule run in tasks that gather only the clips of their pairs; each table's candidate pairs are cut into
+    partitions by pair (one per ``PAIR_PARTITION_ENTRIES`` index entries) and each partition is made unique
+    and verified by one task. This process holds object references, counts, the verified pairs and the
+    moves. Same results as ``find_near_duplicates`` over ``load_hash_table(runs)``: the clips are numbered
+    in the same order.
     """
     import os
     import time
@@ -877,16 +909,40 @@ def search_files(
         perms = table_positions(config)
         bits = [key_bits(stats.hashes, summary["entropy"], p, config) for p in perms]
         stats.tables, stats.key_bits = config.index_tables, round(float(np.mean(bits)), 1)
-        candidates = _candidates(
-            None, None, None, perms, bits, config, stats, progress, (h_ref, c_ref, r_ref)
+        # each table's candidate pairs stay in the object store, cut into partitions by pair; a verification
+        # task per partition makes its pairs unique and verifies them: no candidate list is held here
+        n = max(1, -(-stats.hashes // PAIR_PARTITION_ENTRIES))
+        table_task = ray.remote(_ray_table_parts).options(
+            num_cpus=1, num_returns=n + 1, memory=table_task_memory(stats.hashes), max_retries=2
         )
+        by_table = [
+            table_task.remote(h_ref, c_ref, r_ref, p, b, config, n) for p, b in zip(perms, bits, strict=True)
+        ]
         del h_ref, c_ref, r_ref
-        stats.candidate_pairs = len(candidates)
+        progress("index", 0, len(perms), compared=0)
+        for counts in _gather([t[0] for t in by_table], lambda done: progress("index", done, len(perms),
+                                                                               compared=0)):  # fmt: skip
+            stats.hash_pairs_compared += counts["hash_pairs_compared"]
+            stats.split_buckets += counts["split_buckets"]
+            stats.split_entries += counts["split_entries"]
+        progress("index", len(perms), len(perms), compared=stats.hash_pairs_compared)
         t1 = time.time()
         stats.seconds["candidates"] = round(t1 - t0, 3)
-        verify = ray.remote(_verify_task).options(num_cpus=1, max_retries=2)
-        remote = lambda chunk: verify.remote(chunk, config, *parts)  # noqa: E731
-        pairs = _verify(candidates, config, stats, progress, remote=remote)
+        verify = ray.remote(_verify_partition_task).options(num_cpus=1, max_retries=2)
+        futures = [verify.remote(config, len(perms), *[t[k + 1] for t in by_table], *parts) for k in range(n)]
+        del by_table  # each partition's pairs are freed once verified
+        seen = {"candidates": 0, "verified": 0}
+        progress("verify", 0, n, verified=0, candidates=0)
+        pending = list(futures)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            count, found = ray.get(ready[0])
+            seen["candidates"] += count
+            seen["verified"] += len(found)
+            progress("verify", n - len(pending), n, **seen)
+        results = ray.get(futures)
+        stats.candidate_pairs, stats.verified_pairs = seen["candidates"], seen["verified"]
+        pairs = np.sort(np.concatenate([found for _, found in results]))
         stats.seconds["verify"] = round(time.time() - t1, 3)
         moves_task = ray.remote(_moves_task).options(num_cpus=1, max_retries=2)
         moves = ray.get(moves_task.remote(pairs, [str(r) for r in runs], *parts))

@@ -314,6 +314,7 @@ def test_tasks_reading_the_shards_move_what_the_local_pass_moves(real, tmp_path,
     new = write_run(tmp_path / "new", batch, groups=6)
     shutil.copytree(new, tmp_path / "new-local")
     monkeypatch.setattr(dedup_index, "LOAD_CLIPS", 250)  # about 2 files of ~100 clips per read task
+    monkeypatch.setattr(dedup_index, "PAIR_PARTITION_ENTRIES", 2000)  # candidate pairs in ~10 partitions
 
     def not_here(*args, **kwargs):
         raise AssertionError("the driver read the run's hash columns")
@@ -338,6 +339,21 @@ def test_tasks_reading_the_shards_move_what_the_local_pass_moves(real, tmp_path,
     copies = {r["clip_id"] for k in ("reencoded", "reversed") for r in real[k]}
     assert {m[0] for m in by_tasks} == copies | {rows[9]["clip_id"] + "-copy"}
     assert {m[1] for m in by_tasks if m[0] in copies} == {real["original"][0]["clip_id"]}
+
+
+def test_candidate_partitions_hold_every_pair_once_and_sorted():
+    from vidsift.pipeline.dedup_index import _partition
+
+    rng = np.random.default_rng(23)
+    pairs = np.unique(rng.integers(0, 2**63, 5000, dtype=np.int64).astype(np.uint64))
+    parts = _partition(pairs, 7)
+    assert len(parts) == 7 and all(len(p) > 500 for p in parts)  # spread, not all in one
+    assert all(np.all(p[1:] > p[:-1]) for p in parts)
+    assert np.array_equal(np.sort(np.concatenate(parts)), pairs)
+    # the same pair lands in the same partition whichever table found it
+    again = _partition(pairs[::3], 7)
+    assert all(np.isin(a, b).all() for a, b in zip(again, parts, strict=True))
+    assert _partition(pairs, 1)[0] is pairs
 
 
 def test_curve_rule_for_many_pairs_is_the_rule_for_one():
