@@ -27,8 +27,9 @@ Steps (``find_near_duplicates``):
 Past ``distribute_above`` clips (counted from the Parquet footers) ``search_files`` runs every step as Ray
 tasks and this process holds none of the run: read tasks of ~``LOAD_CLIPS`` clips put each chunk's entries
 and verification arrays in the object store, one task joins the entries that every table task reads
-zero-copy (one task per hash table), verification tasks (one per chunk of pairs) and the grouping gather
-only the clips of their pairs. Below it, ``load_hash_table`` and ``find_near_duplicates`` run in this
+zero-copy (one task per hash table, its candidate pairs left in the object store in partitions by pair),
+verification tasks (one per partition: its pairs made unique, then verified) and the grouping gather only
+the clips of their pairs. Below it, ``load_hash_table`` and ``find_near_duplicates`` run in this
 process (``search_pairs`` can also send a table held here to Ray tasks).
 """
 
