@@ -719,7 +719,8 @@ def _assemble_task(*chunks):  # runs inside a Ray task
 
 def _release_memory() -> None:
     """Hand freed memory back to the system: a Ray worker lives on after its task, and the Arrow pool and
-    the C heap otherwise keep the pages of a task's temporaries (measured: 0.5 GiB after a read task)."""
+    the C heap may otherwise keep the pages of a task's temporaries (not measured on its own: see
+    docs/benchmarks.md, issue 16)."""
     import ctypes
     import ctypes.util
 
