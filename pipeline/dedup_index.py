@@ -479,17 +479,6 @@ def verify_pairs(
 # ----------------------------------------------------------------------------------------------- search
 
 
-def _ray_table_pairs(h, c, r, positions, bits, config):  # runs inside a Ray task
-    try:
-        return table_pairs(h, c, r, positions, bits, config)
-    finally:
-        _release_memory()  # the packed keys: the worker's next task starts from little
-
-
-def _ray_verify(pairs, offsets, hashes, curves, has_curve, config):  # runs inside a Ray task
-    return verify_pairs(pairs, offsets, hashes, curves, has_curve, config)
-
-
 def _gather(refs: list, each: Callable[[int], None]) -> list:
     """``ray.get(refs)`` in order, calling ``each(done)`` as tasks finish (in any order)."""
     import ray
@@ -527,71 +516,33 @@ def _candidates(
     config: DedupConfig,
     stats: SearchStats,
     progress: Progress,
-    refs: tuple | None = None,
 ) -> np.ndarray:
-    """The candidate clip pairs of every hash table (unique, uint64 ``i << 32 | j``), one Ray task per
-    table when ``refs`` (the object refs of ``h``, ``c``, ``runs``; then ``h`` and ``c`` may be None and
-    ``stats.hashes`` gives their length), else in this process."""
-    compared = [0]
-
-    def table_done(done: int, counts: dict | None = None) -> None:
-        compared[0] += counts["hash_pairs_compared"] if counts else 0
-        progress("index", done, len(perms), compared=compared[0])
-
-    table_done(0)
-    if refs is not None:
-        import ray
-
-        task = ray.remote(_ray_table_pairs).options(
-            num_cpus=1, memory=table_task_memory(stats.hashes), max_retries=2
-        )
-        futures = [task.remote(*refs, p, b, config) for p, b in zip(perms, bits, strict=True)]
-        results = _gather(futures, lambda done: progress("index", done, len(perms), compared=0))
-        del futures
-        table_done(len(perms), {"hash_pairs_compared": sum(c["hash_pairs_compared"] for _, c in results)})
-    else:
-        results = []
-        for p, b in zip(perms, bits, strict=True):
-            results.append(table_pairs(h, c, runs, p, b, config))
-            table_done(len(results), results[-1][1])
+    """The candidate clip pairs of every hash table (unique, uint64 ``i << 32 | j``), in this process."""
+    compared = 0
+    progress("index", 0, len(perms), compared=0)
     found = []
-    for pairs, counts in results:
+    for k, (p, b) in enumerate(zip(perms, bits, strict=True), 1):
+        pairs, counts = table_pairs(h, c, runs, p, b, config)
         found.append(pairs)
+        compared += counts["hash_pairs_compared"]
         stats.hash_pairs_compared += counts["hash_pairs_compared"]
         stats.split_buckets += counts["split_buckets"]
         stats.split_entries += counts["split_entries"]
-    del results
+        progress("index", k, len(perms), compared=compared)
     return np.unique(np.concatenate(found)) if found else np.zeros(0, np.uint64)
 
 
 def _verify(
-    candidates: np.ndarray,
-    config: DedupConfig,
-    stats: SearchStats,
-    progress: Progress,
-    table: HashTable | None = None,
-    remote: Callable | None = None,
+    candidates: np.ndarray, config: DedupConfig, stats: SearchStats, progress: Progress, table: HashTable
 ) -> np.ndarray:
-    """The verified pairs among ``candidates``: in this process over ``table``, or ``remote(chunk)`` (a Ray
-    task's future) per chunk of ``VERIFY_CHUNK`` pairs."""
+    """The verified pairs among ``candidates``, in this process, ``VERIFY_CHUNK`` pairs at a time."""
     chunks = [candidates[s : s + VERIFY_CHUNK] for s in range(0, len(candidates), VERIFY_CHUNK)]
-    verified = [0]
-
-    def chunk_done(done: int, mask: np.ndarray | None = None) -> None:
-        verified[0] += int(mask.sum()) if mask is not None else 0
-        progress("verify", done, len(chunks), verified=verified[0], candidates=len(candidates))
-
-    chunk_done(0)
-    if remote is not None:
-        futures = [remote(ch) for ch in chunks]
-        masks = _gather(futures, lambda done: progress("verify", done, len(chunks), verified=0,
-                                                       candidates=len(candidates)))  # fmt: skip
-        chunk_done(len(chunks), np.concatenate(masks) if masks else None)
-    else:
-        masks = []
-        for ch in chunks:  # verify_pairs works chunk by chunk anyway: the same masks
-            masks.append(verify_pairs(ch, table.offsets, table.hashes, table.curves, table.has_curve, config))
-            chunk_done(len(masks), masks[-1])
+    progress("verify", 0, len(chunks), verified=0, candidates=len(candidates))
+    masks = []
+    for ch in chunks:
+        masks.append(verify_pairs(ch, table.offsets, table.hashes, table.curves, table.has_curve, config))
+        verified = int(sum(m.sum() for m in masks))
+        progress("verify", len(masks), len(chunks), verified=verified, candidates=len(candidates))
     mask = np.concatenate(masks) if masks else np.zeros(0, bool)
     stats.verified_pairs = int(mask.sum())
     return candidates[mask]
@@ -601,49 +552,39 @@ def search_pairs(
     table: HashTable, config: DedupConfig, stats: SearchStats, progress: Progress | None = None
 ) -> np.ndarray:
     """Verified duplicate clip pairs (uint64 ``i << 32 | j``) of a table held here; ``progress`` as
-    ``find_near_duplicates``. Past ``distribute_above`` clips the tables and the verification run as Ray
-    tasks over copies of the arrays in the object store (``search_files`` reads a run without holding it)."""
+    ``find_near_duplicates``. Past ``distribute_above`` clips the table goes to the object store as one
+    part and the search runs as the Ray tasks of ``search_files`` (which reads a run without holding it)."""
     import time
 
     progress = progress or (lambda *a, **k: None)
     t0 = time.time()
     h, c = entries(table)
     runs = table.run if (table.run != 0).any() else None
-    perms = table_positions(config)
     entropy = bit_entropy(h)
+    stats.hashes = len(h)
+    stats.distributed = len(table) > config.distribute_above
+    if stats.distributed:
+        import ray
+
+        started_ray = _start_ray()
+        try:
+            refs = [ray.put(h), ray.put(c), ray.put(runs)]
+            del h, c
+            part = ray.put(_part(table))
+            return _search_tasks(refs, [part], entropy, config, stats, progress, t0)
+        finally:
+            if started_ray:
+                ray.shutdown()
+    perms = table_positions(config)
     bits = [key_bits(len(h), entropy, p, config) for p in perms]
-    stats.hashes, stats.tables, stats.key_bits = len(h), config.index_tables, round(float(np.mean(bits)), 1)
-    distributed = len(table) > config.distribute_above
-    stats.distributed = distributed
-    started_ray = _start_ray() if distributed else False
-    try:
-        if distributed:
-            import ray
-
-            refs = (ray.put(h), ray.put(c), ray.put(runs))
-            del h, c
-            candidates = _candidates(None, None, runs, perms, bits, config, stats, progress, refs)
-            del refs
-        else:
-            candidates = _candidates(h, c, runs, perms, bits, config, stats, progress)
-            del h, c
-        stats.candidate_pairs = len(candidates)
-        t1 = time.time()
-        stats.seconds["candidates"] = round(t1 - t0, 3)
-        remote = None
-        if distributed and len(candidates) > VERIFY_CHUNK:
-            import ray
-
-            task = ray.remote(_ray_verify).options(num_cpus=1, max_retries=2)
-            arrays = [ray.put(x) for x in (table.offsets, table.hashes, table.curves, table.has_curve)]
-            remote = lambda chunk: task.remote(chunk, *arrays, config)  # noqa: E731
-        pairs = _verify(candidates, config, stats, progress, table=table, remote=remote)
-        stats.seconds["verify"] = round(time.time() - t1, 3)
-    finally:
-        if started_ray:
-            import ray
-
-            ray.shutdown()
+    stats.tables, stats.key_bits = config.index_tables, round(float(np.mean(bits)), 1)
+    candidates = _candidates(h, c, runs, perms, bits, config, stats, progress)
+    del h, c
+    stats.candidate_pairs = len(candidates)
+    t1 = time.time()
+    stats.seconds["candidates"] = round(t1 - t0, 3)
+    pairs = _verify(candidates, config, stats, progress, table)
+    stats.seconds["verify"] = round(time.time() - t1, 3)
     return pairs
 
 
@@ -679,27 +620,32 @@ def _load_task(files: list[Location], run: int, cwd: str, env: list):  # runs in
     enter_run(cwd, env)
     t = table_from_arrow(read_clip_columns("", files), run=run)
     h, c = entries(t)
-    columns = [t.clip_id, t.source_uri, t.group, t.run, t.pixels, t.duration]
-    arrays = [
-        (x if isinstance(x, pa.Array) else pa.array(x)).cast(f.type)
-        for x, f in zip(columns, META_SCHEMA, strict=True)
-    ]
-    meta = pa.Table.from_arrays(arrays, schema=META_SCHEMA)
     info = {
         "clips": len(t),
         "entries": len(h),
         "without_hashes": int((np.diff(t.offsets) < SCALES).sum()),
         "files": len(files),
     }
+    part = _part(t)
     _release_memory()  # the Arrow columns read
-    part = {
+    return info, (h, c, t.run), part
+
+
+def _part(t: HashTable) -> dict:
+    """What verification and the keep-the-best rule need of ``t``'s clips (``_Parts`` reads it back)."""
+    columns = [t.clip_id, t.source_uri, t.group, t.run, t.pixels, t.duration]
+    arrays = [
+        (x if isinstance(x, pa.Array) else pa.array(x)).cast(f.type)
+        for x, f in zip(columns, META_SCHEMA, strict=True)
+    ]
+    meta = pa.Table.from_arrays(arrays, schema=META_SCHEMA)
+    return {
         "offsets": t.offsets,
         "hashes": t.hashes,
         "curves": t.curves,
         "has_curve": t.has_curve,
         "meta": meta,
     }
-    return info, (h, c, t.run), part
 
 
 def _assemble_task(*chunks):  # runs inside a Ray task
@@ -850,6 +796,57 @@ def moves_table(table: HashTable, duplicates: dict[int, int], run_names: list[st
     )
 
 
+def _search_tasks(
+    refs: list, parts: list, entropy: np.ndarray, config: DedupConfig, stats: SearchStats,
+    progress: Progress, t0: float,
+) -> np.ndarray:  # fmt: skip
+    """The verified pairs, as Ray tasks: ``refs`` are the object refs of the index entries, their clips and
+    runs (``stats.hashes`` entries; the list is emptied once the table tasks hold them, so the entries are
+    freed when those end), ``parts`` the refs of the clips' parts (``_part``) in clip order.
+
+    Each hash table is a task that leaves its candidate pairs in the object store, cut into partitions by
+    pair (one per ``PAIR_PARTITION_ENTRIES`` entries); a task per partition makes its pairs unique and
+    verifies them, gathering only their clips from the parts: no candidate list is held here."""
+    import time
+
+    import ray
+
+    perms = table_positions(config)
+    bits = [key_bits(stats.hashes, entropy, p, config) for p in perms]
+    stats.tables, stats.key_bits = config.index_tables, round(float(np.mean(bits)), 1)
+    n = max(1, -(-stats.hashes // PAIR_PARTITION_ENTRIES))
+    table_task = ray.remote(_ray_table_parts).options(
+        num_cpus=1, num_returns=n + 1, memory=table_task_memory(stats.hashes), max_retries=2
+    )
+    by_table = [table_task.remote(*refs, p, b, config, n) for p, b in zip(perms, bits, strict=True)]
+    refs.clear()
+    progress("index", 0, len(perms), compared=0)
+    for counts in _gather([t[0] for t in by_table], lambda done: progress("index", done, len(perms),
+                                                                           compared=0)):  # fmt: skip
+        stats.hash_pairs_compared += counts["hash_pairs_compared"]
+        stats.split_buckets += counts["split_buckets"]
+        stats.split_entries += counts["split_entries"]
+    progress("index", len(perms), len(perms), compared=stats.hash_pairs_compared)
+    t1 = time.time()
+    stats.seconds["candidates"] = round(t1 - t0, 3)
+    verify = ray.remote(_verify_partition_task).options(num_cpus=1, max_retries=2)
+    futures = [verify.remote(config, len(perms), *[t[k + 1] for t in by_table], *parts) for k in range(n)]
+    del by_table  # each partition's pairs are freed once verified
+    seen = {"candidates": 0, "verified": 0}
+    progress("verify", 0, n, **seen)
+    pending = list(futures)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        count, found = ray.get(ready[0])
+        seen["candidates"] += count
+        seen["verified"] += len(found)
+        progress("verify", n - len(pending), n, **seen)
+    results = ray.get(futures)
+    stats.candidate_pairs, stats.verified_pairs = seen["candidates"], seen["verified"]
+    stats.seconds["verify"] = round(time.time() - t1, 3)
+    return np.sort(np.concatenate([found for _, found in results]))
+
+
 def search_files(
     runs: list[Location], config: DedupConfig, progress: Progress | None = None
 ) -> tuple[pa.Table, SearchStats]:
@@ -904,48 +901,11 @@ def search_files(
         assemble = ray.remote(_assemble_task).options(
             num_cpus=1, num_returns=4, max_retries=2, memory=int(1.5 * 12 * entries_n) + (256 << 20)
         )
-        h_ref, c_ref, r_ref, summary = assemble.remote(*[x[1] for x in loaded])
+        *refs, summary = assemble.remote(*[x[1] for x in loaded])
         del loaded  # the chunks' entries are freed once joined
         summary = ray.get(summary)
         stats.hashes = summary["hashes"]
-        perms = table_positions(config)
-        bits = [key_bits(stats.hashes, summary["entropy"], p, config) for p in perms]
-        stats.tables, stats.key_bits = config.index_tables, round(float(np.mean(bits)), 1)
-        # each table's candidate pairs stay in the object store, cut into partitions by pair; a verification
-        # task per partition makes its pairs unique and verifies them: no candidate list is held here
-        n = max(1, -(-stats.hashes // PAIR_PARTITION_ENTRIES))
-        table_task = ray.remote(_ray_table_parts).options(
-            num_cpus=1, num_returns=n + 1, memory=table_task_memory(stats.hashes), max_retries=2
-        )
-        by_table = [
-            table_task.remote(h_ref, c_ref, r_ref, p, b, config, n) for p, b in zip(perms, bits, strict=True)
-        ]
-        del h_ref, c_ref, r_ref
-        progress("index", 0, len(perms), compared=0)
-        for counts in _gather([t[0] for t in by_table], lambda done: progress("index", done, len(perms),
-                                                                               compared=0)):  # fmt: skip
-            stats.hash_pairs_compared += counts["hash_pairs_compared"]
-            stats.split_buckets += counts["split_buckets"]
-            stats.split_entries += counts["split_entries"]
-        progress("index", len(perms), len(perms), compared=stats.hash_pairs_compared)
-        t1 = time.time()
-        stats.seconds["candidates"] = round(t1 - t0, 3)
-        verify = ray.remote(_verify_partition_task).options(num_cpus=1, max_retries=2)
-        futures = [verify.remote(config, len(perms), *[t[k + 1] for t in by_table], *parts) for k in range(n)]
-        del by_table  # each partition's pairs are freed once verified
-        seen = {"candidates": 0, "verified": 0}
-        progress("verify", 0, n, verified=0, candidates=0)
-        pending = list(futures)
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            count, found = ray.get(ready[0])
-            seen["candidates"] += count
-            seen["verified"] += len(found)
-            progress("verify", n - len(pending), n, **seen)
-        results = ray.get(futures)
-        stats.candidate_pairs, stats.verified_pairs = seen["candidates"], seen["verified"]
-        pairs = np.sort(np.concatenate([found for _, found in results]))
-        stats.seconds["verify"] = round(time.time() - t1, 3)
+        pairs = _search_tasks(refs, parts, summary["entropy"], config, stats, progress, t0)
         moves_task = ray.remote(_moves_task).options(num_cpus=1, max_retries=2)
         moves = ray.get(moves_task.remote(pairs, [str(r) for r in runs], *parts))
         stats.duplicates = moves.num_rows
