@@ -19,7 +19,8 @@ Steps (``find_near_duplicates``):
    entries a chunk at a time (``_packed_round``): CPU per table grows with the entries (1.0x per entry
    from 2.6M to 26M entries), where whole-run temporaries cost page faults growing faster than the run.
 3. **Verify** (``verify_pairs``): today's decision rule on each candidate pair (the time curves,
-   vectorised over pairs, then ``dedup._matches`` over the samples at three crops).
+   vectorised over pairs, then ``dedup.frame_match`` over the samples at three crops; frames matched only
+   near the limit also need frame-difference curves that agree, ``edge_evidence_many``).
 4. **Group**: connected components over the verified pairs only (scipy), then the keep-the-best rule:
    most pixels, then longest, then smallest ``clip_id``; a clip of an ``--against`` run is always kept
    before a clip of the run being deduplicated (those runs are never rewritten).
@@ -44,7 +45,7 @@ import pyarrow.compute as pc
 
 from vidsift.pipeline import storage
 from vidsift.pipeline.measures import HASH_SCALES
-from vidsift.pipeline.stages.dedup import CURVE_POINTS, DedupConfig, _matches, curves_agree_many
+from vidsift.pipeline.stages.dedup import CURVE_POINTS, DedupConfig, curves_agree_many, edge_evidence_many, frame_match
 from vidsift.pipeline.storage import Location
 
 COLUMNS = ["clip_id", "group", "source_uri", "dedup_hashes", "dedup_curve", "width", "height", "duration_s"]
@@ -457,7 +458,8 @@ def verify_pairs(
     """The decision rule on each candidate pair: a bool mask over ``pairs``.
 
     The time curves are compared first, for all pairs at once; the frame hashes of those that agree
-    then one pair at a time (both must hold, so the order changes nothing but the cost).
+    then one pair at a time (both must hold, so the order changes nothing but the cost). A pair whose
+    frames match only near the limit (``edge_margin``) also needs ``edge_evidence_many``.
     """
     keep = np.zeros(len(pairs), bool)
     signed = hashes.view(np.int64)
@@ -468,11 +470,13 @@ def verify_pairs(
         a, b = curves[i], curves[j]
         a[~has_curve[i]] = np.nan
         b[~has_curve[j]] = np.nan
-        agree = curves_agree_many(a, b, config)
-        for k in np.flatnonzero(agree):
+        agree = np.flatnonzero(curves_agree_many(a, b, config))
+        edge_ok = edge_evidence_many(a[agree], b[agree], config)  # for the few whose curves agree
+        for k, edge in zip(agree, edge_ok, strict=True):
             x = signed[offsets[i[k]] : offsets[i[k] + 1]].reshape(-1, SCALES)
             y = signed[offsets[j[k]] : offsets[j[k] + 1]].reshape(-1, SCALES)
-            keep[s + k] = _matches(x, y, config)
+            found, at_edge = frame_match(x, y, config)
+            keep[s + k] = found and (edge or not at_edge)
     return keep
 
 

@@ -8,7 +8,9 @@ Two halves. In the per-video task, ``hash_clips`` stores ``dedup_hashes`` for ev
 scales, within ``max_hamming`` bits of a hash of the other, and their histories in time
 (``dedup_curve``: brightness and frame difference at 32 points each) correlate, forwards or
 backwards (the brightness curves in their levels and in their steps, ``min_step_corr``: smooth curves of
-unrelated clips often correlate in level by chance, rarely in their steps). Matching sets of frames
+unrelated clips often correlate in level by chance, rarely in their steps); frames that match only near
+the limit (``edge_margin``) also need frame-difference curves that agree (``edge_diff_corr``): unrelated
+steady shots meet there by chance, more often the larger the run. Matching sets of frames
 ignores their order and spacing, so time-reversed and sped-up copies match; the crop scales let a centre
 crop of up to about a third meet its original. Candidate pairs come from a Hamming-space LSH index
 (``pipeline/dedup_index.py``:
@@ -54,6 +56,13 @@ class DedupConfig:
     # correlate >= 0.9 in level by chance for ~1-2% of unrelated pairs; their steps do not (docs/filters.md).
     # -1 turns the step test off: the rule of runs deduplicated before it existed.
     min_step_corr: float = 0.7
+    # Frames that match only near the limit (their matched samples on average more than max_hamming -
+    # edge_margin bits apart) are weak evidence: unrelated steady shots meet there by chance, more often
+    # the larger the run (2 false pairs in 3M clips, docs/benchmarks.md). Such a pair must also have
+    # frame-difference curves that correlate at least edge_diff_corr in the direction its brightness agrees
+    # (where both vary). -1 turns it off.
+    edge_margin: int = 2
+    edge_diff_corr: float = 0.8
     # The run-wide index (docs/filters.md: its measured recall). A copy collides in a table when one of
     # its many sample hashes agrees with one of the original's on all of that table's key bits.
     index_tables: int = 20  # hash tables; more find farther copies (reversed, sped up), each costs one sort
@@ -75,6 +84,10 @@ class DedupConfig:
             raise ValueError(f"dedup.max_hamming must be in [0, 32], got {self.max_hamming}")
         if not -1 <= self.min_curve_corr <= 1:
             raise ValueError(f"dedup.min_curve_corr must be in [-1, 1], got {self.min_curve_corr}")
+        if not 0 <= self.edge_margin <= self.max_hamming:
+            raise ValueError(f"dedup.edge_margin must be in [0, max_hamming], got {self.edge_margin}")
+        if not -1 <= self.edge_diff_corr <= 1:
+            raise ValueError(f"dedup.edge_diff_corr must be in [-1, 1], got {self.edge_diff_corr}")
         if not -1 <= self.min_step_corr <= 1:
             raise ValueError(f"dedup.min_step_corr must be in [-1, 1], got {self.min_step_corr}")
         if not 0 < self.min_match <= 1:
@@ -160,6 +173,44 @@ def curves_agree_many(a: np.ndarray, b: np.ndarray, config: DedupConfig) -> np.n
     return result
 
 
+def _corr_many(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each row of ``x`` with the same row of ``y`` (0 where one is constant)."""
+    sx, sy = x.std(axis=1), y.std(axis=1)
+    zx = (x - x.mean(axis=1, keepdims=True)) / np.where(sx > 0, sx, 1)[:, None]
+    zy = (y - y.mean(axis=1, keepdims=True)) / np.where(sy > 0, sy, 1)[:, None]
+    return (zx * zy).mean(axis=1)
+
+
+def edge_evidence_many(a: np.ndarray, b: np.ndarray, config: DedupConfig) -> np.ndarray:
+    """Per pair (rows of ``n x 2*CURVE_POINTS`` curves, NaN: none): may frames that match only near the limit
+    count (``edge_margin``)? Where both brightness and both frame-difference curves vary, the frame
+    differences must correlate at least ``edge_diff_corr`` in a direction (forwards, backwards) in which the
+    brightness agrees (levels and steps); elsewhere nothing more is asked (flat brightness is judged by the
+    frame differences already; a flat frame-difference curve has no more to say)."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    result = np.ones(len(a), bool)
+    if config.edge_diff_corr <= -1 or not len(a):
+        return result
+    lum, diff = slice(0, CURVE_POINTS), slice(CURVE_POINTS, None)
+    x, y, dx, dy = a[:, lum], b[:, lum], a[:, diff], b[:, diff]
+    with np.errstate(invalid="ignore"):
+        both = (
+            (x.std(axis=1) >= FLAT_LUMA_STD)
+            & (y.std(axis=1) >= FLAT_LUMA_STD)
+            & (dx.std(axis=1) >= FLAT_DIFF_STD)
+            & (dy.std(axis=1) >= FLAT_DIFF_STD)
+        )
+    both &= ~(np.isnan(a).any(axis=1) | np.isnan(b).any(axis=1))
+    ok = np.zeros(len(a), bool)
+    for z, dz in ((y, dy), (y[:, ::-1], dy[:, ::-1])):  # forwards, backwards
+        agree = _corr_many(x, z) >= config.min_curve_corr
+        if config.min_step_corr > -1:
+            agree &= _step_corr_many(x, z) >= config.min_step_corr
+        ok |= agree & (_corr_many(dx, dz) >= config.edge_diff_corr)
+    result[both] = ok[both]
+    return result
+
+
 def _step_corr_many(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """``_step_corr`` for each row of ``x``, ``y`` (``n x CURVE_POINTS``)."""
     dx, dy = np.diff(x, axis=1), np.diff(y, axis=1)
@@ -190,13 +241,20 @@ def _popcount(x: np.ndarray) -> np.ndarray:
     return np.bitwise_count(x.view(np.uint64))
 
 
+def frame_match(a: np.ndarray, b: np.ndarray, config: DedupConfig) -> tuple[bool, bool]:
+    """a, b: samples x scales hash arrays. Does the shorter one find itself in the other, and do its matched
+    samples lie near the limit (on average more than ``max_hamming - edge_margin`` bits from their match)?"""
+    short, long_ = (a, b) if len(a) <= len(b) else (b, a)
+    # distance of every (short sample, short scale) to its nearest (long sample, long scale)
+    d = _popcount(short[:, :, None, None] ^ long_[None, None, :, :]).reshape(len(short), -1).min(axis=1)
+    matched = d <= config.max_hamming
+    found = bool(matched.mean() >= config.min_match)
+    return found, found and float(d[matched].mean()) > config.max_hamming - config.edge_margin
+
+
 def _matches(a: np.ndarray, b: np.ndarray, config: DedupConfig) -> bool:
     """a, b: samples x scales hash arrays. Does the shorter one find itself in the other?"""
-    short, long_ = (a, b) if len(a) <= len(b) else (b, a)
-    # distance of every (short sample, short scale) to every (long sample, long scale)
-    d = _popcount(short[:, :, None, None] ^ long_[None, None, :, :])
-    matched = (d <= config.max_hamming).any(axis=(1, 2, 3))
-    return bool(matched.mean() >= config.min_match)
+    return frame_match(a, b, config)[0]
 
 
 def find_duplicates(rows: list[dict], config: DedupConfig) -> dict[str, str]:

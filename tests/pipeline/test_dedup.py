@@ -423,6 +423,59 @@ def test_old_runs_dedup_as_before_with_the_step_test_off():
     assert find_duplicates(rows, DedupConfig(min_step_corr=-1)) == {rows[1]["clip_id"]: rows[0]["clip_id"]}
 
 
+def _flip_bits(hashes: list[int], bits: int, rng: np.random.Generator) -> list[int]:
+    """Each hash with ``bits`` distinct bits flipped: that many bits from its original."""
+    out = []
+    for h in hashes:
+        for b in rng.choice(64, bits, replace=False):
+            h ^= 1 << int(b)
+        out.append(h - (1 << 64) if h >= 1 << 63 else h)
+    return out
+
+
+def test_frames_matched_only_near_the_limit_also_need_the_motion_to_agree():
+    # unrelated steady shots meet within max_hamming (10) bits by chance, more often the larger the run: the 2
+    # false pairs of the 3M bench run matched at 9-10 bits with brightness just past the step test and
+    # frame-difference curves that disagree (docs/benchmarks.md). Frames that close, and the brightness alone,
+    # no longer make a copy; near-limit frames with the motion agreeing still do, and so do close frames.
+    from vidsift.pipeline.stages.dedup import find_duplicates
+
+    rng = np.random.default_rng(31)
+    rows = synthetic(2, seed=32)
+    brightness = np.cumsum(rng.normal(0, 3, 32)) + 100
+    motion = np.abs(np.cumsum(rng.normal(0, 1, 32))) + 2
+    stranger_motion = np.abs(np.cumsum(rng.normal(0, 1, 32))) + 2
+    assert np.corrcoef(motion, stranger_motion)[0, 1] < 0.8
+    rows[0]["dedup_curve"] = np.hstack([brightness, motion]).tolist()
+    rows[1]["dedup_curve"] = np.hstack([brightness + rng.normal(0, 0.3, 32), stranger_motion]).tolist()
+    original = rows[0]["dedup_hashes"] = rows[0]["dedup_hashes"][:3]  # one sample at 3 crops: distances exact
+    want = {rows[1]["clip_id"]: rows[0]["clip_id"]}
+
+    rows[1]["dedup_hashes"] = _flip_bits(original, 9, rng)  # every sample 9 bits away: near the limit
+    assert find_duplicates(rows, DedupConfig()) == {}
+    assert find_duplicates(rows, DedupConfig(edge_diff_corr=-1)) == want  # the rule before this test
+    assert find_duplicates(rows, DedupConfig(edge_margin=0)) == want  # no margin: nothing is near the limit
+    rows[1]["dedup_hashes"] = _flip_bits(original, 3, rng)  # a re-encode: close frames, the rule as before
+    assert find_duplicates(rows, DedupConfig()) == want
+
+    # near-limit frames of a real copy: the motion agrees too, forwards or (time-reversed copies) backwards
+    rows[1]["dedup_hashes"] = _flip_bits(original, 9, rng)
+    rows[1]["dedup_curve"] = np.hstack([brightness, motion * 1.5 + rng.normal(0, 0.1, 32)]).tolist()
+    assert find_duplicates(rows, DedupConfig()) == want
+    rows[1]["dedup_curve"] = np.hstack([brightness[::-1], motion[::-1]]).tolist()
+    assert find_duplicates(rows, DedupConfig()) == want
+    # a steady frame difference in one says nothing more: the brightness and frames decide as before
+    rows[1]["dedup_curve"] = np.hstack([brightness, np.full(32, 2.0)]).tolist()
+    assert find_duplicates(rows, DedupConfig()) == want
+
+
+def test_edge_settings_are_checked():
+    with pytest.raises(ValueError, match="edge_margin"):
+        DedupConfig(edge_margin=11)
+    with pytest.raises(ValueError, match="edge_diff_corr"):
+        DedupConfig(edge_diff_corr=1.5)
+
+
 def test_the_curate_pass_shows_bars_on_its_console_and_stays_quiet_with_it(tmp_path):
     # vidsift curate passes log=console.print: the bars and lines follow that console (--quiet: nothing)
     import io
