@@ -286,22 +286,10 @@ def conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
     """``t`` with exactly ``schema``'s columns, in order (a missing column is nulls), and exactly its
     types, down to the names of list items (``Schema.equals`` ignores those, but the Arrow schema a
     Parquet file stores keeps them: a list read back as ``list<element: ...>`` is cast to ``item``)."""
-    if _conforms(t.schema, schema):  # the usual case, a file this schema wrote: only its metadata differs
-        return t if t.schema.metadata == schema.metadata else t.replace_schema_metadata(schema.metadata)
     have = set(t.column_names)
     cols = [t.column(f.name) if f.name in have else pa.nulls(t.num_rows, f.type) for f in schema]
     cols = [c if _same_type(c.type, f.type) else c.cast(f.type) for c, f in zip(cols, schema, strict=True)]
     return pa.Table.from_arrays(cols, schema=schema)
-
-
-def _conforms(have: pa.Schema, schema: pa.Schema) -> bool:
-    """``have`` has exactly ``schema``'s fields (names, order, types, nullability, field metadata) and the
-    same names of list items (``Schema.equals`` ignores those)."""
-    if have.names != schema.names or not have.remove_metadata().equals(
-        schema.remove_metadata(), check_metadata=True  # schema metadata dropped: the fields' is compared
-    ):
-        return False
-    return all(str(have.field(i).type) == str(f.type) for i, f in enumerate(schema) if pa.types.is_nested(f.type))
 
 
 def _same_type(a: pa.DataType, b: pa.DataType) -> bool:
