@@ -45,13 +45,20 @@ import pyarrow.compute as pc
 
 from vidsift.pipeline import storage
 from vidsift.pipeline.measures import HASH_SCALES
-from vidsift.pipeline.stages.dedup import CURVE_POINTS, DedupConfig, curves_agree_many, edge_evidence_many, frame_match
+from vidsift.pipeline.stages.dedup import (
+    CURVE_POINTS,
+    DedupConfig,
+    curves_agree_many,
+    edge_evidence_many,
+    frame_match,
+)
 from vidsift.pipeline.storage import Location
 
 COLUMNS = ["clip_id", "group", "source_uri", "dedup_hashes", "dedup_curve", "width", "height", "duration_s"]
 SCALES = len(HASH_SCALES)
 VERIFY_CHUNK = 20_000  # candidate pairs per verification task
-# progress(phase, done, total, **counters): "read" (files), "index" (hash tables), "verify" (pair chunks)
+# progress(phase, done, total, **counters): "read" (files), "index" (hash tables), "verify" (parts of the
+# candidate pairs: chunks in this process, partitions in Ray tasks)
 Progress = Callable[..., None]
 
 
@@ -961,8 +968,8 @@ def find_near_duplicates(
     """``{duplicate clip index: kept clip index}`` over ``table``, and what the search did.
 
     ``progress(phase, done, total, **counters)`` follows the work: ``"index"`` per hash table
-    (``compared``: hash pairs compared so far), then ``"verify"`` per chunk of candidate pairs
-    (``verified``, ``candidates``).
+    (``compared``: hash pairs compared so far), then ``"verify"`` per part of the candidate pairs
+    (a chunk here, a partition in Ray tasks; ``verified``, ``candidates``).
     """
     stats = SearchStats(clips=len(table))
     stats.clips_without_hashes = int((np.diff(table.offsets) < SCALES).sum())

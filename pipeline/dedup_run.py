@@ -42,7 +42,7 @@ class DedupError(SelectError):
 PHASES = {
     "read": ("files", "{task.fields[clips]} clips read"),
     "index": ("hash tables", "{task.fields[compared]} hash pairs compared"),
-    "verify": ("chunks of pairs", "{task.fields[verified]} of {task.fields[candidates]} candidates verified"),
+    "verify": ("parts of pairs", "{task.fields[verified]} of {task.fields[candidates]} candidates verified"),
     "rewrite": ("groups", "{task.fields[moved]} clips moved"),
 }
 

@@ -273,7 +273,7 @@ def test_crowded_buckets_are_split_and_counted_not_skipped(tmp_path):
     assert "4/4 hash tables" in bars["dedup index"]
     assert f"{stats.hash_pairs_compared} hash pairs compared" in bars["dedup index"]
     chunks = -(-stats.candidate_pairs // VERIFY_CHUNK)
-    assert f"{chunks}/{chunks} chunks of pairs" in bars["dedup verify"]
+    assert f"{chunks}/{chunks} parts of pairs" in bars["dedup verify"]
     assert f"1 of {stats.candidate_pairs} candidates verified" in bars["dedup verify"]
     assert "1/1 groups" in bars["dedup rewrite"] and "1 clips moved" in bars["dedup rewrite"]
     assert json.loads((run / "manifest.json").read_text())["dedup"]["split_buckets"] == stats.split_buckets
