@@ -28,6 +28,13 @@
    one duplicate group; any duplicate involving a background row is a false positive.
 4. The growth exponent between consecutive sizes: ``log(t2/t1) / log(n2/n1)``.
 
+``--reuse`` keeps a hard-linked copy of each run folder it writes (``WORK/pristine/``, no extra disk) with a
+fingerprint of everything that shapes the folder (this script, the real rows, the schema and shard writer
+code, the size, seed and writer settings); a later ``--reuse`` call with the same fingerprint starts from
+that copy instead of writing the folder again (4-5 min at 3M). Steps only ever replace files (write to a
+temporary name, then rename), so the copy keeps the folder as written; its files' sizes and times are
+checked before use, and a folder that differs is written again.
+
 ``--no-dictionary`` (an experiment, not the shard contract) writes the run folder and every step's tables
 without Parquet dictionary pages, for select's cost against DuckDB's (docs/benchmarks.md).
 
@@ -562,6 +569,64 @@ def make_run(
     return {"real_ids": real_ids, "groups": n_groups, "rows": rows.num_rows}
 
 
+# ------------------------------------------------------------------------------------- folder reuse
+
+SHAPES_FOLDER = [  # files whose code decides what a run folder holds, beside this script
+    "pipeline/schema.py",
+    "pipeline/storage.py",
+    "pipeline/select.py",
+    "pipeline/stages/write_shards.py",
+]
+
+
+def folder_fingerprint(work: Path, params: dict) -> str:
+    """A hash of what makes a run folder: ``params``, the real rows, this script and ``SHAPES_FOLDER``."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
+    for path in [Path(__file__), work / "real.parquet", *(REPO / f for f in SHAPES_FOLDER)]:
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _listing(folder: Path) -> list:
+    """Every file under ``folder``: relative path, size and modification time (what a step that wrote into a
+    hard-linked file in place would change). Empty files (``_done`` markers, which a step may touch again)
+    are compared by name and size only."""
+    stats = ((str(f.relative_to(folder)), f.stat()) for f in folder.rglob("*") if f.is_file())
+    return sorted([name, st.st_size, st.st_mtime_ns if st.st_size else 0] for name, st in stats)
+
+
+def reuse_folder(run: Path, work: Path, fingerprint: str) -> dict | None:
+    """``run`` hard-linked from its pristine copy when that copy has ``fingerprint`` and is unchanged; returns
+    what ``make_run`` returned for it, or None (then the folder must be written)."""
+    pristine = work / "pristine" / run.name
+    meta = work / "pristine" / f"{run.name}.json"
+    if not meta.exists() or not pristine.is_dir():
+        return None
+    saved = json.loads(meta.read_text())
+    if saved["fingerprint"] != fingerprint:
+        print(f"  {run.name}: its pristine copy came from other code or settings: written again", flush=True)
+        return None
+    if saved["listing"] != _listing(pristine):
+        print(f"  {run.name}: the pristine copy was changed since it was made: written again", flush=True)
+        return None
+    shutil.rmtree(run, ignore_errors=True)
+    subprocess.run(["cp", "-al", str(pristine), str(run)], check=True)
+    return saved["made"]
+
+
+def keep_folder(run: Path, work: Path, fingerprint: str, made: dict) -> None:
+    """A hard-linked pristine copy of the run folder just written, with its fingerprint and file listing."""
+    pristine = work / "pristine" / run.name
+    shutil.rmtree(pristine, ignore_errors=True)
+    pristine.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cp", "-al", str(run), str(pristine)], check=True)
+    meta = {"fingerprint": fingerprint, "made": made, "listing": _listing(pristine)}
+    (work / "pristine" / f"{run.name}.json").write_text(json.dumps(meta))
+
+
 # ------------------------------------------------------------------------------------------------ steps
 
 
@@ -797,6 +862,11 @@ def main() -> None:
         help="write_shards.row_group_mib of the run folder (the older contract, 64-row groups: "
         "--shard-rows 64 --shard-mib 0)",
     )
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="start from a hard-linked pristine copy of a run folder made by the same code and settings",
+    )
     ap.add_argument("--steps", nargs="+", default=STEPS, choices=STEPS)
     ap.add_argument("--baseline-clips", type=int, default=0, help="also time the old banded search on N")
     ap.add_argument("--seed", type=int, default=1, help="background seed (tune with one, report another)")
@@ -838,9 +908,17 @@ def main() -> None:
         shards = {k: v for k, v in given if v is not None}
         run = run.with_name(run.name + "".join(f"-{k.split('_')[-1]}{v:g}" for k, v in shards.items()))
         t0 = time.time()
-        made = make_run(run, n, real, args.seed, args.group_size, args.media_bytes, shards)
+        params = {"n": n, "seed": args.seed, "group_size": args.group_size, "media_bytes": args.media_bytes}
+        params |= {"shards": shards, "no_dictionary": args.no_dictionary}
+        fingerprint = folder_fingerprint(args.work, params) if args.reuse else ""
+        made = reuse_folder(run, args.work, fingerprint) if args.reuse else None
+        how = "linked from its pristine copy" if made else "written"
+        if made is None:
+            made = make_run(run, n, real, args.seed, args.group_size, args.media_bytes, shards)
+            if args.reuse:
+                keep_folder(run, args.work, fingerprint, made)
         print(
-            f"\n{n} clips: run folder written in {time.time() - t0:.0f} s ({made['groups']} groups, "
+            f"\n{n} clips: run folder {how} in {time.time() - t0:.0f} s ({made['groups']} groups, "
             f"{made['rows']} clip rows incl. rejected)",
             flush=True,
         )
