@@ -18,7 +18,10 @@
    report another: the run folder's name carries the seed).
    ``--distinct`` instead measures how often unrelated *real* clips (``../shared/videos`` and the scene
    evaluation media, hashed by the real code) pass each part of the rule, beside this background: how
-   faithful it is (docs/benchmarks.md, issue 16).
+   faithful it is (docs/benchmarks.md, issue 16). ``--heldout`` runs the rule on copies of other sources;
+   ``--unseen`` on copies made by eight transforms no threshold was chosen on (``UNSEEN_COPIES``: other
+   crops and frame rates, letterbox bars, colour grading, a logo, noise, speed changes), with and without
+   the near-limit motion test.
 3. **Steps, each in a fresh process** (peak RSS of the process and of every process it started, i.e. Ray
    workers, sampled every 0.2 s): ``dedup`` (``vidsift dedup``'s code), ``select`` (``--where``) beside a
    DuckDB ``COPY (SELECT ... WHERE ...) TO`` of the same rows and beside ``shard_copy`` (every group file
@@ -97,9 +100,15 @@ HELDOUT = [  # copies made the same way from other sources: recall on data no th
 ]
 
 
-def real_rows(work: Path, sources: list[str] = SOURCES, root: Path = VIDEOS, name: str = "real") -> pa.Table:
-    """Accepted clip rows of the sources (paths under ``root``) and their copies, through the real hashing
-    code (cached in ``WORK/NAME.parquet``)."""
+def real_rows(
+    work: Path,
+    sources: list[str] = SOURCES,
+    root: Path = VIDEOS,
+    name: str = "real",
+    copies_made: dict = COPIES,
+) -> pa.Table:
+    """Accepted clip rows of the sources (paths under ``root``) and their copies (``copies_made``: kind ->
+    ffmpeg filters), through the real hashing code (cached in ``WORK/NAME.parquet``)."""
     cache = work / f"{name}.parquet"
     if cache.exists():
         return pq.read_table(cache)
@@ -112,7 +121,7 @@ def real_rows(work: Path, sources: list[str] = SOURCES, root: Path = VIDEOS, nam
     rows = []
     for src in sources:
         versions = {"original": root / src}
-        for kind, vf in COPIES.items():
+        for kind, vf in copies_made.items():
             dst = copies / f"{Path(src).stem}_{kind}.mp4"
             if not dst.exists():
                 cmd = ["ffmpeg", "-v", "error", "-y", "-i", str(root / src)]
@@ -296,6 +305,54 @@ def distinct_report(work: Path, real: pa.Table, seed: int) -> dict:
             "new": int(rule(ci, cj, config_new).sum()),
         },
     }
+    print(json.dumps(report, indent=1))
+    return report
+
+
+UNSEEN_COPIES = {  # transforms no threshold of the rule was chosen on (session 10)
+    "crop90_fps24": ["crop=iw*0.9:ih*0.9", "fps=24"],
+    "letterbox": ["scale=iw:trunc(ih*0.75/2)*2", "pad=iw:trunc(ih/0.75/2)*2:0:(oh-ih)/2"],
+    "graded": ["eq=contrast=1.3:brightness=0.06:saturation=1.4"],
+    "half_fps15": ["scale=trunc(iw/4)*2:-2", "fps=15"],
+    "fast_fps20": ["setpts=PTS/1.5", "fps=20"],
+    "slow": ["setpts=PTS*1.3"],
+    "logo": ["drawbox=x=10:y=10:w=iw/5:h=ih/8:color=white@0.8:t=fill"],
+    "noise": ["noise=alls=12:allf=t"],
+}
+
+
+def unseen_report(work: Path) -> dict:
+    """Copies of the planted and held-out sources made by ``UNSEEN_COPIES``: per kind, how many copy clips
+    the rule matches to an original clip of their source, with the near-limit motion test (the default) and
+    without it (``edge_diff_corr = -1``). Scene splits of a copy need not line up with the original's, so a
+    copy clip may have no original clip of its span: the counts compare the two rules, they are not recall."""
+    from vidsift.pipeline.dedup_index import table_from_arrow, verify_pairs
+    from vidsift.pipeline.stages.dedup import DedupConfig
+
+    report: dict = {}
+    for name, sources, root in (("unseen_tune", SOURCES, VIDEOS), ("unseen_heldout", HELDOUT, REPO.parent)):
+        t = real_rows(work, sources, root, name, UNSEEN_COPIES)
+        h = table_from_arrow(t)
+        family, kind = t.column("family").to_pylist(), t.column("kind").to_pylist()
+        originals = [i for i, k in enumerate(kind) if k == "original"]
+        pairs = [
+            (i, j) for j, k in enumerate(kind) if k != "original" for i in originals if family[i] == family[j]
+        ]
+        packed = np.array([(min(i, j) << 32) | max(i, j) for i, j in pairs], np.uint64)
+        counts: dict = {}
+        for label, config in (
+            ("without_motion_test", DedupConfig(edge_diff_corr=-1)),
+            ("default", DedupConfig()),
+        ):
+            ok = verify_pairs(packed, h.offsets, h.hashes, h.curves, h.has_curve, config)
+            matched: dict[int, bool] = {}
+            for (_, j), hit in zip(pairs, ok, strict=True):
+                matched[j] = matched.get(j, False) or bool(hit)
+            for j, hit in matched.items():
+                counts.setdefault(kind[j], {}).setdefault(label, [0, 0])
+                counts[kind[j]][label][0] += hit
+                counts[kind[j]][label][1] += 1
+        report[name] = counts
     print(json.dumps(report, indent=1))
     return report
 
@@ -873,6 +930,11 @@ def main() -> None:
     ap.add_argument("--dedup-set", action="append", default=[], help="dedup.KEY=VALUE for the dedup step")
     ap.add_argument("--distinct", action="store_true", help="only the real distinct-clip statistics")
     ap.add_argument("--heldout", action="store_true", help="only the rule on copies of held-out real clips")
+    ap.add_argument(
+        "--unseen",
+        action="store_true",
+        help="only the rule on copies made by transforms no threshold was chosen on",
+    )
     ap.add_argument("--step", help=argparse.SUPPRESS)
     ap.add_argument("--run", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--scratch", type=Path, help=argparse.SUPPRESS)
@@ -888,6 +950,9 @@ def main() -> None:
         return
     if args.heldout:
         heldout_report(args.work)
+        return
+    if args.unseen:
+        unseen_report(args.work)
         return
     print("real clips and copies through the real hashing code (cached)...", flush=True)
     real = real_rows(args.work)
