@@ -154,18 +154,11 @@ def curves_agree_many(a: np.ndarray, b: np.ndarray, config: DedupConfig) -> np.n
         (slice(CURVE_POINTS, None), FLAT_DIFF_STD),
     ):
         x, y = a[:, channel], b[:, channel]
-        sx, sy = x.std(axis=1), y.std(axis=1)
+        (zx, sx), (zy, sy) = _zscore(x), _zscore(y)
         vx, vy = sx >= flat, sy >= flat
-        zx = (x - x.mean(axis=1, keepdims=True)) / np.where(sx > 0, sx, 1)[:, None]
-        zy = (y - y.mean(axis=1, keepdims=True)) / np.where(sy > 0, sy, 1)[:, None]
-        agree = np.zeros(len(a), bool)
-        for z, zz in ((y, zy), (y[:, ::-1], zy[:, ::-1])):  # forwards, backwards
-            ok = (zx * zz).mean(axis=1) >= config.min_curve_corr
-            if channel.start == 0 and config.min_step_corr > -1:  # brightness: its steps must agree too
-                ok &= _step_corr_many(x, z) >= config.min_step_corr
-            agree |= ok
+        forwards, backwards = _agree_ways(x, y, zx, zy, config, steps=channel.start == 0)  # brightness: steps
         both = ~decided & vx & vy
-        result[both] = agree[both]
+        result[both] = (forwards | backwards)[both]
         one = ~decided & (vx != vy)
         result[one] = False
         decided |= both | one
@@ -173,20 +166,35 @@ def curves_agree_many(a: np.ndarray, b: np.ndarray, config: DedupConfig) -> np.n
     return result
 
 
-def _corr_many(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Pearson correlation of each row of ``x`` with the same row of ``y`` (0 where one is constant)."""
-    sx, sy = x.std(axis=1), y.std(axis=1)
-    zx = (x - x.mean(axis=1, keepdims=True)) / np.where(sx > 0, sx, 1)[:, None]
-    zy = (y - y.mean(axis=1, keepdims=True)) / np.where(sy > 0, sy, 1)[:, None]
-    return (zx * zy).mean(axis=1)
+def _zscore(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row of ``x`` less its mean, over its standard deviation (a constant row: over 1); and the
+    standard deviations."""
+    sx = x.std(axis=1)
+    return (x - x.mean(axis=1, keepdims=True)) / np.where(sx > 0, sx, 1)[:, None], sx
+
+
+def _agree_ways(
+    x: np.ndarray, y: np.ndarray, zx: np.ndarray, zy: np.ndarray, config: DedupConfig, steps: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, forwards and backwards (``y`` reversed: time-reversed copies): do the levels of ``x`` and
+    ``y`` (``zx``, ``zy``: their ``_zscore``) correlate at least ``min_curve_corr`` and, with ``steps``
+    (brightness), their steps at least ``min_step_corr`` (unless -1)?"""
+    ways = []
+    for z, zz in ((y, zy), (y[:, ::-1], zy[:, ::-1])):
+        ok = (zx * zz).mean(axis=1) >= config.min_curve_corr
+        if steps and config.min_step_corr > -1:
+            ok &= _step_corr_many(x, z) >= config.min_step_corr
+        ways.append(ok)
+    return ways[0], ways[1]
 
 
 def edge_evidence_many(a: np.ndarray, b: np.ndarray, config: DedupConfig) -> np.ndarray:
     """Per pair (rows of ``n x 2*CURVE_POINTS`` curves, NaN: none): may frames that match only near the limit
     count (``edge_margin``)? Where both brightness and both frame-difference curves vary, the frame
     differences must correlate at least ``edge_diff_corr`` in a direction (forwards, backwards) in which the
-    brightness agrees (levels and steps); elsewhere nothing more is asked (flat brightness is judged by the
-    frame differences already; a flat frame-difference curve has no more to say)."""
+    brightness agrees as ``curves_agree_many`` decides it (levels and steps); elsewhere nothing more is
+    asked (flat brightness is judged by the frame differences already; a flat frame-difference curve has no
+    more to say)."""
     a, b = a.astype(np.float64), b.astype(np.float64)
     result = np.ones(len(a), bool)
     if config.edge_diff_corr <= -1 or not len(a):
@@ -194,19 +202,13 @@ def edge_evidence_many(a: np.ndarray, b: np.ndarray, config: DedupConfig) -> np.
     lum, diff = slice(0, CURVE_POINTS), slice(CURVE_POINTS, None)
     x, y, dx, dy = a[:, lum], b[:, lum], a[:, diff], b[:, diff]
     with np.errstate(invalid="ignore"):
-        both = (
-            (x.std(axis=1) >= FLAT_LUMA_STD)
-            & (y.std(axis=1) >= FLAT_LUMA_STD)
-            & (dx.std(axis=1) >= FLAT_DIFF_STD)
-            & (dy.std(axis=1) >= FLAT_DIFF_STD)
-        )
+        (zx, sx), (zy, sy), (zdx, sdx), (zdy, sdy) = _zscore(x), _zscore(y), _zscore(dx), _zscore(dy)
+        both = (sx >= FLAT_LUMA_STD) & (sy >= FLAT_LUMA_STD) & (sdx >= FLAT_DIFF_STD) & (sdy >= FLAT_DIFF_STD)
     both &= ~(np.isnan(a).any(axis=1) | np.isnan(b).any(axis=1))
-    ok = np.zeros(len(a), bool)
-    for z, dz in ((y, dy), (y[:, ::-1], dy[:, ::-1])):  # forwards, backwards
-        agree = _corr_many(x, z) >= config.min_curve_corr
-        if config.min_step_corr > -1:
-            agree &= _step_corr_many(x, z) >= config.min_step_corr
-        ok |= agree & (_corr_many(dx, dz) >= config.edge_diff_corr)
+    lum_forwards, lum_backwards = _agree_ways(x, y, zx, zy, config, steps=True)
+    diff_forwards = (zdx * zdy).mean(axis=1) >= config.edge_diff_corr
+    diff_backwards = (zdx * zdy[:, ::-1]).mean(axis=1) >= config.edge_diff_corr
+    ok = (lum_forwards & diff_forwards) | (lum_backwards & diff_backwards)
     result[both] = ok[both]
     return result
 
