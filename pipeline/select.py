@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vidsift.pipeline import storage
-from vidsift.pipeline.process import account_group
+from vidsift.pipeline.process import account_group, account_video
 from vidsift.pipeline.schema import (
     CLIP_SCHEMA,
     LATENTS_DIR,
@@ -306,11 +306,57 @@ _SORT = [("source_uri", "ascending"), ("start_frame", "ascending"), ("clip_id", 
 
 
 def _account_videos(videos: pa.Table, clips: pa.Table, rejected: pa.Table) -> pa.Table:
-    """``process.account_group`` over narrow columns (a group's videos are few; no media is touched)."""
-    narrow = ["source_uri", "reject_stage", "reject_reason"]
-    accepted = [{"source_uri": u} for u in clips.column("source_uri").to_pylist()]
-    rows = account_group(videos.to_pylist(), accepted, rejected.select(narrow).to_pylist())
-    return conform(pa.Table.from_pylist(rows, schema=VIDEO_SCHEMA), VIDEO_SCHEMA)
+    """``process.account_group`` in Arrow: the same rows, computed from the clips' ``source_uri`` columns.
+
+    A video still ``ok`` (or rejected only for ``no_clip_accepted``) gets its accepted count; with none, it
+    is rejected as ``no_clip_accepted`` with the detail ``account_video`` writes, built in Python for
+    those few videos only (from the narrow columns of their rejected rows)."""
+    videos = conform(videos, VIDEO_SCHEMA)
+    uris = videos.column("source_uri")
+    accepted = _count_by(clips.column("source_uri"), uris)
+    status, reason = videos.column("status"), videos.column("reason")
+    todo = pc.or_(pc.equal(status, "ok"), pc.fill_null(pc.equal(reason, "no_clip_accepted"), False))
+    todo = todo.to_numpy(zero_copy_only=False) if isinstance(todo, pa.Array) else np.asarray(todo, bool)
+    none = todo & (accepted == 0)
+    detail = videos.column("detail").to_pylist()
+    if none.any():
+        narrow = rejected.select(["source_uri", "reject_stage", "reject_reason"])
+        wanted = pa.array(uris.take(pa.array(np.flatnonzero(none))).to_pylist(), pa.string())
+        narrow = narrow.filter(pc.is_in(narrow.column("source_uri"), value_set=wanted)).to_pylist()
+        by_uri: dict[str, list[dict]] = {}
+        for row in narrow:
+            by_uri.setdefault(row["source_uri"], []).append(row)
+        for i in np.flatnonzero(none):
+            rows = by_uri.get(uris[int(i)].as_py(), [])
+            detail[i] = account_video({"status": "ok"}, rows)["detail"]
+    keep_ok = todo & (accepted > 0)
+    columns = {
+        "num_clips_accepted": pc.if_else(
+            pa.array(todo), pa.array(accepted, pa.int32()), videos.column("num_clips_accepted")
+        ),
+        "status": pc.if_else(
+            pa.array(todo), pa.array(np.where(keep_ok, "ok", "rejected"), pa.string()), status
+        ),
+        "reason": pc.if_else(
+            pa.array(keep_ok),
+            pa.scalar(None, pa.string()),
+            pc.if_else(pa.array(none), pa.scalar("no_clip_accepted", pa.string()), reason),
+        ),
+        "detail": pa.array(detail, pa.string()),
+    }
+    for name, column in columns.items():
+        videos = videos.set_column(videos.schema.get_field_index(name), VIDEO_SCHEMA.field(name), column)
+    return videos
+
+
+def _count_by(values: pa.ChunkedArray, keys: pa.ChunkedArray) -> np.ndarray:
+    """How often each of ``keys`` occurs in ``values`` (int64 numpy, one per key)."""
+    if not len(values) or not len(keys):
+        return np.zeros(len(keys), np.int64)
+    found = pc.value_counts(values)
+    where = pc.index_in(keys, value_set=found.field("values"))
+    counts = found.field("counts").take(where)  # null where a key is not among the values
+    return pc.fill_null(counts, 0).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def write_group_tables(
@@ -321,10 +367,13 @@ def write_group_tables(
     videos: pa.Table,
     config: WriteShardsConfig,
     presorted: bool = False,
+    sync: bool = True,
 ) -> dict[str, pa.Table]:
     """``write_shards.write_group`` for Arrow tables: same order of files, sort order and marker.
 
-    ``presorted``: ``clips`` and ``rejected`` are in the shards' order already (``_sorted_take``)."""
+    ``presorted``: ``clips`` and ``rejected`` are in the shards' order already (``_sorted_take``).
+    ``sync`` False: nothing is flushed to the device (``group_files`` names what ``storage.sync_files``
+    must flush later)."""
     tables = {
         "clips": conform(clips, CLIP_SCHEMA) if presorted else conform(clips, CLIP_SCHEMA).sort_by(_SORT),
         "rejected": conform(rejected, REJECTED_SCHEMA)
@@ -334,10 +383,15 @@ def write_group_tables(
     }
     for name in TABLES:
         storage.makedirs(storage.join(out, name))
-        config.write(tables[name], storage.join(out, name, f"{group}.parquet"))
+        config.write(tables[name], storage.join(out, name, f"{group}.parquet"), sync=sync)
     storage.makedirs(storage.join(out, "_done"))
-    storage.touch(storage.join(out, "_done", group))
+    storage.touch(storage.join(out, "_done", group), sync=sync)
     return tables
+
+
+def group_files(out: Location, group: str) -> list[Location]:
+    """What ``write_group_tables`` writes for ``group``: its table files and its marker."""
+    return [storage.join(out, name, f"{group}.parquet") for name in TABLES] + [storage.join(out, "_done", group)]
 
 
 def with_reason(t: pa.Table, stage: str, reason: str, detail: str | pa.Array | pa.ChunkedArray) -> pa.Table:
@@ -443,7 +497,9 @@ def _select_group(
     moves["accepted_to_rejected"] += int((failed & was_accepted).sum())
     moves["rejected_kept"] += int((~decide).sum() + (failed & ~was_accepted).sum())
     moves["rejected_not_transcoded"] += int(not_transcoded.sum())
-    written = write_group_tables(dst, group, new_clips, new_rejected, t["videos"], config, presorted=True)
+    written = write_group_tables(
+        dst, group, new_clips, new_rejected, t["videos"], config, presorted=True, sync=False
+    )
     if latents:
         newly = rows.column("clip_id").filter(pa.array(accepted & ~was_accepted))
         moves.update(carry_latents(src, dst, group, latents, new_clips.column("clip_id"), newly))
@@ -527,6 +583,9 @@ def select_run(
             log(line)
         elif not quiet:
             print(line, file=sys.stderr)
+    # the groups were written without a flush each (select's output is whole or of no use: a killed select
+    # leaves no manifest); everything is flushed once, before the manifest says the run is there
+    storage.sync_files([f for g in groups for f in group_files(dst, g)])
     recipe = storage.join(src, "recipe.resolved.toml")
     if storage.exists(recipe):
         storage.write_text_atomic(storage.join(dst, "recipe.resolved.toml"), storage.read_text(recipe))

@@ -210,21 +210,42 @@ def _fsync_local(fs: pafs.FileSystem, path: str) -> None:
         os.close(fd)
 
 
-def _publish(fs: pafs.FileSystem, tmp: str, path: str) -> None:
+def _publish(fs: pafs.FileSystem, tmp: str, path: str, sync: bool = True) -> None:
+    """Move ``tmp`` to ``path``. ``sync`` False: without flushing either to the device (the caller flushes
+    everything it wrote at once with ``sync_files`` before anything says it is there)."""
     try:
-        _fsync_local(fs, tmp)
+        if sync:
+            _fsync_local(fs, tmp)
         fs.move(tmp, path)  # local: rename (atomic); S3: copy to the final key, then delete tmp
     except BaseException:
         fs.delete_file(tmp)
         raise
-    _fsync_local(fs, os.path.dirname(path) or ".")  # the rename itself
+    if sync:
+        _fsync_local(fs, os.path.dirname(path) or ".")  # the rename itself
 
 
-def write_table_atomic(table: pa.Table, location: Location, **parquet_options) -> None:
+def sync_files(locations: list[Location], threads: int = 4) -> int:
+    """Flush files written with ``sync=False``, and the folders that hold them, to the device (local disks
+    and NFS; an object store's put is durable already). Returns how many files and folders were flushed.
+
+    One pass at the end of a job that writes a whole new output (``vidsift select``) costs less than a
+    flush after every file: the kernel has written most of the data back by then."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    local = [str(x) for x in locations if not is_remote(str(x))]
+    folders = sorted({os.path.dirname(p) or "." for p in local})
+    fs = pafs.LocalFileSystem()
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(lambda p: _fsync_local(fs, p), local))
+        list(pool.map(lambda p: _fsync_local(fs, p), folders))
+    return len(local) + len(folders)
+
+
+def write_table_atomic(table: pa.Table, location: Location, *, sync: bool = True, **parquet_options) -> None:
     fs, path = filesystem(location)
     tmp = _tmp(path)
     pq.write_table(table, tmp, filesystem=fs, **parquet_options)
-    _publish(fs, tmp, path)
+    _publish(fs, tmp, path, sync)
 
 
 _VARIABLE_WIDTH = (pa.types.is_binary, pa.types.is_string, pa.types.is_large_binary, pa.types.is_large_string)
@@ -257,7 +278,16 @@ def row_group_sizes(table: pa.Table, max_rows: int, max_bytes: int) -> list[int]
 
 
 def write_shard_table(
-    table: pa.Table, location: Location, *, compression: str, max_rows: int, max_bytes: int, **parquet_options
+    table: pa.Table,
+    location: Location,
+    *,
+    compression: str,
+    max_rows: int,
+    max_bytes: int,
+    small_compression: str | None = None,
+    small_bytes: int = 0,
+    sync: bool = True,
+    **parquet_options,
 ) -> None:
     """``write_table_atomic`` with the shard contract's row groups (``row_group_sizes``): at most
     ``max_rows`` rows and about ``max_bytes`` of data each, so small rows share few row groups and a
@@ -265,23 +295,72 @@ def write_shard_table(
 
     Dictionary pages only for text columns (names, paths, reasons repeat; hashes, curves, scores and
     media do not: a dictionary there is built, then dropped or kept at a cost in time and size).
+    Column chunks of less than ``small_bytes`` of data use ``small_compression`` (``column_codecs``).
+    ``sync``: as ``write_table_atomic``'s.
     """
     parquet_options.setdefault(
         "use_dictionary",
         [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)],
     )
     sizes = row_group_sizes(table, max_rows, max_bytes)
-    write_row_groups_atomic(table, location, sizes, compression=compression, **parquet_options)
+    codecs = column_codecs(table, len(sizes), compression, small_compression, small_bytes)
+    write_row_groups_atomic(table, location, sizes, sync=sync, compression=codecs, **parquet_options)
 
 
-def write_row_groups_atomic(table: pa.Table, location: Location, sizes: list[int], **parquet_options) -> None:
+def column_codecs(
+    table: pa.Table, row_groups: int, compression: str, small_compression: str | None, small_bytes: int
+) -> str | dict[str, str]:
+    """The codec of each Parquet column of ``table``: ``compression``, except ``small_compression`` for a
+    column whose data per row group (Arrow bytes, uncompressed) is under ``small_bytes``.
+
+    Why: Arrow's zstd (and gzip) sets up a fresh compressor for every column chunk it writes, and a
+    decompressor for every one it reads, about 25 us each. A group file of a few hundred rows has 85
+    column chunks of a few KiB, so that setup was half the CPU of writing and reading shards
+    (docs/benchmarks.md, issue 16). Snappy has no such setup; on chunks that small zstd saves little.
+    """
+    if small_compression in (None, compression) or small_bytes <= 0 or compression not in ("zstd", "gzip"):
+        return compression
+    per_group = max(1, row_groups)
+    codecs: dict[str, str] = {}
+    for (paths, width), column in zip(_leaf_columns(table.schema), table.columns, strict=True):
+        size = table.num_rows * width if width else column.nbytes
+        codec = compression if size / per_group >= small_bytes else small_compression
+        for path in paths:
+            codecs[path] = codec
+    return codecs
+
+
+@lru_cache(maxsize=32)
+def _leaf_columns(schema: pa.Schema) -> list[tuple[list[str], int]]:
+    """Per top-level field: its Parquet leaf column paths as pyarrow's writer names them (a list ``x`` is
+    ``x.list.element``; read from an empty file of ``schema`` written once), and its bytes per value if
+    that is fixed (else 0)."""
+    import io
+
+    buffer = io.BytesIO()
+    pq.write_table(schema.empty_table(), buffer)
+    parquet_schema = pq.ParquetFile(pa.BufferReader(buffer.getvalue())).schema
+    paths: dict[str, list[str]] = {}
+    for i in range(len(parquet_schema)):
+        path = parquet_schema.column(i).path
+        paths.setdefault(path.split(".", 1)[0], []).append(path)
+    fixed = (pa.types.is_integer, pa.types.is_floating, pa.types.is_temporal)
+    return [
+        (paths.get(f.name, [f.name]), f.type.bit_width // 8 if any(is_type(f.type) for is_type in fixed) else 0)
+        for f in schema
+    ]
+
+
+def write_row_groups_atomic(
+    table: pa.Table, location: Location, sizes: list[int], *, sync: bool = True, **parquet_options
+) -> None:
     """``write_table_atomic`` with row groups of exactly ``sizes`` rows (in order; they sum to the rows)."""
     if sum(sizes) != table.num_rows:
         raise ValueError(f"row group sizes sum to {sum(sizes)}, the table has {table.num_rows} rows")
     if len(set(sizes[:-1])) <= 1 and (not sizes or sizes[-1] <= sizes[0]):  # one size: a plain write
-        write_table_atomic(table, location, row_group_size=max(sizes or [1]), **parquet_options)
+        write_table_atomic(table, location, sync=sync, row_group_size=max(sizes or [1]), **parquet_options)
         return
-    with parquet_writer_atomic(location, table.schema, **parquet_options) as writer:
+    with parquet_writer_atomic(location, table.schema, sync=sync, **parquet_options) as writer:
         start = 0
         for size in sizes:
             writer.write_table(table.slice(start, size), row_group_size=size)
@@ -290,7 +369,7 @@ def write_row_groups_atomic(table: pa.Table, location: Location, sizes: list[int
 
 @contextmanager
 def parquet_writer_atomic(
-    location: Location, schema: pa.Schema, **parquet_options
+    location: Location, schema: pa.Schema, *, sync: bool = True, **parquet_options
 ) -> Iterator[pq.ParquetWriter]:
     """A ``ParquetWriter`` on a temporary name, moved into place when the block ends without an error (the
     temporary file is removed when it raises): for files written a row group at a time."""
@@ -303,7 +382,7 @@ def parquet_writer_atomic(
         if fs.get_file_info(tmp).type != pafs.FileType.NotFound:
             fs.delete_file(tmp)
         raise
-    _publish(fs, tmp, path)
+    _publish(fs, tmp, path, sync)
 
 
 def write_bytes_atomic(location: Location, data: bytes) -> None:
@@ -324,12 +403,14 @@ def read_text(location: Location) -> str:
         return f.read().decode()
 
 
-def touch(location: Location) -> None:
-    """An empty file: a completion marker (on a local disk, durable when this returns)."""
+def touch(location: Location, sync: bool = True) -> None:
+    """An empty file: a completion marker (on a local disk, durable when this returns, unless ``sync`` is
+    False: see ``_publish``)."""
     fs, path = filesystem(location)
     with fs.open_output_stream(path):
         pass
-    _fsync_local(fs, os.path.dirname(path) or ".")
+    if sync:
+        _fsync_local(fs, os.path.dirname(path) or ".")
 
 
 def list_names(location: Location) -> list[str]:

@@ -2,7 +2,8 @@
 
 Reads: the clip, rejected and video rows of one group. ``OUT`` is a local path or an
 ``s3://`` URI (``pipeline/storage.py``). Writes ``OUT/clips/<group>.parquet``,
-``OUT/rejected/<group>.parquet``, ``OUT/videos/<group>.parquet`` (zstd; a row group ends at
+``OUT/rejected/<group>.parquet``, ``OUT/videos/<group>.parquet`` (zstd, snappy for column chunks under
+``small_column_kib``; a row group ends at
 ``row_group_rows`` rows or about ``row_group_mib`` MiB, ``storage.row_group_sizes``) and then the
 empty marker ``OUT/_done/<group>``. Every file is written
 under a temporary name and moved into place (a rename locally; on object storage a server-side
@@ -38,6 +39,11 @@ class WriteShardsConfig:
     row_group_rows: int = 65536
     row_group_mib: float = 128.0  # 0: row_group_rows rows a group, whatever their size
     compression: str = "zstd"
+    # A column chunk of less data than this (KiB, uncompressed) is written with small_column_compression
+    # instead: Arrow sets up zstd afresh for every column chunk it writes or reads, which costs more than
+    # the few KiB of a small group file's columns are worth (storage.column_codecs). 0: one codec.
+    small_column_kib: float = 16.0
+    small_column_compression: str = "snappy"
 
     def __post_init__(self) -> None:
         if self.row_group_rows < 1:
@@ -48,15 +54,25 @@ class WriteShardsConfig:
             raise ValueError(
                 f"write_shards.compression must be zstd, snappy, gzip or none; got {self.compression!r}"
             )
+        if self.small_column_compression not in ("zstd", "snappy", "gzip", "none"):
+            raise ValueError(
+                "write_shards.small_column_compression must be zstd, snappy, gzip or none; "
+                f"got {self.small_column_compression!r}"
+            )
+        if self.small_column_kib < 0:
+            raise ValueError(f"write_shards.small_column_kib must be >= 0, got {self.small_column_kib}")
 
-    def write(self, table: pa.Table, location: Location) -> None:
-        """One shard file with these settings (``storage.write_shard_table``)."""
+    def write(self, table: pa.Table, location: Location, sync: bool = True) -> None:
+        """One shard file with these settings (``storage.write_shard_table``; ``sync``: as there)."""
         storage.write_shard_table(
             table,
             location,
             compression=self.compression,
             max_rows=self.row_group_rows,
             max_bytes=int(self.row_group_mib * 2**20),
+            small_compression=self.small_column_compression,
+            small_bytes=int(self.small_column_kib * 1024),
+            sync=sync,
         )
 
 

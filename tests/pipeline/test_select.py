@@ -106,6 +106,30 @@ def test_select_where_and_sql_agree_with_the_row_language(tmp_path):
     assert {r["caption"] for r in _rows(tmp_path / "c", "clips").values()} == {"a dog runs on a beach"}
 
 
+def test_select_flushes_every_file_once_before_the_manifest(tmp_path, monkeypatch):
+    """select writes its groups without a flush each, then flushes every file and folder it wrote before
+    the manifest says the run is there."""
+    import os
+
+    src = scored_run(tmp_path / "run", n=120)
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    out = tmp_path / "sel"
+    select_run(src, out, where="motion_score > 0.8")
+    manifest = next(i for i, p in enumerate(synced) if "manifest.json" in p)
+    written = sorted(str(p) for p in out.glob("*/*.parquet"))
+    assert len(written) == 9  # 3 groups x 3 tables
+    for path in [*written, *(str(out / d) for d in ("clips", "rejected", "videos", "_done"))]:
+        assert synced.count(path) == 1 and synced.index(path) < manifest, path
+    assert not any(".tmp-" in p and "manifest" not in p for p in synced)  # no flush per file
+
+
 @pytest.mark.parametrize(
     ("sql", "message"),
     [

@@ -13,20 +13,40 @@ def _clip(uri, start, cid):
     return {"clip_id": cid, "video_id": "v", "source_uri": uri, "group": "g1", "start_frame": start}
 
 
-def test_group_files_then_marker_sorted_and_zstd(tmp_path):
+def test_group_files_then_marker_sorted(tmp_path):
     clips = [_clip("b.mp4", 0, "c3"), _clip("a.mp4", 50, "c2"), _clip("a.mp4", 0, "c1")]
     videos = [{"source_uri": u, "group": "g1", "status": "ok"} for u in ("b.mp4", "a.mp4")]
     write_group(tmp_path, "g1", clips, [], videos, WriteShardsConfig(row_group_rows=2))
     table = pq.read_table(tmp_path / "clips/g1.parquet")
     assert table.column("clip_id").to_pylist() == ["c1", "c2", "c3"]
     meta = pq.ParquetFile(tmp_path / "clips/g1.parquet").metadata
-    assert meta.num_row_groups == 2 and meta.row_group(0).column(0).compression == "ZSTD"
+    assert meta.num_row_groups == 2
+    write_group(tmp_path / "one", "g1", clips, [], videos, WriteShardsConfig(row_group_rows=2, small_column_kib=0))
+    meta = pq.ParquetFile(tmp_path / "one/clips/g1.parquet").metadata
+    assert {meta.row_group(0).column(i).compression for i in range(meta.num_columns)} == {"ZSTD"}
     assert pq.read_table(tmp_path / "videos/g1.parquet").column("source_uri").to_pylist() == [
         "a.mp4",
         "b.mp4",
     ]
     assert pq.read_table(tmp_path / "rejected/g1.parquet").num_rows == 0
     assert done_groups(tmp_path) == {"g1"}
+
+
+def test_small_column_chunks_use_the_cheap_codec(tmp_path):
+    """zstd where a column chunk holds >= small_column_kib of data, snappy below (Arrow sets zstd up afresh
+    per column chunk); every codec reads back the same rows."""
+    clips = [{**_clip("a.mp4", i, f"c{i:03d}"), "clip_mp4": bytes([i]) * 1000} for i in range(40)]
+    write_group(tmp_path, "g1", clips, [], [], WriteShardsConfig(small_column_kib=16))
+    meta = pq.ParquetFile(tmp_path / "clips/g1.parquet").metadata.row_group(0)
+    codec = {meta.column(i).path_in_schema: meta.column(i).compression for i in range(meta.num_columns)}
+    assert codec["clip_mp4"] == "ZSTD"  # 40 KB of media
+    assert codec["clip_id"] == "SNAPPY" and codec["dedup_hashes.list.element"] == "SNAPPY"
+    table = pq.read_table(tmp_path / "clips/g1.parquet")
+    assert table.column("clip_mp4").to_pylist() == [c["clip_mp4"] for c in clips]
+    with pytest.raises(ValueError, match="small_column_compression"):
+        WriteShardsConfig(small_column_compression="brotli")
+    with pytest.raises(ValueError, match="small_column_kib"):
+        WriteShardsConfig(small_column_kib=-1)
 
 
 def test_every_table_is_on_disk_before_the_marker(tmp_path, monkeypatch):
