@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vidsift.pipeline import storage
-from vidsift.pipeline.process import account_group, account_video
+from vidsift.pipeline.process import account_video
 from vidsift.pipeline.schema import (
     CLIP_SCHEMA,
     LATENTS_DIR,
@@ -391,7 +391,9 @@ def write_group_tables(
 
 def group_files(out: Location, group: str) -> list[Location]:
     """What ``write_group_tables`` writes for ``group``: its table files and its marker."""
-    return [storage.join(out, name, f"{group}.parquet") for name in TABLES] + [storage.join(out, "_done", group)]
+    return [storage.join(out, name, f"{group}.parquet") for name in TABLES] + [
+        storage.join(out, "_done", group)
+    ]
 
 
 def with_reason(t: pa.Table, stage: str, reason: str, detail: str | pa.Array | pa.ChunkedArray) -> pa.Table:

@@ -346,7 +346,10 @@ def _leaf_columns(schema: pa.Schema) -> list[tuple[list[str], int]]:
         paths.setdefault(path.split(".", 1)[0], []).append(path)
     fixed = (pa.types.is_integer, pa.types.is_floating, pa.types.is_temporal)
     return [
-        (paths.get(f.name, [f.name]), f.type.bit_width // 8 if any(is_type(f.type) for is_type in fixed) else 0)
+        (
+            paths.get(f.name, [f.name]),
+            f.type.bit_width // 8 if any(is_type(f.type) for is_type in fixed) else 0,
+        )
         for f in schema
     ]
 

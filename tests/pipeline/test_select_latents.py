@@ -65,8 +65,8 @@ def check_carried(src: Path, dst, cached: dict[str, pa.Table]) -> dict:
             continue
         ids = set(t.column("clip_id").to_pylist())
         source = cached[group]
-        group_ids = {c for c in accepted if c in set(pq.read_table(Path(dst) / "clips" / f"{group}.parquet",
-                                                                     columns=["clip_id"])["clip_id"].to_pylist())}  # fmt: skip
+        in_group = pq.read_table(Path(dst) / "clips" / f"{group}.parquet", columns=["clip_id"])
+        group_ids = {c for c in accepted if c in set(in_group["clip_id"].to_pylist())}
         assert ids == group_ids & set(source.column("clip_id").to_pylist())
         assert t == source.filter(pa.compute.is_in(source.column("clip_id"), value_set=pa.array(sorted(ids))))
         md = pq.read_metadata(f)

@@ -21,7 +21,9 @@ def test_group_files_then_marker_sorted(tmp_path):
     assert table.column("clip_id").to_pylist() == ["c1", "c2", "c3"]
     meta = pq.ParquetFile(tmp_path / "clips/g1.parquet").metadata
     assert meta.num_row_groups == 2
-    write_group(tmp_path / "one", "g1", clips, [], videos, WriteShardsConfig(row_group_rows=2, small_column_kib=0))
+    write_group(
+        tmp_path / "one", "g1", clips, [], videos, WriteShardsConfig(row_group_rows=2, small_column_kib=0)
+    )
     meta = pq.ParquetFile(tmp_path / "one/clips/g1.parquet").metadata
     assert {meta.row_group(0).column(i).compression for i in range(meta.num_columns)} == {"ZSTD"}
     assert pq.read_table(tmp_path / "videos/g1.parquet").column("source_uri").to_pylist() == [
