@@ -24,9 +24,9 @@ import os
 import sys
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from functools import reduce
+from functools import lru_cache, reduce
 
 import numpy as np
 import pyarrow as pa
@@ -200,6 +200,13 @@ def where_mask(expr: str) -> Mask:
 
 ROW = "__vidsift_row"
 SELECT_THREADS = min(4, os.cpu_count() or 1)  # groups decided at once by select_run
+# select_run decides runs of at least PROCESS_MIN_GROUPS groups in SELECT_PROCESSES worker processes
+# (select_in_processes), a chunk of PROCESS_CHUNK groups at a time: two threads of one process spent 27-28
+# ms CPU a group where two processes spent 22 (the GIL between the Arrow calls), 13 against 17 ms wall a
+# group at 1M rows (docs/benchmarks.md, issue 16). Small runs stay in threads (a worker starts in ~1 s).
+SELECT_PROCESSES = min(8, os.cpu_count() or 1)
+PROCESS_MIN_GROUPS = 64
+PROCESS_CHUNK = 8
 
 
 def sql_mask(condition: str) -> Mask:
@@ -274,26 +281,46 @@ def _read_table(location: Location) -> pa.Table:
 
 
 def read_group_tables(out: Location, group: str) -> dict[str, pa.Table]:
-    """One published group's tables (Arrow), empty where a file is missing."""
+    """One published group's tables (Arrow), empty where a file is missing; a file Arrow cannot read, or
+    whose columns cannot take the shard schema's types, is a ``SelectError`` naming it."""
     tables = {}
     for name, schema in TABLES.items():
         path = storage.join(out, name, f"{group}.parquet")
-        tables[name] = conform(_read_table(path), schema) if storage.exists(path) else schema.empty_table()
+        if not storage.exists(path):
+            tables[name] = schema.empty_table()
+            continue
+        try:
+            tables[name] = conform(_read_table(path), schema)
+        except Exception as e:
+            if not _unreadable(e):
+                raise
+            raise SelectError(f"{path}: not a readable shard file ({str(e).splitlines()[0]})") from None
     return tables
+
+
+def _unreadable(error: Exception) -> bool:
+    """An error of reading a file (Arrow's, DuckDB's or the OS's), not of this code."""
+    import duckdb
+
+    return isinstance(error, pa.ArrowException | OSError | duckdb.Error)
 
 
 def conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
     """``t`` with exactly ``schema``'s columns, in order (a missing column is nulls), and exactly its
     types, down to the names of list items (``Schema.equals`` ignores those, but the Arrow schema a
     Parquet file stores keeps them: a list read back as ``list<element: ...>`` is cast to ``item``)."""
-    have = set(t.column_names)
-    cols = [t.column(f.name) if f.name in have else pa.nulls(t.num_rows, f.type) for f in schema]
+    if t.column_names == schema.names:  # the usual case: a shard file of this schema
+        cols = t.columns
+    else:
+        have = set(t.column_names)
+        cols = [t.column(f.name) if f.name in have else pa.nulls(t.num_rows, f.type) for f in schema]
     cols = [c if _same_type(c.type, f.type) else c.cast(f.type) for c, f in zip(cols, schema, strict=True)]
     return pa.Table.from_arrays(cols, schema=schema)
 
 
 def _same_type(a: pa.DataType, b: pa.DataType) -> bool:
-    return a.equals(b) and str(a) == str(b)
+    """Equal types, and for nested ones equal names of their children too."""
+    return a.equals(b) and (a.num_fields == 0 or str(a) == str(b))
 
 
 def read_group(out: Location, group: str) -> tuple[list[dict], list[dict], list[dict]]:
@@ -508,6 +535,108 @@ def _select_group(
     return moves, {name: written[name].select(columns) for name, columns in COUNTED.items()}
 
 
+@lru_cache(maxsize=4)
+def _mask_for(where: str | None, sql: str | None) -> Mask:
+    """The predicate of ``--where`` or ``--sql``, built once per process (``sql_mask`` opens a connection)."""
+    return where_mask(where) if where is not None else sql_mask(sql)
+
+
+def select_in_processes(
+    src: Location,
+    dst: Location,
+    groups: list[str],
+    where: str | None,
+    sql: str | None,
+    config: WriteShardsConfig,
+    latents: dict[str, dict[str, Location]] | None,
+    processes: int,
+) -> Iterator[tuple[int, Counter, dict[str, pa.Table]]]:
+    """``_select_group`` for every group in ``processes`` worker processes (``pipeline/select_worker.py``),
+    yielding ``(index in groups, moves, counted)`` as groups finish, in any order.
+
+    Each worker takes the next ``PROCESS_CHUNK`` groups when it is done with its last, so large and small
+    groups even out. A worker's ``SelectError`` is raised here as it was; a worker that dies is an error
+    naming its exit status. Workers still running when this stops (an error, Ctrl-C) are killed.
+    """
+    import pickle
+    import queue
+    import subprocess
+
+    indexed = list(enumerate(groups))
+    todo = iter([indexed[i : i + PROCESS_CHUNK] for i in range(0, len(indexed), PROCESS_CHUNK)])
+    lock = threading.Lock()
+    results: queue.Queue = queue.Queue()
+    task = {"src": src, "dst": dst, "where": where, "sql": sql, "config": config, "latents": latents}
+
+    def feed(proc: subprocess.Popen) -> None:
+        with lock:
+            chunk = next(todo, None)
+        if chunk is None:
+            proc.stdin.close()
+        else:
+            pickle.dump(chunk, proc.stdin)
+            proc.stdin.flush()
+
+    def serve(proc: subprocess.Popen) -> None:  # one thread per worker: its results in, its next chunks out
+        try:
+            pickle.dump(task, proc.stdin)
+            feed(proc)
+            feed(proc)  # one chunk ahead, so the worker never waits for this thread
+            while True:
+                item = pickle.load(proc.stdout)
+                if item[0] == "chunk":
+                    if not proc.stdin.closed:
+                        feed(proc)
+                    continue
+                results.put(item)
+                if item[0] == "error":
+                    return
+        except (EOFError, OSError):  # the worker stopped: its exit status says why
+            pass
+        finally:
+            results.put(("exit", proc))
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    workers = []
+    try:
+        for _ in range(processes):
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "vidsift.pipeline.select_worker"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=env,
+            )
+            workers.append(proc)
+            threading.Thread(target=serve, args=(proc,), daemon=True).start()
+        finished, running = 0, len(workers)
+        while running:
+            item = results.get()
+            if item[0] == "group":
+                finished += 1
+                yield item[1], item[2], item[3]
+            elif item[0] == "error":
+                if item[1] == "select":
+                    raise SelectError(item[2])
+                raise RuntimeError(f"a select worker failed:\n{item[2]}")
+            else:
+                running -= 1
+        codes = [w.wait() for w in workers]  # a worker exits once its files are flushed
+        if finished != len(groups) or any(codes):
+            raise RuntimeError(
+                f"select workers stopped after {finished} of {len(groups)} groups (exit {codes})"
+            )
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+            w.wait()
+            for stream in (w.stdin, w.stdout):
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+
+
 def _run_write_config(run: Location) -> WriteShardsConfig:
     """The ``write_shards`` settings of a run's recipe (its row group size and compression), else defaults."""
     from vidsift.pipeline.config import RecipeError
@@ -528,18 +657,23 @@ def select_run(
     config: WriteShardsConfig | None = None,
     log: Callable[[str], None] | None = None,
     quiet: bool = True,
+    processes: int | None = None,
 ) -> dict:
     """Write ``dst``: the rows of ``src`` decided again by ``where`` (or a DuckDB ``sql`` condition).
 
     ``log`` gets a progress line about every tenth of the groups; unless ``quiet``, a progress bar over the
     groups shows on stderr (``pipeline/progress.py``, curate's look).
 
+    ``processes``: spawned worker processes (default: ``SELECT_PROCESSES`` for runs of at least
+    ``PROCESS_MIN_GROUPS`` groups, else 0); 0: threads of this process. Either way each group is written
+    by one worker and the results are counted in group order, so the output is the same.
+
     Returns the move counts. Rows rejected by a stage select does not decide (scenes, dedup, transcode,
     captioning) stay rejected as they are.
     """
     if (where is None) == (sql is None):
         raise SelectError("give one of --where or --sql")
-    mask_of = where_mask(where) if where is not None else sql_mask(sql)
+    _mask_for(where, sql)  # a bad expression fails here, before anything is written
     text = where if where is not None else sql
     src, dst = (str(x) if storage.is_remote(str(x)) else x for x in (src, dst))
     if not is_run(src):
@@ -550,24 +684,33 @@ def select_run(
     moves: Counter = Counter()
     carried: Counter = Counter()  # latents_* counts of carry_latents
     written: dict[str, list[pa.Table]] = {name: [] for name in COUNTED}  # counted at the end, not re-read
-    # groups are independent: a few threads overlap Parquet reads, compute and writes (all release the GIL)
+    # groups are independent: worker processes (small runs: threads) each decide and write whole groups
     from vidsift.pipeline.progress import progress_bar
 
     groups = sorted(done_groups(src))
+    if processes is None:
+        processes = SELECT_PROCESSES if len(groups) >= PROCESS_MIN_GROUPS and SELECT_PROCESSES > 1 else 0
+    latents = latent_files(src)
     bar = progress_bar("select", "groups", "{task.fields[rows]} rows decided", quiet=quiet)
-    with ThreadPoolExecutor(max_workers=SELECT_THREADS) as pool, bar:
+    counted_by_group: list[dict[str, pa.Table] | None] = [None] * len(groups)
+    with bar, ThreadPoolExecutor(max_workers=SELECT_THREADS) as pool:
         task = bar.add_task("select", total=len(groups), rows=0)
-        latents = latent_files(src)
-        jobs = [pool.submit(_select_group, src, dst, g, mask_of, text, config, latents) for g in groups]
-        for k, job in enumerate(jobs, 1):
-            group_moves, counted = job.result()
-            carried.update({k: group_moves.pop(k) for k in list(group_moves) if k.startswith("latents_")})
-            moves.update(group_moves)
-            for name, part in counted.items():
-                written[name].append(part)
+        if processes:
+            done = select_in_processes(src, dst, groups, where, sql, config, latents, processes)
+        else:
+            mask_of = _mask_for(where, sql)
+            jobs = [pool.submit(_select_group, src, dst, g, mask_of, text, config, latents) for g in groups]
+            done = ((k, *job.result()) for k, job in enumerate(jobs))
+        for finished, (k, group_moves, counted) in enumerate(done, 1):
+            carried.update({n: v for n, v in group_moves.items() if n.startswith("latents_")})
+            moves.update({n: v for n, v in group_moves.items() if not n.startswith("latents_")})
+            counted_by_group[k] = counted
             bar.update(task, advance=1, rows=sum(moves.values()))
-            if log and (k == len(jobs) or k % max(1, len(jobs) // 10) == 0):
-                log(f"select: {k}/{len(jobs)} groups, {sum(moves.values())} rows decided")
+            if log and (finished == len(groups) or finished % max(1, len(groups) // 10) == 0):
+                log(f"select: {finished}/{len(groups)} groups, {sum(moves.values())} rows decided")
+    for counted in counted_by_group:  # in group order
+        for name, part in counted.items():
+            written[name].append(part)
     moves = Counter({k: v for k, v in moves.items() if v})
     manifest = json.loads(storage.read_text(storage.join(src, "manifest.json")))
     kind = "where" if where is not None else "sql"
@@ -586,8 +729,10 @@ def select_run(
         elif not quiet:
             print(line, file=sys.stderr)
     # the groups were written without a flush each (select's output is whole or of no use: a killed select
-    # leaves no manifest); everything is flushed once, before the manifest says the run is there
-    storage.sync_files([f for g in groups for f in group_files(dst, g)])
+    # leaves no manifest); all is on the device before the manifest says the run is there: worker processes
+    # flush their files behind them and exit when done, threads' files are flushed here in one pass
+    if not processes:
+        storage.sync_files([f for g in groups for f in group_files(dst, g)])
     recipe = storage.join(src, "recipe.resolved.toml")
     if storage.exists(recipe):
         storage.write_text_atomic(storage.join(dst, "recipe.resolved.toml"), storage.read_text(recipe))

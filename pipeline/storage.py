@@ -224,21 +224,26 @@ def _publish(fs: pafs.FileSystem, tmp: str, path: str, sync: bool = True) -> Non
         _fsync_local(fs, os.path.dirname(path) or ".")  # the rename itself
 
 
-def sync_files(locations: list[Location], threads: int = 4) -> int:
-    """Flush files written with ``sync=False``, and the folders that hold them, to the device (local disks
-    and NFS; an object store's put is durable already). Returns how many files and folders were flushed.
+def sync_files(locations: list[Location], threads: int = 4, folders: bool = True) -> int:
+    """Flush files written with ``sync=False``, and (``folders``) the folders that hold them, to the device
+    (local disks and NFS; an object store's put is durable already). Returns how many were flushed.
 
-    One pass at the end of a job that writes a whole new output (``vidsift select``) costs less than a
-    flush after every file: the kernel has written most of the data back by then."""
+    One pass at the end of a job that writes a whole new output (``vidsift select``), or a thread that
+    follows the writer, costs less than a flush after every file: the kernel has written most of the data
+    back by then."""
     from concurrent.futures import ThreadPoolExecutor
 
     local = [str(x) for x in locations if not is_remote(str(x))]
-    folders = sorted({os.path.dirname(p) or "." for p in local})
+    todo = [local, sorted({os.path.dirname(p) or "." for p in local}) if folders else []]
     fs = pafs.LocalFileSystem()
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        list(pool.map(lambda p: _fsync_local(fs, p), local))
-        list(pool.map(lambda p: _fsync_local(fs, p), folders))
-    return len(local) + len(folders)
+    for paths in todo:
+        if threads <= 1:
+            for path in paths:
+                _fsync_local(fs, path)
+        else:
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                list(pool.map(lambda p: _fsync_local(fs, p), paths))
+    return sum(map(len, todo))
 
 
 def write_table_atomic(table: pa.Table, location: Location, *, sync: bool = True, **parquet_options) -> None:
@@ -258,7 +263,8 @@ def row_group_sizes(table: pa.Table, max_rows: int, max_bytes: int) -> list[int]
     n = table.num_rows
     if n == 0:
         return []
-    if max_bytes <= 0 or table.nbytes <= max_bytes:  # nbytes can only overstate a slice's size
+    # the buffers' total size (cheap) and nbytes (exact for a slice) can only overstate what the rows hold
+    if max_bytes <= 0 or table.get_total_buffer_size() <= max_bytes or table.nbytes <= max_bytes:
         return [max_rows] * (n // max_rows) + ([n % max_rows] if n % max_rows else [])
     variable = np.zeros(n, np.int64)
     fixed = table.nbytes
@@ -323,7 +329,7 @@ def column_codecs(
     per_group = max(1, row_groups)
     codecs: dict[str, str] = {}
     for (paths, width), column in zip(_leaf_columns(table.schema), table.columns, strict=True):
-        size = table.num_rows * width if width else column.nbytes
+        size = table.num_rows * width if width else column.get_total_buffer_size()  # cheap; may overstate
         codec = compression if size / per_group >= small_bytes else small_compression
         for path in paths:
             codecs[path] = codec

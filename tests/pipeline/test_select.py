@@ -130,6 +130,40 @@ def test_select_flushes_every_file_once_before_the_manifest(tmp_path, monkeypatc
     assert not any(".tmp-" in p and "manifest" not in p for p in synced)  # no flush per file
 
 
+def test_worker_processes_write_what_threads_write(tmp_path):
+    """Large runs are decided in worker processes (``select_worker.py``): the same files byte for byte, the
+    same moves and manifest counts as threads; a bad SQL condition is refused before any worker starts."""
+    import filecmp
+
+    src = scored_run(tmp_path / "run", n=240)
+    where = "motion_score > 0.8 and aesthetic_score >= 4.0"
+    by_threads = select_run(src, tmp_path / "t", where=where, processes=0)
+    by_workers = select_run(src, tmp_path / "p", where=where, processes=2)
+    assert by_threads == by_workers and by_workers["accepted_to_rejected"] > 0
+    files = sorted(p.relative_to(tmp_path / "t") for p in (tmp_path / "t").rglob("*") if p.is_file())
+    assert len(files) == 3 * 3 + 3 + 1  # 3 groups x 3 tables, 3 markers, the manifest
+    assert files == sorted(p.relative_to(tmp_path / "p") for p in (tmp_path / "p").rglob("*") if p.is_file())
+    for f in files:
+        if f.name != "manifest.json":
+            assert filecmp.cmp(tmp_path / "t" / f, tmp_path / "p" / f, shallow=False), f
+    counts = [json.loads((tmp_path / d / "manifest.json").read_text())["counts"] for d in ("t", "p")]
+    assert counts[0] == counts[1]
+    with pytest.raises(SelectError, match="syntax error"):
+        select_run(src, tmp_path / "bad", sql="motion_score >", processes=2)
+
+
+@pytest.mark.parametrize("processes", [0, 2])
+def test_an_unreadable_group_file_is_one_line_naming_it(tmp_path, processes):
+    src = scored_run(tmp_path / "run", n=120)
+    broken = sorted((src / "rejected").glob("*.parquet"))[1]
+    broken.write_bytes(b"PAR1 this is not a parquet file")
+    with pytest.raises(SelectError, match=rf"{broken.name}: not a readable shard file") as e:
+        select_run(src, tmp_path / "sel", where="motion_score > 0.8", processes=processes)
+    assert "\n" not in str(e.value) and not (tmp_path / "sel" / "manifest.json").exists()
+    r = run_cli("select", str(src), "--where", "motion_score > 0.8", "--output", str(tmp_path / "cli"))
+    assert r.returncode != 0 and "not a readable shard file" in r.stderr and "Traceback" not in r.stderr
+
+
 @pytest.mark.parametrize(
     ("sql", "message"),
     [
