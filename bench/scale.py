@@ -753,7 +753,8 @@ def step(name: str, run: Path, scratch: Path, dedup_set: list[str] = ()) -> dict
 
 def measure(name: str, run: Path, scratch: Path, dedup_set: list[str] = ()) -> dict:
     """Run ``step`` in a fresh process: wall and CPU seconds, peak RSS of it and of each process it started
-    (Ray workers), sampled every 0.2 s."""
+    (Ray workers, select's worker processes), sampled every 0.2 s. ``cpu_s`` counts the step and the
+    processes it waits for (select's workers); ``worker_cpu_s`` the Ray processes, which it does not."""
     import resource
 
     import psutil
@@ -787,8 +788,9 @@ def measure(name: str, run: Path, scratch: Path, dedup_set: list[str] = ()) -> d
                     try:
                         peak["worker"] = max(peak["worker"], c.memory_info().rss)
                         peak["worker_private"] = max(peak["worker_private"], private(c.pid))
-                        t = c.cpu_times()
-                        worker_cpu[c.pid] = t.user + t.system
+                        if "vidsift.pipeline.select_worker" not in " ".join(c.cmdline()):
+                            t = c.cpu_times()  # select's workers are waited for: in cpu_s already
+                            worker_cpu[c.pid] = t.user + t.system
                     except psutil.Error:
                         pass
             except psutil.Error:

@@ -9,10 +9,11 @@ with the run-wide dedup pass (``pipeline/dedup_run.py``).
   cached latents (``latents/<model>/<group>.parquet``) go along for the clips the new run keeps
   (``carry_latents``).
 
-It writes whole group files (temporary file, then rename, in ``write_shards.TABLES`` order) and then
-counts the manifest from the columns of the tables it wrote. Its cost is reading and writing every group
-file: about 1.2-1.3x the CPU of re-writing each one unchanged with the shard contract's writer
-(``bench/scale.py``, ``docs/benchmarks.md``).
+It writes whole group files (temporary file, then rename, in ``write_shards.TABLES`` order; flushed to
+the device once, not file by file) and then counts the manifest from the columns of the tables it wrote.
+Runs of ``PROCESS_MIN_GROUPS`` groups or more are decided in worker processes
+(``pipeline/select_worker.py``), smaller ones in threads; the output is the same byte for byte. Its cost
+is reading and writing every group file (``bench/scale.py``, ``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vidsift.pipeline import storage
-from vidsift.pipeline.process import account_video
 from vidsift.pipeline.schema import (
     CLIP_SCHEMA,
     LATENTS_DIR,
@@ -347,6 +347,8 @@ def _account_videos(videos: pa.Table, clips: pa.Table, rejected: pa.Table) -> pa
     none = todo & (accepted == 0)
     detail = videos.column("detail").to_pylist()
     if none.any():
+        from vidsift.pipeline.process import account_video  # (process imports every stage: only when needed)
+
         narrow = rejected.select(["source_uri", "reject_stage", "reject_reason"])
         wanted = pa.array(uris.take(pa.array(np.flatnonzero(none))).to_pylist(), pa.string())
         narrow = narrow.filter(pc.is_in(narrow.column("source_uri"), value_set=wanted)).to_pylist()
@@ -476,10 +478,10 @@ def _select_group(
     text: str,
     config: WriteShardsConfig,
     latents: dict[str, dict[str, Location]] | None = None,
-) -> tuple[Counter, dict[str, pa.Table]]:
+) -> tuple[Counter, dict]:
     """One group of ``select_run``: decide its rows again and write them to ``dst``, with the cached
     latents of the clips it keeps (``carry_latents``; ``latents``: ``latent_files(src)``); the move and
-    latents counts and the ``COUNTED`` columns of what it wrote.
+    latents counts and the ``tally`` of what it wrote.
 
     Every row gets its new reason columns in one table (kept reasons, ``select_where``,
     ``not_transcoded`` or none), then each output table is one sorted gather of it: the rows and their
@@ -532,7 +534,7 @@ def _select_group(
     if latents:
         newly = rows.column("clip_id").filter(pa.array(accepted & ~was_accepted))
         moves.update(carry_latents(src, dst, group, latents, new_clips.column("clip_id"), newly))
-    return moves, {name: written[name].select(columns) for name, columns in COUNTED.items()}
+    return moves, tally(written["clips"], written["rejected"], written["videos"])
 
 
 @lru_cache(maxsize=4)
@@ -552,7 +554,7 @@ def select_in_processes(
     processes: int,
 ) -> Iterator[tuple[int, Counter, dict[str, pa.Table]]]:
     """``_select_group`` for every group in ``processes`` worker processes (``pipeline/select_worker.py``),
-    yielding ``(index in groups, moves, counted)`` as groups finish, in any order.
+    yielding ``(index in groups, moves, tally)`` as groups finish, in any order.
 
     Each worker takes the next ``PROCESS_CHUNK`` groups when it is done with its last, so large and small
     groups even out. A worker's ``SelectError`` is raised here as it was; a worker that dies is an error
@@ -683,7 +685,6 @@ def select_run(
     config = config or _run_write_config(src)
     moves: Counter = Counter()
     carried: Counter = Counter()  # latents_* counts of carry_latents
-    written: dict[str, list[pa.Table]] = {name: [] for name in COUNTED}  # counted at the end, not re-read
     # groups are independent: worker processes (small runs: threads) each decide and write whole groups
     from vidsift.pipeline.progress import progress_bar
 
@@ -692,7 +693,7 @@ def select_run(
         processes = SELECT_PROCESSES if len(groups) >= PROCESS_MIN_GROUPS and SELECT_PROCESSES > 1 else 0
     latents = latent_files(src)
     bar = progress_bar("select", "groups", "{task.fields[rows]} rows decided", quiet=quiet)
-    counted_by_group: list[dict[str, pa.Table] | None] = [None] * len(groups)
+    tallies: list[dict] = [{}] * len(groups)  # each group's tally, in group order: counted, not re-read
     with bar, ThreadPoolExecutor(max_workers=SELECT_THREADS) as pool:
         task = bar.add_task("select", total=len(groups), rows=0)
         if processes:
@@ -701,16 +702,13 @@ def select_run(
             mask_of = _mask_for(where, sql)
             jobs = [pool.submit(_select_group, src, dst, g, mask_of, text, config, latents) for g in groups]
             done = ((k, *job.result()) for k, job in enumerate(jobs))
-        for finished, (k, group_moves, counted) in enumerate(done, 1):
+        for finished, (k, group_moves, group_tally) in enumerate(done, 1):
             carried.update({n: v for n, v in group_moves.items() if n.startswith("latents_")})
             moves.update({n: v for n, v in group_moves.items() if not n.startswith("latents_")})
-            counted_by_group[k] = counted
+            tallies[k] = group_tally
             bar.update(task, advance=1, rows=sum(moves.values()))
             if log and (finished == len(groups) or finished % max(1, len(groups) // 10) == 0):
                 log(f"select: {finished}/{len(groups)} groups, {sum(moves.values())} rows decided")
-    for counted in counted_by_group:  # in group order
-        for name, part in counted.items():
-            written[name].append(part)
     moves = Counter({k: v for k, v in moves.items() if v})
     manifest = json.loads(storage.read_text(storage.join(src, "manifest.json")))
     kind = "where" if where is not None else "sql"
@@ -736,7 +734,7 @@ def select_run(
     recipe = storage.join(src, "recipe.resolved.toml")
     if storage.exists(recipe):
         storage.write_text_atomic(storage.join(dst, "recipe.resolved.toml"), storage.read_text(recipe))
-    write_manifest(dst, recount(dst, manifest, written))
+    write_manifest(dst, recount(dst, manifest, tallies))
     return dict(moves)
 
 
@@ -832,38 +830,60 @@ COUNTED = {  # the columns the manifest's counts come from, per table
 }
 
 
-def recount(out: Location, manifest: dict, written: dict[str, list[pa.Table]] | None = None) -> dict:
-    """``manifest`` with its clip and video counts taken again from the run's files (column scans only).
-
-    ``written``: the ``COUNTED`` columns of every group file as it was just written, in group order
-    (``select_run`` keeps them), counted instead of reading the files back.
-    """
-    counts = dict(manifest.get("counts") or {})
-    if written is None:
-        clips, rejected, videos = (_scan(out, name, columns) for name, columns in COUNTED.items())
-    else:
-        clips, rejected, videos = (
-            pa.concat_tables(written[name])
-            if written[name]
-            else pa.schema([TABLES[name].field(c) for c in columns]).empty_table()
-            for name, columns in COUNTED.items()
-        )
+def tally(clips: pa.Table, rejected: pa.Table, videos: pa.Table) -> dict:
+    """What the manifest counts of these tables (``COUNTED`` columns at least), in a form that adds up over
+    groups (``add_tallies``): a worker sends this, not the columns."""
     by_reason = (
         rejected.group_by(["reject_stage", "reject_reason"]).aggregate([([], "count_all")]).to_pylist()
     )
     rejected_videos = videos.filter(pc.equal(videos.column("status"), "rejected"))
     by_video = rejected_videos.group_by(["reason"]).aggregate([([], "count_all")]).to_pylist()
+    return {
+        "clips": clips.num_rows,
+        "duration_s": float(pc.sum(clips.column("duration_s")).as_py() or 0.0),
+        "rejected": Counter({(r["reject_stage"], r["reject_reason"]): r["count_all"] for r in by_reason}),
+        "videos_ok": int(pc.sum(pc.equal(videos.column("status"), "ok")).as_py() or 0),
+        "videos_rejected": Counter({r["reason"]: r["count_all"] for r in by_video}),
+    }
+
+
+def add_tallies(tallies: list[dict]) -> dict:
+    """The sum of ``tally``s."""
+    total = {
+        "clips": 0,
+        "duration_s": 0.0,
+        "rejected": Counter(),
+        "videos_ok": 0,
+        "videos_rejected": Counter(),
+    }
+    for t in tallies:  # in group order: the float sum comes out the same however the groups were run
+        for key, value in t.items():
+            total[key] += value
+    return total
+
+
+def recount(out: Location, manifest: dict, tallies: list[dict] | None = None) -> dict:
+    """``manifest`` with its clip and video counts taken again from the run's files (column scans only).
+
+    ``tallies``: the ``tally`` of every group as it was just written, in group order (``select_run`` keeps
+    them), added up instead of reading the files back.
+    """
+    counts = dict(manifest.get("counts") or {})
+    if tallies is None:
+        tallies = [tally(*(_scan(out, name, columns) for name, columns in COUNTED.items()))]
+    total = add_tallies(tallies)
+    rejected = sum(total["rejected"].values())
     counts.update(
-        candidate_clips=clips.num_rows + rejected.num_rows,
-        clips_accepted=clips.num_rows,
-        clips_rejected=rejected.num_rows,
+        candidate_clips=total["clips"] + rejected,
+        clips_accepted=total["clips"],
+        clips_rejected=rejected,
         clips_rejected_by_reason=dict(
-            sorted((f"{r['reject_stage']}/{r['reject_reason']}", r["count_all"]) for r in by_reason)
+            sorted((f"{stage}/{reason}", n) for (stage, reason), n in total["rejected"].items())
         ),
-        accepted_hours=round(float(pc.sum(clips.column("duration_s")).as_py() or 0.0) / 3600, 6),
-        videos_ok=int(pc.sum(pc.equal(videos.column("status"), "ok")).as_py() or 0),
-        videos_rejected=rejected_videos.num_rows,
-        videos_rejected_by_reason=dict(sorted((r["reason"], r["count_all"]) for r in by_video)),
+        accepted_hours=round(total["duration_s"] / 3600, 6),
+        videos_ok=total["videos_ok"],
+        videos_rejected=sum(total["videos_rejected"].values()),
+        videos_rejected_by_reason=dict(sorted(total["videos_rejected"].items())),
         groups_done=len(done_groups(out)),
     )
     return {**manifest, "counts": counts}

@@ -3,7 +3,7 @@
 
 Protocol, pickles over pipes: stdin carries the task (``src``, ``dst``, ``where``, ``sql``, write settings,
 cached latents), then chunks of ``(index, group)`` until it closes; stdout carries, per group,
-``("group", index, moves, counted)``, then ``("chunk",)`` after each chunk, or one ``("error", kind,
+``("group", index, moves, tally)``, then ``("chunk",)`` after each chunk, or one ``("error", kind,
 message)`` before the worker stops. The worker writes its files without a flush each; a thread of its own
 flushes them behind it (``storage.sync_files``), and it exits once every file it wrote, and their folders,
 are on the device. A separate program rather than ``multiprocessing``: a spawned
@@ -53,13 +53,13 @@ def main() -> None:
             except EOFError:
                 break
             for index, group in chunk:
-                moves, counted = _select_group(
+                moves, group_tally = _select_group(
                     task["src"], task["dst"], group, mask_of, text, task["config"], task["latents"]
                 )
                 files = group_files(task["dst"], group)
                 written.put(files)
                 folders.update(os.path.dirname(str(f)) for f in files)
-                pickle.dump(("group", index, moves, counted), results)
+                pickle.dump(("group", index, moves, group_tally), results)
             pickle.dump(("chunk",), results)
             results.flush()
         written.put(None)
