@@ -27,6 +27,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from functools import lru_cache, reduce
 
 import numpy as np
@@ -552,7 +553,7 @@ def select_in_processes(
     config: WriteShardsConfig,
     latents: dict[str, dict[str, Location]] | None,
     processes: int,
-) -> Iterator[tuple[int, Counter, dict[str, pa.Table]]]:
+) -> Iterator[tuple[int, Counter, dict]]:
     """``_select_group`` for every group in ``processes`` worker processes (``pipeline/select_worker.py``),
     yielding ``(index in groups, moves, tally)`` as groups finish, in any order.
 
@@ -598,7 +599,6 @@ def select_in_processes(
         finally:
             results.put(("exit", proc))
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     workers = []
     try:
         for _ in range(processes):
@@ -606,7 +606,6 @@ def select_in_processes(
                 [sys.executable, "-m", "vidsift.pipeline.select_worker"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                env=env,
             )
             workers.append(proc)
             threading.Thread(target=serve, args=(proc,), daemon=True).start()
@@ -666,9 +665,9 @@ def select_run(
     ``log`` gets a progress line about every tenth of the groups; unless ``quiet``, a progress bar over the
     groups shows on stderr (``pipeline/progress.py``, curate's look).
 
-    ``processes``: spawned worker processes (default: ``SELECT_PROCESSES`` for runs of at least
-    ``PROCESS_MIN_GROUPS`` groups, else 0); 0: threads of this process. Either way each group is written
-    by one worker and the results are counted in group order, so the output is the same.
+    ``processes``: worker processes (``select_in_processes``; default: ``SELECT_PROCESSES`` for runs
+    of at least ``PROCESS_MIN_GROUPS`` groups, else 0); 0: threads of this process. Either way each group
+    is written by one worker and the results are counted in group order, so the output is the same.
 
     Returns the move counts. Rows rejected by a stage select does not decide (scenes, dedup, transcode,
     captioning) stay rejected as they are.
@@ -702,13 +701,14 @@ def select_run(
             mask_of = _mask_for(where, sql)
             jobs = [pool.submit(_select_group, src, dst, g, mask_of, text, config, latents) for g in groups]
             done = ((k, *job.result()) for k, job in enumerate(jobs))
-        for finished, (k, group_moves, group_tally) in enumerate(done, 1):
-            carried.update({n: v for n, v in group_moves.items() if n.startswith("latents_")})
-            moves.update({n: v for n, v in group_moves.items() if not n.startswith("latents_")})
-            tallies[k] = group_tally
-            bar.update(task, advance=1, rows=sum(moves.values()))
-            if log and (finished == len(groups) or finished % max(1, len(groups) // 10) == 0):
-                log(f"select: {finished}/{len(groups)} groups, {sum(moves.values())} rows decided")
+        with closing(done):  # an error or Ctrl-C here stops the workers at once
+            for finished, (k, group_moves, group_tally) in enumerate(done, 1):
+                carried.update({n: v for n, v in group_moves.items() if n.startswith("latents_")})
+                moves.update({n: v for n, v in group_moves.items() if not n.startswith("latents_")})
+                tallies[k] = group_tally
+                bar.update(task, advance=1, rows=sum(moves.values()))
+                if log and (finished == len(groups) or finished % max(1, len(groups) // 10) == 0):
+                    log(f"select: {finished}/{len(groups)} groups, {sum(moves.values())} rows decided")
     moves = Counter({k: v for k, v in moves.items() if v})
     manifest = json.loads(storage.read_text(storage.join(src, "manifest.json")))
     kind = "where" if where is not None else "sql"

@@ -235,8 +235,8 @@ def test_select_and_dedup_on_s3_match_local(s3, tmp_path):  # noqa: F811
     _upload(tmp_path / "dups", "s3://select-dedup/dups-tasks")
     where = "motion_score > 0.8"
     assert select_run(local, tmp_path / "sel", where=where) == select_run(
-        "s3://select-dedup/run", "s3://select-dedup/sel", where=where
-    )
+        "s3://select-dedup/run", "s3://select-dedup/sel", where=where, processes=2
+    )  # worker processes on the bucket (they get the same AWS settings)
     remote = {r["clip_id"]: r for f in storage.parquet_files("s3://select-dedup/sel/clips")
               for r in storage.read_table(f).to_pylist()}  # fmt: skip
     assert remote == _rows(tmp_path / "sel", "clips")
