@@ -160,6 +160,13 @@ def cmd_select(args: argparse.Namespace) -> int:
         if new_folder and Path(args.output).is_dir() and not any(Path(args.output).iterdir()):
             Path(args.output).rmdir()  # refused before writing: leave no empty folder behind
         return _fail(str(e))
+    except KeyboardInterrupt:  # the workers are stopped; what was written is not a run (no manifest)
+        print(
+            f"vidsift: select interrupted: {args.output} is incomplete (no manifest.json); "
+            "delete it before selecting into it again",
+            file=sys.stderr,
+        )
+        return 130
     condition = {"where": args.where} if args.where is not None else {"sql": args.sql}
     print(json.dumps({"output": args.output, **condition, "moves": moves}, indent=1))
     return 0
