@@ -106,20 +106,12 @@ def test_select_where_and_sql_agree_with_the_row_language(tmp_path):
     assert {r["caption"] for r in _rows(tmp_path / "c", "clips").values()} == {"a dog runs on a beach"}
 
 
-def test_select_flushes_every_file_once_before_the_manifest(tmp_path, monkeypatch):
+def test_select_flushes_every_file_once_before_the_manifest(tmp_path, fsynced):
     """select writes its groups without a flush each, then flushes every file and folder it wrote before
     the manifest says the run is there."""
-    import os
-
     src = scored_run(tmp_path / "run", n=120)
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    synced = fsynced
+    synced.clear()  # the source run's own flushes
     out = tmp_path / "sel"
     select_run(src, out, where="motion_score > 0.8")
     manifest = next(i for i, p in enumerate(synced) if "manifest.json" in p)

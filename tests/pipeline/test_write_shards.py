@@ -51,19 +51,10 @@ def test_small_column_chunks_use_the_cheap_codec(tmp_path):
         WriteShardsConfig(small_column_kib=-1)
 
 
-def test_every_table_is_on_disk_before_the_marker(tmp_path, monkeypatch):
+def test_every_table_is_on_disk_before_the_marker(tmp_path, fsynced):
     """fsync order on a local disk: each table file (before its rename), the folder of the rename, and only
     then the marker's folder, so a crash never leaves a marker for data the disk does not hold."""
-    import os
-
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    synced = fsynced
     write_group(tmp_path, "g1", [_clip("a.mp4", 0, "c1")], [], [], WriteShardsConfig())
     tables = [i for i, p in enumerate(synced) if ".g1.parquet.tmp-" in p]
     assert len(tables) == 3  # clips, rejected, videos: each fsynced before it is renamed into place
