@@ -552,10 +552,10 @@ def select_in_processes(
     sql: str | None,
     config: WriteShardsConfig,
     latents: dict[str, dict[str, Location]] | None,
-    processes: int,
+    workers: list,
 ) -> Iterator[tuple[int, Counter, dict]]:
-    """``_select_group`` for every group in ``processes`` worker processes (``pipeline/select_worker.py``),
-    yielding ``(index in groups, moves, tally)`` as groups finish, in any order.
+    """``_select_group`` for every group in worker processes (``pipeline/select_worker.py``, from
+    ``start_workers``), yielding ``(index in groups, moves, tally)`` as groups finish, in any order.
 
     Each worker takes the next ``PROCESS_CHUNK`` groups when it is done with its last, so large and small
     groups even out. A worker's ``SelectError`` is raised here as it was; a worker that dies is an error
@@ -599,15 +599,8 @@ def select_in_processes(
         finally:
             results.put(("exit", proc))
 
-    workers = []
     try:
-        for _ in range(processes):
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "vidsift.pipeline.select_worker"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-            )
-            workers.append(proc)
+        for proc in workers:
             threading.Thread(target=serve, args=(proc,), daemon=True).start()
         finished, running = 0, len(workers)
         while running:
@@ -627,15 +620,31 @@ def select_in_processes(
                 f"select workers stopped after {finished} of {len(groups)} groups (exit {codes})"
             )
     finally:
-        for w in workers:
-            if w.poll() is None:
-                w.kill()
-            w.wait()
-            for stream in (w.stdin, w.stdout):
-                try:
-                    stream.close()
-                except OSError:
-                    pass
+        stop_workers(workers)
+
+
+def start_workers(processes: int) -> list:
+    """``processes`` worker processes of ``select_in_processes``, started (they import while the caller
+    gets their task ready)."""
+    import subprocess
+
+    command = [sys.executable, "-m", "vidsift.pipeline.select_worker"]
+    return [
+        subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in range(processes)
+    ]
+
+
+def stop_workers(workers: list) -> None:
+    """Kill the workers still running (after an error or Ctrl-C; finished ones have exited) and reap them."""
+    for w in workers:
+        if w.poll() is None:
+            w.kill()
+        w.wait()
+        for stream in (w.stdin, w.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
 
 
 def _run_write_config(run: Location) -> WriteShardsConfig:
@@ -681,7 +690,6 @@ def select_run(
         raise SelectError(f"{src} is not a finished vidsift run (no manifest.json)")
     if not _is_empty(dst):
         raise SelectError(f"--output {dst} exists and is not empty")
-    config = config or _run_write_config(src)
     moves: Counter = Counter()
     carried: Counter = Counter()  # latents_* counts of carry_latents
     # groups are independent: worker processes (small runs: threads) each decide and write whole groups
@@ -690,25 +698,32 @@ def select_run(
     groups = sorted(done_groups(src))
     if processes is None:
         processes = SELECT_PROCESSES if len(groups) >= PROCESS_MIN_GROUPS and SELECT_PROCESSES > 1 else 0
-    latents = latent_files(src)
-    bar = progress_bar("select", "groups", "{task.fields[rows]} rows decided", quiet=quiet)
     tallies: list[dict] = [{}] * len(groups)  # each group's tally, in group order: counted, not re-read
-    with bar, ThreadPoolExecutor(max_workers=SELECT_THREADS) as pool:
-        task = bar.add_task("select", total=len(groups), rows=0)
-        if processes:
-            done = select_in_processes(src, dst, groups, where, sql, config, latents, processes)
-        else:
-            mask_of = _mask_for(where, sql)
-            jobs = [pool.submit(_select_group, src, dst, g, mask_of, text, config, latents) for g in groups]
-            done = ((k, *job.result()) for k, job in enumerate(jobs))
-        with closing(done):  # an error or Ctrl-C here stops the workers at once
-            for finished, (k, group_moves, group_tally) in enumerate(done, 1):
-                carried.update({n: v for n, v in group_moves.items() if n.startswith("latents_")})
-                moves.update({n: v for n, v in group_moves.items() if not n.startswith("latents_")})
-                tallies[k] = group_tally
-                bar.update(task, advance=1, rows=sum(moves.values()))
-                if log and (finished == len(groups) or finished % max(1, len(groups) // 10) == 0):
-                    log(f"select: {finished}/{len(groups)} groups, {sum(moves.values())} rows decided")
+    workers = start_workers(processes)  # they start up while this reads the run's settings
+    try:
+        config = config or _run_write_config(src)
+        latents = latent_files(src)
+        bar = progress_bar("select", "groups", "{task.fields[rows]} rows decided", quiet=quiet)
+        with bar, ThreadPoolExecutor(max_workers=SELECT_THREADS) as pool:
+            task = bar.add_task("select", total=len(groups), rows=0)
+            if processes:
+                done = select_in_processes(src, dst, groups, where, sql, config, latents, workers)
+            else:
+                mask_of = _mask_for(where, sql)
+                jobs = [
+                    pool.submit(_select_group, src, dst, g, mask_of, text, config, latents) for g in groups
+                ]
+                done = ((k, *job.result()) for k, job in enumerate(jobs))
+            with closing(done):  # an error or Ctrl-C here stops the workers at once
+                for finished, (k, group_moves, group_tally) in enumerate(done, 1):
+                    carried.update({n: v for n, v in group_moves.items() if n.startswith("latents_")})
+                    moves.update({n: v for n, v in group_moves.items() if not n.startswith("latents_")})
+                    tallies[k] = group_tally
+                    bar.update(task, advance=1, rows=sum(moves.values()))
+                    if log and (finished == len(groups) or finished % max(1, len(groups) // 10) == 0):
+                        log(f"select: {finished}/{len(groups)} groups, {sum(moves.values())} rows decided")
+    finally:
+        stop_workers(workers)  # (finished workers have exited; this reaps them)
     moves = Counter({k: v for k, v in moves.items() if v})
     manifest = json.loads(storage.read_text(storage.join(src, "manifest.json")))
     kind = "where" if where is not None else "sql"
