@@ -334,59 +334,22 @@ _SORT = [("source_uri", "ascending"), ("start_frame", "ascending"), ("clip_id", 
 
 
 def _account_videos(videos: pa.Table, clips: pa.Table, rejected: pa.Table) -> pa.Table:
-    """``process.account_group`` in Arrow: the same rows, computed from the clips' ``source_uri`` columns.
+    """``process.account_group`` (the one accounting rule) over the few columns it reads and writes: the
+    videos' ids, status and counts, the accepted clips' ``source_uri``, the rejected rows' reasons. A
+    group's videos are few; no media is touched, and the other video columns stay as they are."""
+    from vidsift.pipeline.process import account_group  # (process imports every stage: once per process)
 
-    A video still ``ok`` (or rejected only for ``no_clip_accepted``) gets its accepted count; with none, it
-    is rejected as ``no_clip_accepted`` with the detail ``account_video`` writes, built in Python for
-    those few videos only (from the narrow columns of their rejected rows)."""
     videos = conform(videos, VIDEO_SCHEMA)
-    uris = videos.column("source_uri")
-    accepted = _count_by(clips.column("source_uri"), uris)
-    status, reason = videos.column("status"), videos.column("reason")
-    todo = pc.or_(pc.equal(status, "ok"), pc.fill_null(pc.equal(reason, "no_clip_accepted"), False))
-    todo = todo.to_numpy(zero_copy_only=False) if isinstance(todo, pa.Array) else np.asarray(todo, bool)
-    none = todo & (accepted == 0)
-    detail = videos.column("detail").to_pylist()
-    if none.any():
-        from vidsift.pipeline.process import account_video  # (process imports every stage: only when needed)
-
-        narrow = rejected.select(["source_uri", "reject_stage", "reject_reason"])
-        wanted = pa.array(uris.take(pa.array(np.flatnonzero(none))).to_pylist(), pa.string())
-        narrow = narrow.filter(pc.is_in(narrow.column("source_uri"), value_set=wanted)).to_pylist()
-        by_uri: dict[str, list[dict]] = {}
-        for row in narrow:
-            by_uri.setdefault(row["source_uri"], []).append(row)
-        for i in np.flatnonzero(none):
-            rows = by_uri.get(uris[int(i)].as_py(), [])
-            detail[i] = account_video({"status": "ok"}, rows)["detail"]
-    keep_ok = todo & (accepted > 0)
-    columns = {
-        "num_clips_accepted": pc.if_else(
-            pa.array(todo), pa.array(accepted, pa.int32()), videos.column("num_clips_accepted")
-        ),
-        "status": pc.if_else(
-            pa.array(todo), pa.array(np.where(keep_ok, "ok", "rejected"), pa.string()), status
-        ),
-        "reason": pc.if_else(
-            pa.array(keep_ok),
-            pa.scalar(None, pa.string()),
-            pc.if_else(pa.array(none), pa.scalar("no_clip_accepted", pa.string()), reason),
-        ),
-        "detail": pa.array(detail, pa.string()),
-    }
-    for name, column in columns.items():
-        videos = videos.set_column(videos.schema.get_field_index(name), VIDEO_SCHEMA.field(name), column)
+    own = ["source_uri", "status", "reason", "detail", "num_clips_accepted"]
+    accepted = [{"source_uri": u} for u in clips.column("source_uri").to_pylist()]
+    narrow = rejected.select(["source_uri", "reject_stage", "reject_reason"]).to_pylist()
+    rows = account_group(videos.select(own).to_pylist(), accepted, narrow)
+    for name in sorted(set().union(*rows) - {"source_uri"}) if rows else []:
+        field = VIDEO_SCHEMA.field(name)
+        videos = videos.set_column(
+            videos.schema.get_field_index(name), field, pa.array([r.get(name) for r in rows], field.type)
+        )
     return videos
-
-
-def _count_by(values: pa.ChunkedArray, keys: pa.ChunkedArray) -> np.ndarray:
-    """How often each of ``keys`` occurs in ``values`` (int64 numpy, one per key)."""
-    if not len(values) or not len(keys):
-        return np.zeros(len(keys), np.int64)
-    found = pc.value_counts(values)
-    where = pc.index_in(keys, value_set=found.field("values"))
-    counts = found.field("counts").take(where)  # null where a key is not among the values
-    return pc.fill_null(counts, 0).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def write_group_tables(

@@ -30,6 +30,9 @@ from vidsift.pipeline.storage import Location
 TABLES = {"rejected": REJECTED_SCHEMA, "videos": VIDEO_SCHEMA, "clips": CLIP_SCHEMA}
 
 
+CODECS = ("zstd", "snappy", "gzip", "none")
+
+
 @dataclass(frozen=True, kw_only=True)
 class WriteShardsConfig:
     # A Parquet row group ends at row_group_rows rows or at about row_group_mib MiB of data (uncompressed),
@@ -50,11 +53,11 @@ class WriteShardsConfig:
             raise ValueError(f"write_shards.row_group_rows must be >= 1, got {self.row_group_rows}")
         if self.row_group_mib < 0:
             raise ValueError(f"write_shards.row_group_mib must be >= 0, got {self.row_group_mib}")
-        if self.compression not in ("zstd", "snappy", "gzip", "none"):
+        if self.compression not in CODECS:
             raise ValueError(
                 f"write_shards.compression must be zstd, snappy, gzip or none; got {self.compression!r}"
             )
-        if self.small_column_compression not in ("zstd", "snappy", "gzip", "none"):
+        if self.small_column_compression not in CODECS:
             raise ValueError(
                 "write_shards.small_column_compression must be zstd, snappy, gzip or none; "
                 f"got {self.small_column_compression!r}"
