@@ -167,11 +167,12 @@ def run_pool(
     models once), a progress bar over files; one summary row per file, as files finish."""
     import ray
 
-    started = not ray.is_initialized()
-    if started:
-        # joins RAY_ADDRESS when set, else starts a local Ray; a bucket's AWS settings go to the workers
-        env = storage.s3_environment() if storage.is_remote(data) else {}
-        ray.init(log_to_driver=False, runtime_env={"env_vars": env} if env else None)
+    from vidsift.pipeline.ray_session import init_ray
+
+    # joins RAY_ADDRESS when set (an unreachable one is a one-line error), else starts a local Ray without
+    # the dashboard, as curate does; a bucket's AWS settings reach the workers through a setup hook, never
+    # through runtime_env env_vars, whose values Ray writes to its logs
+    started = init_ray(None, storage.s3_environment() if storage.is_remote(data) else None)
     try:
         resources = actor_resources(gpus, ray.cluster_resources().get("GPU", 0.0), workers, len(files))
         paths = [p if storage.is_remote(p) else os.path.abspath(p) for p in files]

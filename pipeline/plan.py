@@ -72,7 +72,7 @@ def curate_plan(recipe: Recipe, input_path: str, output: str, limit: int | None,
     if recipe.run.check_resources:
         import ray
 
-        from vidsift.pipeline.cluster import init_ray
+        from vidsift.pipeline.ray_session import init_ray
 
         started_here = not ray.is_initialized()
         init_ray(address)

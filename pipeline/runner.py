@@ -31,7 +31,6 @@ from vidsift.pipeline.cluster import (
     demands,
     describe_demand,
     forwarded_env,
-    init_ray,
     max_resources,
     video_stages,
 )
@@ -39,6 +38,7 @@ from vidsift.pipeline.dataflow import build_dataset, publish_in_run, video_resou
 from vidsift.pipeline.manifest import build_manifest, print_summary
 from vidsift.pipeline.progress import progress_bar
 from vidsift.pipeline.publish import PARTS, WRITE_FAILED, GroupBuffer
+from vidsift.pipeline.ray_session import init_ray
 from vidsift.pipeline.recipe import Recipe, RecipeError
 from vidsift.pipeline.stages.write_shards import (
     done_groups,

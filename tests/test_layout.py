@@ -13,7 +13,7 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PIPELINE_BASE = {"storage", "schema", "config", "text_encoder", "lock", "progress", "backends"}
+PIPELINE_BASE = {"storage", "schema", "config", "text_encoder", "lock", "progress", "backends", "ray_session"}
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import secrets
+import shutil
+import tempfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -146,7 +149,7 @@ def _stats_from_the_bucket(out: str, local, tmp_path) -> None:
 
 
 @pytest.mark.timeout(600)
-def test_train_and_encode_on_shards_in_a_bucket(s3, tmp_path):
+def test_train_and_encode_on_shards_in_a_bucket(s3, tmp_path, monkeypatch):
     """``vidsift train --data s3://...`` streams the shards from the bucket and ends with the same weights as
     training on a local copy; ``vidsift encode s3://...`` fills the cached columns in place on the bucket."""
     import torch
@@ -178,8 +181,22 @@ def test_train_and_encode_on_shards_in_a_bucket(s3, tmp_path):
     rc = run_cli("train-vae", vae_recipe, "--data", str(local), "--out", str(vae), "--set=steps=2", *small)
     assert rc.returncode == 0, rc.stderr[-2000:]
     ckpt = str(vae / "vae.safetensors")
-    enc = run_cli("encode", data, "--vae", ckpt, "--frames", "5", "--height", "16", "--width", "16")
-    assert enc.returncode == 0, enc.stderr[-3000:]
+    # the bucket's credentials reach the encode workers, and never Ray's logs (runtime_env env_vars would put
+    # them in runtime_env_agent.log); the moto server takes any key, so this one is made up for the check
+    secret = "encode-secret-" + secrets.token_hex(8)
+    ray_tmp = Path(tempfile.mkdtemp(prefix="vs-ray-", dir="/tmp"))  # short: Ray's socket paths have a limit
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))
+    try:
+        enc = run_cli("encode", data, "--vae", ckpt, "--frames", "5", "--height", "16", "--width", "16")
+        assert enc.returncode == 0, enc.stderr[-3000:]
+        logs = [p for p in ray_tmp.rglob("*") if p.is_file() and not p.is_socket()]
+        assert any(p.name == "runtime_env_agent.log" for p in logs)  # the log that would hold env_vars
+        assert [p for p in logs if secret.encode() in p.read_bytes()] == []
+        assert secret not in enc.stdout + enc.stderr
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    monkeypatch.undo()
     table = storage.read_table(f"{data}/clips/part-0.parquet")
     assert table.num_rows == 6 and table.column("latent").null_count == 0
     assert table.column("text_emb").null_count == 0 and table.column("clip_mp4").null_count == 0

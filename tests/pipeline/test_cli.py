@@ -91,7 +91,7 @@ def test_ray_client_retries_a_client_server_that_did_not_start(monkeypatch, caps
 
     import ray
 
-    from vidsift.pipeline import cluster
+    from vidsift.pipeline import ray_session
     from vidsift.pipeline.recipe import RecipeError
 
     calls = []
@@ -108,9 +108,9 @@ def test_ray_client_retries_a_client_server_that_did_not_start(monkeypatch, caps
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         address = f"ray://127.0.0.1:{listener.getsockname()[1]}"
-        monkeypatch.setattr(cluster.time, "sleep", lambda s: None)
+        monkeypatch.setattr(ray_session.time, "sleep", lambda s: None)
         monkeypatch.setattr(ray, "init", flaky_init)
-        cluster.connect(address)
+        ray_session.connect(address)
         assert calls == [address, address]
         assert "trying again (2 of 3)" in capsys.readouterr().err
 
@@ -124,5 +124,5 @@ def test_ray_client_retries_a_client_server_that_did_not_start(monkeypatch, caps
         with pytest.raises(
             RecipeError, match="cannot connect to the Ray cluster at ray://.*client server failed"
         ):
-            cluster.connect(address)
-        assert len(calls) == cluster.CLIENT_ATTEMPTS
+            ray_session.connect(address)
+        assert len(calls) == ray_session.CLIENT_ATTEMPTS

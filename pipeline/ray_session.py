@@ -1,0 +1,96 @@
+"""Starting or joining Ray, with a job's environment given to every worker: a base module, so the model
+side (``vidsift encode``) starts Ray as ``vidsift curate`` does.
+
+- ``init_ray``: an embedded local Ray (no dashboard), or a cluster (``RAY_ADDRESS`` or an address: ``auto``,
+  ``host:port``, ``ray://``), with the job's environment (API keys, S3 settings) set in every worker by a
+  setup hook, never as ``runtime_env`` ``env_vars``, whose values Ray writes to ``runtime_env_agent.log``;
+- ``connect``: join a cluster, or a ``RecipeError`` saying why not (no traceback, no long hang).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from vidsift.pipeline.config import RecipeError
+
+
+def init_ray(address: str | None, env: dict[str, str] | None = None) -> bool:
+    """Start or join Ray. ``env``: variables every worker of this job gets (``forwarded_env``), set by
+    a worker setup hook rather than ``runtime_env`` ``env_vars``, whose values Ray writes to its logs
+    (runtime_env_agent.log); the hook travels pickled in Ray's key-value store. False when Ray was
+    already running here (a driver inside the cluster): then nothing was set up."""
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        return False
+    runtime_env = {"worker_process_setup_hook": _set_environment(dict(env))} if env else None
+    # Ray's C++ core logs straight to stderr, e.g. an error-level line about every clip-stage actor's
+    # constructor arguments (ray-project/ray#53727) that means nothing here; failures that matter reach
+    # the driver as exceptions. Set RAY_BACKEND_LOG_LEVEL yourself to see more.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    if address:
+        # a cluster: "auto", "host:6379", or "ray://head:10001" (Ray Client); inside `ray job submit`
+        # RAY_ADDRESS is set for us
+        connect(address, runtime_env)
+    else:
+        # Embedded local Ray; workers import vidsift from the same environment as the driver. Their
+        # output (model-loading progress bars, library warnings) stays in Ray's log files
+        # (/tmp/ray/session_latest/logs): errors still reach the driver as exceptions.
+        ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False, runtime_env=runtime_env)
+    return True
+
+
+def _set_environment(values: dict[str, str]):
+    """A Ray worker setup hook that puts ``values`` into the worker's environment."""
+
+    def setup() -> None:
+        os.environ.update(values)
+
+    return setup
+
+
+CLIENT_ATTEMPTS = 3
+
+
+def connect(address: str, runtime_env: dict | None = None) -> None:
+    """Join a running cluster, or raise ``RecipeError`` saying why not (no traceback, no long hang).
+
+    A ``host:port`` or ``ray://host:port`` that nothing listens on fails at once instead of after
+    Ray's own minutes of retries. Ray Client starts a server process per client on the head; when
+    that start fails (it can on a loaded head) the connection is tried again, up to
+    ``CLIENT_ATTEMPTS`` times.
+    """
+    import socket
+
+    import ray
+
+    if address != "auto":
+        client = address.startswith("ray://")
+        host, sep, port = address.removeprefix("ray://").rpartition(":")
+        if not sep or "]" in port:  # no port: Ray's defaults
+            host, port = address.removeprefix("ray://"), "10001" if client else "6379"
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=10):
+                pass
+        except (OSError, ValueError) as e:
+            raise RecipeError(f"cannot reach the Ray cluster at {address}: {e}") from None
+    for attempt in range(1, CLIENT_ATTEMPTS + 1):
+        try:
+            ray.init(address=address, logging_level="ERROR", runtime_env=runtime_env)
+            return
+        except ConnectionError as e:  # ConnectionAbortedError from Ray Client is one
+            reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            transient = address.startswith("ray://") and "client server failed" in str(e)
+            if not transient or attempt == CLIENT_ATTEMPTS:
+                where = " (in the head node's session_latest/logs folder)" if transient else ""
+                message = f"cannot connect to the Ray cluster at {address}: {reason}{where}"
+                raise RecipeError(message) from None
+            print(
+                f"vidsift: the Ray Client server at {address} did not start ({reason}); "
+                f"trying again ({attempt + 1} of {CLIENT_ATTEMPTS})",
+                file=sys.stderr,
+            )
+            time.sleep(2 * attempt)
