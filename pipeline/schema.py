@@ -163,7 +163,12 @@ CLIP_COLUMNS: list[Column] = [
         "crop_w", pa.int32(), "score_bars", "width of the picture inside the bars (transcode crops to it)"
     ),
     Column("crop_h", pa.int32(), "score_bars", "height of the picture inside the bars"),
-    Column("dedup_hashes", pa.list_(pa.int64()), "dedup", "dHashes of sampled frames at 3 centre crops"),
+    Column(
+        "dedup_hashes",
+        pa.list_(pa.int64()),
+        "dedup",
+        "dHashes of sampled frames at 3 crops (whole frame; centre 80%, 64% of the picture inside bars)",
+    ),
     Column(
         "dedup_curve",
         pa.list_(pa.float32()),

@@ -1,8 +1,9 @@
 """dedup: near-duplicate clips across the whole run (re-encodes, crops, speed changes, reversals).
 
 Two halves. In the per-video task, ``hash_clips`` stores ``dedup_hashes`` for every candidate:
-64-bit difference hashes of each analysis sample frame inside the clip at three centred crops
-(100%, 80%, 64%), skipping flat frames (black, white) whose hash is noise. After the last group,
+64-bit difference hashes of each analysis sample frame inside the clip at three crops (the whole
+frame; the centre 80% and 64% of the picture inside its letterbox or pillarbox bars), skipping flat
+frames (black, white) whose hash is noise. After the last group,
 ``find_duplicates`` compares the accepted clips: clip A duplicates clip B when at least
 ``min_match`` of the samples of the one with fewer samples have a hash, at any pair of crop
 scales, within ``max_hamming`` bits of a hash of the other, and their histories in time
@@ -28,6 +29,7 @@ import numpy as np
 
 from vidsift.pipeline.measures import dhashes
 from vidsift.pipeline.rows import sample_indices
+from vidsift.pipeline.stages.score_bars import ScoreBarsConfig, frame_bars, line_profiles
 
 FLAT_PROFILE_STD = 2.0  # row means varying less than this: a flat frame, its hash is noise
 CURVE_POINTS = 32  # points per over-time signature (duration-free: speed changes still match)
@@ -36,12 +38,23 @@ FLAT_DIFF_STD = 0.2  # nor does a frame-difference curve this steady
 
 
 def measure_sample(frame) -> dict:
-    """The analysis pass calls this on every sample frame (``analyze.SampleFrame``): the hashes compared,
-    and how much its row means vary (``FLAT_PROFILE_STD``: a flat frame's hash is noise). Measured here,
-    not borrowed from ``score_bars``' line profiles, so a recipe without ``score_bars`` hashes too; the
-    value is the one those profiles gave (row means of the gray frame, stored as float16)."""
-    row_means = frame.gray.astype(np.float32).mean(axis=1).astype(np.float16)
-    return {"hashes": dhashes(frame.gray), "row_mean_std": float(np.std(row_means.astype(np.float32)))}
+    """The analysis pass calls this on every sample frame (``analyze.SampleFrame``): the hashes compared
+    (the smaller crops centred in the picture inside this frame's letterbox or pillarbox bars, by
+    ``score_bars``' rule on this frame alone), and how much its row means vary (``FLAT_PROFILE_STD``: a
+    flat frame's hash is noise). The line profiles are measured here, not borrowed from ``score_bars``'
+    hook, so a recipe without ``score_bars`` hashes too."""
+    gray = frame.gray
+    h, w = gray.shape
+    row_means = gray.astype(np.float32).mean(axis=1)
+    bars = None
+    # bars come in pairs: the full profiles only when both ends of an axis are dark (rarely)
+    dark = ScoreBarsConfig().dark_level
+    if (row_means[0] < dark and row_means[-1] < dark) or (
+        gray[:, 0].mean() < dark and gray[:, -1].mean() < dark
+    ):
+        bars = frame_bars(line_profiles(gray), h, w)
+    row_mean_std = float(np.std(row_means.astype(np.float16).astype(np.float32)))
+    return {"hashes": dhashes(gray, bars), "row_mean_std": row_mean_std}
 
 
 @dataclass(frozen=True, kw_only=True)

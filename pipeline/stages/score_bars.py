@@ -70,6 +70,22 @@ def _bars(means: np.ndarray, stds: np.ndarray, config: ScoreBarsConfig) -> tuple
     return a, b
 
 
+def _box(lines: np.ndarray, h: int, w: int, config: ScoreBarsConfig) -> tuple[int, int, int, int] | None:
+    """(top, bottom, left, right) bar sizes from samples x ``line_profiles`` of h x w frames; None without."""
+    top, bottom = _bars(lines[:, :h], lines[:, h : 2 * h], config)
+    left, right = _bars(lines[:, 2 * h : 2 * h + w], lines[:, 2 * h + w :], config)
+    return (top, bottom, left, right) if top or bottom or left or right else None
+
+
+def frame_bars(
+    lines: np.ndarray, h: int, w: int, config: ScoreBarsConfig | None = None
+) -> tuple[int, int, int, int] | None:
+    """The clip rule on one frame's ``line_profiles`` (``dedup`` hashes the picture inside them): (top,
+    bottom, left, right) in pixels of that frame, or None. Pairs of similar size and a clearly brighter
+    picture next to them are still required, so a dark sky alone is not a bar."""
+    return _box(lines.astype(np.float32)[None], h, w, config or ScoreBarsConfig())
+
+
 def crop_box(
     analysis, row: dict, display: tuple[int, int], config: ScoreBarsConfig
 ) -> tuple[int, ...] | None:
@@ -81,10 +97,10 @@ def crop_box(
     samples = [analysis.samples[i] for i in idx if analysis.samples[i].lines.shape == s0.lines.shape]
     lines = np.stack([s.lines.astype(np.float32) for s in samples])
     h, w = s0.height, s0.width
-    top, bottom = _bars(lines[:, :h], lines[:, h : 2 * h], config)
-    left, right = _bars(lines[:, 2 * h : 2 * h + w], lines[:, 2 * h + w :], config)
-    if not (top or bottom or left or right):
+    bars = _box(lines, h, w, config)
+    if bars is None:
         return None
+    top, bottom, left, right = bars
     dw, dh = display
     sx, sy = dw / w, dh / h
     x0, y0 = even(left * sx) if left else 0, even(top * sy) if top else 0
