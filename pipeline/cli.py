@@ -175,12 +175,13 @@ def cmd_select(args: argparse.Namespace) -> int:
 def cmd_dedup(args: argparse.Namespace) -> int:
     from vidsift.pipeline.dedup_run import dedup_finished_run
     from vidsift.pipeline.lock import OutputLocked, output_lock
+    from vidsift.pipeline.recipe import RecipeError  # a Ray cluster it cannot reach
     from vidsift.pipeline.select import SelectError  # DedupError, and a group file that cannot be read
 
     try:
         with output_lock(args.run, "dedup"):  # it rewrites the run's groups in place; bars on stderr
             result = dedup_finished_run(args.run, args.against, args.set, quiet=args.quiet)
-    except (SelectError, OutputLocked) as e:
+    except (SelectError, OutputLocked, RecipeError) as e:
         return _fail(str(e))
     print(json.dumps(result, indent=1))
     return 0

@@ -502,13 +502,11 @@ def _gather(refs: list, each: Callable[[int], None]) -> list:
 
 
 def _start_ray() -> bool:
-    """Join ``RAY_ADDRESS`` when set, else start a local Ray for this search; True when started here."""
-    import ray
+    """Join ``RAY_ADDRESS`` when set (one that nothing answers is a ``RecipeError`` at once, not minutes of
+    Ray's retries), else start a local Ray for this search; True when started here."""
+    from vidsift.pipeline.ray_session import init_ray
 
-    if ray.is_initialized():
-        return False
-    ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    return True
+    return init_ray(None)
 
 
 def table_task_memory(entries: int) -> int:
