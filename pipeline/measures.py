@@ -11,9 +11,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-# dHash crops: the whole frame, then the centre 80% and 64% of the picture inside the frame's letterbox or
-# pillarbox bars (the whole frame when it has none), so a copy cropped by up to about a third, or one
-# boxed into bars of another shape, still meets the original at one of the scales.
+# dHash crops: the centre 100%, 80% and 64% of the frame, so a copy cropped by up to about a third still
+# meets the original at one of the scales. A frame with letterbox or pillarbox bars hashes the picture
+# inside them in place of its 64% crop (``dhashes``), so a copy boxed into other bars, or with its bars cut
+# away, meets it too.
 HASH_SCALES = (1.0, 0.8, 0.64)
 
 
@@ -31,20 +32,20 @@ def flow(prev_gray: np.ndarray, gray: np.ndarray) -> tuple[float, float, float]:
 def dhashes(gray: np.ndarray, picture: tuple[int, int, int, int] | None = None) -> list[int]:
     """64-bit difference hashes of the crops at ``HASH_SCALES``, as signed int64 (Parquet-friendly).
 
-    ``picture``: ``(top, bottom, left, right)`` bar sizes in pixels of ``gray``; the crops below 100% are
-    centred in the picture inside them. The 100% crop is always the whole frame, so a frame with bars
-    hashes there as it did before bars were looked at (runs hashed then still meet re-encodes at 100%).
+    ``picture``: ``(top, bottom, left, right)`` bar sizes in pixels of ``gray``, or None. With bars, the last
+    crop is the picture inside them instead of the centre 64%; the 100% and 80% crops stay those of the
+    whole frame, so a boxed frame meets its re-encodes and centre crops there as it did before bars were
+    looked at (and clips hashed then).
     """
     h, w = gray.shape
-    top, bottom, left, right = picture or (0, 0, 0, 0)
     out = []
     for s in HASH_SCALES:
-        if s == 1.0:
-            y0, x0, ch, cw = 0, 0, h, w
+        if picture and s == HASH_SCALES[-1]:
+            top, bottom, left, right = picture
+            y0, x0, ch, cw = top, left, h - top - bottom, w - left - right
         else:
-            ph, pw = h - top - bottom, w - left - right
-            ch, cw = max(9, int(ph * s)), max(9, int(pw * s))
-            y0, x0 = top + (ph - ch) // 2, left + (pw - cw) // 2
+            ch, cw = max(9, int(h * s)), max(9, int(w * s))
+            y0, x0 = (h - ch) // 2, (w - cw) // 2
         small = cv2.resize(gray[y0 : y0 + ch, x0 : x0 + cw], (9, 8), interpolation=cv2.INTER_AREA)
         bits = (small[:, 1:] > small[:, :-1]).flatten()
         value = int(np.packbits(bits).view(">u8")[0])

@@ -167,7 +167,7 @@ CLIP_COLUMNS: list[Column] = [
         "dedup_hashes",
         pa.list_(pa.int64()),
         "dedup",
-        "dHashes of sampled frames at 3 crops (whole frame; centre 80%, 64% of the picture inside bars)",
+        "dHashes of sampled frames at 3 centre crops (100%, 80%; 64% or the picture inside bars)",
     ),
     Column(
         "dedup_curve",

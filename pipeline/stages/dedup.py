@@ -1,9 +1,9 @@
 """dedup: near-duplicate clips across the whole run (re-encodes, crops, speed changes, reversals).
 
 Two halves. In the per-video task, ``hash_clips`` stores ``dedup_hashes`` for every candidate:
-64-bit difference hashes of each analysis sample frame inside the clip at three crops (the whole
-frame; the centre 80% and 64% of the picture inside its letterbox or pillarbox bars), skipping flat
-frames (black, white) whose hash is noise. After the last group,
+64-bit difference hashes of each analysis sample frame inside the clip at three centred crops
+(100%, 80%, 64%; a frame with letterbox or pillarbox bars hashes the picture inside them in place of
+the 64% crop), skipping flat frames (black, white) whose hash is noise. After the last group,
 ``find_duplicates`` compares the accepted clips: clip A duplicates clip B when at least
 ``min_match`` of the samples of the one with fewer samples have a hash, at any pair of crop
 scales, within ``max_hamming`` bits of a hash of the other, and their histories in time
@@ -39,8 +39,8 @@ FLAT_DIFF_STD = 0.2  # nor does a frame-difference curve this steady
 
 def measure_sample(frame) -> dict:
     """The analysis pass calls this on every sample frame (``analyze.SampleFrame``): the hashes compared
-    (the smaller crops centred in the picture inside this frame's letterbox or pillarbox bars, by
-    ``score_bars``' rule on this frame alone), and how much its row means vary (``FLAT_PROFILE_STD``: a
+    (with the picture inside this frame's letterbox or pillarbox bars, found by ``score_bars``' rule on this
+    frame alone, in place of the 64% crop), and how much its row means vary (``FLAT_PROFILE_STD``: a
     flat frame's hash is noise). The line profiles are measured here, not borrowed from ``score_bars``'
     hook, so a recipe without ``score_bars`` hashes too."""
     gray = frame.gray
