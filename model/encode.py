@@ -32,13 +32,23 @@ class EncodeShards:
     """Ray actor: models loaded once, then one shard file per call."""
 
     def __init__(
-        self, vae: str, text_model: str, frames: int, height: int, width: int, stride: int, text_tokens: int
+        self,
+        vae: str,
+        text_model: str,
+        frames: int,
+        height: int,
+        width: int,
+        stride: int,
+        text_tokens: int,
+        env: list | None = None,
     ) -> None:
         import torch
 
         from vidsift.model.vae import load_vae
+        from vidsift.pipeline.ray_session import apply_env
         from vidsift.pipeline.text_encoder import TextEncoder
 
+        apply_env(env)  # the bucket's AWS settings, before anything reads a shard
         torch.set_num_threads(max(1, torch.get_num_threads()))
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.vae_path = vae
@@ -170,10 +180,13 @@ def run_pool(
     from vidsift.pipeline.ray_session import init_ray
 
     # joins RAY_ADDRESS when set (an unreachable one is a one-line error), else starts a local Ray without
-    # the dashboard, as curate does; a bucket's AWS settings reach the workers through a setup hook, never
-    # through runtime_env env_vars, whose values Ray writes to its logs
-    started = init_ray(None, storage.s3_environment() if storage.is_remote(data) else None)
+    # the dashboard, as curate does. A bucket's AWS settings go to the actors as a reference into Ray's
+    # object store that each fetches first (ray_session.apply_env; it works through Ray Client too), never
+    # as runtime_env env_vars, whose values Ray writes to its logs
+    started = init_ray(None)
     try:
+        env = storage.s3_environment() if storage.is_remote(data) else {}
+        kwargs = {**kwargs, "env": [ray.put(env) if env else None]}
         resources = actor_resources(gpus, ray.cluster_resources().get("GPU", 0.0), workers, len(files))
         paths = [p if storage.is_remote(p) else os.path.abspath(p) for p in files]
         ds = ray.data.from_items([{"path": p} for p in paths])
@@ -202,11 +215,15 @@ class EncodeFamily:
     """Ray actor of ``encode_family``: a diffusers family's VAE and text encoder loaded once, then one shard
     file per call, written to its cache file."""
 
-    def __init__(self, model: str, family: str, offline: bool, settings: dict, folder: str) -> None:
+    def __init__(
+        self, model: str, family: str, offline: bool, settings: dict, folder: str, env: list | None = None
+    ) -> None:
         import torch
 
         from vidsift.model.finetune.families import FAMILIES
+        from vidsift.pipeline.ray_session import apply_env
 
+        apply_env(env)  # the bucket's AWS settings, before anything reads a shard
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.family = FAMILIES[family]
         self.c = self.family.load_encoders(model, torch.float32, offline)

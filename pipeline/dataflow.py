@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 
 from vidsift.pipeline.cluster import max_resources, node_id, video_stages
 from vidsift.pipeline.publish import WORK_SCHEMA, publish_group, write_failed, write_parts, write_video_part
+from vidsift.pipeline.ray_session import apply_env
 from vidsift.pipeline.recipe import Recipe
 
 
@@ -144,11 +145,7 @@ def enter_run(cwd: str, env: list | None) -> None:
     passes the reference through instead of its value."""
     if cwd and os.path.isdir(cwd) and os.getcwd() != cwd:
         os.chdir(cwd)
-    ref = (env or [None])[0]
-    if ref is not None:
-        import ray
-
-        os.environ.update(ray.get(ref))
+    apply_env(env)
 
 
 def publish_in_run(env: list | None, out: str, group: str, files: list[str], parts: list[str], config: dict):

@@ -4,7 +4,9 @@ side (``vidsift encode``) starts Ray as ``vidsift curate`` does.
 - ``init_ray``: an embedded local Ray (no dashboard), or a cluster (``RAY_ADDRESS`` or an address: ``auto``,
   ``host:port``, ``ray://``), with the job's environment (API keys, S3 settings) set in every worker by a
   setup hook, never as ``runtime_env`` ``env_vars``, whose values Ray writes to ``runtime_env_agent.log``;
-- ``connect``: join a cluster, or a ``RecipeError`` saying why not (no traceback, no long hang).
+- ``connect``: join a cluster, or a ``RecipeError`` saying why not (no traceback, no long hang);
+- ``apply_env``: the other way to forward an environment (through Ray Client, where no setup hook can be
+  installed): a reference in the object store that each task or actor fetches first.
 """
 
 from __future__ import annotations
@@ -94,3 +96,15 @@ def connect(address: str, runtime_env: dict | None = None) -> None:
                 file=sys.stderr,
             )
             time.sleep(2 * attempt)
+
+
+def apply_env(env: list | None) -> None:
+    """What a task or actor does first with a job's forwarded environment: ``env`` is ``[ObjectRef]`` of the
+    variables (API keys, S3 settings) the driver put in Ray's object store, or ``[None]`` / None when there
+    are none or a setup hook has set them already. A list, so that Ray passes the reference through instead
+    of its value, which would then travel in the task's arguments (and Ray may log those)."""
+    ref = (env or [None])[0]
+    if ref is not None:
+        import ray
+
+        os.environ.update(ray.get(ref))
