@@ -35,6 +35,7 @@ FLAT_PROFILE_STD = 2.0  # row means varying less than this: a flat frame, its ha
 CURVE_POINTS = 32  # points per over-time signature (duration-free: speed changes still match)
 FLAT_LUMA_STD = 1.0  # brightness curve this steady (luma levels) carries no timing information
 FLAT_DIFF_STD = 0.2  # nor does a frame-difference curve this steady
+BARS = ScoreBarsConfig()  # a sample frame's own bars, by score_bars' default rule (its hash crops)
 
 
 def measure_sample(frame) -> dict:
@@ -48,11 +49,11 @@ def measure_sample(frame) -> dict:
     row_means = gray.astype(np.float32).mean(axis=1)
     bars = None
     # bars come in pairs: the full profiles only when both ends of an axis are dark (rarely)
-    dark = ScoreBarsConfig().dark_level
+    dark = BARS.dark_level
     if (row_means[0] < dark and row_means[-1] < dark) or (
         gray[:, 0].mean() < dark and gray[:, -1].mean() < dark
     ):
-        bars = frame_bars(line_profiles(gray), h, w)
+        bars = frame_bars(line_profiles(gray), h, w, BARS)
     row_mean_std = float(np.std(row_means.astype(np.float16).astype(np.float32)))
     return {"hashes": dhashes(gray, bars), "row_mean_std": row_mean_std}
 
