@@ -506,7 +506,7 @@ def _start_ray() -> bool:
     Ray's retries), else start a local Ray for this search; True when started here."""
     from vidsift.pipeline.ray_session import init_ray
 
-    return init_ray(None)
+    return init_ray(None, actors=False)  # plain tasks: no need to quiet Ray's actor lines (and its own)
 
 
 def table_task_memory(entries: int) -> int:

@@ -18,21 +18,24 @@ import time
 from vidsift.pipeline.config import RecipeError
 
 
-def init_ray(address: str | None, env: dict[str, str] | None = None) -> bool:
+def init_ray(address: str | None, env: dict[str, str] | None = None, actors: bool = True) -> bool:
     """Start or join Ray. ``env``: variables every worker of this job gets (``forwarded_env``), set by
     a worker setup hook rather than ``runtime_env`` ``env_vars``, whose values Ray writes to its logs
-    (runtime_env_agent.log); the hook travels pickled in Ray's key-value store. False when Ray was
-    already running here (a driver inside the cluster): then nothing was set up."""
+    (runtime_env_agent.log); the hook travels pickled in Ray's key-value store. ``actors``: the job
+    starts actors (see below; a job of plain tasks, such as dedup's search, passes False). False when
+    Ray was already running here (a driver inside the cluster): then nothing was set up."""
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
         return False
     runtime_env = {"worker_process_setup_hook": _set_environment(dict(env))} if env else None
-    # Ray's C++ core logs straight to stderr, e.g. an error-level line about every clip-stage actor's
-    # constructor arguments (ray-project/ray#53727) that means nothing here; failures that matter reach
-    # the driver as exceptions. Set RAY_BACKEND_LOG_LEVEL yourself to see more.
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    if actors:
+        # Ray's C++ core logs straight to stderr an error-level line about every actor with constructor
+        # arguments (ray-project/ray#53727) that means nothing here; failures that matter reach the driver
+        # as exceptions. Setting the level costs one line of its own at start ("Set ray log level from
+        # environment variable"), so only jobs with actors do. Set RAY_BACKEND_LOG_LEVEL yourself to see more.
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     if address:
         # a cluster: "auto", "host:6379", or "ray://head:10001" (Ray Client); inside `ray job submit`
         # RAY_ADDRESS is set for us
