@@ -30,21 +30,30 @@ def init_ray(address: str | None, env: dict[str, str] | None = None, actors: boo
     if ray.is_initialized():
         return False
     runtime_env = {"worker_process_setup_hook": _set_environment(dict(env))} if env else None
-    if actors:
-        # Ray's C++ core logs straight to stderr an error-level line about every actor with constructor
-        # arguments (ray-project/ray#53727) that means nothing here; failures that matter reach the driver
-        # as exceptions. Setting the level costs one line of its own at start ("Set ray log level from
-        # environment variable"), so only jobs with actors do. Set RAY_BACKEND_LOG_LEVEL yourself to see more.
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
-    if address:
-        # a cluster: "auto", "host:6379", or "ray://head:10001" (Ray Client); inside `ray job submit`
-        # RAY_ADDRESS is set for us
-        connect(address, runtime_env)
-    else:
-        # Embedded local Ray; workers import vidsift from the same environment as the driver. Their
-        # output (model-loading progress bars, library warnings) stays in Ray's log files
-        # (/tmp/ray/session_latest/logs): errors still reach the driver as exceptions.
-        ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False, runtime_env=runtime_env)
+    # Ray's C++ core logs straight to stderr an error-level line about every actor with constructor
+    # arguments (ray-project/ray#53727) that means nothing here; failures that matter reach the driver as
+    # exceptions. Setting the level costs one line of its own at start ("Set ray log level from environment
+    # variable"), so only jobs with actors do, and only while Ray starts: the driver's core and the local
+    # Ray processes read it then, and programs this process starts later (a `vidsift` subprocess, ffmpeg)
+    # do not inherit it. Set RAY_BACKEND_LOG_LEVEL yourself to see more.
+    quiet = actors and "RAY_BACKEND_LOG_LEVEL" not in os.environ
+    if quiet:
+        os.environ["RAY_BACKEND_LOG_LEVEL"] = "fatal"
+    try:
+        if address:
+            # a cluster: "auto", "host:6379", or "ray://head:10001" (Ray Client); inside `ray job submit`
+            # RAY_ADDRESS is set for us
+            connect(address, runtime_env)
+        else:
+            # Embedded local Ray; workers import vidsift from the same environment as the driver. Their
+            # output (model-loading progress bars, library warnings) stays in Ray's log files
+            # (/tmp/ray/session_latest/logs): errors still reach the driver as exceptions.
+            ray.init(
+                include_dashboard=False, logging_level="ERROR", log_to_driver=False, runtime_env=runtime_env
+            )
+    finally:
+        if quiet:
+            del os.environ["RAY_BACKEND_LOG_LEVEL"]
     return True
 
 
