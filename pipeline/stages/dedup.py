@@ -29,7 +29,7 @@ import numpy as np
 
 from vidsift.pipeline.measures import dhashes
 from vidsift.pipeline.rows import sample_indices
-from vidsift.pipeline.stages.score_bars import ScoreBarsConfig, frame_bars, line_profiles
+from vidsift.pipeline.stages.score_bars import ScoreBarsConfig, frame_bars
 
 FLAT_PROFILE_STD = 2.0  # row means varying less than this: a flat frame, its hash is noise
 CURVE_POINTS = 32  # points per over-time signature (duration-free: speed changes still match)
@@ -42,20 +42,14 @@ def measure_sample(frame) -> dict:
     """The analysis pass calls this on every sample frame (``analyze.SampleFrame``): the hashes compared
     (with the picture inside this frame's letterbox or pillarbox bars, found by ``score_bars``' rule on this
     frame alone, in place of the 64% crop), and how much its row means vary (``FLAT_PROFILE_STD``: a
-    flat frame's hash is noise). The line profiles are measured here, not borrowed from ``score_bars``'
-    hook, so a recipe without ``score_bars`` hashes too."""
-    gray = frame.gray
-    h, w = gray.shape
-    row_means = gray.astype(np.float32).mean(axis=1)
-    bars = None
-    # bars come in pairs: the full profiles only when both ends of an axis are dark (rarely)
-    dark = BARS.dark_level
-    if (row_means[0] < dark and row_means[-1] < dark) or (
-        gray[:, 0].mean() < dark and gray[:, -1].mean() < dark
-    ):
-        bars = frame_bars(line_profiles(gray), h, w, BARS)
-    row_mean_std = float(np.std(row_means.astype(np.float16).astype(np.float32)))
-    return {"hashes": dhashes(gray, bars), "row_mean_std": row_mean_std}
+    flat frame's hash is noise). Measured here, not borrowed from ``score_bars``' hook, so a recipe
+    without ``score_bars`` hashes too; the value is the one those profiles gave (row means of the gray
+    frame, stored as float16)."""
+    row_means = frame.gray.astype(np.float32).mean(axis=1).astype(np.float16)
+    return {
+        "hashes": dhashes(frame.gray, frame_bars(frame.gray, BARS)),
+        "row_mean_std": float(np.std(row_means.astype(np.float32))),
+    }
 
 
 @dataclass(frozen=True, kw_only=True)

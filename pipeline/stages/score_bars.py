@@ -77,13 +77,20 @@ def _box(lines: np.ndarray, h: int, w: int, config: ScoreBarsConfig) -> tuple[in
     return (top, bottom, left, right) if top or bottom or left or right else None
 
 
-def frame_bars(
-    lines: np.ndarray, h: int, w: int, config: ScoreBarsConfig | None = None
-) -> tuple[int, int, int, int] | None:
-    """The clip rule on one frame's ``line_profiles`` (``dedup`` hashes the picture inside them): (top,
-    bottom, left, right) in pixels of that frame, or None. Pairs of similar size and a clearly brighter
-    picture next to them are still required, so a dark sky alone is not a bar."""
-    return _box(lines.astype(np.float32)[None], h, w, config or ScoreBarsConfig())
+def frame_bars(gray: np.ndarray, config: ScoreBarsConfig | None = None) -> tuple[int, int, int, int] | None:
+    """The clip rule on one gray frame (``dedup`` hashes the picture inside its bars): (top, bottom, left,
+    right) in pixels of that frame, or None. Pairs of similar size and a clearly brighter picture next to
+    them are still required, so a dark sky alone is not a bar. Bars come in pairs, so the line profiles are
+    measured only when both ends of an axis are dark (rarely)."""
+    config = config or ScoreBarsConfig()
+    dark = config.dark_level
+    if not (
+        (gray[0].mean() < dark and gray[-1].mean() < dark)
+        or (gray[:, 0].mean() < dark and gray[:, -1].mean() < dark)
+    ):
+        return None
+    h, w = gray.shape
+    return _box(line_profiles(gray).astype(np.float32)[None], h, w, config)
 
 
 def crop_box(

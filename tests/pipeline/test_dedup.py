@@ -17,7 +17,7 @@ from vidsift.pipeline.measures import dhashes
 from vidsift.pipeline.process import process_video
 from vidsift.pipeline.recipe import build_recipe, load_recipe
 from vidsift.pipeline.stages.dedup import DedupConfig, find_duplicates
-from vidsift.pipeline.stages.score_bars import frame_bars, line_profiles
+from vidsift.pipeline.stages.score_bars import frame_bars
 from vidsift.pipeline.stages.write_shards import WriteShardsConfig, write_group, write_manifest
 
 BUNNY = "quality/Big_Buck_Bunny_180_10s.webm"
@@ -552,18 +552,17 @@ def test_bars_are_found_frame_by_frame_only_in_pairs_next_to_a_brighter_picture(
     picture = rng.integers(60, 200, (90, 160)).astype(np.uint8)
     boxed = np.zeros((120, 160), np.uint8)
     boxed[15:105] = picture
-    lines = line_profiles(boxed)
-    assert frame_bars(lines, 120, 160) == (15, 15, 0, 0)
+    assert frame_bars(boxed) == (15, 15, 0, 0)
     # the whole frame's 100% and 80% crops hash as before; the picture alone takes the 64% crop's place
     assert dhashes(boxed, (15, 15, 0, 0))[:2] == dhashes(boxed)[:2]
     assert dhashes(boxed, (15, 15, 0, 0))[2] == dhashes(picture)[0]
     # a dark band at the top only (a night sky) is not a bar, nor is a dark band above a dark picture
     sky = boxed.copy()
     sky[105:] = picture[:15]
-    assert frame_bars(line_profiles(sky), 120, 160) is None
+    assert frame_bars(sky) is None
     dim = np.zeros((120, 160), np.uint8)
     dim[15:105] = 20
-    assert frame_bars(line_profiles(dim), 120, 160) is None
+    assert frame_bars(dim) is None
 
 
 def test_a_ray_cluster_it_cannot_reach_is_one_line_not_a_hang(tmp_path, monkeypatch):
