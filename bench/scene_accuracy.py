@@ -5,8 +5,8 @@ Reads every labelled clip of two sets in one run:
 - ``../shared/videos``: the clips of catalog.json that carry cut ground truth (split ``tune``: the
   weight-free detector was developed on them);
 - the scene evaluation set of ``bench/scene_eval`` (labels.json, media built by its fetch.py into
-  ``--eval-media``), whose clips are split into ``tune``, ``check``, ``check2``, ``check3`` and
-  ``check4`` by labels.json (docs/scenes.md says which were scored blind when).
+  ``--eval-media``), whose clips are split into ``tune``, ``check``, ``check2``, ``check3``,
+  ``check4``, ``tune5`` and ``check5`` by labels.json (docs/scenes.md says which were scored blind when).
 
 Methods, all on the same files:
 
@@ -269,7 +269,7 @@ def main() -> int:
     if args.baselines_only:
         return 0
     print(f"\n{len(files)} files; scorer eval_cuts.py, tolerance +-{args.tol} frames")
-    order = ("tune", "check", "check2", "check3", "check4", "all")
+    order = ("tune", "tune5", "check", "check2", "check3", "check4", "check5", "all")
     for split in sorted(by_split, key=order.index):
         tables = by_split[split]
         n_true = tables["fast"]["tp"] + tables["fast"]["fn"]

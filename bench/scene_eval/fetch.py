@@ -1,6 +1,7 @@
 """Fetch the scene-cut evaluation set and build its composed clips.
 
 usage: python bench/scene_eval/fetch.py --out DIR [--mirror MIRROR_DIR] [--only NAME ...]
+       (--only NAME ...: just these clips, and only the sources they need)
        python bench/scene_eval/fetch.py --print-labels      (labels of the composed clips, by construction)
 
 Every source in sources.json is a file in a public GitHub repository at a fixed commit. It is read
@@ -333,7 +334,18 @@ def main() -> int:
     labels = json.loads((HERE / "labels.json").read_text())["files"]
     srcdir = a.out / "sources"
     srcdir.mkdir(parents=True, exist_ok=True)
+    needed = None  # with --only, fetch just the sources of the clips asked for
+    if a.only:
+        needed = set()
+        for name, entry in labels.items():
+            if name in a.only or Path(name).stem in a.only:
+                if entry["kind"] == "composed":
+                    needed.update(seg["src"] for seg in composed[Path(name).stem]["segments"])
+                else:
+                    needed.add(entry["source_name"])
     for name, src in sources.items():
+        if needed is not None and name not in needed:
+            continue
         fetch_source(src, srcdir / name, a.mirror)
         print(f"source {name}: ok")
     bad = 0

@@ -63,8 +63,8 @@ def test_at_least_40_clips_each_with_licence_split_and_categories():
     for name, e in LABELS.items():
         assert e["licence"].strip(), name
         # check2, check3 (session 7), check4 (session 8): fresh check splits, each scored once after a
-        # round of tuning
-        assert e["split"] in ("tune", "check", "check2", "check3", "check4"), name
+        # round of tuning; tune5 / check5: natural public clips only, split by source repository
+        assert e["split"] in ("tune", "check", "check2", "check3", "check4", "tune5", "check5"), name
         assert e["category"] and all(isinstance(c, str) and c for c in e["category"]), name
         assert e["how_checked"].strip() and "TODO" not in e["how_checked"], name
         assert e["kind"] in ("natural", "composed"), name
@@ -73,8 +73,17 @@ def test_at_least_40_clips_each_with_licence_split_and_categories():
 def test_both_splits_hold_clips_and_every_category_is_covered():
     splits = Counter(e["split"] for e in LABELS.values())
     assert splits["tune"] > 0 and splits["check"] > 0 and splits["check2"] > 0
-    checks = splits["check"] + splits["check2"] + splits["check3"] + splits["check4"]
-    assert abs(splits["tune"] - checks) <= len(LABELS) // 5
+    assert splits["tune5"] > 0 and splits["check5"] > 0
+    tunes = splits["tune"] + splits["tune5"]
+    checks = splits["check"] + splits["check2"] + splits["check3"] + splits["check4"] + splits["check5"]
+    assert abs(tunes - checks) <= len(LABELS) // 5
+    # the natural splits hold only natural clips, and no source repository sits in both
+    repos = {
+        sp: {SOURCES[e["source_name"]]["github"] for e in LABELS.values() if e["split"] == sp}
+        for sp in ("tune5", "check5")
+    }
+    assert all(e["kind"] == "natural" for e in LABELS.values() if e["split"] in ("tune5", "check5"))
+    assert not repos["tune5"] & repos["check5"], repos["tune5"] & repos["check5"]
     cats = {c for e in LABELS.values() for c in e["category"]}
     assert REQUIRED_CATEGORIES <= cats, REQUIRED_CATEGORIES - cats
 
