@@ -72,6 +72,11 @@ _PEAK_GAP = 1
 _SAME_PICTURE_CORR = 0.5
 # Consecutive frames closer than this (contrast-normalised) repeat the picture (duplicated frames).
 _REPEATED_FRAME = 0.02
+# Footage moves in steps around a candidate when at least this share of the frames on each side repeat
+# the one before (a webcam at 5 frames/s in a 20 frames/s file: 0.7; animation on twos: 0.5).
+_STEPPED_REPEATS = 0.3
+# ... and no more than this many consecutive frames move (a webcam's steps: 1-2).
+_STEP_FRAMES = 2
 # A short insert between two cuts differs from the shot around it by at least this (contrast-normalised).
 _INSERT_DISTANCE = 1.0
 # Light between two black stretches that lit at most this share of the pixels on average: sparks, a beam.
@@ -693,6 +698,34 @@ def _overlay_change(thumbs: _Thumbs, before: np.ndarray, after: np.ndarray, moti
     return float((change[changed] > _OVERLAY_PIXEL).mean()) >= _OVERLAY_WIDTH
 
 
+def _stepped_motion(thumbs: _Thumbs, i: int, span: int) -> float | None:
+    """The typical change between the frames that move around ``i``, when the footage moves in steps.
+
+    A webcam or a screen capture that delivers fewer frames than the file's rate, animation on twos or
+    fours and a countdown leader repeat each picture for a few frames and then jump: each jump stands far
+    above the median frame-to-frame change (0, the repeats) although it is the shot's own motion. Footage
+    moves in steps around ``i`` when, within ``span`` frames of it, no more than _STEP_FRAMES frames in a
+    row move (a picture that builds up over more consecutive frames, a fast fade, or a pan in every
+    frame, is not a step) and on one side at least, some frames move and at least _STEPPED_REPEATS of
+    them repeat the one before (the other side may be still: the motion stops, or starts, at ``i``).
+    Then the typical change is the median of the moving frames' changes; else None. A whip pan into a
+    held picture moves in every frame before the cut: not stepped.
+    """
+    lo, hi = max(1, i - span), min(len(thumbs.t), i + span + 1)
+    frames = np.arange(lo, hi)
+    d = thumbs.dist(frames - 1, frames)
+    moving = d > _REPEATED_FRAME
+    at = i - lo
+    if any(e - s >= _STEP_FRAMES for s, e in _runs(moving)):
+        return None
+    sides = (moving[:at], moving[at + 1 :])
+    if not any(len(m) >= 2 and m.any() and (~m).mean() >= _STEPPED_REPEATS for m in sides):
+        return None
+    keep = moving.copy()
+    keep[at] = False
+    return float(np.median(d[keep]))
+
+
 def _verify_cuts(
     candidates: np.ndarray,
     thumbs: _Thumbs,
@@ -724,6 +757,9 @@ def _verify_cuts(
         near = near[near != i]
         steps = thumbs.dist(near - 1, near) if len(near) else np.zeros(0, np.float32)
         motion = float(np.median(steps)) if len(steps) else 0.0
+        moving = _stepped_motion(thumbs, int(i), ahead)
+        if moving is not None:
+            motion = max(motion, moving)
         need = max(config.min_cut_distance, config.motion_ratio * motion)
         separate = thumbs.cross_min(pre, post) >= need
         if not separate and j is not None and j - i >= 2:
