@@ -72,10 +72,12 @@ _PEAK_GAP = 1
 _SAME_PICTURE_CORR = 0.5
 # Consecutive frames closer than this (contrast-normalised) repeat the picture (duplicated frames).
 _REPEATED_FRAME = 0.02
-# Footage moves in steps around a candidate when at least this share of the frames on each side repeat
-# the one before (a webcam at 5 frames/s in a 20 frames/s file: 0.7; animation on twos: 0.5).
+# Footage moves in steps around a candidate (_stepped_motion) when, on one side at least, this share of
+# the frames repeat the one before (a webcam at 5 frames/s in a 20 frames/s file: 0.7; animation on twos:
+# 0.5), the others moving,
 _STEPPED_REPEATS = 0.3
-# ... and no more than this many consecutive frames move (a webcam's steps: 1-2).
+# ... and nowhere within its +-lookahead_s do more than this many consecutive frames move (a webcam's
+# steps: 1-2 frames; a pan or a fade moves in every frame).
 _STEP_FRAMES = 2
 # A short insert between two cuts differs from the shot around it by at least this (contrast-normalised).
 _INSERT_DISTANCE = 1.0

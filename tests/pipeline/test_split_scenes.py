@@ -605,6 +605,7 @@ def test_motion_in_steps_is_not_a_cut_at_every_step_and_a_cut_in_it_is_found() -
     frames = np.concatenate([_stepped(1, 100), _stepped(2, 100)])
     found = [t.frame for t in _transitions(frames)]
     assert found == [100], found
-    # still on one side only is not stepped: a pan that stops dead on a held picture, then a cut
+    # Steps that stop on a held picture: one moving side is enough, so the last step is not a cut either;
+    # the cut after the held picture is found.
     held = np.concatenate([_stepped(3, 40), np.repeat(_stepped(3, 40)[-1:], 20, axis=0), _stepped(4, 40)])
     assert [t.frame for t in _transitions(held)] == [60]
