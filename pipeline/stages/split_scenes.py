@@ -700,7 +700,7 @@ def _overlay_change(thumbs: _Thumbs, before: np.ndarray, after: np.ndarray, moti
     return float((change[changed] > _OVERLAY_PIXEL).mean()) >= _OVERLAY_WIDTH
 
 
-def _stepped_motion(thumbs: _Thumbs, i: int, span: int) -> float | None:
+def _stepped_motion(change: np.ndarray, i: int, span: int) -> float | None:
     """The typical change between the frames that move around ``i``, when the footage moves in steps.
 
     A webcam or a screen capture that delivers fewer frames than the file's rate, animation on twos or
@@ -711,11 +711,11 @@ def _stepped_motion(thumbs: _Thumbs, i: int, span: int) -> float | None:
     frame, is not a step) and on one side at least, some frames move and at least _STEPPED_REPEATS of
     them repeat the one before (the other side may be still: the motion stops, or starts, at ``i``).
     Then the typical change is the median of the moving frames' changes; else None. A whip pan into a
-    held picture moves in every frame before the cut: not stepped.
+    held picture moves in every frame before the cut: not stepped. ``change[k]``: frame ``k``'s distance
+    from frame ``k - 1`` (``_verify_cuts``).
     """
-    lo, hi = max(1, i - span), min(len(thumbs.t), i + span + 1)
-    frames = np.arange(lo, hi)
-    d = thumbs.dist(frames - 1, frames)
+    lo, hi = max(1, i - span), min(len(change), i + span + 1)
+    d = change[lo:hi]
     moving = d > _REPEATED_FRAME
     at = i - lo
     if any(e - s >= _STEP_FRAMES for s, e in _runs(moving)):
@@ -743,6 +743,10 @@ def _verify_cuts(
     ahead = max(2, round(config.lookahead_s * fps))
     cuts: list[Transition] = []
     last_cut = 0
+    # each frame's distance from the frame before, once (the motion tests below read windows of it)
+    change = np.zeros(n, np.float32)
+    if len(candidates) and n > 1:
+        change[1:] = thumbs.dist(np.arange(n - 1), np.arange(1, n))
     for k, i in enumerate(candidates):
         j = int(candidates[k + 1]) if k + 1 < len(candidates) and candidates[k + 1] - i <= ahead else None
         if _is_flash(luma, int(i), ahead) and (j is None or _same_picture(thumbs, int(i), j)):
@@ -757,9 +761,9 @@ def _verify_cuts(
         # either side only (not across the last accepted cut or the next candidate).
         near = np.arange(max(1, i - ahead, last_cut + 1), min(n, i + ahead + 1, j if j is not None else n))
         near = near[near != i]
-        steps = thumbs.dist(near - 1, near) if len(near) else np.zeros(0, np.float32)
+        steps = change[near]
         motion = float(np.median(steps)) if len(steps) else 0.0
-        moving = _stepped_motion(thumbs, int(i), ahead)
+        moving = _stepped_motion(change, int(i), ahead)
         if moving is not None:
             motion = max(motion, moving)
         need = max(config.min_cut_distance, config.motion_ratio * motion)
@@ -775,7 +779,7 @@ def _verify_cuts(
             # _INSERT_DISTANCE apart from both sides.
             around = np.arange(max(1, i - ahead), min(n, j + ahead + 1))
             around = around[(around != i) & (around != j)]
-            moving = thumbs.dist(around - 1, around)
+            moving = change[around]
             moving = moving[moving > _REPEATED_FRAME]
             need = max(need, _INSERT_DISTANCE)
             if len(moving):
