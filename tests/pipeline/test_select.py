@@ -302,3 +302,70 @@ def test_group_files_read_by_duckdb_equal_pyarrow_reads(tmp_path):
                 pq.write_table(conform(read, schema), buffer, compression="zstd", row_group_size=rows)
                 written.append(buffer.getvalue().to_pybytes())
             assert written[0] == written[1] == path.read_bytes(), (folder, name)
+
+
+def test_conform_gives_exactly_the_schema_from_any_starting_point(tmp_path):
+    # conform has shortcuts (a table of the schema but for list item names; columns only dropped or added
+    # at the end); every path must give what a rebuild of every column by name gives, down to item names
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from vidsift.pipeline.schema import CLIP_SCHEMA, REJECTED_SCHEMA
+    from vidsift.pipeline.select import conform
+
+    def rebuilt(t, schema):
+        cols = [t.column(f.name).cast(f.type) if f.name in t.column_names else pa.nulls(t.num_rows, f.type)
+                for f in schema]  # fmt: skip
+        return pa.Table.from_arrays(cols, schema=schema)
+
+    def as_bytes(t):  # NaN != NaN: compare what a writer makes of the tables (clips -> rejected is not
+        buffer = pa.BufferOutputStream()  # writable as it is: its reasons are null until select sets them)
+        pq.write_table(pa.Table.from_arrays(t.columns, names=t.column_names), buffer)
+        return buffer.getvalue().to_pybytes()
+
+    rng = np.random.default_rng(5)
+    columns = [_random_column(f, 40, rng) for f in REJECTED_SCHEMA]
+    rejected = pa.Table.from_arrays(columns, schema=REJECTED_SCHEMA)
+    pq.write_table(rejected, tmp_path / "r.parquet")
+    read_back = pq.read_table(tmp_path / "r.parquet")  # lists come back as list<element: ...>
+    assert any("element" in str(f.type) for f in read_back.schema)
+    shuffled = read_back.select(list(reversed(read_back.column_names[5:])))  # 5 missing, the rest reversed
+    narrow = rejected.set_column(rejected.schema.get_field_index("start_frame"), "start_frame",
+                                 pa.array(range(40), pa.int32()))  # fmt: skip
+    extra = read_back.append_column("not_in_any_schema", pa.array(range(40)))
+    cases = {
+        "read back": (read_back, REJECTED_SCHEMA),
+        "rejected -> clips": (read_back, CLIP_SCHEMA),
+        "clips -> rejected": (conform(read_back, CLIP_SCHEMA), REJECTED_SCHEMA),
+        "shuffled, missing": (shuffled, REJECTED_SCHEMA),
+        "a narrower type": (narrow, REJECTED_SCHEMA),
+        "an extra column": (extra, REJECTED_SCHEMA),
+    }
+    for name, (t, schema) in cases.items():
+        out = conform(t, schema)
+        assert out.schema.equals(schema, check_metadata=True), name
+        assert [str(f.type) for f in out.schema] == [str(f.type) for f in schema], name
+        assert as_bytes(out) == as_bytes(rebuilt(t, schema)), name
+
+
+def test_tally_counts_the_same_in_pieces_and_whole():
+    # a group's tally counts in Python, a whole run's scan with a group_by: the two must agree
+    import pyarrow as pa
+
+    from vidsift.pipeline.select import add_tallies, tally
+
+    n = 10_000
+    stage = ["score_motion", "split_scenes"]
+    reason = ["low_motion", "scene_too_short", None]
+    rejected = pa.table({"reject_stage": [stage[k % 2] for k in range(n)],
+                         "reject_reason": [reason[k % 3] for k in range(n)]})  # fmt: skip
+    status = ["ok", "rejected", None]
+    why = ["no_clip_accepted", None, "unreadable", "duplicate_file"]
+    videos = pa.table({"status": [status[k % 3] for k in range(n)], "reason": [why[k % 4] for k in range(n)]})
+    clips = pa.table({"duration_s": [0.5] * n})
+    whole = tally(clips, rejected, videos)
+    pieces = [tally(*(t.slice(k, 1000) for t in (clips, rejected, videos))) for k in range(0, n, 1000)]
+    assert whole == add_tallies(pieces)
+    assert whole["rejected"][("score_motion", "low_motion")] == len(range(0, n, 6))
+    assert whole["videos_ok"] == len(range(0, n, 3))
+    assert whole["videos_rejected"][None] == len(range(1, n, 12))  # rejected (k % 3 == 1) without reason
