@@ -326,7 +326,6 @@ def conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
     if t.column_names == names:
         cols = t.columns
     else:
-        have = set(t.column_names)
         cols = [t.column(f.name) if f.name in have else pa.nulls(t.num_rows, f.type) for f in schema]
     cols = [c if _same_type(c.type, f.type) else c.cast(f.type) for c, f in zip(cols, schema, strict=True)]
     return pa.Table.from_arrays(cols, schema=schema)
