@@ -47,9 +47,15 @@ def init_ray(address: str | None, env: dict[str, str] | None = None, actors: boo
         else:
             # Embedded local Ray; workers import vidsift from the same environment as the driver. Their
             # output (model-loading progress bars, library warnings) stays in Ray's log files
-            # (/tmp/ray/session_latest/logs): errors still reach the driver as exceptions.
+            # (/tmp/ray/session_latest/logs): errors still reach the driver as exceptions. "local": a new
+            # instance even where `ray start` runs on this machine, which a bare ray.init() would join
+            # unasked (join it with --address auto).
             ray.init(
-                include_dashboard=False, logging_level="ERROR", log_to_driver=False, runtime_env=runtime_env
+                address="local",
+                include_dashboard=False,
+                logging_level="ERROR",
+                log_to_driver=False,
+                runtime_env=runtime_env,
             )
     finally:
         if quiet:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.cluster.jobs import clip_ids, manifest, read_rows, submit_curate
+from tests.cluster.local_cluster import LocalCluster
 from tests.conftest import vidsift_exe
 from vidsift.pipeline.cluster import check_fits
 from vidsift.pipeline.recipe import RecipeError
@@ -336,3 +341,31 @@ def test_the_quick_start_recipe_runs_on_two_one_cpu_nodes(cluster, quickstart_ru
     clips = read_rows(str(out), "clips")
     assert all(c["caption_vlm"] and c["caption"] and c["caption_random_weights"] for c in clips)
     assert all(c["text_emb"] for c in clips)  # the last clip stage ran on every clip
+
+
+@pytest.mark.timeout(300)
+def test_without_an_address_a_run_starts_its_own_ray_beside_a_running_cluster():
+    # `ray start` records its address under Ray's temp folder (RAY_TMPDIR/ray), where a bare ray.init()
+    # looks first and joins it unasked; vidsift without --address or RAY_ADDRESS starts its own Ray
+    base = tempfile.mkdtemp(prefix="vsrt", dir="/tmp")  # short: Ray's socket paths live under it
+    os.mkdir(os.path.join(base, "ray"))
+    cluster = LocalCluster(temp_dir=os.path.join(base, "ray"))
+    try:
+        cluster.start_head(num_cpus=1)
+        code = (
+            "import ray\n"
+            "from vidsift.pipeline.ray_session import init_ray\n"
+            "ray.init(logging_level='ERROR'); print(ray.get_runtime_context().gcs_address); ray.shutdown()\n"
+            "init_ray(None, actors=False); print(ray.get_runtime_context().gcs_address); ray.shutdown()\n"
+        )
+        env = {**cluster.env(), "RAY_TMPDIR": base}
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        bare, ours = (address.rsplit(":", 1)[1] for address in done.stdout.split()[-2:])  # ports
+        assert bare == str(cluster.gcs_port)  # the premise: a bare ray.init() joins the cluster
+        assert ours != str(cluster.gcs_port)
+    finally:
+        cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)

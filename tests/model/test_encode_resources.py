@@ -40,7 +40,7 @@ def test_encode_actors_request_the_clusters_gpu(tmp_path, monkeypatch):
         raise Stop
 
     monkeypatch.setattr(ray.data.Dataset, "map_batches", capture)
-    ray.init(num_cpus=1, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=1, num_gpus=1, include_dashboard=False, log_to_driver=False)
     try:
         with pytest.raises(Stop):
             encode.encode_shards(str(tmp_path), str(vae))
