@@ -17,6 +17,19 @@ def _fail(message: str) -> int:
     return EXIT_USAGE
 
 
+def _mebibytes(text: str) -> float:
+    """A ``--merge-mib`` value: a finite number >= 0."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
 def cmd_curate(args: argparse.Namespace) -> int:
     from vidsift.pipeline.process import EXIT_INCOMPLETE
     from vidsift.pipeline.recipe import RecipeError, load_recipe
@@ -155,7 +168,8 @@ def cmd_select(args: argparse.Namespace) -> int:
     new_folder = "://" not in args.output and not Path(args.output).exists()
     try:
         with output_lock(args.output, "select"):  # a progress bar on stderr; stdout: the JSON result
-            moves = select_run(args.run, args.output, where=args.where, sql=args.sql, quiet=False)
+            merge = {} if args.merge_mib is None else {"merge_mib": args.merge_mib}
+            moves = select_run(args.run, args.output, where=args.where, sql=args.sql, quiet=False, **merge)
     except (SelectError, OutputLocked) as e:
         if new_folder and Path(args.output).is_dir() and not any(Path(args.output).iterdir()):
             Path(args.output).rmdir()  # refused before writing: leave no empty folder behind
@@ -304,6 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--output", required=True, help="new run folder, local or s3:// (must not exist or be empty)"
+    )
+    p.add_argument(
+        "--merge-mib",
+        type=_mebibytes,
+        default=None,
+        metavar="MIB",
+        help="write consecutive groups whose files add up to less than MIB as one group, named after the "
+        "first (default: 32; 0: keep every group as it is)",
     )
     p.set_defaults(func=cmd_select)
 

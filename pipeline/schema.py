@@ -23,6 +23,7 @@ SCHEMA_VERSION = 1
 # has its own columns, and one schema must hold them all); null when the input was not a list. Older runs
 # lack the column: readers take it as null.
 SOURCE_META_DOC = "the input list's other columns for this video: a JSON object (null: not from a list)"
+GROUP_DOC = "the group whose files hold it (select may merge input groups)"
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ VIDEO_COLUMNS: list[Column] = [
     Column("source_uri", pa.string(), "runner", "input path or URI, as listed", nullable=False),
     Column("source_meta", pa.string(), "runner", SOURCE_META_DOC),
     Column("video_id", pa.string(), "probe", "first 16 hex digits of the content hash; null if unreadable"),
-    Column("group", pa.string(), "runner", "deterministic input group this file belongs to", nullable=False),
+    Column("group", pa.string(), "runner", GROUP_DOC, nullable=False),
     Column("status", pa.string(), "runner", "`ok` (analysed) or `rejected`", nullable=False),
     Column("reason", pa.string(), "probe/analyze", "why the video was rejected (see docs/schema.md)"),
     Column("detail", pa.string(), "probe/analyze", "human-readable detail of the rejection"),
@@ -98,7 +99,7 @@ CLIP_COLUMNS: list[Column] = [
     Column("video_id", pa.string(), "probe", "the source's content id", nullable=False),
     Column("source_uri", pa.string(), "runner", "input path or URI", nullable=False),
     Column("source_meta", pa.string(), "runner", SOURCE_META_DOC),
-    Column("group", pa.string(), "runner", "input group", nullable=False),
+    Column("group", pa.string(), "runner", GROUP_DOC, nullable=False),
     Column("scene_index", pa.int32(), "split_scenes", "0-based index of the candidate in its video"),
     Column("start_frame", pa.int64(), "split_scenes", "first source frame (0-based decode index)"),
     Column("end_frame", pa.int64(), "split_scenes", "one past the last source frame"),

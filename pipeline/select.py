@@ -208,6 +208,11 @@ SELECT_THREADS = min(4, os.cpu_count() or 1)  # groups decided at once by select
 SELECT_PROCESSES = min(8, os.cpu_count() or 1)
 PROCESS_MIN_GROUPS = 64
 PROCESS_CHUNK = 8
+# select writes consecutive groups whose files add up to less than MERGE_MIB MiB as one group
+# (``plan_groups``): every file costs about as much to create, set up and close as writing a few hundred
+# rows without media (docs/benchmarks.md, issue 16); groups of clips with media are larger and stay as
+# they are
+MERGE_MIB = 32
 
 
 def sql_mask(condition: str) -> Mask:
@@ -297,6 +302,48 @@ def read_group_tables(out: Location, group: str) -> dict[str, pa.Table]:
                 raise
             raise SelectError(f"{path}: not a readable shard file ({str(e).splitlines()[0]})") from None
     return tables
+
+
+def read_members(out: Location, members: list[str]) -> dict[str, pa.Table]:
+    """``read_group_tables`` of consecutive groups as one: each table concatenated in order, with the
+    ``group`` column naming the first of them (the group ``plan_groups`` writes them as)."""
+    if len(members) == 1:
+        return read_group_tables(out, members[0])
+    parts = [read_group_tables(out, g) for g in members]
+    tables = {}
+    for name in TABLES:
+        t = pa.concat_tables([p[name] for p in parts]).combine_chunks()
+        i = t.schema.get_field_index("group")
+        tables[name] = t.set_column(i, t.schema.field(i), pa.repeat(pa.scalar(members[0]), t.num_rows))
+    return tables
+
+
+def plan_groups(src: Location, groups: list[str], merge_mib: float) -> list[list[str]]:
+    """The groups ``select_run`` writes, each a list of consecutive ``groups`` of ``src`` (in order): a group
+    takes the next ones while its files (all tables) add up to less than ``merge_mib`` MiB. Groups are
+    named after their first member. ``merge_mib`` 0: every group as it is."""
+    if merge_mib <= 0:
+        return [[g] for g in groups]
+    size: Counter = Counter()
+    for name in TABLES:
+        try:
+            files = storage.list_files(storage.join(src, name))
+        except FileNotFoundError:
+            continue
+        for path, n in files.items():
+            base = str(path).rsplit("/", 1)[-1]
+            if base.endswith(".parquet"):
+                size[base.removesuffix(".parquet")] += n
+    limit = merge_mib * (1 << 20)
+    plan: list[list[str]] = []
+    total = limit
+    for g in groups:
+        if total + size[g] > limit:
+            plan.append([])
+            total = 0
+        plan[-1].append(g)
+        total += size[g]
+    return plan
 
 
 def _unreadable(error: Exception) -> bool:
@@ -476,22 +523,24 @@ def _sorted_take(t: pa.Table, idx: np.ndarray) -> pa.Table:
 def _select_group(
     src: Location,
     dst: Location,
-    group: str,
+    members: list[str],
     mask_of: Mask,
     text: str,
     config: WriteShardsConfig,
     latents: dict[str, dict[str, Location]] | None = None,
 ) -> tuple[Counter, dict]:
-    """One group of ``select_run``: decide its rows again and write them to ``dst``, with the cached
-    latents of the clips it keeps (``carry_latents``; ``latents``: ``latent_files(src)``); the move and
-    latents counts and the ``tally`` of what it wrote.
+    """One group of ``select_run`` (``members``: the groups of ``src`` it is made of, ``plan_groups``):
+    decide its rows again and write them to ``dst``, with the cached latents of the clips it keeps
+    (``carry_latents``; ``latents``: ``latent_files(src)``, only for one member); the move and latents
+    counts and the ``tally`` of what it wrote.
 
     Every row gets its new reason columns in one table (kept reasons, ``select_where``,
     ``not_transcoded`` or none), then each output table is one sorted gather of it: the rows and their
     order are those of filtering, concatenating (kept, failed, not transcoded) and sorting by ``_SORT``.
     """
     moves: Counter = Counter()
-    t = read_group_tables(src, group)
+    group = members[0]
+    t = read_members(src, members)
     # one chunk per column: Arrow's take over two chunks of binary is 3x the cost of joining them first
     rows = pa.concat_tables([conform(t["clips"], REJECTED_SCHEMA), t["rejected"]]).combine_chunks()
     reason = rows.column("reject_reason")
@@ -549,26 +598,32 @@ def _mask_for(where: str | None, sql: str | None) -> Mask:
 def select_in_processes(
     src: Location,
     dst: Location,
-    groups: list[str],
+    groups: list[list[str]],
     where: str | None,
     sql: str | None,
     config: WriteShardsConfig,
     latents: dict[str, dict[str, Location]] | None,
     workers: list,
 ) -> Iterator[tuple[int, Counter, dict]]:
-    """``_select_group`` for every group in worker processes (``pipeline/select_worker.py``, from
-    ``start_workers``), yielding ``(index in groups, moves, tally)`` as groups finish, in any order.
+    """``_select_group`` for every group of ``groups`` (``plan_groups``: each the list of its members) in
+    worker processes (``pipeline/select_worker.py``, from ``start_workers``), yielding ``(index in groups,
+    moves, tally)`` as groups finish, in any order.
 
-    Each worker takes the next ``PROCESS_CHUNK`` groups when it is done with its last, so large and small
-    groups even out. A worker's ``SelectError`` is raised here as it was; a worker that dies is an error
-    naming its exit status. Workers still running when this stops (an error, Ctrl-C) are killed.
+    Each worker takes the next chunk (groups of ``PROCESS_CHUNK`` members or more in all) when it is done
+    with its last, so large and small groups even out. A worker's ``SelectError`` is raised here as it
+    was; a worker that dies is an error naming its exit status. Workers still running when this stops (an
+    error, Ctrl-C) are killed.
     """
     import pickle
     import queue
     import subprocess
 
-    indexed = list(enumerate(groups))
-    todo = iter([indexed[i : i + PROCESS_CHUNK] for i in range(0, len(indexed), PROCESS_CHUNK)])
+    chunks: list[list[tuple[int, list[str]]]] = [[]]
+    for index, members in enumerate(groups):
+        if sum(len(m) for _, m in chunks[-1]) >= PROCESS_CHUNK:
+            chunks.append([])
+        chunks[-1].append((index, members))
+    todo = iter(chunks if groups else [])
     lock = threading.Lock()
     results: queue.Queue = queue.Queue()
     task = {"src": src, "dst": dst, "where": where, "sql": sql, "config": config, "latents": latents}
@@ -670,8 +725,13 @@ def select_run(
     log: Callable[[str], None] | None = None,
     quiet: bool = True,
     processes: int | None = None,
+    merge_mib: float = MERGE_MIB,
 ) -> dict:
     """Write ``dst``: the rows of ``src`` decided again by ``where`` (or a DuckDB ``sql`` condition).
+
+    ``merge_mib``: consecutive groups whose files add up to less than this are written as one group, named
+    after the first (``plan_groups``; 0: each group as it is). A run with cached latents keeps its groups
+    (a latents file is one group's, with that group's encode settings).
 
     ``log`` gets a progress line about every tenth of the groups; unless ``quiet``, a progress bar over the
     groups shows on stderr (``pipeline/progress.py``, curate's look).
@@ -697,14 +757,24 @@ def select_run(
     # groups are independent: worker processes (small runs: threads) each decide and write whole groups
     from vidsift.pipeline.progress import progress_bar
 
-    groups = sorted(done_groups(src))
+    read = sorted(done_groups(src))
     if processes is None:
-        processes = SELECT_PROCESSES if len(groups) >= PROCESS_MIN_GROUPS and SELECT_PROCESSES > 1 else 0
-    tallies: list[dict] = [{}] * len(groups)  # each group's tally, in group order: counted, not re-read
+        processes = SELECT_PROCESSES if len(read) >= PROCESS_MIN_GROUPS and SELECT_PROCESSES > 1 else 0
     workers = start_workers(processes)  # they start up while this reads the run's settings
     try:
         config = config or _run_write_config(src)
         latents = latent_files(src)
+        groups = plan_groups(src, read, 0 if latents else merge_mib)
+        tallies: list[dict] = [{}] * len(groups)  # each group's tally, in group order: counted, not re-read
+        if len(groups) < len(read):
+            line = (
+                f"select: {len(read)} groups written as {len(groups)} "
+                f"(consecutive groups of less than {merge_mib:g} MiB in all are merged)"
+            )
+            if log:
+                log(line)
+            elif not quiet:
+                print(line, file=sys.stderr)
         bar = progress_bar("select", "groups", "{task.fields[rows]} rows decided", quiet=quiet)
         with bar, ThreadPoolExecutor(max_workers=SELECT_THREADS) as pool:
             task = bar.add_task("select", total=len(groups), rows=0)
@@ -713,7 +783,8 @@ def select_run(
             else:
                 mask_of = _mask_for(where, sql)
                 jobs = [
-                    pool.submit(_select_group, src, dst, g, mask_of, text, config, latents) for g in groups
+                    pool.submit(_select_group, src, dst, members, mask_of, text, config, latents)
+                    for members in groups
                 ]
                 done = ((k, *job.result()) for k, job in enumerate(jobs))
             with closing(done):  # an error or Ctrl-C here stops the workers at once
@@ -729,7 +800,13 @@ def select_run(
     moves = Counter({k: v for k, v in moves.items() if v})
     manifest = json.loads(storage.read_text(storage.join(src, "manifest.json")))
     kind = "where" if where is not None else "sql"
-    manifest["select"] = {"source": str(src), kind: text, "moves": dict(sorted(moves.items()))}
+    manifest["select"] = {
+        "source": str(src),
+        kind: text,
+        "moves": dict(sorted(moves.items())),
+        "groups_read": len(read),
+        "groups_written": len(groups),
+    }
     if latents:
         kinds = ("latents_rows", "latents_rows_dropped", "latents_clips_missing", "latents_groups_incomplete")
         manifest["select"]["latents"] = {"models": sorted(latents), **{k: carried[k] for k in kinds}}
@@ -747,7 +824,7 @@ def select_run(
     # leaves no manifest); all is on the device before the manifest says the run is there: worker processes
     # flush their files behind them and exit when done, threads' files are flushed here in one pass
     if not processes:
-        storage.sync_files([f for g in groups for f in group_files(dst, g)])
+        storage.sync_files([f for members in groups for f in group_files(dst, members[0])])
     recipe = storage.join(src, "recipe.resolved.toml")
     if storage.exists(recipe):
         storage.write_text_atomic(storage.join(dst, "recipe.resolved.toml"), storage.read_text(recipe))

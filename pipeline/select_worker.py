@@ -2,11 +2,11 @@
 ``python -m vidsift.pipeline.select_worker``).
 
 Protocol, pickles over pipes: stdin carries the task (``src``, ``dst``, ``where``, ``sql``, write settings,
-cached latents), then chunks of ``(index, group)`` until it closes; stdout carries, per group,
-``("group", index, moves, tally)``, then ``("chunk",)`` after each chunk, or one ``("error", kind,
-message)`` before the worker stops. The worker writes its files without a flush each; a thread of its own
-flushes them behind it (``storage.sync_files``), and it exits once every file it wrote, and their folders,
-are on the device. A separate program rather than ``multiprocessing``: a spawned
+cached latents), then chunks of ``(index, members)`` (``select.plan_groups``) until it closes; stdout
+carries, per group, ``("group", index, moves, tally)``, then ``("chunk",)`` after each chunk, or one
+``("error", kind, message)`` before the worker stops. The worker writes its files without a flush each; a
+thread of its own flushes them behind it (``storage.sync_files``), and it exits once every file it wrote,
+and their folders, are on the device. A separate program rather than ``multiprocessing``: a spawned
 ``multiprocessing`` worker first imports the caller's main script again (a script without a
 ``__main__`` guard, or code piped to Python, breaks it); this one imports nothing of the caller's.
 """
@@ -52,11 +52,11 @@ def main() -> None:
                 chunk = pickle.load(stdin)
             except EOFError:
                 break
-            for index, group in chunk:
+            for index, members in chunk:
                 moves, group_tally = _select_group(
-                    task["src"], task["dst"], group, mask_of, text, task["config"], task["latents"]
+                    task["src"], task["dst"], members, mask_of, text, task["config"], task["latents"]
                 )
-                files = group_files(task["dst"], group)
+                files = group_files(task["dst"], members[0])
                 written.put(files)
                 folders.update(os.path.dirname(str(f)) for f in files)
                 pickle.dump(("group", index, moves, group_tally), results)

@@ -73,8 +73,13 @@ def test_select_where_and_sql_agree_with_the_row_language(tmp_path):
     where = "motion_score > 0.8 and not aesthetic_score < 4.0"
     sql = "motion_score > 0.8 AND NOT aesthetic_score < 4.0"
     a = run_cli("select", str(src), "--where", where, "--output", str(tmp_path / "a"))
-    b = run_cli("select", str(src), "--sql", sql, "--output", str(tmp_path / "b"))
+    b = run_cli("select", str(src), "--sql", sql, "--output", str(tmp_path / "b"), "--merge-mib", "0")
     assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    # small groups are written as one unless --merge-mib 0 says otherwise
+    assert [len(list((tmp_path / d / "_done").iterdir())) for d in "ab"] == [1, 3]
+    assert "3 groups written as 1" in a.stderr
+    bad = run_cli("select", str(src), "--sql", sql, "--output", str(tmp_path / "x"), "--merge-mib", "-1")
+    assert bad.returncode == 2 and "--merge-mib: must be a finite number >= 0" in bad.stderr
     expected = _reference(src, where)
     assert 0 < len(expected) < len(_rows(src, "clips")) + len(_rows(src, "rejected"))
     for out in (tmp_path / "a", tmp_path / "b"):
@@ -113,7 +118,7 @@ def test_select_flushes_every_file_once_before_the_manifest(tmp_path, fsynced):
     synced = fsynced
     synced.clear()  # the source run's own flushes
     out = tmp_path / "sel"
-    select_run(src, out, where="motion_score > 0.8")
+    select_run(src, out, where="motion_score > 0.8", merge_mib=0)  # every group as it is
     manifest = next(i for i, p in enumerate(synced) if "manifest.json" in p)
     written = sorted(str(p) for p in out.glob("*/*.parquet"))
     assert len(written) == 9  # 3 groups x 3 tables
@@ -122,18 +127,31 @@ def test_select_flushes_every_file_once_before_the_manifest(tmp_path, fsynced):
     assert not any(".tmp-" in p and "manifest" not in p for p in synced)  # no flush per file
 
 
-def test_worker_processes_write_what_threads_write(tmp_path):
+def _mib(run: Path, groups: list[str]) -> float:
+    """What ``groups``' files of all tables add up to, in MiB."""
+    return sum((run / t / f"{g}.parquet").stat().st_size for t in ("clips", "rejected", "videos")
+               for g in groups) / (1 << 20)  # fmt: skip
+
+
+@pytest.mark.parametrize("merged", [False, True])
+def test_worker_processes_write_what_threads_write(tmp_path, merged):
     """Large runs are decided in worker processes (``select_worker.py``): the same files byte for byte, the
-    same moves and manifest counts as threads; a bad SQL condition is refused before any worker starts."""
+    same moves and manifest counts as threads, with each group as it is or with small groups merged
+    (here the first two into one); a bad SQL condition is refused before any worker starts."""
     import filecmp
 
     src = scored_run(tmp_path / "run", n=240)
     where = "motion_score > 0.8 and aesthetic_score >= 4.0"
-    by_threads = select_run(src, tmp_path / "t", where=where, processes=0)
-    by_workers = select_run(src, tmp_path / "p", where=where, processes=2)
+    merge = _mib(src, ["g000000", "g000001"]) if merged else 0
+    by_threads = select_run(src, tmp_path / "t", where=where, processes=0, merge_mib=merge)
+    by_workers = select_run(src, tmp_path / "p", where=where, processes=2, merge_mib=merge)
     assert by_threads == by_workers and by_workers["accepted_to_rejected"] > 0
     files = sorted(p.relative_to(tmp_path / "t") for p in (tmp_path / "t").rglob("*") if p.is_file())
-    assert len(files) == 3 * 3 + 3 + 1  # 3 groups x 3 tables, 3 markers, the manifest
+    groups = 2 if merged else 3
+    assert len(files) == groups * 3 + groups + 1  # groups x 3 tables, their markers, the manifest
+    assert {f.name for f in files if f.parent.name == "_done"} == {"g000000", "g000002", "g000001"} - (
+        {"g000001"} if merged else set()
+    )
     assert files == sorted(p.relative_to(tmp_path / "p") for p in (tmp_path / "p").rglob("*") if p.is_file())
     for f in files:
         if f.name != "manifest.json":
@@ -142,6 +160,63 @@ def test_worker_processes_write_what_threads_write(tmp_path):
     assert counts[0] == counts[1]
     with pytest.raises(SelectError, match="syntax error"):
         select_run(src, tmp_path / "bad", sql="motion_score >", processes=2)
+
+
+def test_small_groups_are_written_as_one_with_every_row_and_count(tmp_path):
+    """Consecutive groups whose files add up to less than ``merge_mib`` become one group named after the
+    first: the same rows and bytes as a select that keeps every group (only ``group`` differs, and names the
+    file the row is in), the same counts; the manifest says how many groups were read and written; the
+    run-wide dedup pass then finds a planted copy across the old group boundary and rewrites the right
+    file."""
+    rows = synthetic(60, seed=21, prefix="m")
+    plant = _planted_copy(rows[5], 5)
+    plant["source_uri"] = rows[5]["source_uri"].replace("/raw/", "/other/")
+    src = write_run(tmp_path / "run", rows + [plant], groups=4)
+    groups = sorted(p.name for p in (src / "_done").iterdir())
+    source = {**_rows(src, "clips")}
+    assert len(groups) >= 3 and source[plant["clip_id"]]["group"] != source[rows[5]["clip_id"]]["group"]
+    where = "width >= 320"
+    kept = select_run(src, tmp_path / "kept", where=where, merge_mib=0)
+    merged = select_run(src, tmp_path / "merged", where=where)  # a few KiB in all: one group
+    assert kept == merged
+    assert sorted(p.name for p in (tmp_path / "merged" / "_done").iterdir()) == groups[:1]
+    for table in ("clips", "rejected", "videos"):
+        a = ds.dataset(tmp_path / "kept" / table, format="parquet").to_table()
+        b = ds.dataset(tmp_path / "merged" / table, format="parquet").to_table()
+        assert [p.name for p in (tmp_path / "merged" / table).iterdir()] == [f"{groups[0]}.parquet"]
+        assert set(b.column("group").to_pylist()) <= {groups[0]} and b.num_rows == a.num_rows
+        key = "clip_id" if table != "videos" else "source_uri"
+        assert sorted(b.drop_columns(["group"]).to_pylist(), key=lambda r: r[key]) == sorted(
+            a.drop_columns(["group"]).to_pylist(), key=lambda r: r[key]
+        )
+        if table != "videos":  # one group in the shards' order: by source, then start frame
+            keys = list(
+                zip(b.column("source_uri").to_pylist(), b.column("start_frame").to_pylist(), strict=True)
+            )
+            assert keys == sorted(keys)
+    manifests = [json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("kept", "merged")]
+    assert [m["select"]["groups_written"] for m in manifests] == [len(groups), 1]
+    assert manifests[1]["select"]["groups_read"] == len(groups)
+    drop = lambda c: {k: v for k, v in c.items() if k != "groups_done"}  # noqa: E731
+    assert drop(manifests[0]["counts"]) == drop(manifests[1]["counts"])
+    assert manifests[1]["counts"]["groups_done"] == 1
+    found = dedup_finished_run(str(tmp_path / "merged"))
+    assert found["moved"] == 1
+    dup = _rows(tmp_path / "merged", "rejected")[plant["clip_id"]]
+    assert dup["dup_of"] == rows[5]["clip_id"] and dup["reject_reason"] == "near_duplicate"
+    assert plant["clip_id"] not in _rows(tmp_path / "merged", "clips")
+
+
+def test_groups_are_planned_by_their_files_sizes(tmp_path):
+    from vidsift.pipeline.select import plan_groups
+
+    src = write_run(tmp_path / "run", synthetic(80, seed=22, prefix="p"), groups=4)
+    groups = sorted(p.name for p in (src / "_done").iterdir())
+    assert plan_groups(src, groups, 0) == [[g] for g in groups]
+    assert plan_groups(src, groups, 1024) == [groups]
+    two = _mib(src, groups[:2])  # the first two fit exactly; the third would pass the limit
+    assert plan_groups(src, groups, two)[0] == groups[:2]
+    assert plan_groups(src, groups, _mib(src, groups[:1]) / 2) == [[g] for g in groups]  # none fits: alone
 
 
 @pytest.mark.parametrize("processes", [0, 2])
