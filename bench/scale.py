@@ -26,7 +26,9 @@
    workers, sampled every 0.2 s): ``dedup`` (``vidsift dedup``'s code), ``select`` (``--where``) beside a
    DuckDB ``COPY (SELECT ... WHERE ...) TO`` of the same rows and beside ``shard_copy`` (every group file
    read and written again unchanged with the shard contract's writer settings: the part of select's cost
-   that byte-identical shards cannot lose), ``stats`` (``compute_stats``) and the manifest recount.
+   that byte-identical shards cannot lose; select writes fewer, merged groups, so it can pass it) and
+   ``select_each`` (select keeping every group, ``--merge-mib 0``), ``stats`` (``compute_stats``) and the
+   manifest recount.
    Recall and precision are on the planted pairs: a pair counts as found when the two real clips end in
    one duplicate group; any duplicate involving a background row is a false positive.
 4. The growth exponent between consecutive sizes: ``log(t2/t1) / log(n2/n1)``.
@@ -700,6 +702,11 @@ def step(name: str, run: Path, scratch: Path, dedup_set: list[str] = ()) -> dict
 
         shutil.rmtree(scratch, ignore_errors=True)
         return select_run(run, scratch, where=WHERE)
+    if name == "select_each":  # select keeping every group as it is (--merge-mib 0): what merging saves
+        from vidsift.pipeline.select import select_run
+
+        shutil.rmtree(scratch, ignore_errors=True)
+        return select_run(run, scratch, where=WHERE, merge_mib=0)
     if name == "select_sql":
         from vidsift.pipeline.select import select_run
 
@@ -898,7 +905,7 @@ def baseline_dedup(n: int, real: pa.Table, seed: int) -> float:
     return time.time() - t0
 
 
-STEPS = ["dedup", "select", "duckdb_copy", "shard_copy", "select_sql", "stats", "manifest"]
+STEPS = ["dedup", "select", "duckdb_copy", "shard_copy", "select_sql", "select_each", "stats", "manifest"]
 
 
 def main() -> None:
@@ -1012,6 +1019,7 @@ def main() -> None:
                 )
                 print(f"    planted: {row['quality']}", flush=True)
         pairs = [("select", "duckdb_copy"), ("select_sql", "duckdb_copy"), ("select", "shard_copy")]
+        pairs += [("select_each", "duckdb_copy"), ("select", "select_each")]
         for a_, b_ in pairs + [("shard_copy", "duckdb_copy")]:
             if a_ in row and b_ in row:
                 print(

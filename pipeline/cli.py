@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_mebibytes,
         default=None,
         metavar="MIB",
-        help="write consecutive groups whose files add up to less than MIB as one group, named after the "
+        help="write consecutive groups whose files add up to no more than MIB as one group, named after the "
         "first (default: 32; 0: keep every group as it is)",
     )
     p.set_defaults(func=cmd_select)

@@ -208,7 +208,7 @@ SELECT_THREADS = min(4, os.cpu_count() or 1)  # groups decided at once by select
 SELECT_PROCESSES = min(8, os.cpu_count() or 1)
 PROCESS_MIN_GROUPS = 64
 PROCESS_CHUNK = 8
-# select writes consecutive groups whose files add up to less than MERGE_MIB MiB as one group
+# select writes consecutive groups whose files add up to no more than MERGE_MIB MiB as one group
 # (``plan_groups``): every file costs about as much to create, set up and close as writing a few hundred
 # rows without media (docs/benchmarks.md, issue 16); groups of clips with media are larger and stay as
 # they are
@@ -312,7 +312,7 @@ def read_members(out: Location, members: list[str]) -> dict[str, pa.Table]:
     parts = [read_group_tables(out, g) for g in members]
     tables = {}
     for name in TABLES:
-        t = pa.concat_tables([p[name] for p in parts]).combine_chunks()
+        t = pa.concat_tables([p[name] for p in parts])  # (joined once, by _select_group)
         i = t.schema.get_field_index("group")
         tables[name] = t.set_column(i, t.schema.field(i), pa.repeat(pa.scalar(members[0]), t.num_rows))
     return tables
@@ -320,7 +320,7 @@ def read_members(out: Location, members: list[str]) -> dict[str, pa.Table]:
 
 def plan_groups(src: Location, groups: list[str], merge_mib: float) -> list[list[str]]:
     """The groups ``select_run`` writes, each a list of consecutive ``groups`` of ``src`` (in order): a group
-    takes the next ones while its files (all tables) add up to less than ``merge_mib`` MiB. Groups are
+    takes the next ones while its files (all tables) add up to no more than ``merge_mib`` MiB. Groups are
     named after their first member. ``merge_mib`` 0: every group as it is."""
     if merge_mib <= 0:
         return [[g] for g in groups]
@@ -729,7 +729,7 @@ def select_run(
 ) -> dict:
     """Write ``dst``: the rows of ``src`` decided again by ``where`` (or a DuckDB ``sql`` condition).
 
-    ``merge_mib``: consecutive groups whose files add up to less than this are written as one group, named
+    ``merge_mib``: consecutive groups whose files add up to no more than this are written as one group, named
     after the first (``plan_groups``; 0: each group as it is). A run with cached latents keeps its groups
     (a latents file is one group's, with that group's encode settings).
 
@@ -769,7 +769,7 @@ def select_run(
         if len(groups) < len(read):
             line = (
                 f"select: {len(read)} groups written as {len(groups)} "
-                f"(consecutive groups of less than {merge_mib:g} MiB in all are merged)"
+                f"(consecutive groups of up to {merge_mib:g} MiB in all merged)"
             )
             if log:
                 log(line)
