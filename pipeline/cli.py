@@ -325,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="MIB",
         help="write consecutive groups whose files add up to no more than MIB as one group, named after the "
-        "first (default: 32; 0: keep every group as it is)",
+        "first (default: 8; 0: keep every group as it is)",
     )
     p.set_defaults(func=cmd_select)
 

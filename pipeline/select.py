@@ -212,7 +212,7 @@ PROCESS_CHUNK = 8
 # (``plan_groups``): every file costs about as much to create, set up and close as writing a few hundred
 # rows without media (docs/benchmarks.md, issue 16); groups of clips with media are larger and stay as
 # they are
-MERGE_MIB = 32
+MERGE_MIB = 8
 
 
 def sql_mask(condition: str) -> Mask:
