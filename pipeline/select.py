@@ -799,6 +799,7 @@ def select_run(
         stop_workers(workers)  # (finished workers have exited; this reaps them)
     moves = Counter({k: v for k, v in moves.items() if v})
     manifest = json.loads(storage.read_text(storage.join(src, "manifest.json")))
+    manifest.setdefault("counts", {})["groups"] = len(groups)  # this run's groups (merged ones count once)
     kind = "where" if where is not None else "sql"
     manifest["select"] = {
         "source": str(src),

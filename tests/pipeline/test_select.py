@@ -16,6 +16,7 @@ from vidsift.pipeline import storage
 from vidsift.pipeline.dedup_run import dedup_finished_run
 from vidsift.pipeline.select import SelectError, parse_where, select_run
 from vidsift.pipeline.stages.write_shards import WriteShardsConfig, write_group
+from vidsift.pipeline.stats import compute_stats
 
 
 def _reason(stage: str, reason: str) -> dict:
@@ -197,9 +198,11 @@ def test_small_groups_are_written_as_one_with_every_row_and_count(tmp_path):
     manifests = [json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("kept", "merged")]
     assert [m["select"]["groups_written"] for m in manifests] == [len(groups), 1]
     assert manifests[1]["select"]["groups_read"] == len(groups)
-    drop = lambda c: {k: v for k, v in c.items() if k != "groups_done"}  # noqa: E731
+    drop = lambda c: {k: v for k, v in c.items() if k not in ("groups", "groups_done")}  # noqa: E731
     assert drop(manifests[0]["counts"]) == drop(manifests[1]["counts"])
-    assert manifests[1]["counts"]["groups_done"] == 1
+    assert manifests[1]["counts"]["groups_done"] == manifests[1]["counts"]["groups"] == 1
+    checks = compute_stats(tmp_path / "merged")["checks"]  # `vidsift stats` finds every group there
+    assert [c["ok"] for c in checks if c["check"] == "every group finished"] == [True], checks
     found = dedup_finished_run(str(tmp_path / "merged"))
     assert found["moved"] == 1
     dup = _rows(tmp_path / "merged", "rejected")[plant["clip_id"]]
