@@ -716,6 +716,14 @@ def _run_write_config(run: Location) -> WriteShardsConfig:
         return WriteShardsConfig()
 
 
+def _say(line: str, log: Callable[[str], None] | None, quiet: bool) -> None:
+    """A line for the user: to ``log`` if given, else on stderr unless ``quiet``."""
+    if log:
+        log(line)
+    elif not quiet:
+        print(line, file=sys.stderr)
+
+
 def select_run(
     src: Location,
     dst: Location,
@@ -767,14 +775,12 @@ def select_run(
         groups = plan_groups(src, read, 0 if latents else merge_mib)
         tallies: list[dict] = [{}] * len(groups)  # each group's tally, in group order: counted, not re-read
         if len(groups) < len(read):
-            line = (
+            _say(
                 f"select: {len(read)} groups written as {len(groups)} "
-                f"(consecutive groups of up to {merge_mib:g} MiB in all merged)"
+                f"(consecutive groups of up to {merge_mib:g} MiB in all merged)",
+                log,
+                quiet,
             )
-            if log:
-                log(line)
-            elif not quiet:
-                print(line, file=sys.stderr)
         bar = progress_bar("select", "groups", "{task.fields[rows]} rows decided", quiet=quiet)
         with bar, ThreadPoolExecutor(max_workers=SELECT_THREADS) as pool:
             task = bar.add_task("select", total=len(groups), rows=0)
@@ -811,16 +817,14 @@ def select_run(
     if latents:
         kinds = ("latents_rows", "latents_rows_dropped", "latents_clips_missing", "latents_groups_incomplete")
         manifest["select"]["latents"] = {"models": sorted(latents), **{k: carried[k] for k in kinds}}
-        line = (
+        _say(
             f"select: cached latents of {len(latents)} model(s) carried: {carried['latents_rows']} rows "
             f"kept, {carried['latents_rows_dropped']} of clips not kept left behind; "
             f"{carried['latents_clips_missing']} newly accepted clips have none "
-            f"({carried['latents_groups_incomplete']} group files marked for `vidsift encode` to redo)"
+            f"({carried['latents_groups_incomplete']} group files marked for `vidsift encode` to redo)",
+            log,
+            quiet,
         )
-        if log:
-            log(line)
-        elif not quiet:
-            print(line, file=sys.stderr)
     # the groups were written without a flush each (select's output is whole or of no use: a killed select
     # leaves no manifest); all is on the device before the manifest says the run is there: worker processes
     # flush their files behind them and exit when done, threads' files are flushed here in one pass
