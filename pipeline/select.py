@@ -10,7 +10,8 @@ with the run-wide dedup pass (``pipeline/dedup_run.py``).
   (``carry_latents``).
 
 It writes whole group files (temporary file, then rename, in ``write_shards.TABLES`` order; flushed to
-the device once, not file by file) and then counts the manifest from the columns of the tables it wrote.
+the device once, not file by file), consecutive small groups merged into one (``plan_groups``,
+``--merge-mib``), and then counts the manifest from the columns of the tables it wrote.
 Runs of ``PROCESS_MIN_GROUPS`` groups or more are decided in worker processes
 (``pipeline/select_worker.py``), smaller ones in threads; the output is the same byte for byte. Its cost
 is reading and writing every group file (``bench/scale.py``, ``docs/benchmarks.md``).
