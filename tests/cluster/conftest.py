@@ -9,13 +9,15 @@ done instead of idling beside the rest of the suite.
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.cluster.local_cluster import LocalCluster
 from tests.cluster.recipes import write_recipe
-from tests.conftest import make_numbered_clip
+from tests.conftest import make_numbered_clip, vidsift_exe
 
 
 @pytest.fixture(scope="package")
@@ -42,6 +44,20 @@ def tiny_clips(tmp_path_factory) -> Path:
 def recipes(tmp_path_factory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("recipes")
     return {"gpu": write_recipe(folder, "gpu", True), "cpu": write_recipe(folder, "cpu", False)}
+
+
+@pytest.fixture(scope="package")
+def embedded_run(tiny_clips, recipes, tmp_path_factory) -> str:
+    """The oracle of the cluster runs: the CPU recipe on ``tiny_clips`` from local disk on an embedded local
+    Ray (no address, no RAY_ variables: not the cluster), run once; read-only. Clip ids derive from content,
+    frames and the row-deciding recipe values, so the same inputs curated on the cluster, from a bucket or
+    with caption stages added must give exactly its clip ids."""
+    out = tmp_path_factory.mktemp("embedded") / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    args = ["curate", recipes["cpu"], "--input", str(tiny_clips), "--output", str(out), "--quiet"]
+    result = subprocess.run([vidsift_exe(), *args], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return str(out)
 
 
 @pytest.fixture(scope="package")
