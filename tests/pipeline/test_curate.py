@@ -220,12 +220,8 @@ def test_resuming_with_other_inputs_is_refused(resume_inputs, tmp_path, videos):
     assert "holds a run over other inputs" in second.stderr and "Traceback" not in second.stderr
 
 
-def test_default_recipe_on_sample_clips(videos, tmp_path):
-    out = tmp_path / "qs"
-    result = run_cli(
-        "curate", RECIPE, "--input", str(videos / "quality"), "--output", str(out), "--limit", "4",
-        "--set", "run.group_size=2", "--set", "split_scenes.min_scene_s=1.0",
-    )  # fmt: skip
+def test_default_recipe_on_sample_clips(sample_run):
+    out, result = sample_run  # RECIPE on four sample clips, group_size 2, min_scene_s 1.0 (conftest.py)
     assert result.returncode == 0, result.stderr
     assert "4/4 videos" in result.stderr and "clips accepted" in result.stderr
     import cv2

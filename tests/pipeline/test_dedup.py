@@ -11,11 +11,11 @@ import numpy as np
 import pyarrow.dataset as ds
 import pytest
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import run_cli
 from vidsift.pipeline.dedup_index import VERIFY_CHUNK, find_near_duplicates, load_hash_table
 from vidsift.pipeline.measures import dhashes
 from vidsift.pipeline.process import process_video
-from vidsift.pipeline.recipe import build_recipe, load_recipe
+from vidsift.pipeline.recipe import build_recipe
 from vidsift.pipeline.stages.dedup import DedupConfig, find_duplicates
 from vidsift.pipeline.stages.score_bars import frame_bars
 from vidsift.pipeline.stages.write_shards import WriteShardsConfig, write_group, write_manifest
@@ -31,22 +31,11 @@ def _copy(ffmpeg: str, src: Path, dst: Path, *vf: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def real(videos, ffmpeg, tmp_path_factory) -> dict[str, list[dict]]:
-    """Accepted clip rows of a real clip, three copies of it and another clip, by the real hashing code."""
-    tmp = tmp_path_factory.mktemp("copies")
-    src = videos / BUNNY
-    paths = {
-        "original": src,
-        "reencoded": _copy(ffmpeg, src, tmp / "reencoded.mp4"),
-        "cropped": _copy(ffmpeg, src, tmp / "cropped.mp4", "crop=iw*0.8:ih*0.8", "scale=320:180"),
-        "reversed": _copy(ffmpeg, src, tmp / "reversed.mp4", "reverse"),
-        "other": videos / "quality/flipping_a_pancake.mkv",
-    }
-    recipe = load_recipe(REPO / "recipes/curate/default.toml")
-    rows = {
-        k: [c for c in process_video(str(p), "g", recipe)[1] if not c.get("reject_reason")]
-        for k, p in paths.items()
-    }
+def real(videos, bunny_copies, processed) -> dict[str, list[dict]]:
+    """Accepted clip rows of a real clip, three copies of it and another clip, by the real hashing code (the
+    default recipe; the copies and the decoded rows are shared with test_filters: conftest.py)."""
+    paths = {"original": videos / BUNNY, **bunny_copies, "other": videos / "quality/flipping_a_pancake.mkv"}
+    rows = {k: [c for c in processed(p)[1] if not c.get("reject_reason")] for k, p in paths.items()}
     assert all(rows.values()), {k: len(v) for k, v in rows.items()}
     return rows
 
@@ -518,7 +507,7 @@ def test_a_recipe_without_score_bars_hashes_as_one_with_it(videos):
     assert without == with_bars
 
 
-def test_boxed_copies_meet_the_original_inside_their_bars(videos, ffmpeg, tmp_path):
+def test_boxed_copies_meet_the_original_inside_their_bars(videos, ffmpeg, processed, tmp_path):
     # a copy squeezed into letterbox or pillarbox bars: before the crops were centred in the picture inside
     # the bars, its samples met the original only near the 10-bit limit (medians 7-10 bits), so the
     # motion test decided; now they meet it within a few bits
@@ -529,10 +518,9 @@ def test_boxed_copies_meet_the_original_inside_their_bars(videos, ffmpeg, tmp_pa
         ),
         "pillarbox": _copy(ffmpeg, src, tmp_path / "pb.mp4", "scale=iw*3/4:ih", "pad=iw*4/3:ih:(ow-iw)/2:0"),
     }
-    recipe = load_recipe(REPO / "recipes/curate/default.toml")
 
-    def accepted(path: Path, tag: str) -> list[dict]:
-        rows = [c for c in process_video(str(path), "g", recipe)[1] if not c.get("reject_reason")]
+    def accepted(path: Path, tag: str) -> list[dict]:  # the default recipe (conftest.py)
+        rows = [c for c in processed(path)[1] if not c.get("reject_reason")]
         assert rows, path
         return [{**r, "clip_id": tag + r["clip_id"]} for r in rows]
 

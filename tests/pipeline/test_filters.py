@@ -1,7 +1,6 @@
 """Quality filters on the sample clips: the upstream expectations in catalog.json, bad inputs, select."""
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,8 +14,7 @@ RECIPE = REPO / "recipes/curate/default.toml"
 
 
 @pytest.fixture(scope="module")
-def scored(videos):
-    recipe = load_recipe(RECIPE)
+def scored(videos, processed):
     names = [
         "quality/video_for_blend_modes.mp4",
         "quality/test_video.mp4",
@@ -27,7 +25,7 @@ def scored(videos):
         "cuts/video1.mp4",
         "cuts/test1.mp4",
     ]
-    return {n: process_video(str(videos / n), "g", recipe)[1] for n in names}
+    return {n: processed(videos / n)[1] for n in names}  # the default recipe (conftest.py)
 
 
 def _weighted(clips, column):
@@ -115,28 +113,16 @@ def test_odd_sources_get_scores_or_reasons(videos, name):
         assert all(c.get("reject_reason") == "low_resolution" for c in clips)
 
 
-def _copy(ffmpeg, src, dst, *vf):
-    cmd = [ffmpeg, "-v", "error", "-y", "-i", str(src)] + (["-vf", ",".join(vf)] if vf else [])
-    subprocess.run(cmd + ["-c:v", "libx264", "-crf", "30", str(dst)], check=True)
-    return dst
-
-
-def test_near_duplicates_reencoded_cropped_reversed(videos, ffmpeg, tmp_path):
+def test_near_duplicates_reencoded_cropped_reversed(videos, bunny_copies, processed):
     src = videos / "quality/Big_Buck_Bunny_180_10s.webm"
-    copies = [
-        _copy(ffmpeg, src, tmp_path / "reencoded.mp4"),
-        _copy(ffmpeg, src, tmp_path / "cropped.mp4", "crop=iw*0.8:ih*0.8", "scale=320:180"),
-        _copy(ffmpeg, src, tmp_path / "reversed.mp4", "reverse"),
-    ]
-    recipe = load_recipe(RECIPE)
-    rows = []
+    rows = []  # the default recipe (conftest.py)
     for path in [
         src,
-        *copies,
+        *bunny_copies.values(),  # re-encoded, cropped and rescaled, reversed (conftest.py)
         videos / "quality/traffic_camera.mp4",
         videos / "quality/flipping_a_pancake.mkv",
     ]:
-        rows.extend(c for c in process_video(str(path), "g", recipe)[1] if not c.get("reject_reason"))
+        rows.extend(c for c in processed(path)[1] if not c.get("reject_reason"))
     dups = find_duplicates(rows, DedupConfig())
     source = {r["clip_id"]: Path(r["source_uri"]).name for r in rows}
     bunny = {src.name, "reencoded.mp4", "cropped.mp4", "reversed.mp4"}
@@ -152,12 +138,8 @@ def test_two_halves_of_a_static_camera_are_not_duplicates(videos):
     assert find_duplicates(rows, DedupConfig()) == {}
 
 
-def test_select_reapplies_thresholds_without_decoding(videos, tmp_path):
-    out = tmp_path / "run"
-    r = run_cli(
-        "curate", str(RECIPE), "--input", str(videos / "quality"), "--output", str(out), "--limit", "4",
-        "--set", "split_scenes.min_scene_s=1.0",
-    )  # fmt: skip
+def test_select_reapplies_thresholds_without_decoding(sample_run, tmp_path):
+    out, r = sample_run  # RECIPE on four sample clips, min_scene_s 1.0 (conftest.py); select only reads it
     assert r.returncode == 0, r.stderr
     before = json.loads((out / "manifest.json").read_text())["counts"]
     strict = tmp_path / "strict"
