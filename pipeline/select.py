@@ -332,9 +332,8 @@ def plan_groups(src: Location, groups: list[str], merge_mib: float) -> list[list
         except FileNotFoundError:
             continue
         for path, n in files.items():
-            base = str(path).rsplit("/", 1)[-1]
-            if base.endswith(".parquet"):
-                size[base.removesuffix(".parquet")] += n
+            if storage.name(path).endswith(".parquet"):
+                size[storage.name(path).removesuffix(".parquet")] += n
     limit = merge_mib * (1 << 20)
     plan: list[list[str]] = []
     total = limit
@@ -620,10 +619,13 @@ def select_in_processes(
     import subprocess
 
     chunks: list[list[tuple[int, list[str]]]] = [[]]
+    taken = 0  # members in the last chunk
     for index, members in enumerate(groups):
-        if sum(len(m) for _, m in chunks[-1]) >= PROCESS_CHUNK:
+        if taken >= PROCESS_CHUNK:
             chunks.append([])
+            taken = 0
         chunks[-1].append((index, members))
+        taken += len(members)
     todo = iter(chunks if groups else [])
     lock = threading.Lock()
     results: queue.Queue = queue.Queue()
