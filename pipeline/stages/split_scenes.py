@@ -98,6 +98,11 @@ _OVERLAY_PIXEL, _OVERLAY_WIDTH = 20.0, 0.6
 # Each band of changed rows is at most this share of the picture's height (a caption bar, blurred over
 # 2-4 of the 16 thumbnail rows); a taller one is an inset picture changing (quality/video3.mp4: 6 rows).
 _OVERLAY_BAND = 0.3
+# Jump cuts (_jump_cut): a candidate that fails min_cut_distance is still a cut when the frames before and
+# after it are at least _JUMP_DISTANCE apart (contrast-normalised), that nearest pair is at least
+# _JUMP_OF_STEP of the candidate's own one-frame step (nothing returns), and it is _JUMP_MOTION times the
+# typical frame-to-frame change of the busier side. Chosen on splits already looked at (docs/scenes.md).
+_JUMP_DISTANCE, _JUMP_OF_STEP, _JUMP_MOTION = 0.1, 0.5, 4.0
 _CD_WEIGHTS = np.array(ContentDetector.DEFAULT_COMPONENT_WEIGHTS[:3], dtype=np.float64)
 # fused_gate: a frame is a candidate for the network when its content score reaches _GATE_CONTENT, or
 # its thumbnail differs from the one _GATE_LAG frames earlier by _GATE_DISTANCE (contrast-normalised),
@@ -728,6 +733,32 @@ def _stepped_motion(change: np.ndarray, i: int, span: int) -> float | None:
     return float(np.median(d[keep]))
 
 
+def _jump_cut(change: np.ndarray, apart: float, i: int, ahead: int) -> bool:
+    """Is candidate ``i`` a jump cut: a new take of the same set-up (the same table, glass or room)?
+
+    Such a cut changes the picture less than min_cut_distance (the same things stay in frame) but
+    differs from a change inside one shot in three ways: the shot is calm on both sides (the cut stands
+    _JUMP_MOTION times above the typical frame-to-frame change of the busier side, repeated frames left
+    out where the footage moves in steps); nothing returns (the nearest pair of frames before and after
+    ``i`` is still _JUMP_OF_STEP of the one-frame step at ``i``, where a flash, a blink or an occluder
+    gives the old picture back); and the change is not negligible (_JUMP_DISTANCE). ``apart``: the
+    smallest distance between a frame of the second before ``i`` (back to the last cut) and one of the
+    half second from ``i``; ``change[k]``: frame ``k``'s distance from frame ``k - 1``.
+    """
+    if apart < _JUMP_DISTANCE or apart < _JUMP_OF_STEP * float(change[i]):
+        return False
+    before, after = change[max(1, i - ahead) : i], change[i + 1 : i + 1 + ahead]
+    if len(before) < 2 or len(after) < 2:
+        return False
+    motion = 0.0
+    for side in (before, after):
+        motion = max(motion, float(np.median(side)))
+        moving = side[side > _REPEATED_FRAME]
+        if 0 < len(moving) < len(side):  # motion in steps: the moving frames are the typical change
+            motion = max(motion, float(np.median(moving)))
+    return apart >= _JUMP_MOTION * motion
+
+
 def _verify_cuts(
     candidates: np.ndarray,
     thumbs: _Thumbs,
@@ -735,6 +766,7 @@ def _verify_cuts(
     fps: float,
     config: SplitScenesConfig,
     overlays: list[int] | None = None,
+    jumps: list[int] | None = None,
 ) -> list[Transition]:
     """Keep candidates whose before and after frames never meet again (see the module docstring);
     candidates that are caption changes (``_overlay_change``) go to ``overlays``."""
@@ -767,7 +799,8 @@ def _verify_cuts(
         if moving is not None:
             motion = max(motion, moving)
         need = max(config.min_cut_distance, config.motion_ratio * motion)
-        separate = thumbs.cross_min(pre, post) >= need
+        apart = thumbs.cross_min(pre, post)
+        separate = apart >= need
         if not separate and j is not None and j - i >= 2:
             # A shot of a few frames between two cuts (an insert), after which the earlier shot may
             # resume: the insert's frames differ from every frame before it and from every frame after
@@ -787,6 +820,9 @@ def _verify_cuts(
             separate = min(
                 thumbs.cross_min(pre, insert), thumbs.cross_min(insert, after)
             ) >= need and not _occluded(thumbs, i - 1, insert)
+        jump = False
+        if not separate:
+            separate = jump = _jump_cut(change, apart, int(i), ahead)
         if separate and _overlay_change(
             thumbs, pre[-2:], post[: 2 if j is None else min(2, j - i)], pre[-8:]
         ):
@@ -799,6 +835,8 @@ def _verify_cuts(
         if separate:
             cuts.append(Transition(frame=int(i), first=int(i), last=int(i) - 1, kind="cut"))
             last_cut = int(i)
+            if jump and jumps is not None:
+                jumps.append(int(i))
     return cuts
 
 
@@ -890,6 +928,7 @@ def _detect_fast(
     fps: float,
     config: SplitScenesConfig,
     dark: tuple[list[tuple[int, int]], list[tuple[int, int]]],
+    jumps: list[int] | None = None,
 ) -> list[Transition]:
     """The weight-free detector: fades, verified hard cuts, dissolves (module docstring); ``dark``: the
     video's ``_dark_runs``."""
@@ -905,7 +944,7 @@ def _detect_fast(
     candidates = _cut_candidates(signals, fps, config)
     candidates = candidates[~busy[candidates]] if len(candidates) else candidates
     overlays: list[int] = []
-    cuts = _verify_cuts(candidates, thumbs, signals.luma, fps, config, overlays)
+    cuts = _verify_cuts(candidates, thumbs, signals.luma, fps, config, overlays, jumps)
     for i in [t.frame for t in cuts] + overlays:
         # a dissolve window holding a cut or a caption change compares pictures that differ by it
         busy[max(0, i - 2) : i + 2] = True
@@ -1009,12 +1048,15 @@ def _fuse(
       before it returns right after it (flash, strobe, fireworks, occlusion);
     - a stretch where the network's all-frames head stays above ``fused_gradual`` and whose ends show
       different pictures is a gradual transition (fades through white, slow dissolves);
-    - the weight-free detector's dissolves and wipes stand on their own shape test.
+    - the weight-free detector's dissolves and wipes stand on their own shape test, and so do its jump
+      cuts (``_jump_cut``).
     """
     single, many = probs
     n = signals.num_frames
     dark = _dark_runs(signals, fps, config)
-    fast = _detect_fast(signals, thumbs, fps, config, dark)
+    jumps: list[int] = []
+    fast = _detect_fast(signals, thumbs, fps, config, dark, jumps)
+    jump_at = set(jumps)
     fades = [
         t
         for t in fast
@@ -1063,7 +1105,8 @@ def _fuse(
         busy[max(0, s - 2) : e + 3] = True
         floor = peak + 1
     # Two cuts a few frames apart can fall in one run of network frames, which gives one boundary: a
-    # further weight-free cut under the run (network at least fused_support) is a boundary too.
+    # further weight-free cut under the run (network at least fused_support) is a boundary too. So is a
+    # weight-free jump cut (_jump_cut), which the network scores near 0 (a new take of the same set-up).
     taken = np.zeros(n + 2, bool)
     for t in found:
         taken[max(0, t.frame - 1) : t.frame + 2] = True
@@ -1071,7 +1114,10 @@ def _fuse(
         if (
             t.kind == "cut"
             and not taken[t.frame]
-            and single[max(0, t.frame - 2) : t.frame + 1].max(initial=0.0) >= config.fused_support
+            and (
+                t.frame in jump_at
+                or single[max(0, t.frame - 2) : t.frame + 1].max(initial=0.0) >= config.fused_support
+            )
         ):
             found.append(t)
             taken[max(0, t.frame - 1) : t.frame + 2] = True

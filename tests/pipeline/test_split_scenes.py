@@ -609,3 +609,24 @@ def test_motion_in_steps_is_not_a_cut_at_every_step_and_a_cut_in_it_is_found() -
     # the cut after the held picture is found.
     held = np.concatenate([_stepped(3, 40), np.repeat(_stepped(3, 40)[-1:], 20, axis=0), _stepped(4, 40)])
     assert [t.frame for t in _transitions(held)] == [60]
+
+
+def test_a_jump_cut_in_the_same_set_up_is_a_cut_and_the_same_change_undone_is_not() -> None:
+    # A tripod shot (a still picture with sensor noise) where a new take changes part of the picture a
+    # little (hands, a glass: 30% of the way to another picture over half the frame): the frames before
+    # and after are closer than min_cut_distance, but the shot is calm on both sides and nothing returns.
+    rng = np.random.default_rng(0)
+    shot = np.repeat(_textured(12, 1, drift=0.0), 140, axis=0).astype(np.float32)
+    take = _textured(13, 1, h=52, w=90, drift=0.0)[0].astype(np.float32)
+    noise = rng.normal(0.0, 2.0, size=shot.shape)
+    jump, back = shot.copy(), shot.copy()
+    jump[70:, 10:62, 20:110] = 0.7 * jump[70:, 10:62, 20:110] + 0.3 * take
+    back[70:74, 10:62, 20:110] = 0.7 * back[70:74, 10:62, 20:110] + 0.3 * take  # ... for 4 frames only
+    clip = lambda x: np.clip(x + noise, 0, 255).astype(np.uint8)  # noqa: E731
+    signals = _signals(clip(jump))
+    assert [(t.frame, t.kind) for t in detect_transitions(signals, FPS, CFG)] == [(70, "cut")]
+    from vidsift.pipeline.stages.split_scenes import _Thumbs
+
+    thumbs = _Thumbs(signals.thumbs)
+    assert thumbs.cross_min(np.arange(45, 70), np.arange(70, 83)) < CFG.min_cut_distance  # a jump, not a cut
+    assert _transitions(clip(back)) == []  # the old picture comes back: a passing change, not a take
