@@ -162,9 +162,18 @@ def _clip_ids(out):
     return sorted((c["clip_id"], c["num_frames"]) for c in read(out, "clips"))
 
 
-def test_sigkill_then_rerun_gives_the_rows_of_an_uninterrupted_run(resume_inputs, tmp_path):
-    whole = tmp_path / "whole"
-    assert run_cli(*_curate_args(resume_inputs, whole)).returncode == 0
+@pytest.fixture(scope="module")
+def whole_run(resume_inputs, tmp_path_factory) -> Path:
+    """``resume_inputs`` curated once, uninterrupted: the oracle of the resume test, and a finished run over
+    six inputs for the refusal test. Read-only."""
+    whole = tmp_path_factory.mktemp("whole") / "out"
+    result = run_cli(*_curate_args(resume_inputs, whole))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return whole
+
+
+def test_sigkill_then_rerun_gives_the_rows_of_an_uninterrupted_run(resume_inputs, whole_run, tmp_path):
+    whole = whole_run
     expected = _clip_ids(whole)
     assert len(expected) >= 4
 
@@ -211,13 +220,14 @@ def test_sigkill_then_rerun_gives_the_rows_of_an_uninterrupted_run(resume_inputs
     assert not (killed / "_parts").exists() and not (whole / "_parts").exists()
 
 
-def test_resuming_with_other_inputs_is_refused(resume_inputs, tmp_path, videos):
+def test_resuming_with_other_inputs_is_refused(resume_inputs, whole_run, tmp_path):
     out = tmp_path / "out"
-    first = run_cli(*_curate_args(resume_inputs, out), "--limit", "1")
-    assert first.returncode == 0, first.stderr
+    shutil.copytree(whole_run, out)  # a finished run over all six inputs
+    done = sorted(p.name for p in (out / "_done").iterdir())
     second = run_cli(*_curate_args(resume_inputs, out), "--limit", "2")
     assert second.returncode == 2
     assert "holds a run over other inputs" in second.stderr and "Traceback" not in second.stderr
+    assert sorted(p.name for p in (out / "_done").iterdir()) == done and _clip_ids(out) == _clip_ids(whole_run)
 
 
 def test_default_recipe_on_sample_clips(sample_run):
