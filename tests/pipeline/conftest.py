@@ -7,6 +7,7 @@ so a test may change them.
 from __future__ import annotations
 
 import copy
+import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,14 @@ from tests.conftest import REPO, run_cli
 
 DEFAULT_RECIPE = REPO / "recipes/curate/default.toml"
 BUNNY = "quality/Big_Buck_Bunny_180_10s.webm"
+HOSTILE_NAMES = [
+    "with space.mp4",
+    'quote\'s "double".mp4',
+    "$(touch PWNED).mp4",
+    "-leading-dash.mp4",
+    "ünïcødé 视频.mp4",
+    "semi;colon`tick`.ivf",
+]
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +39,27 @@ def sample_run(videos: Path, tmp_path_factory) -> tuple[Path, subprocess.Complet
         "--limit", "4", "--set", "run.group_size=2", "--set", "split_scenes.min_scene_s=1.0",
     )  # fmt: skip
     return out, result
+
+
+@pytest.fixture(scope="session")
+def bad_run(videos: Path, tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    """The whole bad/ folder plus copies of realshort.mp4 and av1.ivf under hostile file names, curated once
+    by the CLI with the default recipe (fast detector, min_scene_s 0.5), shared by test_curate (every input
+    accounted for), test_stats (the statistics of a real run) and test_report (its report in Chromium):
+    (input folder, run folder, the finished ``vidsift curate`` process). Read-only."""
+    src = tmp_path_factory.mktemp("inputs")
+    for f in (videos / "bad").iterdir():
+        shutil.copy(f, src / f.name)
+    for i, name in enumerate(HOSTILE_NAMES):
+        shutil.copy(videos / ("bad/av1.ivf" if i % 2 else "quality/realshort.mp4"), src / name)
+    out = tmp_path_factory.mktemp("run") / "out"
+    result = run_cli(
+        "curate", str(DEFAULT_RECIPE), "--input", str(src), "--output", str(out),
+        "--set", "split_scenes.min_scene_s=0.5",
+        "--set", "split_scenes.detector=fast",  # accounting, not shot accuracy: no TransNetV2 on the CPU here
+        cwd=src,
+    )  # fmt: skip
+    return src, out, result
 
 
 @pytest.fixture(scope="session")

@@ -3,22 +3,18 @@
 ``synthetic_run`` writes a run folder whose every value is known (so tests can check the numbers),
 with hostile captions, file names and reasons, and a second group carrying columns that later
 stages will add (``aesthetic_score``, ``caption_model``, flags, ``dup_of``), so the statistics
-must handle files whose schemas differ. ``real_run`` curates five tiny sample files with the real
-``vidsift curate`` once per test session.
+must handle files whose schemas differ. A real curated run is conftest.py's ``bad_run``.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import shutil
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
-from tests.conftest import REPO, run_cli
 from vidsift.pipeline.schema import CLIP_SCHEMA, REJECTED_SCHEMA, VIDEO_SCHEMA, table_from_rows
 from vidsift.pipeline.stages.write_shards import WriteShardsConfig, write_group
 
@@ -157,40 +153,3 @@ def synthetic_run(out: Path, n_accepted: int = N_ACCEPTED) -> dict:
     (out / "manifest.json").write_text(json.dumps(manifest))
     (out / "_run.json").write_text("{}")
     return {"accepted": accepted, "rejected": rejected, "videos": videos}
-
-
-REAL_INPUTS = [
-    "quality/realshort.mp4",
-    "bad/-video-with-dash-.mp4",
-    "bad/annex-b.mp4",
-    "bad/avi_aac-only.avi",
-    "bad/empty_result.webm",
-]
-
-
-def real_run(videos: Path, base: Path) -> Path:
-    """Five tiny sample files curated by the real CLI (embedded Ray); made once per session under ``base``."""
-    out = base / "stats_real_run"
-    if (out / "manifest.json").exists():
-        return out
-    src = base / "stats_real_inputs"
-    src.mkdir(exist_ok=True)
-    for rel in REAL_INPUTS:
-        shutil.copy(videos / rel, src / Path(rel).name)
-    result = run_cli(
-        "curate",
-        str(REPO / "recipes/curate/default.toml"),  # no caption models needed (the quick start's are built)
-        "--input",
-        str(src),
-        "--output",
-        str(out),
-        "--set",
-        "split_scenes.min_scene_s=0.5",
-        "--set",
-        "split_scenes.detector=fast",  # stats of a real run, not shot accuracy
-        "--quiet",
-        timeout=300,
-    )
-    if result.returncode != 0:
-        pytest.fail(f"vidsift curate failed: {result.stderr[-2000:]}")
-    return out

@@ -15,7 +15,6 @@ from tests.pipeline.run_fixture import (
     N_ACCEPTED,
     REJECTED_REASONS,
     SCRIPT_CAPTION,
-    real_run,
     synthetic_run,
 )
 from vidsift.pipeline.report import PAGE_SIZE, script_json
@@ -182,15 +181,15 @@ def test_escaping_alone_stops_hostile_data(browser, report):
 
 
 @pytest.mark.slow
-def test_report_of_a_real_run(browser, videos, tmp_path_factory):
-    out = real_run(videos, tmp_path_factory.getbasetemp())
+def test_report_of_a_real_run(browser, bad_run, tmp_path_factory):
+    _, out, _ = bad_run  # bad/ and hostile names, curated by the CLI once per session (conftest.py)
     html_path = tmp_path_factory.mktemp("real_report") / "report.html"
     r = run_cli("stats", str(out), "--html", str(html_path))
     assert r.returncode == 0, r.stderr
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.goto(html_path.as_uri())
     n = _visible_cards(page)
-    assert n >= 3  # accepted clips of realshort and the dash file, the rejected too-short scene
+    assert n >= 3  # accepted clips (realshort's copy, the dash file, ...) and rejected too-short scenes
     page.locator("#gallery .card:visible").first.scroll_into_view_if_needed()
     _wait_sprites(page, n)
     assert page.locator("#gallery .card:visible img.sprite").count() == n  # every real clip has frames
