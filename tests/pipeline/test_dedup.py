@@ -270,26 +270,38 @@ def test_crowded_buckets_are_split_and_counted_not_skipped(tmp_path):
     assert json.loads((run / "manifest.json").read_text())["dedup"]["split_buckets"] == stats.split_buckets
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """One embedded local Ray for the in-process Ray-task tests of this module, started as dedup starts its
+    own (``init_ray``), instead of one start and stop per test. Dedup finds it running, uses it and leaves it
+    up; dedup starting and stopping a Ray of its own is what the ``vidsift dedup`` runs with
+    distribute_above=0 (test_an_unreadable_clip_file_is_one_line_naming_it) go through."""
+    import ray
+
+    from vidsift.pipeline.ray_session import init_ray
+
+    assert init_ray(None, actors=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
 @pytest.mark.slow
-def test_ray_tasks_find_the_same_duplicates(real, tmp_path):
+def test_ray_tasks_find_the_same_duplicates(real, local_ray, tmp_path):
     clips = [r for k in ("original", "reencoded", "reversed") for r in real[k]]
     rows = synthetic(2000, seed=8)
     run = write_run(tmp_path / "run", clips + rows + [_planted_copy(rows[7], 2)])
     table = load_hash_table([run])
     local, local_stats = find_near_duplicates(table, DedupConfig())
-    import ray
-
-    try:
-        distributed, stats = find_near_duplicates(table, DedupConfig(distribute_above=0))
-    finally:
-        ray.shutdown()
+    distributed, stats = find_near_duplicates(table, DedupConfig(distribute_above=0))
     assert stats.distributed and not local_stats.distributed
     assert distributed == local and len(local) == 3
     assert stats.candidate_pairs == local_stats.candidate_pairs
 
 
 @pytest.mark.slow
-def test_tasks_reading_the_shards_move_what_the_local_pass_moves(real, tmp_path, monkeypatch):
+def test_tasks_reading_the_shards_move_what_the_local_pass_moves(real, local_ray, tmp_path, monkeypatch):
     # past distribute_above, Ray tasks read the run in chunks of files (here 3 chunks of the new run and 2
     # of the earlier one) and nothing run-wide is held by the driver: the same clips move, with the same
     # kept clips and details, as when this process reads both runs whole
