@@ -47,6 +47,23 @@ def run(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
+def local_ray():
+    """One embedded local Ray for this module's two ``vidsift encode`` calls that run Ray (in-process),
+    started as encode starts its own (``init_ray``), instead of a start and stop in each. Encode finds it
+    running, uses it and leaves it up; encode starting and stopping its own Ray is what
+    tests/model/test_cli.py (in-process) and tests/cluster/test_s3.py (a subprocess) go through."""
+    import ray
+
+    from vidsift.pipeline.ray_session import init_ray
+
+    assert init_ray(None)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
 def on_the_fly(wan, run, tmp_path_factory) -> dict:
     return finetune(config(wan, run, tmp_path_factory.mktemp("fly") / "r", cached_latents=False))
 
@@ -82,7 +99,7 @@ def assert_same_run(a: dict, b: dict, rel: float, weight_share: float) -> None:
 
 
 def test_encode_caches_beside_the_shards_and_finetune_trains_on_them_as_on_the_fly(
-    wan, run, on_the_fly, tmp_path, capsys
+    wan, run, on_the_fly, local_ray, tmp_path, capsys
 ):
     data = tmp_path / "run"
     shutil.copytree(run, data)
@@ -232,7 +249,7 @@ def test_cached_equals_on_the_fly_for_ltx_and_cogvideox(family, size, run, tmp_p
             assert err_cache <= err_own * 1.01 + 1e-3, (err_cache, err_own)
 
 
-def test_cached_latents_decode_back_within_the_vaes_own_reconstruction_error(wan, run, tmp_path):
+def test_cached_latents_decode_back_within_the_vaes_own_reconstruction_error(wan, run, local_ray, tmp_path):
     """A float16 cache row's posterior mean, decoded through the family's VAE, gives the clip's frames back
     as well as the VAE's own encode-decode of the same frames does (the cache adds no error of its own
     beyond float16 rounding)."""
