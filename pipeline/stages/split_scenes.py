@@ -769,7 +769,8 @@ def _verify_cuts(
     jumps: list[int] | None = None,
 ) -> list[Transition]:
     """Keep candidates whose before and after frames never meet again (see the module docstring);
-    candidates that are caption changes (``_overlay_change``) go to ``overlays``."""
+    candidates that are caption changes (``_overlay_change``) go to ``overlays``, and the kept ones that
+    only the jump-cut test (``_jump_cut``) let through also go to ``jumps``."""
     n = len(luma)
     back = max(2, round(config.lookback_s * fps))
     ahead = max(2, round(config.lookahead_s * fps))
