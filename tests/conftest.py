@@ -90,6 +90,22 @@ def read_numbers(mp4: bytes | Path) -> list[int]:
     return numbers
 
 
+@contextlib.contextmanager
+def embedded_ray(actors: bool = True):
+    """One embedded local Ray started as a vidsift command starts its own (``init_ray``), for a module's
+    in-process calls to share instead of a start and stop in each: the command finds it running, uses it
+    and leaves it up. Stopped on exit."""
+    import ray
+
+    from vidsift.pipeline.ray_session import init_ray
+
+    assert init_ray(None, actors=actors)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
 def vidsift_exe() -> str:
     """The console script of the environment running the tests (the venv need not be activated)."""
     beside = Path(sys.executable).parent / "vidsift"

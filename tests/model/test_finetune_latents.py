@@ -23,6 +23,7 @@ pytest.importorskip("peft")
 
 from safetensors.torch import load_file  # noqa: E402
 
+from tests.conftest import embedded_ray  # noqa: E402
 from tests.make_tiny_diffusers import build_all  # noqa: E402
 from vidsift.model.cli import main as model_cli  # noqa: E402
 from vidsift.model.finetune.families import FAMILIES  # noqa: E402
@@ -48,19 +49,11 @@ def run(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """One embedded local Ray for this module's two ``vidsift encode`` calls that run Ray (in-process),
-    started as encode starts its own (``init_ray``), instead of a start and stop in each. Encode finds it
-    running, uses it and leaves it up; encode starting and stopping its own Ray is what
-    tests/model/test_cli.py (in-process) and tests/cluster/test_s3.py (a subprocess) go through."""
-    import ray
-
-    from vidsift.pipeline.ray_session import init_ray
-
-    assert init_ray(None)
-    try:
+    """One local Ray for this module's two in-process ``vidsift encode`` calls (``embedded_ray``); encode
+    starting and stopping its own Ray is what tests/model/test_cli.py (in-process) and
+    tests/cluster/test_s3.py (a subprocess) go through."""
+    with embedded_ray():
         yield
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.dataset as ds
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import embedded_ray, run_cli
 from vidsift.pipeline.dedup_index import VERIFY_CHUNK, find_near_duplicates, load_hash_table
 from vidsift.pipeline.measures import dhashes
 from vidsift.pipeline.process import process_video
@@ -272,19 +272,11 @@ def test_crowded_buckets_are_split_and_counted_not_skipped(tmp_path):
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """One embedded local Ray for the in-process Ray-task tests of this module, started as dedup starts its
-    own (``init_ray``), instead of one start and stop per test. Dedup finds it running, uses it and leaves it
-    up; dedup starting and stopping a Ray of its own is what the ``vidsift dedup`` runs with
-    distribute_above=0 (test_an_unreadable_clip_file_is_one_line_naming_it) go through."""
-    import ray
-
-    from vidsift.pipeline.ray_session import init_ray
-
-    assert init_ray(None, actors=False)
-    try:
+    """One local Ray for this module's in-process Ray-task tests (``embedded_ray``); dedup starting and
+    stopping a Ray of its own is what the ``vidsift dedup`` runs with distribute_above=0
+    (test_an_unreadable_clip_file_is_one_line_naming_it) go through."""
+    with embedded_ray(actors=False):
         yield
-    finally:
-        ray.shutdown()
 
 
 @pytest.mark.slow
