@@ -165,8 +165,9 @@ class SplitScenesConfig:
     adaptive_ratio: float = 3.0
     # Half width of the neighbourhood for adaptive_ratio, in seconds.
     adaptive_window_s: float = 0.33
-    # Minimum ContentDetector score (0..255 scale) of a hard-cut candidate.
-    min_content_score: float = 8.0
+    # Minimum ContentDetector score (0..255 scale) of a hard-cut candidate. Low: the thumbnail tests
+    # decide; a cut between two pale, low-contrast pictures (a small logo on white, to white) scores 4-5.
+    min_content_score: float = 4.0
     # How far back (s) a cut candidate looks for the same picture (flashes, occlusions, overlays).
     lookback_s: float = 1.0
     # How far ahead (s) a cut candidate looks for the picture from before it to come back.
