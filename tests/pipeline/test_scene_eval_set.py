@@ -35,6 +35,9 @@ FORBIDDEN = (
     "eyevinn/mp4ff",
 )
 SPLITS = ("tune", "check", "check2", "check3", "check4", "tune5", "check5", "check6", "check7", "check8")
+# blind splits of natural clips, each from repositories used by no other split and added on its own
+BLIND = ("check6", "check7", "check8")
+NATURAL = ("tune5", "check5", *BLIND)
 REQUIRED_CATEGORIES = {
     "handheld",
     "sports_fast_motion",
@@ -65,7 +68,7 @@ def test_at_least_40_clips_each_with_licence_split_and_categories():
         assert e["licence"].strip(), name
         # check2, check3 (session 7), check4 (session 8): fresh check splits, each scored once after a
         # round of tuning; tune5 / check5: natural public clips only, split by source repository;
-        # check6, check7, check8: blind splits of natural clips from repositories used nowhere else
+        # BLIND: splits of natural clips from repositories used nowhere else
         assert e["split"] in SPLITS, name
         assert e["category"] and all(isinstance(c, str) and c for c in e["category"]), name
         assert e["how_checked"].strip() and "TODO" not in e["how_checked"], name
@@ -78,21 +81,17 @@ def test_both_splits_hold_clips_and_every_category_is_covered():
     assert splits["tune5"] > 0 and splits["check5"] > 0
     tunes = splits["tune"] + splits["tune5"]
     checks = splits["check"] + splits["check2"] + splits["check3"] + splits["check4"] + splits["check5"]
-    # the blind natural splits check6, check7 and check8 are left out of the balance (each added on its own)
-    assert abs(tunes - checks) <= (len(LABELS) - splits["check6"] - splits["check7"] - splits["check8"]) // 5
+    # the blind natural splits are left out of the balance (each added on its own)
+    assert abs(tunes - checks) <= (len(LABELS) - sum(splits[sp] for sp in BLIND)) // 5
     # the natural splits hold only natural clips, and no source repository sits in both
     repos = {
         sp: {SOURCES[e["source_name"]]["github"] for e in LABELS.values() if e["split"] == sp}
-        for sp in ("tune5", "check5", "check6", "check7", "check8")
+        for sp in NATURAL
     }
-    assert all(
-        e["kind"] == "natural"
-        for e in LABELS.values()
-        if e["split"] in ("tune5", "check5", "check6", "check7", "check8")
-    )
+    assert all(e["kind"] == "natural" for e in LABELS.values() if e["split"] in NATURAL)
     assert not repos["tune5"] & repos["check5"], repos["tune5"] & repos["check5"]
-    # check6, check7 and check8 each share no repository with any other split (composed clips included)
-    for sp in ("check6", "check7", "check8"):
+    # each blind split shares no repository with any other split (composed clips' sources included)
+    for sp in BLIND:
         sp_sources = {e["source_name"] for e in LABELS.values() if e["split"] == sp}
         others = {s["github"] for n, s in SOURCES.items() if n not in sp_sources}
         assert splits[sp] > 0 and not repos[sp] & others, (sp, repos[sp] & others)
