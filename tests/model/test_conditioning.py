@@ -119,7 +119,7 @@ def test_image_extend_and_connect_keep_the_given_frames(ckpt, clips):
     assert not torch.equal(free[0, :, :2], a[:, -2:])  # without conditioning they differ
 
 
-def test_cli_conditioning_and_bad_inputs_are_one_line(ckpt, clips, tmp_path, capsys):
+def test_cli_conditioning_and_bad_inputs_are_one_line(ckpt, clips, tmp_path, capsys, videos):
     out = str(tmp_path / "i2v.mp4")
     assert main(["sample", ckpt, "--prompt", "x", "--steps", "1", "--image", clips["png"], "--out", out]) == 0
     assert "wrote" in capsys.readouterr().out and os.path.getsize(out) > 0

@@ -458,7 +458,7 @@ def test_fused_ignores_a_flash_the_network_and_fast_both_see(net_signals) -> Non
         assert not any(66 <= f <= 74 for f in found), (detector, found)
 
 
-def test_a_light_switched_on_in_a_still_shot_is_not_a_cut(monkeypatch) -> None:
+def test_a_light_switched_on_in_a_still_shot_is_not_a_cut(monkeypatch, videos) -> None:
     """A lightbox in a static camera's picture lights up at frame 70 and stays lit (cars keep driving
     through the rest of the picture): every pixel it changes gets brighter and the picture keeps its
     structure, so it is no cut for ``fast`` nor, where the network is installed, for ``fused``; a cut to
