@@ -25,7 +25,10 @@ Methods, all on the same files:
 
 Scoring is ``../shared/tools/eval_cuts.py``'s (+-``--tol`` frames). Prints, per split, F1, precision,
 recall and hard-negative hits for every method, then the same per category of hard case, and (with
-``--files``) one row per file and method.
+``--files``) one row per file and method. Beside each split's F1 it prints the range that holds 95 % of
+the F1s over ``--resamples`` resamplings of the split's files with replacement, and how often ``fused``
+is above each other method on the same resampled files: a split of a few files moves by several points
+with one false cut, and these say how far its figures can be read.
 
 ``--baseline-cache FILE`` keeps the three baselines' predictions, and ``--analysis-cache DIR`` the
 analysis pass's scene signals and TransNetV2 probabilities (both keyed by path, size and mtime), so
@@ -33,7 +36,7 @@ that a rerun after a change to the detection logic takes seconds; ``--baselines-
 the baseline cache. Without the caches every method runs from the files.
 
 usage: python bench/scene_accuracy.py [--videos DIR] [--eval-media DIR] [--only NAME ...] [--files]
-       [--json OUT.json] [--baseline-cache FILE] [--analysis-cache DIR] [--baselines-only]
+       [--json OUT.json] [--baseline-cache FILE] [--analysis-cache DIR] [--baselines-only] [--resamples N]
 """
 
 from __future__ import annotations
@@ -193,6 +196,21 @@ def _summary(t: dict) -> tuple[float, float, float]:
     return 2 * p * r / max(1e-9, p + r), p, r
 
 
+def _resampled_f1(rows: list[dict], resamples: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """F1 of every method over ``resamples`` resamplings of the split's files with replacement.
+
+    ``rows`` holds one ``{method: score}`` per file. A split of a few files has few boundaries, and one
+    false cut moves its F1 by several points: the spread of these values says how far a split's F1 (and a
+    difference between two methods on the same files, resampled together) can be read.
+    """
+    rng = np.random.default_rng(seed)
+    counts = np.array([[[r[m]["tp"], r[m]["fp"], r[m]["fn"]] for m in METHODS] for r in rows], float)
+    weights = rng.multinomial(len(rows), np.full(len(rows), 1 / len(rows)), size=resamples)
+    tp, fp, fn = np.moveaxis(np.einsum("bf,fmk->bmk", weights, counts), 2, 0)
+    f1 = np.where(tp > 0, 2 * tp / np.maximum(1, 2 * tp + fp + fn), 0.0)
+    return {m: f1[:, i] for i, m in enumerate(METHODS)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--videos", type=Path, default=REPO.parent / "shared" / "videos")
@@ -209,6 +227,9 @@ def main() -> int:
     parser.add_argument("--baseline-cache", type=Path, help="reuse (and store) the baselines' predictions")
     parser.add_argument("--analysis-cache", type=Path, help="reuse (and store) vidsift's analysis signals")
     parser.add_argument("--baselines-only", action="store_true", help="only fill --baseline-cache")
+    parser.add_argument(
+        "--resamples", type=int, default=2000, help="file resamplings for the F1 intervals (0: none)"
+    )
     args = parser.parse_args()
     if args.eval_media and not str(args.eval_media).strip():
         args.eval_media = None
@@ -278,15 +299,28 @@ def main() -> int:
         tables = by_split[split]
         n_true = tables["fast"]["tp"] + tables["fast"]["fn"]
         n_neg = tables["fast"]["negatives"]
-        print(f"\nsplit {split}: {n_true} true boundaries, {n_neg} hard negatives")
+        rows = [r["scores"] for r in records.values() if split in ("all", r["split"])]
+        f1s = _resampled_f1(rows, args.resamples) if args.resamples > 0 else {}
+        print(f"\nsplit {split}: {len(rows)} files, {n_true} true boundaries, {n_neg} hard negatives")
         head = f"{'F1':>6s} {'P':>6s} {'R':>6s} {'tp':>4s} {'fp':>4s} {'fn':>4s} {'hardneg':>8s}"
-        print(f"{'method':18s} {head}")
+        print(f"{'method':18s} {head}" + ("   F1 95% over resampled files" if f1s else ""))
         for method, t in tables.items():
             f1, p, r = _summary(t)
+            spread = ""
+            if f1s:
+                lo, hi = np.percentile(f1s[method], [2.5, 97.5])
+                spread = f"   {lo:.3f} - {hi:.3f}"
             print(
                 f"{method:18s} {f1:6.3f} {p:6.3f} {r:6.3f} {t['tp']:4d} {t['fp']:4d} {t['fn']:4d} "
-                f"{t['hardneg']:4d}/{t['negatives']}"
+                f"{t['hardneg']:4d}/{t['negatives']}{spread}"
             )
+        if f1s:
+            # the same resampled files for both methods: how often fused is above (level with) each other
+            above = ", ".join(
+                f"{m} {np.mean(f1s['fused'] > f1s[m]):.0%} ({np.mean(f1s['fused'] == f1s[m]):.0%})"
+                for m in ("fast", "transnetv2", *BASELINES)
+            )
+            print(f"fused above (level with), in resamples of these files: {above}")
         g = gate[split]
         print(
             f"fused gate: {g['network_frames']} of {g['frames']} frames through the network, with context "
