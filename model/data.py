@@ -546,7 +546,7 @@ def pack(
     """Pack clips [C, T, H, W] (any T, H, W the patch divides; images have T = 1) into rows of ``budget``
     tokens, first-fit decreasing, or by the given ``bins`` (lists of clip indices per row). ``rows``: pad to
     this many rows (a static shape). Every clip must be placed: use ``first_fit_decreasing`` with a fixed
-    bin count to choose which clips join a batch."""
+    bin count to choose which clips join a batch. The packed tensors are on the clips' device."""
     from vidsift.model.dit import grid_positions, patchify
 
     sizes = [clip_tokens(c.shape, patch) for c in clips]
@@ -554,9 +554,11 @@ def pack(
         bins, _ = first_fit_decreasing(sizes, budget, max_clips)
     n_rows = max(rows or 0, len(bins))
     dim = clips[0].shape[0] * patch[0] * patch[1] * patch[2]
-    tokens = torch.zeros(n_rows, budget, dim, dtype=clips[0].dtype)
-    seq_id = torch.full((n_rows, budget), -1, dtype=torch.long)
-    pos = torch.zeros(n_rows, budget, 3, dtype=torch.long)
+    # on the clips' device: a trainer on a GPU packs clips it has moved (and encoded) there
+    device = clips[0].device
+    tokens = torch.zeros(n_rows, budget, dim, dtype=clips[0].dtype, device=device)
+    seq_id = torch.full((n_rows, budget), -1, dtype=torch.long, device=device)
+    pos = torch.zeros(n_rows, budget, 3, dtype=torch.long, device=device)
     spans: list = [None] * len(clips)
     slots = [list(b) for b in bins] + [[] for _ in range(n_rows - len(bins))]
     for r, members in enumerate(bins):
@@ -567,7 +569,7 @@ def pack(
             n = sizes[i]
             tokens[r, start : start + n] = patchify(c[None], patch)[0]
             seq_id[r, start : start + n] = k
-            pos[r, start : start + n] = grid_positions(grid)  # time-major, as patchify
+            pos[r, start : start + n] = grid_positions(grid, device)  # time-major, as patchify
             spans[i] = (r, k, start, grid, tuple(c.shape))
             start += n
     return Packed(tokens, seq_id, pos, slots, spans, max_clips)

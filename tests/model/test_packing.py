@@ -193,13 +193,30 @@ def test_packed_training_run_from_the_recipe(shards, tmp_path):
     assert train(cfg, resume=True)["step"] == 4
 
 
+def test_pack_builds_its_tensors_on_the_clips_device():
+    """A trainer on a GPU packs clips it moved there: the rows must be built there too (they were built on
+    the CPU, and a GPU's packed pass met CPU tokens: a device mismatch, seen on an H200). The meta device
+    stands in for a GPU."""
+    p = pack([torch.zeros(s, device="meta") for s in SHAPES], PATCH, 120, max_clips=4)
+    assert {p.tokens.device.type, p.seq_id.device.type, p.pos.device.type} == {"meta"}
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="flex_attention document masks need a GPU")
 def test_flex_attention_matches_dense_on_gpu():
+    """In float32 without TF32, which a training run on a GPU turns on for its whole process (model/train.py;
+    with it the two kernels differed by up to 6e-4, without it by 5e-7 on an H200)."""
     model = awake_model().cuda()
     clips, text, mask, t, drop = inputs(4)
     cuda = [c.cuda() for c in clips]
-    with torch.no_grad():
-        _, dense = packed_call(model, cuda, text.cuda(), mask.cuda(), t.cuda(), drop.cuda(), "dense", 256)
-        _, flex = packed_call(model, cuda, text.cuda(), mask.cuda(), t.cuda(), drop.cuda(), "flex", 256)
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.no_grad():
+            p, dense = packed_call(model, cuda, text.cuda(), mask.cuda(), t.cuda(), drop.cuda(), "dense", 256)
+            _, flex = packed_call(model, cuda, text.cuda(), mask.cuda(), t.cuda(), drop.cuda(), "flex", 256)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    assert p.tokens.is_cuda and p.seq_id.is_cuda and p.pos.is_cuda  # packed where the clips are
     for a, b in zip(dense, flex, strict=True):
+        assert a.abs().max() > 0.1  # the comparison is not between zeros
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
