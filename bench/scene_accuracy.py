@@ -6,8 +6,8 @@ Reads every labelled clip of two sets in one run:
   weight-free detector was developed on them);
 - the scene evaluation set of ``bench/scene_eval`` (labels.json, media built by its fetch.py into
   ``--eval-media``), whose clips are split into ``tune``, ``check``, ``check2``, ``check3``,
-  ``check4``, ``tune5``, ``check5``, ``check6``, ``check7`` and ``check8`` by labels.json (docs/scenes.md says
-  which were scored blind when).
+  ``check4``, ``tune5``, ``check5``, ``check6``, ``check7``, ``check8`` and ``check9`` by labels.json
+  (docs/scenes.md says which were scored blind when).
 
 Methods, all on the same files:
 
@@ -291,7 +291,19 @@ def main() -> int:
     if args.baselines_only:
         return 0
     print(f"\n{len(files)} files; scorer eval_cuts.py, tolerance +-{args.tol} frames")
-    order = ("tune", "tune5", "check", "check2", "check3", "check4", "check5", "check6", "check7", "check8")
+    order = (
+        "tune",
+        "tune5",
+        "check",
+        "check2",
+        "check3",
+        "check4",
+        "check5",
+        "check6",
+        "check7",
+        "check8",
+        "check9",
+    )
     # splits in that order, any other split of labels.json after them by name, "all" last
     rank = {s: (0, order.index(s)) if s in order else (1, s) for s in by_split}
     rank["all"] = (2, "")
