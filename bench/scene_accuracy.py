@@ -207,8 +207,16 @@ def _resampled_f1(rows: list[dict], resamples: int, seed: int = 0) -> dict[str, 
     counts = np.array([[[r[m]["tp"], r[m]["fp"], r[m]["fn"]] for m in METHODS] for r in rows], float)
     weights = rng.multinomial(len(rows), np.full(len(rows), 1 / len(rows)), size=resamples)
     tp, fp, fn = np.moveaxis(np.einsum("bf,fmk->bmk", weights, counts), 2, 0)
-    f1 = np.where(tp > 0, 2 * tp / np.maximum(1, 2 * tp + fp + fn), 0.0)
+    f1 = 2 * tp / np.maximum(1, 2 * tp + fp + fn)
+    # a resample of files without a boundary or a detection (only clean negatives) has no F1
+    f1[(tp + fp + fn) == 0] = np.nan
     return {m: f1[:, i] for i, m in enumerate(METHODS)}
+
+
+def _share(a: np.ndarray, b: np.ndarray, compare) -> float:
+    """The share of resamples, among those where both have an F1, in which ``compare(a, b)`` holds."""
+    both = ~np.isnan(a) & ~np.isnan(b)
+    return float(np.mean(compare(a[both], b[both]))) if both.any() else float("nan")
 
 
 def main() -> int:
@@ -320,7 +328,7 @@ def main() -> int:
             f1, p, r = _summary(t)
             spread = ""
             if f1s:
-                lo, hi = np.percentile(f1s[method], [2.5, 97.5])
+                lo, hi = np.nanpercentile(f1s[method], [2.5, 97.5])
                 spread = f"   {lo:.3f} - {hi:.3f}"
             print(
                 f"{method:18s} {f1:6.3f} {p:6.3f} {r:6.3f} {t['tp']:4d} {t['fp']:4d} {t['fn']:4d} "
@@ -328,8 +336,9 @@ def main() -> int:
             )
         if f1s:
             # the same resampled files for both methods: how often fused is above (level with) each other
+            fused = f1s["fused"]
             above = ", ".join(
-                f"{m} {np.mean(f1s['fused'] > f1s[m]):.0%} ({np.mean(f1s['fused'] == f1s[m]):.0%})"
+                f"{m} {_share(fused, f1s[m], np.greater):.0%} ({_share(fused, f1s[m], np.equal):.0%})"
                 for m in ("fast", "transnetv2", *BASELINES)
             )
             print(f"fused above (level with), in resamples of these files: {above}")

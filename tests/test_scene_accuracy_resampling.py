@@ -45,3 +45,29 @@ def test_one_bad_file_among_few_spreads_the_interval_and_pairs_the_methods():
     assert not above.any() and abs(level.mean() - (4 / 5) ** 5) < 0.04
     # the same seed gives the same resamples
     assert np.array_equal(bench._resampled_f1(rows, 2000, seed=1)["fused"], f1["fused"])
+
+
+def test_resamples_of_clean_negatives_alone_have_no_f1_and_are_left_out():
+    bench = _bench()
+    clean = dict.fromkeys(("fast", "transnetv2", "fused", "fused_everywhere"), (0, 0, 0))
+    rows = [
+        _row(
+            bench,
+            **clean,
+            ContentDetector=(0, 2, 0),
+            AdaptiveDetector=(0, 0, 0),
+            TransNetV2_package=(0, 0, 0),
+        )
+    ]
+    rows.append(_row(bench))  # one boundary, found by every method
+    f1 = bench._resampled_f1(rows, 1000, seed=2)
+    alone = np.isnan(f1["fused"])  # both draws the clean file: about a quarter of the resamples
+    assert 0.15 < alone.mean() < 0.35
+    assert np.all(f1["fused"][~alone] == 1.0)
+    # false cuts on clean negatives are an F1 of 0, not a missing one
+    assert not np.isnan(f1["ContentDetector"]).any() and np.all(f1["ContentDetector"][alone] == 0.0)
+    assert bench._share(f1["fused"], f1["fast"], np.equal) == 1.0  # the clean-only resamples do not count
+    # fused is above ContentDetector when a resample holds both files (about 2 in 3 of those that count),
+    # level when it holds the found boundary twice; left-out resamples would pull "above" to 1 in 2
+    assert abs(bench._share(f1["fused"], f1["ContentDetector"], np.greater) - 2 / 3) < 0.06
+    assert abs(bench._share(f1["fused"], f1["ContentDetector"], np.equal) - 1 / 3) < 0.06
