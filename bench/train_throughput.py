@@ -109,6 +109,7 @@ def main() -> None:
         step_ours()
         best = min(time_steps(step_ours, args.iters, device)[0] for _ in range(args.rounds))
         report("ours", ours.num_params(), best, tokens)
+        print_mfu(ours, tokens, b, best, device)
         return
     wan = WanTransformer3DModel(
         patch_size=(1, 2, 2),
@@ -174,9 +175,14 @@ def main() -> None:
             f"ceiling wan / floor {best_wan / best_floor:.2f}x wall, {cpu_ratio:.2f}x CPU; over the floor: "
             f"ours {best_ours / best_floor - 1:.0%}, wan {best_wan / best_floor - 1:.0%}"
         )
+    print_mfu(ours, tokens, b, best_ours, device)
+
+
+def print_mfu(model, tokens: int, batch: int, seconds: float, device: torch.device) -> None:
+    """Model FLOPs utilisation of one step of ``seconds`` (GPUs whose bf16 peak model/train.py knows)."""
     peak = peak_flops(device)
     if peak:
-        mfu = flops_per_token(ours, tokens // b) * tokens / best_ours / peak
+        mfu = flops_per_token(model, tokens // batch) * tokens / seconds / peak
         print(f"ours: MFU {mfu:.1%} (peak bf16 {peak / 1e12:.0f} TFLOP/s)")
 
 
