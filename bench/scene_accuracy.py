@@ -6,7 +6,8 @@ Reads every labelled clip of two sets in one run:
   weight-free detector was developed on them);
 - the scene evaluation set of ``bench/scene_eval`` (labels.json, media built by its fetch.py into
   ``--eval-media``), whose clips are split into ``tune``, ``check``, ``check2``, ``check3``,
-  ``check4``, ``tune5``, ``check5``, ``check6``, ``check7``, ``check8`` and ``check9`` by labels.json
+  ``check4``, ``tune5``, ``check5``, ``check6``, ``check7``, ``check8``, ``check9`` and ``check10`` by
+  labels.json
   (docs/scenes.md says which were scored blind when).
 
 Methods, all on the same files:
@@ -311,6 +312,7 @@ def main() -> int:
         "check7",
         "check8",
         "check9",
+        "check10",
     )
     # splits in that order, any other split of labels.json after them by name, "all" last
     rank = {s: (0, order.index(s)) if s in order else (1, s) for s in by_split}

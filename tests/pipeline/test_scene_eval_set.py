@@ -46,9 +46,10 @@ SPLITS = (
     "check7",
     "check8",
     "check9",
+    "check10",
 )
 # blind splits of natural clips, each from repositories used by no other split and added on its own
-BLIND = ("check6", "check7", "check8", "check9")
+BLIND = ("check6", "check7", "check8", "check9", "check10")
 NATURAL = ("tune5", "check5", *BLIND)
 REQUIRED_CATEGORIES = {
     "handheld",
