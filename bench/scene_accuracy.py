@@ -5,10 +5,9 @@ Reads every labelled clip of two sets in one run:
 - ``../shared/videos``: the clips of catalog.json that carry cut ground truth (split ``tune``: the
   weight-free detector was developed on them);
 - the scene evaluation set of ``bench/scene_eval`` (labels.json, media built by its fetch.py into
-  ``--eval-media``), whose clips are split into ``tune``, ``check``, ``check2``, ``check3``,
-  ``check4``, ``tune5``, ``check5``, ``check6``, ``check7``, ``check8``, ``check9`` and ``check10`` by
-  labels.json
-  (docs/scenes.md says which were scored blind when).
+  ``--eval-media``), whose clips are split by labels.json into ``tune``, ``tune5``, ``check`` and
+  ``check2`` to ``check10`` (docs/scenes.md says which were scored blind when); splits print in that
+  order, so a new ``checkN`` needs no change here.
 
 Methods, all on the same files:
 
@@ -47,6 +46,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -214,6 +214,15 @@ def _resampled_f1(rows: list[dict], resamples: int, seed: int = 0) -> dict[str, 
     return {m: f1[:, i] for i, m in enumerate(METHODS)}
 
 
+def _split_rank(split: str) -> tuple:
+    """Print order: the tune splits, then the check splits by number (check, check2, ..., check10), any
+    other split of labels.json by name, "all" last."""
+    m = re.fullmatch(r"(tune|check)(\d*)", split)
+    if m:
+        return (0 if m[1] == "tune" else 1, int(m[2] or 1), "")
+    return (3, 0, "") if split == "all" else (2, 0, split)
+
+
 def _share(a: np.ndarray, b: np.ndarray, compare) -> float:
     """The share of resamples, among those where both have an F1, in which ``compare(a, b)`` holds."""
     both = ~np.isnan(a) & ~np.isnan(b)
@@ -300,24 +309,7 @@ def main() -> int:
     if args.baselines_only:
         return 0
     print(f"\n{len(files)} files; scorer eval_cuts.py, tolerance +-{args.tol} frames")
-    order = (
-        "tune",
-        "tune5",
-        "check",
-        "check2",
-        "check3",
-        "check4",
-        "check5",
-        "check6",
-        "check7",
-        "check8",
-        "check9",
-        "check10",
-    )
-    # splits in that order, any other split of labels.json after them by name, "all" last
-    rank = {s: (0, order.index(s)) if s in order else (1, s) for s in by_split}
-    rank["all"] = (2, "")
-    for split in sorted(by_split, key=rank.__getitem__):
+    for split in sorted(by_split, key=_split_rank):
         tables = by_split[split]
         n_true = tables["fast"]["tp"] + tables["fast"]["fn"]
         n_neg = tables["fast"]["negatives"]
