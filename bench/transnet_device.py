@@ -165,6 +165,8 @@ def main() -> int:
         return 0
     if not args.frames:
         parser.error("give --save-frames OUT.npz or --frames IN.npz")
+    if not args.frames.is_file():
+        parser.error(f"--frames {args.frames}: no such file (write it with --save-frames)")
     if args.tile < 1 or args.repeat < 1 or args.cpu_frames < 1 or any(b < 1 for b in args.batches):
         parser.error("--tile, --repeat, --cpu-frames and --batches must be >= 1")
     rows = measure(args)
