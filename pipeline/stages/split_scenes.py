@@ -1138,7 +1138,7 @@ def _fuse(
                 np.arange(peak + 1, min(n, peak + 3)),
                 np.arange(max(floor, peak - 7), peak + 1),
             )
-            or _relit(thumbs, peak + 1, floor)
+            or (e - s < 2 and _relit(thumbs, peak + 1, floor))  # a light switches in a frame or two
         ):
             continue  # a flash, a picture that comes back, a caption or a light over a shot that goes on
         if e - s < 2:

@@ -490,6 +490,39 @@ def test_a_light_switched_on_in_a_still_shot_is_not_a_cut(monkeypatch, videos) -
     assert 70 in [t.frame for t in detect_transitions(_signals(frames), 25.0, CFG)]
 
 
+def test_fused_lets_the_light_test_veto_only_a_short_network_run(monkeypatch) -> None:
+    """A light switches on or off within a frame or two; a fade to white lasts many frames, and while
+    it runs the picture brightens and keeps its structure, as a light switched on does. So ``fused``
+    asks the light test (``_relit``) only about network runs under 3 frames: here it answers "a light"
+    everywhere, and the 9-frame run still gives a boundary while a 2-frame one is dropped. (Without the
+    network's run length the fade to white into a trailer's title card, check9, was lost.)"""
+    import dataclasses
+
+    from vidsift.pipeline.stages import split_scenes
+
+    monkeypatch.setattr(split_scenes, "_relit", lambda *a: True)
+    signals = _signals(np.concatenate([_textured(1, 80), _textured(2, 80)]))  # a cut at 80
+    cfg = dataclasses.replace(CFG, detector="fused")
+
+    class WithNetwork:  # the measured signals, with the network's probabilities given here
+        num_frames, content, luma = signals.num_frames, signals.content, signals.luma
+        lit_fraction, thumbs = signals.lit_fraction, signals.thumbs
+
+        def __init__(self, run: slice) -> None:
+            self.single, self.many = (
+                np.zeros(self.num_frames, np.float32),
+                np.zeros(self.num_frames, np.float32),
+            )
+            self.single[run] = 0.6
+            self.single[79] = 0.7  # the peak: the new shot starts at 80
+
+        def shot_probabilities(self):
+            return self.single, self.many
+
+    assert [t.frame for t in detect_transitions(WithNetwork(slice(75, 84)), FPS, cfg)] == [80]
+    assert detect_transitions(WithNetwork(slice(78, 80)), FPS, cfg) == []
+
+
 def test_detector_config_validation() -> None:
     with pytest.raises(ValueError, match="detector must be one of"):
         SplitScenesConfig(detector="magic")
