@@ -41,10 +41,10 @@ FORBIDDEN = (
     "ietf-wg-cellar/matroska-test-files",
     "eyevinn/mp4ff",
 )
-SPLITS = ("tune", "tune5", "check", *(f"check{n}" for n in range(2, 12)))  # check, check2 ... check11
+SPLITS = ("tune", "tune5", "check", *(f"check{n}" for n in range(2, 13)))  # check, check2 ... check12
 # blind splits of natural clips, each from repositories (or registry packages) used by no other split
 # and added on its own
-BLIND = ("check6", "check7", "check8", "check9", "check10", "check11")
+BLIND = ("check6", "check7", "check8", "check9", "check10", "check11", "check12")
 NATURAL = ("tune5", "check5", *BLIND)
 REGISTRIES = ("pypi", "npm", "debian")
 
