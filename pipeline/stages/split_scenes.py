@@ -581,6 +581,9 @@ def _detect_fades(
         last = e
         while last + 1 < n and last - e < max_ramp and 0.2 < luma[last + 1] - luma[last] < _MAX_FADE_STEP:
             last += 1
+        # one step is no ramp: a cut from a dim shot into black (or out of it) changes the level once
+        first = s if first == s - 1 else first
+        last = e if last == e + 1 else last
         # A black stretch entered or left by a cut is a shot of its own: it stays a candidate scene
         # (the brightness filter rejects it as black_frames, so it is accounted for, not lost).
         if e == n - 1:

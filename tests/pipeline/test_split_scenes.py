@@ -179,6 +179,17 @@ def test_cut_into_black_then_fade_in_is_two_boundaries() -> None:
     assert scenes[-1].end_frame == len(frames) and scenes[2].start_frame > t[1].frame
 
 
+def test_cuts_from_a_dim_shot_into_held_black_and_out_are_two_cuts() -> None:
+    """A dark trailer: a dim shot (a lit patch on black, mean level about 13) cuts to 30 black frames and
+    another dim shot cuts in. Each cut changes the level once, which is no fade ramp, so the black is a
+    shot of its own between two cuts (a one-frame "ramp" made this one fade, found at 90 only)."""
+    frames = np.zeros((120, 72, 128, 3), np.uint8)
+    frames[:60, :24, :40] = _textured(5, 1, h=24, w=40, drift=0)[0]  # a still lit patch, 10% of the picture
+    frames[90:, 40:64, 80:120] = _textured(6, 1, h=24, w=40, drift=0)[0]
+    t = _transitions(frames)
+    assert [(x.frame, x.kind) for x in t] == [(60, "cut"), (90, "cut")], t
+
+
 def test_short_black_between_shots_is_one_transition() -> None:
     frames = np.concatenate([_textured(7, 60), np.zeros((3, 72, 128, 3), np.uint8), _textured(8, 60)])
     t = _transitions(frames)
