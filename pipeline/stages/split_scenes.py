@@ -660,36 +660,34 @@ def _cut_candidates(
     return np.asarray(cands, dtype=np.int64), np.asarray(weak, dtype=bool)
 
 
-def _is_flash(luma: np.ndarray, i: int, ahead: int) -> bool:
-    """Frame ``i`` jumps up in brightness and the brightness falls back within ``ahead`` frames.
+def _light_falls_back(luma: np.ndarray, i: int, ahead: int) -> int | None:
+    """Frame ``i`` jumps up in brightness and the brightness falls back within ``ahead`` frames: the
+    first frame after ``i`` whose brightness is back, else None.
 
     A camera flash, a strobe or a firework burst lights the picture for a few frames and decays; a cut
-    to a brighter shot stays bright.
+    to a brighter shot stays bright (or shows another picture: ``_flash``).
     """
     if i < 1 or i + 1 >= len(luma):
-        return False
+        return None
     jump = float(luma[i] - luma[i - 1])
     if jump < _FLASH_JUMP:
-        return False
-    after = luma[i + 1 : i + 1 + ahead]
-    return bool(after.min() <= luma[i - 1] + 0.25 * jump)
+        return None
+    back = np.flatnonzero(luma[i + 1 : i + 1 + ahead] <= luma[i - 1] + 0.25 * jump)
+    return i + 1 + int(back[0]) if len(back) else None
 
 
 def _flash(thumbs: _Thumbs, luma: np.ndarray, i: int, j: int | None, ahead: int) -> bool:
-    """Is frame ``i`` a flash (``_is_flash``) of the picture that is there?
+    """Is frame ``i`` a flash of the picture that is there?
 
-    The bright frames, up to the next cut candidate ``j`` or else up to where the brightness has fallen
-    back, must still show the picture from before ``i`` (``_same_picture``): a cut to a brighter shot
-    that darkens soon after (a lamp-lit face turning away, a shot fading down) brightens and falls back
-    too, but shows another picture.
+    Its brightness jumps and falls back (``_light_falls_back``), and the bright frames, up to the next
+    cut candidate ``j`` or else up to where the brightness is back, still show the picture from before
+    ``i`` (``_same_picture``): a cut to a brighter shot that darkens soon after (a lamp-lit face turning
+    away, a shot fading down) brightens and falls back too, but shows another picture.
     """
-    if not _is_flash(luma, i, ahead):
+    end = _light_falls_back(luma, i, ahead)
+    if end is None:
         return False
-    if j is None:
-        jump = float(luma[i] - luma[i - 1])
-        after = luma[i + 1 : i + 1 + ahead]
-        j = i + 1 + int(np.flatnonzero(after <= luma[i - 1] + 0.25 * jump)[0])
-    return _same_picture(thumbs, i, j)
+    return _same_picture(thumbs, i, end if j is None else j)
 
 
 def _same_picture(thumbs: _Thumbs, i: int, j: int) -> bool:
