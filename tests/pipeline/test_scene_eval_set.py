@@ -41,10 +41,21 @@ FORBIDDEN = (
     "ietf-wg-cellar/matroska-test-files",
     "eyevinn/mp4ff",
 )
-SPLITS = ("tune", "tune5", "check", *(f"check{n}" for n in range(2, 15)))  # check, check2 ... check14
+SPLITS = ("tune", "tune5", "check", *(f"check{n}" for n in range(2, 16)))  # check, check2 ... check15
 # blind splits of natural clips, each from repositories (or registry packages) used by no other split
 # and added on its own
-BLIND = ("check6", "check7", "check8", "check9", "check10", "check11", "check12", "check13", "check14")
+BLIND = (
+    "check6",
+    "check7",
+    "check8",
+    "check9",
+    "check10",
+    "check11",
+    "check12",
+    "check13",
+    "check14",
+    "check15",
+)
 NATURAL = ("tune5", "check5", *BLIND)
 
 _spec = importlib.util.spec_from_file_location("scene_eval_fetch", HERE / "fetch.py")
