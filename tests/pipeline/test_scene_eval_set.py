@@ -41,21 +41,10 @@ FORBIDDEN = (
     "ietf-wg-cellar/matroska-test-files",
     "eyevinn/mp4ff",
 )
-SPLITS = ("tune", "tune5", "check", *(f"check{n}" for n in range(2, 16)))  # check, check2 ... check15
+SPLITS = ("tune", "tune5", "check", *(f"check{n}" for n in range(2, 17)))  # check, check2 ... check16
 # blind splits of natural clips, each from repositories (or registry packages) used by no other split
 # and added on its own
-BLIND = (
-    "check6",
-    "check7",
-    "check8",
-    "check9",
-    "check10",
-    "check11",
-    "check12",
-    "check13",
-    "check14",
-    "check15",
-)
+BLIND = tuple(f"check{n}" for n in range(6, 17))  # check6 ... check16
 NATURAL = ("tune5", "check5", *BLIND)
 
 _spec = importlib.util.spec_from_file_location("scene_eval_fetch", HERE / "fetch.py")
