@@ -1096,6 +1096,20 @@ def detect_transitions(signals: SceneSignals, fps: float, config: SplitScenesCon
     return [t for t in found if edge <= t.frame and (t.frame == n or t.frame < n - edge)]
 
 
+def _apart_across(
+    thumbs: _Thumbs, first: int, last: int, floor: int, fps: float, config: SplitScenesConfig
+) -> float | None:
+    """The smallest distance between a frame of the second before ``first`` (not before ``floor``, the
+    previous boundary) and one of the half second after ``last``; None where either side is empty."""
+    back = max(2, round(config.lookback_s * fps))
+    ahead = max(2, round(config.lookahead_s * fps))
+    pre = np.arange(max(floor, first - back), first)
+    post = np.arange(last + 1, min(len(thumbs.t), last + 1 + ahead))
+    if len(pre) == 0 or len(post) == 0:
+        return None
+    return thumbs.cross_min(pre, post)
+
+
 def _returns(
     thumbs: _Thumbs, first: int, last: int, floor: int, fps: float, config: SplitScenesConfig
 ) -> bool:
@@ -1104,26 +1118,15 @@ def _returns(
     A flash, a strobe, a burst of fireworks or an occlusion changes the picture and then gives it back;
     a shot boundary does not. Frames before ``floor`` (the previous boundary) are not looked at.
     """
-    back = max(2, round(config.lookback_s * fps))
-    ahead = max(2, round(config.lookahead_s * fps))
-    n = len(thumbs.t)
-    pre = np.arange(max(floor, first - back), first)
-    post = np.arange(last + 1, min(n, last + 1 + ahead))
-    if len(pre) == 0 or len(post) == 0:
-        return False
-    return thumbs.cross_min(pre, post) < config.min_cut_distance
+    apart = _apart_across(thumbs, first, last, floor, fps, config)
+    return apart is not None and apart < config.min_cut_distance
 
 
 def _clear_cut(thumbs: _Thumbs, i: int, fps: float, config: SplitScenesConfig) -> bool:
-    """Do the frames of the second before ``i`` and of the half second from it stand at least
-    _CLEAR_CUT_DISTANCE apart (every pair)? Then a weight-free cut there needs no word from the network."""
-    back = max(2, round(config.lookback_s * fps))
-    ahead = max(2, round(config.lookahead_s * fps))
-    pre = np.arange(max(0, i - back), i)
-    post = np.arange(i, min(len(thumbs.t), i + ahead + 1))
-    if len(pre) == 0 or len(post) == 0:
-        return False
-    return thumbs.cross_min(pre, post) >= _CLEAR_CUT_DISTANCE
+    """Do the frames before a cut at ``i`` and after it stand at least _CLEAR_CUT_DISTANCE apart (every
+    pair, ``_apart_across``)? Then a weight-free cut there needs no word from the network."""
+    apart = _apart_across(thumbs, i, i - 1, 0, fps, config)
+    return apart is not None and apart >= _CLEAR_CUT_DISTANCE
 
 
 def _fuse(
