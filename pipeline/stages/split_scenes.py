@@ -96,12 +96,6 @@ _STEP_FRAMES = 2
 _INSERT_DISTANCE = 1.0
 # Light between two black stretches that lit at most this share of the pixels on average: sparks, a beam.
 _SPARKS_LIT = 0.3
-# A black stretch holds at least one flat frame: the mean absolute deviation of its thumbnail's values,
-# clipped at dark_level, at most this (0..255). A dark shot whose lit pixels drop under dark_max_fraction
-# still shows its picture in the dark: on the read splits (session 24) the darkest frame of such a
-# stretch measured 1.6-2.9 (a dim set, a spotlight sweeping a stage), of the black around true fades and
-# cuts mostly under 0.9 (noise and grain average out over the thumbnail's blocks); 1.0-2.0 scored alike.
-_BLACK_STRUCTURE = 1.5
 # A changed area with less than this share of the texture it covers is an occluder, not a picture.
 _OCCLUDER_TEXTURE = 0.35
 # Caption and banner changes (_overlay_change): a thumbnail row whose mean change (0..255) is at most
@@ -545,15 +539,14 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
 
 
 def _dark_runs(
-    signals: SceneSignals, thumbs: _Thumbs, fps: float, config: SplitScenesConfig
+    signals: SceneSignals, fps: float, config: SplitScenesConfig
 ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """Stretches of black frames (inclusive), joined across lights in the dark; and the lights.
 
     Lights in the dark (fireworks, a torch, a passing car at night) break a black stretch for a moment:
     when black comes back within ``lookback_s`` and the light between lit few pixels on average
-    (sparks, a beam; not a picture), it is one dark shot, not black shots between cuts. A stretch with
-    no flat frame (``_flat_frame``) is a dark shot whose light dipped, not black, and is left out.
-    Returns the joined black stretches and the stretches of light they were joined across (inclusive).
+    (sparks, a beam; not a picture), it is one dark shot, not black shots between cuts. Returns the
+    joined black stretches and the stretches of light they were joined across (inclusive).
     """
     lit = signals.lit_fraction
     dark = lit <= config.dark_max_fraction
@@ -574,16 +567,7 @@ def _dark_runs(
             continue
         lights.append((runs[back][1] + 1, s - 1))
         runs[back:] = [(runs[back][0], e)]
-    return [(s, e) for s, e in runs if _flat_frame(thumbs, s, e, config.dark_level)], lights
-
-
-def _flat_frame(thumbs: _Thumbs, first: int, last: int, level: int) -> bool:
-    """Does a frame of ``first..last`` show nothing in its dark part (_BLACK_STRUCTURE)?"""
-    for i in range(first, last + 1, thumbs.BLOCK):
-        rows = np.minimum(thumbs.t[i : min(last + 1, i + thumbs.BLOCK)], level).astype(np.float32)
-        if (np.abs(rows - rows.mean(axis=1, keepdims=True)).mean(axis=1) <= _BLACK_STRUCTURE).any():
-            return True
-    return False
+    return runs, lights
 
 
 def _detect_fades(
@@ -1097,7 +1081,7 @@ def detect_transitions(signals: SceneSignals, fps: float, config: SplitScenesCon
     if thumbs.picture_fraction < 1.0:
         signals = _PictureSignals(signals, thumbs.picture_fraction)
     if config.detector == "fast":
-        found = _detect_fast(signals, thumbs, fps, config, _dark_runs(signals, thumbs, fps, config))
+        found = _detect_fast(signals, thumbs, fps, config, _dark_runs(signals, fps, config))
     else:
         probs = signals.shot_probabilities()
         if probs is None:
@@ -1167,7 +1151,7 @@ def _fuse(
     """
     single, many = probs
     n = signals.num_frames
-    dark = _dark_runs(signals, thumbs, fps, config)
+    dark = _dark_runs(signals, fps, config)
     jumps: list[int] = []
     fast = _detect_fast(signals, thumbs, fps, config, dark, jumps)
     jump_at = set(jumps)

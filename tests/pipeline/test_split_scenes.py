@@ -787,25 +787,3 @@ def test_fused_keeps_a_clear_weight_free_cut_the_network_missed() -> None:
     assert detect_transitions(faint, FPS, cfg) == []
     faint.single[29] = 0.2  # a weak network peak where fast found the cut: a boundary, as before
     assert [t.frame for t in detect_transitions(faint, FPS, cfg)] == [30]
-
-
-def test_a_dark_set_whose_only_light_goes_out_is_no_black_and_no_cut() -> None:
-    """A dim set (nothing above dark_level) lit only by a spotlight that sweeps off it and comes back
-    later: without the light, under dark_max_fraction of the pixels are lit, as in black, but the set
-    still shows in the dark (_BLACK_STRUCTURE), so the stretch is no black shot with a cut into it and
-    out of it (a dark game trailer, check13: 5 false cuts). Held black between shots stays a boundary
-    (test_cuts_from_a_dim_shot_into_held_black_and_out_are_two_cuts)."""
-    import dataclasses
-
-    frames = (_textured(5, 120).astype(np.float32) * 0.1).astype(np.uint8)
-    yy, xx = np.mgrid[:72, :128]
-    for i in [*range(40), *range(85, 120)]:  # off the set over 40..84
-        x = 20 + 2 * (i if i < 40 else i - 85)
-        disc = np.clip(1.0 - np.hypot(yy - 36, xx - x) / 9.0, 0, 1) * 200  # ~5% of the picture lit
-        frames[i] = np.clip(frames[i] + disc[..., None], 0, 255).astype(np.uint8)
-    assert _transitions(frames) == []
-    assert detect_transitions(_Measured(frames), FPS, dataclasses.replace(CFG, detector="fused")) == []
-    # the same light going out over a set that is black: a cut into black and out of it
-    black = frames.copy()
-    black[40:85] = 0
-    assert [t.frame for t in _transitions(black)] == [40, 85]
