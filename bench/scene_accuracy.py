@@ -312,9 +312,8 @@ def main() -> int:
                     cache[key] = scenedetect_cuts(path, method)
                 if args.baseline_cache:
                     args.baseline_cache.write_text(json.dumps(cache))
-            preds[method] = cache[key]
-            if method == "TransNetV2-package":
-                preds[method] = package_to_pyav(path, cache[key])
+            package_cuts = method == "TransNetV2-package"  # cached in its own numbering, scored in PyAV's
+            preds[method] = package_to_pyav(path, cache[key]) if package_cuts else cache[key]
         if args.baselines_only:
             print(f"done {name}", file=sys.stderr, flush=True)
             continue

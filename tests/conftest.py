@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -14,6 +15,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 VIDEOS = REPO.parent / "shared" / "videos"
+
+
+def load_script(path: Path):
+    """A script that is not part of the package (bench/..., bench/scene_eval/...), imported as a module."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

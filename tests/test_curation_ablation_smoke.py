@@ -1,21 +1,16 @@
 """bench/curation_ablation.py end to end at toy size: pools, `vidsift curate` with caption_from_sidecar, the
 uncurated windows, training both arms, sampling and judging. It checks the plumbing, not the result."""
 
-import importlib.util
 import json
 
 import pyarrow.parquet as pq
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 
 
 def test_curation_ablation_toy(tmp_path):
-    spec = importlib.util.spec_from_file_location(
-        "curation_ablation", REPO / "bench" / "curation_ablation.py"
-    )
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script(REPO / "bench" / "curation_ablation.py")
     out = tmp_path / "ablation"
     argv = [
         "--toy",

@@ -5,23 +5,19 @@ stream that starts after the audio gets repeated frames in front, and every inde
 is late by them. Checked here with ffmpeg itself, on clips made here.
 """
 
-import importlib.util
 import shutil
 import subprocess
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("scene_accuracy", REPO / "bench" / "scene_accuracy.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+    return load_script(REPO / "bench" / "scene_accuracy.py")
 
 
 def _ffmpeg(*args: str) -> bytes:

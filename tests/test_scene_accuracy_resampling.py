@@ -1,17 +1,12 @@
 """bench/scene_accuracy.py's F1 intervals over resampled files: what they say about a split's figures."""
 
-import importlib.util
-
 import numpy as np
 
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("scene_accuracy", REPO / "bench" / "scene_accuracy.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+    return load_script(REPO / "bench" / "scene_accuracy.py")
 
 
 def _row(bench, **by_method):

