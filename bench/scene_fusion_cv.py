@@ -8,11 +8,13 @@ single-frame probability above 0.05) and its long all-frames runs (above 0.5 for
 merged so that no two lie within 2 frames. Each candidate gets the measurements of ``FEATURES`` and a
 label: 1 where it lies within ``--tol`` frames of a labelled cut or inside a labelled gradual
 transition (+-tol), else 0. The classifier is scikit-learn's ``HistGradientBoostingClassifier``
-(``MODEL``, fixed seed); a candidate is a boundary where its probability reaches 0.5.
+(``MODEL``, fixed seed); a candidate is a boundary where its probability reaches 0.5. A second,
+weight-free arm (``learned-fast``) is trained the same way on ``fast``'s own boundaries only, with the
+measurements that need no network (``FAST_FEATURES``), and is compared with ``fast``.
 
 - default: leave one split out. For each split, train on every other split, predict that split's
-  candidates, and score with ``../shared/tools/eval_cuts.py`` beside ``fused`` and ``fast`` on the same
-  files; then the pooled figures over all splits and over the blind natural splits check7 onward.
+  candidates, and score both arms with ``../shared/tools/eval_cuts.py`` beside ``fused`` and ``fast``
+  on the same files; then the pooled figures over all splits and over the blind natural splits check7 onward.
 - ``--hold SPLIT ...``: train once on every split but those, score those once (how a new blind split
   is scored: docs/scenes.md, Session 25).
 
@@ -45,6 +47,13 @@ FEATURES = (
     "flash", "returns", "fused_x_p", "fast_x_p", "apart_x_p", "shifted", "shifted_of_step",
     "shifted_q75", "density",
 )  # fmt: skip
+# The weight-free arm (``learned-fast``): only the boundaries ``fast`` reports are candidates, and only the
+# measurements that need no network are read, so it can drop ``fast``'s false cuts but add nothing.
+NETWORK_FEATURES = {
+    "p_single", "p_many", "log_p_single", "net_ran", "in_fused", "fused_cut", "fused_fade",
+    "fused_dissolve", "fused_x_p", "fast_x_p", "apart_x_p",
+}  # fmt: skip
+FAST_FEATURES = tuple(f for f in FEATURES if f not in NETWORK_FEATURES)
 
 
 def shifted_distance(a: np.ndarray, b: np.ndarray, floor: float, keep: float = 1.0) -> float:
@@ -154,17 +163,23 @@ def label(frame: int, truth: dict, tol: int) -> int:
     return int(any(a - tol <= frame <= b + tol for a, b in truth.get("gradual", [])))
 
 
-def _matrix(clips: dict, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    rows = [r for n in names for r in clips[n]["rows"]]
-    x = np.array([[r[k] for k in FEATURES] for r in rows], dtype=np.float64).reshape(-1, len(FEATURES))
+def _rows(clip: dict, arm: str) -> list[dict]:
+    return clip["rows"] if arm == "learned" else [r for r in clip["rows"] if r["in_fast"]]
+
+
+def _matrix(clips: dict, names: list[str], arm: str) -> tuple[np.ndarray, np.ndarray]:
+    feats = FEATURES if arm == "learned" else FAST_FEATURES
+    rows = [r for n in names for r in _rows(clips[n], arm)]
+    x = np.array([[r[k] for k in feats] for r in rows], dtype=np.float64).reshape(-1, len(feats))
     return x, np.array([r["y"] for r in rows], dtype=int)
 
 
-def _predict(model, clip: dict) -> list[int]:
-    if not clip["rows"]:
+def _predict(model, clip: dict, arm: str) -> list[int]:
+    rows = _rows(clip, arm)
+    if not rows:
         return []
-    x = np.array([[r[k] for k in FEATURES] for r in clip["rows"]], dtype=np.float64)
-    return [r["frame"] for r, p in zip(clip["rows"], model.predict_proba(x)[:, 1], strict=True) if p >= 0.5]
+    x, _ = _matrix({"clip": {"rows": rows}}, ["clip"], arm)
+    return [r["frame"] for r, p in zip(rows, model.predict_proba(x)[:, 1], strict=True) if p >= 0.5]
 
 
 def _f1(v: np.ndarray) -> str:
@@ -218,12 +233,18 @@ def main() -> int:
     pooled = defaultdict(lambda: np.zeros(4, int))
     for test in rounds:
         train = [n for n, c in clips.items() if c["split"] not in test]
-        model = HistGradientBoostingClassifier(**MODEL).fit(*_matrix(clips, train))
+        models = {
+            arm: HistGradientBoostingClassifier(**MODEL).fit(*_matrix(clips, train, arm))
+            for arm in ("learned", "learned-fast")
+        }
         for split in test:
             names = splits[split]
             res = {
-                "learned": score(names, {n: _predict(model, clips[n]) for n in names}),
+                "learned": score(names, {n: _predict(models["learned"], clips[n], "learned") for n in names}),
                 "fused": score(names, {n: clips[n]["fused"] for n in names}),
+                "learned-fast": score(
+                    names, {n: _predict(models["learned-fast"], clips[n], "learned-fast") for n in names}
+                ),
                 "fast": score(names, {n: clips[n]["fast"] for n in names}),
             }
             blind = held is not None or (split[5:].isdigit() and int(split[5:]) >= 7)

@@ -63,5 +63,8 @@ def test_the_cut_of_a_made_clip_is_a_labelled_candidate_with_finite_measurements
     for r in rows:
         assert sorted(k for k in r if k != "frame") == sorted(bench.FEATURES)
         assert all(np.isfinite(r[k]) for k in bench.FEATURES)
+    # the weight-free arm reads fast's own boundaries and no measurement that needs the network
+    assert [r["frame"] for r in bench._rows({"rows": rows}, "learned-fast")] == fast
+    assert not set(bench.FAST_FEATURES) & {"p_single", "p_many", "in_fused", "fused_x_p", "net_ran"}
     assert bench.label(50 + 3, truth, 2) == 0
     assert bench.label(12, {"cuts": [], "gradual": [[10, 20]]}, 2) == 1
