@@ -87,11 +87,13 @@ def shifted_distance(a: np.ndarray, b: np.ndarray, floor: float, keep: float = 1
     return best
 
 
-def candidates(signals, fps: float, config) -> tuple[list[dict], list[int], list[int]]:
-    """(candidate rows with their measurements, fused's frames, fast's frames) of one clip."""
+def candidates(signals, fps: float, config) -> tuple[dict[str, list[dict]], list[int], list[int]]:
+    """({arm: candidate rows with their measurements}, fused's frames, fast's frames) of one clip.
+
+    ``learned``: fused's and fast's boundaries, the network's peaks and long runs, no two within 2
+    frames. ``learned-fast``: fast's boundaries alone, measured as a run without the network sees them
+    (their network measurements are never read)."""
     n = signals.num_frames
-    thumbs = ss._Thumbs(signals.thumbs)
-    picture = ss._PictureSignals(signals, thumbs.picture_fraction) if thumbs.picture_fraction < 1 else signals
     single, many = signals.shot_probabilities()
     fused = [t for t in ss.detect_transitions(signals, fps, dataclasses.replace(config, detector="fused"))]
     fast = [t for t in ss.detect_transitions(signals, fps, dataclasses.replace(config, detector="fast"))]
@@ -109,9 +111,21 @@ def candidates(signals, fps: float, config) -> tuple[list[dict], list[int], list
     for f, _ in sorted(found.items(), key=lambda kv: (kv[1], kv[0])):
         if 1 <= f < n and all(abs(f - g) > 2 for g in kept):
             kept.append(f)
-    kept.sort()
     fused_at = {t.frame: t.kind for t in fused if t.frame < n}
     fast_at = {t.frame: t.kind for t in fast if t.frame < n}
+    rows = {
+        "learned": measure(signals, fps, config, sorted(kept), fused_at, fast_at),
+        "learned-fast": measure(signals, fps, config, [f for f in sorted(fast_at) if f >= 1], {}, fast_at),
+    }
+    return rows, sorted(fused_at), sorted(fast_at)
+
+
+def measure(signals, fps: float, config, kept: list[int], fused_at: dict, fast_at: dict) -> list[dict]:
+    """The measurements of ``FEATURES`` at each candidate frame of ``kept`` (sorted, >= 1)."""
+    n = signals.num_frames
+    thumbs = ss._Thumbs(signals.thumbs)
+    picture = ss._PictureSignals(signals, thumbs.picture_fraction) if thumbs.picture_fraction < 1 else signals
+    single, many = signals.shot_probabilities()
     ahead = max(2, round(config.lookahead_s * fps))
     content = picture.content
     pics = thumbs.t.reshape((-1, *thumbs.shape)).astype(np.float32)
@@ -154,7 +168,7 @@ def candidates(signals, fps: float, config) -> tuple[list[dict], list[int], list
             "shifted_q75": shifted_distance(pics[f - 1], pics[f], thumbs.floor, keep=0.75),
             "density": float((np.abs(frames - f) <= fps).sum()),
         })  # fmt: skip
-    return rows, sorted(fused_at), sorted(fast_at)
+    return rows
 
 
 def label(frame: int, truth: dict, tol: int) -> int:
@@ -164,7 +178,7 @@ def label(frame: int, truth: dict, tol: int) -> int:
 
 
 def _rows(clip: dict, arm: str) -> list[dict]:
-    return clip["rows"] if arm == "learned" else [r for r in clip["rows"] if r["in_fast"]]
+    return clip["rows"][arm]
 
 
 def _matrix(clips: dict, names: list[str], arm: str) -> tuple[np.ndarray, np.ndarray]:
@@ -178,7 +192,7 @@ def _predict(model, clip: dict, arm: str) -> list[int]:
     rows = _rows(clip, arm)
     if not rows:
         return []
-    x, _ = _matrix({"clip": {"rows": rows}}, ["clip"], arm)
+    x, _ = _matrix({"clip": {"rows": {arm: rows}}}, ["clip"], arm)
     return [r["frame"] for r, p in zip(rows, model.predict_proba(x)[:, 1], strict=True) if p >= 0.5]
 
 
@@ -210,7 +224,7 @@ def main() -> int:
     for i, (name, (path, truth, split, _)) in enumerate(files.items(), 1):
         signals, fps = sa._analysis(path, recipe, args.analysis_cache, "analysis-gated")
         rows, fused, fast = candidates(signals, fps, config)
-        for r in rows:
+        for r in (r for arm_rows in rows.values() for r in arm_rows):
             r["y"] = label(r["frame"], truth, args.tol)
         clips[name] = {"split": split, "truth": truth, "rows": rows, "fused": fused, "fast": fast}
         if i % 25 == 0 or i == len(files):

@@ -54,17 +54,18 @@ def test_the_cut_of_a_made_clip_is_a_labelled_candidate_with_finite_measurements
 
     recipe = _default_recipe(["split_scenes.detector=fused", "split_scenes.fused_gate=true"])
     signals, fps = bench.sa._analysis(video, recipe, None, "analysis-gated")
-    rows, fused, fast = bench.candidates(signals, fps, recipe.stage("split_scenes"))
+    arms, fused, fast = bench.candidates(signals, fps, recipe.stage("split_scenes"))
+    rows = arms["learned"]
     assert 50 in fused and 50 in fast
     truth = {"cuts": [50], "gradual": []}
     at_cut = [r for r in rows if bench.label(r["frame"], truth, 2)]
     assert [r["frame"] for r in at_cut] == [50]
     assert at_cut[0]["in_fused"] == 1.0 and at_cut[0]["p_single"] > 0.5
-    for r in rows:
+    for r in rows + arms["learned-fast"]:
         assert sorted(k for k in r if k != "frame") == sorted(bench.FEATURES)
         assert all(np.isfinite(r[k]) for k in bench.FEATURES)
     # the weight-free arm reads fast's own boundaries and no measurement that needs the network
-    assert [r["frame"] for r in bench._rows({"rows": rows}, "learned-fast")] == fast
+    assert [r["frame"] for r in bench._rows({"rows": arms}, "learned-fast")] == fast
     assert not set(bench.FAST_FEATURES) & {"p_single", "p_many", "in_fused", "fused_x_p", "net_ran"}
     assert bench.label(50 + 3, truth, 2) == 0
     assert bench.label(12, {"cuts": [], "gradual": [[10, 20]]}, 2) == 1
