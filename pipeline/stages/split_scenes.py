@@ -17,6 +17,9 @@ Three detectors (``detector``), all fed by the same decode pass; ``docs/scenes.m
   ``fused_gate`` (default) the network runs only near frames the weight-free signals flag
   (``SceneSignals._gate_open``); every other frame gets probability 0.
 
+``learned_check`` (off by default) hands the last word on each candidate after ``fast`` or ``fused`` to
+a small tree ensemble trained on the labelled evaluation set (``boundary_check.py``).
+
 How the weight-free signals and ``fast`` work, in two passes:
 
 1. ``SceneSignals.update`` stores a few hundred bytes per frame: PySceneDetect's ``ContentDetector``
@@ -49,6 +52,7 @@ How the weight-free signals and ``fast`` work, in two passes:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -167,6 +171,10 @@ class SplitScenesConfig:
     # fused: run the network only around frames the weight-free signals flag (cuts, fast change, brightness
     # change, with low thresholds), not on every frame; false runs it everywhere (as transnetv2 does).
     fused_gate: bool = True
+    # fast/fused: let the learned check (boundary_check.py, trees trained on the labelled evaluation set)
+    # decide each candidate instead of the rules' last word. Off: an experiment until blind splits agree
+    # (docs/scenes.md, Session 25).
+    learned_check: bool = False
     # Scenes shorter than this become rejected candidates (reason scene_too_short), not dropped.
     min_scene_s: float = 2.0
     # Scenes longer than this are cut into near-equal chunks no longer than it.
@@ -244,6 +252,8 @@ class SplitScenesConfig:
             raise ValueError(
                 f"split_scenes.transnet_threshold must be in (0, 1), got {self.transnet_threshold}"
             )
+        if self.learned_check and self.detector == "transnetv2":
+            raise ValueError("split_scenes.learned_check works with detector fast or fused, not transnetv2")
         if self.detector != "fast":
             from vidsift.pipeline.stages.transnet import missing_dependency
 
@@ -403,11 +413,12 @@ class SceneSignals:
     def detector(self) -> str:
         """What decides the boundaries here: ``fast``, or the network's detector with where and in which
         arithmetic it runs (``auto`` settings resolved on this worker), e.g. ``fused (gated, TransNetV2
-        bfloat16 on cpu)``."""
+        bfloat16 on cpu)``; `` + learned check`` follows when ``learned_check`` is on."""
+        check = " + learned check" if self.config.learned_check else ""
         if self._net is None:
-            return "fast"
+            return "fast" + check
         gate = "gated, " if self._gated else ""
-        return f"{self.config.detector} ({gate}TransNetV2 {self._net.precision} on {self._net.device})"
+        return f"{self.config.detector} ({gate}TransNetV2 {self._net.precision} on {self._net.device}){check}"
 
 
 # Letterbox and pillarbox bars: thumbnail rows or columns at the frame's edge that stay black and flat
@@ -1072,6 +1083,29 @@ class _PictureSignals:
 
 def detect_transitions(signals: SceneSignals, fps: float, config: SplitScenesConfig) -> list[Transition]:
     """All shot boundaries of one video, sorted, at most one per transition."""
+    found = _detect(signals, fps, config)
+    if not config.learned_check or signals.num_frames < 2:
+        return found
+    from vidsift.pipeline.stages.boundary_check import check
+
+    plain = dataclasses.replace(config, learned_check=False)
+    if config.detector == "fused":
+        fast = _detect(signals, fps, dataclasses.replace(plain, detector="fast"))
+        kept = check(signals, fps, plain, found, fast)
+    else:
+        kept = check(signals, fps, plain, None, found)
+    return _within_edges(kept, signals.num_frames, fps, config)
+
+
+def _within_edges(found: list[Transition], n: int, fps: float, config: SplitScenesConfig) -> list[Transition]:
+    edge = round(config.edge_s * fps)
+    found = sorted(found, key=lambda t: t.frame)
+    # frame == n (a fade-out that runs to the end) is kept: it trims the last scene.
+    return [t for t in found if edge <= t.frame and (t.frame == n or t.frame < n - edge)]
+
+
+def _detect(signals: SceneSignals, fps: float, config: SplitScenesConfig) -> list[Transition]:
+    """``detect_transitions`` without the learned check."""
     n = signals.num_frames
     if n < 2:
         return []
@@ -1090,10 +1124,7 @@ def detect_transitions(signals: SceneSignals, fps: float, config: SplitScenesCon
             found = _transnet_transitions(probs[0], config.transnet_threshold)
         else:
             found = _fuse(signals, thumbs, probs, fps, config)
-    edge = round(config.edge_s * fps)
-    found = sorted(found, key=lambda t: t.frame)
-    # frame == n (a fade-out that runs to the end) is kept: it trims the last scene.
-    return [t for t in found if edge <= t.frame and (t.frame == n or t.frame < n - edge)]
+    return _within_edges(found, n, fps, config)
 
 
 def _apart_across(
