@@ -8,7 +8,9 @@ single-frame probability above 0.05) and its long all-frames runs (above 0.5 for
 merged so that no two lie within 2 frames. Each candidate gets the measurements of ``FEATURES`` and a
 label: 1 where it lies within ``--tol`` frames of a labelled cut or inside a labelled gradual
 transition (+-tol), else 0. The classifier is scikit-learn's ``HistGradientBoostingClassifier``
-(``MODEL``, fixed seed); a candidate is a boundary where its probability reaches 0.5. A second,
+(``MODEL``, fixed seed); a candidate is a boundary where its probability reaches 0.5 (``learned``), or
+with the package's margins (``-margins``: the rules' own candidates from ``boundary_check.KEEP_FROM``
+on, the others from ``ADD_FROM`` on, as ``split_scenes.learned_check`` runs it). A second,
 weight-free arm (``learned-fast``) is trained the same way on ``fast``'s own boundaries only, with the
 measurements that need no network (``FAST_FEATURES``), and is compared with ``fast``.
 
@@ -55,8 +57,9 @@ def candidates(signals, fps: float, config) -> tuple[dict[str, list[dict]], list
     package's own candidates and measurements (``boundary_check.candidates``), after ``fused`` and
     ``fast`` as ``vidsift scenes`` runs them."""
     n = signals.num_frames
-    fused = ss.detect_transitions(signals, fps, dataclasses.replace(config, detector="fused"))
-    fast = ss.detect_transitions(signals, fps, dataclasses.replace(config, detector="fast"))
+    rules = dataclasses.replace(config, learned_check=False)  # the detectors' own rules, checked here
+    fused = ss.detect_transitions(signals, fps, dataclasses.replace(rules, detector="fused"))
+    fast = ss.detect_transitions(signals, fps, dataclasses.replace(rules, detector="fast"))
     arms = bc.candidates(signals, fps, config, fused, fast)
     rows = {arm: arms[arm][1] for arm in ("learned", "learned-fast")}
     return rows, sorted(t.frame for t in fused if t.frame < n), sorted(t.frame for t in fast if t.frame < n)
@@ -79,12 +82,13 @@ def _matrix(clips: dict, names: list[str], arm: str) -> tuple[np.ndarray, np.nda
     return x, np.array([r["y"] for r in rows], dtype=int)
 
 
-def _predict(model, clip: dict, arm: str) -> list[int]:
+def _predict(model, clip: dict, arm: str, keep: float = 0.5, add: float = 0.5) -> list[int]:
     rows = _rows(clip, arm)
     if not rows:
         return []
     x, _ = _matrix({"clip": {"rows": {arm: rows}}}, ["clip"], arm)
-    return [r["frame"] for r, p in zip(rows, model.predict_proba(x)[:, 1], strict=True) if p >= 0.5]
+    ok = bc.decide(rows, model.predict_proba(x)[:, 1], arm, keep, add)
+    return [r["frame"] for r, yes in zip(rows, ok, strict=True) if yes]
 
 
 def _f1(v: np.ndarray) -> str:
@@ -171,11 +175,19 @@ def main() -> int:
                 print(f"{arm}: the shipped trees {'are' if gap < 1e-9 else 'are NOT'} this model ({gap:.2g})")
         for split in test:
             names = splits[split]
+            margins = (bc.KEEP_FROM, bc.ADD_FROM)
             res = {
                 "learned": score(names, {n: _predict(models["learned"], clips[n], "learned") for n in names}),
+                "learned-margins": score(
+                    names, {n: _predict(models["learned"], clips[n], "learned", *margins) for n in names}
+                ),
                 "fused": score(names, {n: clips[n]["fused"] for n in names}),
                 "learned-fast": score(
                     names, {n: _predict(models["learned-fast"], clips[n], "learned-fast") for n in names}
+                ),
+                "learned-fast-margins": score(
+                    names,
+                    {n: _predict(models["learned-fast"], clips[n], "learned-fast", *margins) for n in names},
                 ),
                 "fast": score(names, {n: clips[n]["fast"] for n in names}),
             }

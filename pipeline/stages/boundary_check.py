@@ -42,6 +42,11 @@ ARMS = {"learned": FEATURES, "learned-fast": FAST_FEATURES}
 _PEAK, _RUN, _RUN_FRAMES = 0.05, 0.5, 3
 # Candidates closer than this (frames) are one; the earlier source (fused, fast, peak, run) names it.
 _MERGE = 2
+# A candidate the rules reported stays a boundary unless the trees give it under KEEP_FROM; one they did
+# not report (a network peak or run) becomes one only from ADD_FROM on. At 0.5 / 0.5 the trees alone
+# decide; these margins keep the rules' answer where the trees are unsure, which loses less on the
+# composed clips and the sample clips (docs/scenes.md, Session 25).
+KEEP_FROM, ADD_FROM = 0.2, 0.8
 
 
 def shifted_distance(a: np.ndarray, b: np.ndarray, floor: float, keep: float = 1.0) -> float:
@@ -138,10 +143,11 @@ def measure(signals, fps: float, config, kept: list[int], fused_at: dict, fast_a
 
 
 def candidates(
-    signals, fps: float, config, fused: list | None, fast: list
+    signals, fps: float, config, fused: list | None, fast: list, arms: tuple[str, ...] = tuple(ARMS)
 ) -> dict[str, tuple[list, list[dict]]]:
-    """{arm: (candidate transitions, their measurements)}; ``fused`` / ``fast``: the transitions those
-    detectors reported (``fused`` None: only the weight-free arm, for a run without the network)."""
+    """{arm: (candidate transitions, their measurements)} for each of ``arms``; ``fused`` / ``fast``: the
+    transitions those detectors reported (``fused`` None: only the weight-free arm, for a run without
+    the network)."""
     from vidsift.pipeline.stages.split_scenes import Transition, _runs
 
     n = signals.num_frames
@@ -172,8 +178,10 @@ def candidates(
     fast_at = {t.frame: t.kind for t in fast if t.frame < n}
     own = {t.frame: t for t in fast if 1 <= t.frame < n}
     frames = sorted(own)
-    out = {"learned-fast": ([own[f] for f in frames], measure(signals, fps, config, frames, {}, fast_at))}
-    if fused is not None:
+    out = {}
+    if "learned-fast" in arms:
+        out["learned-fast"] = ([own[f] for f in frames], measure(signals, fps, config, frames, {}, fast_at))
+    if fused is not None and "learned" in arms:
         out["learned"] = ([found[f][1] for f in kept], measure(signals, fps, config, kept, fused_at, fast_at))
     return out
 
@@ -216,18 +224,27 @@ class Trees:
         return 1.0 / (1.0 + np.exp(-raw))
 
 
+def decide(
+    rows: list[dict], p: np.ndarray, arm: str, keep: float = KEEP_FROM, add: float = ADD_FROM
+) -> list[bool]:
+    """Which candidates are boundaries: those the rules reported (``fused``'s after ``fused``; all of
+    them after ``fast``) from probability ``keep`` on, the others from ``add`` on."""
+    own = [arm == "learned-fast" or r["in_fused"] > 0 for r in rows]
+    return [bool(q >= (keep if o else add)) for q, o in zip(p, own, strict=True)]
+
+
 def check(signals, fps: float, config, fused: list | None, fast: list) -> list:
     """The transitions the trees keep: among fused's candidates after ``fused``, among ``fast``'s own
     boundaries after ``fast`` (``fused`` None). Boundaries at the last frame (a fade-out to the end)
     are kept as they are."""
     arm = "learned" if fused is not None else "learned-fast"
-    trans, rows = candidates(signals, fps, config, fused, fast)[arm]
+    trans, rows = candidates(signals, fps, config, fused, fast, (arm,))[arm]
     trees = Trees.load(arm)
     end = [t for t in (fast if fused is None else fused) if t.frame >= signals.num_frames]
     if not rows:
         return end
     p = trees.probability(np.array([[r[k] for k in trees.features] for r in rows]))
-    return [t for t, q in zip(trans, p, strict=True) if q >= 0.5] + end
+    return [t for t, ok in zip(trans, decide(rows, p, arm), strict=True) if ok] + end
 
 
 def export(model, arm: str) -> dict:

@@ -252,8 +252,6 @@ class SplitScenesConfig:
             raise ValueError(
                 f"split_scenes.transnet_threshold must be in (0, 1), got {self.transnet_threshold}"
             )
-        if self.learned_check and self.detector == "transnetv2":
-            raise ValueError("split_scenes.learned_check works with detector fast or fused, not transnetv2")
         if self.detector != "fast":
             from vidsift.pipeline.stages.transnet import missing_dependency
 
@@ -414,7 +412,9 @@ class SceneSignals:
         """What decides the boundaries here: ``fast``, or the network's detector with where and in which
         arithmetic it runs (``auto`` settings resolved on this worker), e.g. ``fused (gated, TransNetV2
         bfloat16 on cpu)``; `` + learned check`` follows when ``learned_check`` is on."""
-        check = " + learned check" if self.config.learned_check else ""
+        check = (
+            " + learned check" if self.config.learned_check and self.config.detector != "transnetv2" else ""
+        )
         if self._net is None:
             return "fast" + check
         gate = "gated, " if self._gated else ""
@@ -1084,8 +1084,8 @@ class _PictureSignals:
 def detect_transitions(signals: SceneSignals, fps: float, config: SplitScenesConfig) -> list[Transition]:
     """All shot boundaries of one video, sorted, at most one per transition."""
     found = _detect(signals, fps, config)
-    if not config.learned_check or signals.num_frames < 2:
-        return found
+    if not config.learned_check or config.detector == "transnetv2" or signals.num_frames < 2:
+        return found  # transnetv2 is the network alone: nothing to check against
     from vidsift.pipeline.stages.boundary_check import check
 
     plain = dataclasses.replace(config, learned_check=False)
