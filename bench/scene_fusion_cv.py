@@ -16,15 +16,18 @@ measurements that need no network (``FAST_FEATURES``), and is compared with ``fa
 
 - default: leave one split out. For each split, train on every other split, predict that split's
   candidates, and score both arms with ``../shared/tools/eval_cuts.py`` beside ``fused`` and ``fast``
-  on the same files; then the pooled figures over all splits and over the blind natural splits check7 onward.
+  on the same files; then the pooled figures over all splits and over the blind natural splits
+  (check7 onward).
 - ``--hold SPLIT ...``: train once on every split but those, score those once (how a new blind split
   is scored: docs/scenes.md, Session 25).
 - ``--export DIR``: train both arms on every split (but ``--hold``'s) and write the trees as
   ``pipeline/stages/boundary_check.py`` reads them (``boundary_check_<arm>.json``), after checking that
   the package's evaluation of them gives scikit-learn's probabilities on every candidate.
+- ``--cost``: only the CPU time of the decision after the analysis pass (``detect_transitions`` on the
+  stored signals), each detector with the check off and on.
 
 usage: python bench/scene_fusion_cv.py --analysis-cache DIR [--eval-media DIR] [--hold SPLIT ...]
-       [--export DIR]
+       [--export DIR] [--cost]
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -96,6 +100,31 @@ def _f1(v: np.ndarray) -> str:
     return f"{2 * tp / max(1, 2 * tp + fp + fn):.3f} (tp {tp} fp {fp} fn {fn} hn {hn})"
 
 
+def _cost(args: argparse.Namespace) -> int:
+    """CPU time of ``detect_transitions`` over every labelled clip's stored signals, each detector with
+    the check off and on (what the check adds to a run after the one decode pass and the network)."""
+    recipe = _default_recipe(["split_scenes.detector=fused", "split_scenes.fused_gate=true"])
+    config = recipe.stage("split_scenes")
+    spent: dict = defaultdict(float)
+    frames = 0
+    for path, *_ in sa._labelled(args).values():
+        signals, fps = sa._analysis(path, recipe, args.analysis_cache, "analysis-gated")
+        frames += signals.num_frames
+        for detector in ("fast", "fused"):
+            for on in (False, True):
+                run = dataclasses.replace(config, detector=detector, learned_check=on)
+                start = time.process_time()
+                ss.detect_transitions(signals, fps, run)
+                spent[detector, on] += time.process_time() - start
+    for detector in ("fast", "fused"):
+        off, on = spent[detector, False], spent[detector, True]
+        print(
+            f"{detector}: rules {1000 * off / frames:.3f} ms/frame, with the check {1000 * on / frames:.3f} "
+            f"ms/frame (x{on / max(off, 1e-9):.1f}; {frames} frames)"
+        )
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--videos", type=Path, default=REPO.parent / "shared" / "videos")
@@ -110,8 +139,15 @@ def main() -> int:
         type=Path,
         help="train both arms on every split but --hold's and write boundary_check_<arm>.json here",
     )
+    parser.add_argument(
+        "--cost",
+        action="store_true",
+        help="only time the decision after the analysis pass, with and without the check (CPU s per frame)",
+    )
     args = parser.parse_args()
     args.only = None
+    if args.cost:
+        return _cost(args)
     try:
         from sklearn.ensemble import HistGradientBoostingClassifier
     except ImportError:
