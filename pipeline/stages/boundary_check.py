@@ -1,15 +1,17 @@
-"""A learned check of shot-boundary candidates (``split_scenes.learned_check``; docs/scenes.md, Session 25).
+"""A learned check of shot-boundary candidates (``split_scenes.learned_check``, off by default;
+docs/scenes.md, Session 25).
 
 ``fused`` and ``fast`` decide each candidate boundary with hand-set rules. With ``learned_check`` on, a
 small gradient-boosted tree ensemble, trained by ``bench/scene_fusion_cv.py --export`` on the labelled
-evaluation set, decides instead from the same measurements (``FEATURES``), candidate by candidate:
+evaluation set, has the last word where it is sure, from the same measurements (``FEATURES``):
 
 - after ``fused`` (arm ``learned``): the candidates are the boundaries of ``fused`` and of ``fast``, the
   network's peaks (runs of its single-frame probability above 0.05) and its long all-frames runs (above
-  0.5 for 3 frames or more), no two within 2 frames; each is kept where the trees give it a probability
-  of at least 0.5;
+  0.5 for 3 frames or more), no two within 2 frames; ``fused``'s own stay unless the trees give them
+  under ``KEEP_FROM``, the others come in from ``ADD_FROM`` on (``decide``);
 - after ``fast`` (arm ``learned-fast``): the candidates are ``fast``'s own boundaries, read through the
-  measurements that need no network (``FAST_FEATURES``); the check can drop them but adds none.
+  measurements that need no network (``FAST_FEATURES``); the check drops those under ``KEEP_FROM`` and
+  adds none.
 
 The trees are plain JSON (``boundary_check_<arm>.json`` beside this file) evaluated here with numpy:
 nothing is learned or downloaded at run time.
