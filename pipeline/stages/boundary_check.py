@@ -56,8 +56,13 @@ def shifted_distance(a: np.ndarray, b: np.ndarray, floor: float, keep: float = 1
     left/right by up to half the picture in quarter-pixel steps (linear interpolation): small where
     the picture slid (a pan, a tilt, a page scrolled) rather than changed. ``keep`` < 1 averages only
     that share of the smallest pixel differences (a fixed header or caption may not slide along)."""
+    return shifted_distances(a, b, floor, (keep,))[0]
+
+
+def shifted_distances(a: np.ndarray, b: np.ndarray, floor: float, keeps: tuple[float, ...]) -> list[float]:
+    """``shifted_distance`` for each share of ``keeps``, from one pass over the shifts."""
     con = max(0.5 * (np.abs(a - a.mean()).mean() + np.abs(b - b.mean()).mean()), floor)
-    best = np.inf
+    best = [np.inf] * len(keeps)
     for axis in (0, 1):
         size = a.shape[axis]
         for q in range(-size * 2, size * 2 + 1):
@@ -76,10 +81,20 @@ def shifted_distance(a: np.ndarray, b: np.ndarray, floor: float, keep: float = 1
             else:
                 moved = a[:, i0] * (1 - w)[None, :, None] + a[:, i1] * w[None, :, None]
                 d = np.abs(moved - b[:, xs]).mean(axis=-1).ravel()
-            if keep < 1:
-                d = np.sort(d)[: max(1, int(len(d) * keep))]
-            best = min(best, float(d.mean()) / con)
+            ordered = np.sort(d) if any(k < 1 for k in keeps) else d
+            for i, keep in enumerate(keeps):
+                part = d if keep >= 1 else ordered[: max(1, int(len(d) * keep))]
+                best[i] = min(best[i], float(part.mean()) / con)
     return best
+
+
+def _nearest_kind(at: dict, frames: np.ndarray, f: int) -> tuple[bool, str]:
+    """(is a boundary of ``at`` within _MERGE frames of ``f``, the kind of the earliest such one);
+    ``frames``: ``at``'s frames, sorted."""
+    i = int(np.searchsorted(frames, f - _MERGE))
+    if i < len(frames) and frames[i] <= f + _MERGE:
+        return True, at[int(frames[i])]
+    return False, ""
 
 
 def _probabilities(signals) -> tuple[np.ndarray, np.ndarray]:
@@ -101,19 +116,19 @@ def measure(signals, fps: float, config, kept: list[int], fused_at: dict, fast_a
     single, many = _probabilities(signals)
     ahead = max(2, round(config.lookahead_s * fps))
     content = picture.content
-    pics = thumbs.t.reshape((-1, *thumbs.shape)).astype(np.float32)
     frames = np.array(kept)
+    sec = math.floor(fps)  # candidates within fps frames (a whole number of frames apart)
+    fused_frames, fast_frames = np.array(sorted(fused_at), int), np.array(sorted(fast_at), int)
     rows = []
     for f in kept:
-        near_fused = [g for g in fused_at if abs(g - f) <= _MERGE]
-        near_fast = [g for g in fast_at if abs(g - f) <= _MERGE]
-        fk = fused_at[near_fused[0]] if near_fused else ""
-        ak = fast_at[near_fast[0]] if near_fast else ""
+        near_fused, fk = _nearest_kind(fused_at, fused_frames, f)
+        near_fast, ak = _nearest_kind(fast_at, fast_frames, f)
+        pair = thumbs.t[f - 1 : f + 1].reshape((2, *thumbs.shape)).astype(np.float32)
         local = float(np.median(content[max(0, f - ahead) : min(n, f + ahead)]))
         apart = ss._apart_across(thumbs, f, f - 1, 0, fps, config)
         ps = float(single[max(0, f - 3) : f + 1].max(initial=0.0))
         step = float(thumbs.dist(f - 1, f))
-        moved = shifted_distance(pics[f - 1], pics[f], thumbs.floor)
+        moved, moved_q75 = shifted_distances(pair[0], pair[1], thumbs.floor, (1.0, 0.75))
         apart_v = -1.0 if apart is None else float(apart)
         near = range(max(1, f - 2), f + 1)
         rows.append({
@@ -138,8 +153,8 @@ def measure(signals, fps: float, config, kept: list[int], fused_at: dict, fast_a
             "fused_x_p": float(bool(near_fused)) * ps, "fast_x_p": float(bool(near_fast)) * ps,
             "apart_x_p": apart_v * ps,
             "shifted": moved, "shifted_of_step": moved / max(step, 1e-3),
-            "shifted_q75": shifted_distance(pics[f - 1], pics[f], thumbs.floor, keep=0.75),
-            "density": float((np.abs(frames - f) <= fps).sum()),
+            "shifted_q75": moved_q75,
+            "density": float(np.searchsorted(frames, f + sec, "right") - np.searchsorted(frames, f - sec)),
         })  # fmt: skip
     return rows
 
