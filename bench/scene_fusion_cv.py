@@ -9,8 +9,9 @@ merged so that no two lie within 2 frames. Each candidate gets the measurements 
 label: 1 where it lies within ``--tol`` frames of a labelled cut or inside a labelled gradual
 transition (+-tol), else 0. The classifier is scikit-learn's ``HistGradientBoostingClassifier``
 (``MODEL``, fixed seed); a candidate is a boundary where its probability reaches 0.5 (``learned``), or
-with the package's margins (``-margins``: the rules' own candidates from ``boundary_check.KEEP_FROM``
-on, the others from ``ADD_FROM`` on, as ``split_scenes.learned_check`` runs it). A second,
+with margins (``-margins KEEP/ADD``: the rules' own candidates from KEEP on, the others from ADD on;
+by default the package's ``boundary_check.KEEP_FROM`` / ``ADD_FROM``, as ``split_scenes.learned_check``
+runs it; ``--margins`` names others). A second,
 weight-free arm (``learned-fast``) is trained the same way on ``fast``'s own boundaries only, with the
 measurements that need no network (``FAST_FEATURES``), and is compared with ``fast``.
 
@@ -27,7 +28,7 @@ measurements that need no network (``FAST_FEATURES``), and is compared with ``fa
   stored signals), each detector with the check off and on.
 
 usage: python bench/scene_fusion_cv.py --analysis-cache DIR [--eval-media DIR] [--hold SPLIT ...]
-       [--export DIR] [--cost]
+       [--margins KEEP/ADD ...] [--export DIR] [--cost]
 """
 
 from __future__ import annotations
@@ -140,6 +141,14 @@ def main() -> int:
         help="train both arms on every split but --hold's and write boundary_check_<arm>.json here",
     )
     parser.add_argument(
+        "--margins",
+        nargs="+",
+        default=[f"{bc.KEEP_FROM}/{bc.ADD_FROM}"],
+        metavar="KEEP/ADD",
+        help="thresholds of the margin rows: keep a rules boundary from KEEP, add another from ADD "
+        "(default: the package's KEEP_FROM/ADD_FROM); after fast only KEEP applies",
+    )
+    parser.add_argument(
         "--cost",
         action="store_true",
         help="only time the decision after the analysis pass, with and without the check (CPU s per frame)",
@@ -148,6 +157,14 @@ def main() -> int:
     args.only = None
     if args.cost:
         return _cost(args)
+    try:
+        margins = [tuple(float(x) for x in m.split("/")) for m in args.margins]
+    except ValueError:
+        raise SystemExit(f"--margins takes KEEP/ADD pairs such as 0.2/0.8, not {args.margins}") from None
+    if any(len(m) != 2 or not all(0 <= x <= 1.01 for x in m) for m in margins):
+        raise SystemExit(
+            f"--margins takes KEEP/ADD pairs of probabilities such as 0.2/0.8, not {args.margins}"
+        )
     try:
         from sklearn.ensemble import HistGradientBoostingClassifier
     except ImportError:
@@ -211,22 +228,26 @@ def main() -> int:
                 print(f"{arm}: the shipped trees {'are' if gap < 1e-9 else 'are NOT'} this model ({gap:.2g})")
         for split in test:
             names = splits[split]
-            margins = (bc.KEEP_FROM, bc.ADD_FROM)
             res = {
-                "learned": score(names, {n: _predict(models["learned"], clips[n], "learned") for n in names}),
-                "learned-margins": score(
-                    names, {n: _predict(models["learned"], clips[n], "learned", *margins) for n in names}
-                ),
-                "fused": score(names, {n: clips[n]["fused"] for n in names}),
-                "learned-fast": score(
-                    names, {n: _predict(models["learned-fast"], clips[n], "learned-fast") for n in names}
-                ),
-                "learned-fast-margins": score(
-                    names,
-                    {n: _predict(models["learned-fast"], clips[n], "learned-fast", *margins) for n in names},
-                ),
-                "fast": score(names, {n: clips[n]["fast"] for n in names}),
+                "learned": score(names, {n: _predict(models["learned"], clips[n], "learned") for n in names})
             }
+            for keep, add in margins:
+                res[f"learned-margins {keep:g}/{add:g}"] = score(
+                    names, {n: _predict(models["learned"], clips[n], "learned", keep, add) for n in names}
+                )
+            res["fused"] = score(names, {n: clips[n]["fused"] for n in names})
+            res["learned-fast"] = score(
+                names, {n: _predict(models["learned-fast"], clips[n], "learned-fast") for n in names}
+            )
+            for keep in dict.fromkeys(keep for keep, _ in margins):
+                res[f"learned-fast-margins {keep:g}"] = score(
+                    names,
+                    {
+                        n: _predict(models["learned-fast"], clips[n], "learned-fast", keep, 1.01)
+                        for n in names
+                    },
+                )
+            res["fast"] = score(names, {n: clips[n]["fast"] for n in names})
             blind = held is not None or (split[5:].isdigit() and int(split[5:]) >= 7)
             for k, v in res.items():
                 pooled[k] += v
