@@ -87,13 +87,18 @@ def _matrix(clips: dict, names: list[str], arm: str) -> tuple[np.ndarray, np.nda
     return x, np.array([r["y"] for r in rows], dtype=int)
 
 
-def _predict(model, clip: dict, arm: str, keep: float = 0.5, add: float = 0.5) -> list[int]:
+def _probabilities(model, clip: dict, arm: str) -> np.ndarray:
     rows = _rows(clip, arm)
     if not rows:
-        return []
+        return np.zeros(0)
     x, _ = _matrix({"clip": {"rows": {arm: rows}}}, ["clip"], arm)
-    ok = bc.decide(rows, model.predict_proba(x)[:, 1], arm, keep, add)
-    return [r["frame"] for r, yes in zip(rows, ok, strict=True) if yes]
+    return model.predict_proba(x)[:, 1]
+
+
+def _predict(clip: dict, arm: str, p: np.ndarray, keep: float = 0.5, add: float = 0.5) -> list[int]:
+    """The frames ``decide`` keeps among the clip's candidates, given their probabilities ``p``."""
+    rows = _rows(clip, arm)
+    return [r["frame"] for r, yes in zip(rows, bc.decide(rows, p, arm, keep, add), strict=True) if yes]
 
 
 def _f1(v: np.ndarray) -> str:
@@ -146,7 +151,7 @@ def main() -> int:
         default=[f"{bc.KEEP_FROM}/{bc.ADD_FROM}"],
         metavar="KEEP/ADD",
         help="thresholds of the margin rows: keep a rules boundary from KEEP, add another from ADD "
-        "(default: the package's KEEP_FROM/ADD_FROM); after fast only KEEP applies",
+        "(default: the package's KEEP_FROM/ADD_FROM; ADD over 1 adds none); after fast only KEEP applies",
     )
     parser.add_argument(
         "--cost",
@@ -161,7 +166,7 @@ def main() -> int:
         margins = [tuple(float(x) for x in m.split("/")) for m in args.margins]
     except ValueError:
         raise SystemExit(f"--margins takes KEEP/ADD pairs such as 0.2/0.8, not {args.margins}") from None
-    if any(len(m) != 2 or not all(0 <= x <= 1.01 for x in m) for m in margins):
+    if any(len(m) != 2 or not 0 <= m[0] <= 1 or m[1] < 0 for m in margins):  # ADD over 1: never add
         raise SystemExit(
             f"--margins takes KEEP/ADD pairs of probabilities such as 0.2/0.8, not {args.margins}"
         )
@@ -228,25 +233,19 @@ def main() -> int:
                 print(f"{arm}: the shipped trees {'are' if gap < 1e-9 else 'are NOT'} this model ({gap:.2g})")
         for split in test:
             names = splits[split]
-            res = {
-                "learned": score(names, {n: _predict(models["learned"], clips[n], "learned") for n in names})
-            }
+            # each clip's probabilities once per arm; every threshold below reads them
+            p = {arm: {n: _probabilities(models[arm], clips[n], arm) for n in names} for arm in models}
+
+            def rows_kept(arm: str, keep: float = 0.5, add: float = 0.5, names=names, p=p) -> np.ndarray:
+                return score(names, {n: _predict(clips[n], arm, p[arm][n], keep, add) for n in names})
+
+            res = {"learned": rows_kept("learned")}
             for keep, add in margins:
-                res[f"learned-margins {keep:g}/{add:g}"] = score(
-                    names, {n: _predict(models["learned"], clips[n], "learned", keep, add) for n in names}
-                )
+                res[f"learned-margins {keep:g}/{add:g}"] = rows_kept("learned", keep, add)
             res["fused"] = score(names, {n: clips[n]["fused"] for n in names})
-            res["learned-fast"] = score(
-                names, {n: _predict(models["learned-fast"], clips[n], "learned-fast") for n in names}
-            )
-            for keep in dict.fromkeys(keep for keep, _ in margins):
-                res[f"learned-fast-margins {keep:g}"] = score(
-                    names,
-                    {
-                        n: _predict(models["learned-fast"], clips[n], "learned-fast", keep, 1.01)
-                        for n in names
-                    },
-                )
+            res["learned-fast"] = rows_kept("learned-fast")
+            for keep in dict.fromkeys(keep for keep, _ in margins):  # after fast every candidate is fast's
+                res[f"learned-fast-margins {keep:g}"] = rows_kept("learned-fast", keep)
             res["fast"] = score(names, {n: clips[n]["fast"] for n in names})
             blind = held is not None or (split[5:].isdigit() and int(split[5:]) >= 7)
             for k, v in res.items():
