@@ -212,6 +212,12 @@ class SplitScenesConfig:
     # Boundaries closer than this to the first or last frame are not reported (leaders, priming frames).
     edge_s: float = 0.1
 
+    @property
+    def checked(self) -> bool:
+        """Whether the learned check runs: asked for, after fast or fused (transnetv2 is the network
+        alone, nothing to check it against)."""
+        return self.learned_check and self.detector != "transnetv2"
+
     def __post_init__(self) -> None:
         positive = (
             "min_scene_s", "max_scene_s", "adaptive_ratio", "adaptive_window_s", "lookback_s",
@@ -412,9 +418,7 @@ class SceneSignals:
         """What decides the boundaries here: ``fast``, or the network's detector with where and in which
         arithmetic it runs (``auto`` settings resolved on this worker), e.g. ``fused (gated, TransNetV2
         bfloat16 on cpu)``; `` + learned check`` follows when ``learned_check`` is on."""
-        check = (
-            " + learned check" if self.config.learned_check and self.config.detector != "transnetv2" else ""
-        )
+        check = " + learned check" if self.config.checked else ""
         if self._net is None:
             return "fast" + check
         gate = "gated, " if self._gated else ""
@@ -1084,8 +1088,8 @@ class _PictureSignals:
 def detect_transitions(signals: SceneSignals, fps: float, config: SplitScenesConfig) -> list[Transition]:
     """All shot boundaries of one video, sorted, at most one per transition."""
     found = _detect(signals, fps, config)
-    if not config.learned_check or config.detector == "transnetv2" or signals.num_frames < 2:
-        return found  # transnetv2 is the network alone: nothing to check against
+    if not config.checked or signals.num_frames < 2:
+        return found
     from vidsift.pipeline.stages.boundary_check import check
 
     plain = dataclasses.replace(config, learned_check=False)
