@@ -127,6 +127,21 @@ _JUMP_DISTANCE, _JUMP_OF_STEP, _JUMP_MOTION = 0.1, 0.5, 4.0
 # exposure step, left to the fade and flash tests), and the frames before were still (their median
 # frame-to-frame change at most _RELIT_STILL of the step). Chosen on splits already looked at (check6).
 _RELIT_CORR, _RELIT_SIGN, _RELIT_LEVEL, _RELIT_AREA, _RELIT_STILL = 0.8, 0.97, 8.0, 0.9, 0.15
+# A panel over a screen (_panel_over: a notification shade, a menu or a dialog that dims the screen behind
+# it): the footage is a screen capture, still to the pixel (in the median frame before, at least
+# _PANEL_STILL of the thumbnail's values step by at most 1 level); the picture changes a lot (mean absolute
+# change over _PANEL_CHANGE levels, 0..255), yet at least _PANEL_KEPT of its rows (or columns) keep their
+# structure (Pearson correlation at least _KEPT_CORR, textured: level spread at least _KEPT_TEXTURE before,
+# half that after): dimmed or brightened, not replaced. Chosen on splits already looked at (check27's phone
+# recording: 0.90-1.00 still, 0.67-0.87 kept); of the true cuts those splits hold, the ones that change as
+# much and keep as many lines come from camera footage (at most 0.66 still).
+_PANEL_STILL, _PANEL_KEPT, _PANEL_CHANGE = 0.85, 0.65, 30.0
+_KEPT_CORR, _KEPT_TEXTURE = 0.95, 10.0
+# A dissolve or wipe whose two ends leave at least this share of the picture unchanged (lit: mean level over
+# _LIT_ROW; no channel moving by over _UNCHANGED_LEVEL) is something fading or sliding in over a still
+# picture (an animated slide's items, a title over a held frame), not a transition between shots. Chosen on
+# splits already looked at: such false dissolves 0.39-0.54, true ones at most 0.28 (a letterboxed clip).
+_DISSOLVE_STILL_PART, _UNCHANGED_LEVEL = 1.0 / 3.0, 3.0
 _CD_WEIGHTS = np.array(ContentDetector.DEFAULT_COMPONENT_WEIGHTS[:3], dtype=np.float64)
 # fused_gate: a frame is a candidate for the network when its content score reaches _GATE_CONTENT, or
 # its thumbnail differs from the one _GATE_LAG frames earlier by _GATE_DISTANCE (contrast-normalised),
@@ -763,6 +778,47 @@ def _overlay_change(thumbs: _Thumbs, before: np.ndarray, after: np.ndarray, moti
     return float((change[changed] > _OVERLAY_PIXEL).mean()) >= _OVERLAY_WIDTH
 
 
+def _kept_lines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Which lines (first axis) of pictures ``a`` and ``b`` (lines x ... ) keep their structure: textured,
+    and correlating at least _KEPT_CORR (a line dimmed or brightened as a whole still correlates)."""
+    x = a.reshape(len(a), -1)
+    y = b.reshape(len(b), -1)
+    x = x - x.mean(axis=1, keepdims=True)
+    y = y - y.mean(axis=1, keepdims=True)
+    sx, sy = np.sqrt((x * x).mean(axis=1)), np.sqrt((y * y).mean(axis=1))
+    corr = (x * y).mean(axis=1) / np.maximum(sx * sy, 1e-6)
+    return (sx >= _KEPT_TEXTURE) & (sy >= 0.5 * _KEPT_TEXTURE) & (corr >= _KEPT_CORR)
+
+
+def _panel_over(thumbs: _Thumbs, before: np.ndarray, after: np.ndarray, motion: np.ndarray) -> bool:
+    """Is the change from frames ``before`` to frames ``after`` a panel over a screen capture?
+
+    A notification shade, a menu or a dialog slides over a screen and dims what it leaves visible: most
+    rows (or columns) of the picture change their level a lot, yet keep their structure, and the footage
+    is a capture of a screen, where a still picture repeats to the pixel (``motion``: the frames before).
+    A cut between two shots replaces the structure; camera footage is never still to the pixel.
+    """
+    if len(before) == 0 or len(after) == 0 or len(motion) < 2:
+        return False
+    shot = thumbs.t[motion].astype(np.int16)
+    if float(np.median((np.abs(np.diff(shot, axis=0)) <= 1).mean(axis=1))) < _PANEL_STILL:
+        return False
+    a = thumbs.t[before].astype(np.float32).mean(axis=0).reshape(thumbs.shape)
+    b = thumbs.t[after].astype(np.float32).mean(axis=0).reshape(thumbs.shape)
+    if float(np.abs(b - a).mean()) <= _PANEL_CHANGE:
+        return False
+    kept = max(_kept_lines(a, b).mean(), _kept_lines(a.transpose(1, 0, 2), b.transpose(1, 0, 2)).mean())
+    return float(kept) >= _PANEL_KEPT
+
+
+def _still_part(thumbs: _Thumbs, a: int, b: int) -> float:
+    """Share of the picture that frames ``a`` and ``b`` show unchanged and lit (_DISSOLVE_STILL_PART)."""
+    x = thumbs.row(a).reshape(thumbs.shape)
+    y = thumbs.row(b).reshape(thumbs.shape)
+    same = (np.abs(x - y).max(axis=-1) <= _UNCHANGED_LEVEL) & (np.maximum(x, y).mean(axis=-1) > _LIT_ROW)
+    return float(same.mean())
+
+
 def _relit(thumbs: _Thumbs, i: int, floor: int) -> bool:
     """Is frame ``i`` a light switched on or off in a still shot rather than a new shot?
 
@@ -919,6 +975,7 @@ def _verify_cuts(
             separate = jump = _jump_cut(change, apart, int(i), ahead)
         if separate and (
             _overlay_change(thumbs, pre[-2:], post[: 2 if j is None else min(2, j - i)], pre[-8:])
+            or _panel_over(thumbs, pre[-2:], post[: 2 if j is None else min(2, j - i)], pre[-8:])
             or _relit(thumbs, int(i), last_cut)
         ):
             # Not a cut; but the frames before it carry the old caption (or lighting), so later candidates
@@ -1008,6 +1065,8 @@ def _detect_dissolves(
                     and 0.2 <= shares[1] <= 0.8
                 ):
                     continue
+            if _still_part(thumbs, lo, hi) >= _DISSOLVE_STILL_PART:
+                continue  # items fading or sliding in over a picture that stays
             found.append((float(span[i]), Transition(frame=m, first=lo + 1, last=hi - 1, kind="dissolve")))
     # Strongest first; drop finds overlapping a stronger one.
     kept: list[Transition] = []
@@ -1223,11 +1282,14 @@ def _fuse(
         if not fast_cut_at[peak + 1] and (
             any(_flash(thumbs, signals.luma, k, None, ahead) for k in range(max(1, s - 1), peak + 2))
             or _returns(thumbs, s, e, floor, fps, config)
-            or _overlay_change(
-                thumbs,
-                np.arange(max(floor, peak - 1), peak + 1),
-                np.arange(peak + 1, min(n, peak + 3)),
-                np.arange(max(floor, peak - 7), peak + 1),
+            or any(
+                test(
+                    thumbs,
+                    np.arange(max(floor, peak - 1), peak + 1),
+                    np.arange(peak + 1, min(n, peak + 3)),
+                    np.arange(max(floor, peak - 7), peak + 1),
+                )
+                for test in (_overlay_change, _panel_over)
             )
             or (e - s < 2 and _relit(thumbs, peak + 1, floor))  # a light switches in a frame or two
         ):

@@ -787,3 +787,48 @@ def test_fused_keeps_a_clear_weight_free_cut_the_network_missed() -> None:
     assert detect_transitions(faint, FPS, cfg) == []
     faint.single[29] = 0.2  # a weak network peak where fast found the cut: a boundary, as before
     assert [t.frame for t in detect_transitions(faint, FPS, cfg)] == [30]
+
+
+def _screen(seed: int, n: int) -> np.ndarray:
+    """n identical frames of a still picture: a screen capture where nothing moves."""
+    return np.repeat(_textured(seed, 1), n, axis=0)
+
+
+def _shade(frames: np.ndarray, start: int, end: int) -> np.ndarray:
+    """A notification shade over frames start..end-1: a light panel with a few strokes over the top
+    third, the rest of the screen dimmed to 40%."""
+    out = frames.astype(np.float32)
+    out[start:end] *= 0.4
+    out[start:end, :24] = 235
+    out[start:end, 6:18:4, 10:110] = 90  # lines of notification text
+    return out.astype(np.uint8)
+
+
+def test_a_panel_over_a_still_screen_is_not_a_cut_and_a_cut_between_screens_is() -> None:
+    """A shade pulled down over a screen capture and pushed back up changes most of the picture, but the
+    rows it leaves visible keep their structure, dimmed, and the footage is still to the pixel
+    (check27's phone recording): no cut. The same change over camera footage (noise in every frame) is
+    not taken for a panel, and a switch between two still screens is a cut."""
+    screen = _screen(1, 120)
+    assert _transitions(_shade(screen, 40, 80)) == []
+    noise = np.random.default_rng(0).normal(0, 4, screen.shape)
+    camera = np.clip(_shade(screen, 40, 80) + noise, 0, 255).astype(np.uint8)
+    assert [t.frame for t in _transitions(camera)][:1] == [40]
+    switch = np.concatenate([_screen(1, 60), _screen(2, 60)])
+    assert [(t.frame, t.kind) for t in _transitions(switch)] == [(60, "cut")]
+
+
+def test_an_item_fading_in_over_a_still_slide_is_not_a_dissolve_and_a_slide_dissolve_is() -> None:
+    """An animated slide's item fading in over a background that stays (check27's slide video) is a
+    blend of the window's ends, but a third or more of the picture is unchanged between them: no
+    transition. A dissolve from one still slide to another is one."""
+    slide = _screen(3, 120).astype(np.float32)
+    item = _screen(4, 120).astype(np.float32)
+    w = np.linspace(0, 1, 14)[1:-1, None, None, None]  # fading in over frames 50..61
+    slide[50:62, :, :76] = (1 - w) * slide[50:62, :, :76] + w * item[50:62, :, :76]  # 60% of the picture
+    slide[62:, :, :76] = item[62:, :, :76]
+    assert _transitions(slide.astype(np.uint8)) == []
+    a, b = _screen(3, 70).astype(np.float32), _screen(4, 70).astype(np.float32)
+    frames = np.concatenate([a[:50], (1 - w) * a[50:62] + w * b[:12], b[12:]]).astype(np.uint8)
+    t = _transitions(frames)
+    assert len(t) == 1 and t[0].kind == "dissolve", t
