@@ -44,10 +44,13 @@ How the weight-free signals and ``fast`` work, in two passes:
      a flat occluder; a change confined to thin full-width bands of rows while at least half the
      picture's rows, lit, stay as they were is a caption or banner coming, going or changing, not a cut;
      so is a change in part of a still picture that keeps its structure and only brightens (or only
-     darkens) every pixel it changes: a light switched on or off (``_relit``);
+     darkens) every pixel it changes: a light switched on or off (``_relit``); and so is a big change of
+     a screen capture (still to the pixel before it) whose rows or columns mostly keep their structure,
+     dimmed or brightened: a shade, menu or dialog over the screen (``_panel_over``);
    - dissolves: the middle frame of a window is a blend of its two ends, while the ends are far apart
      and the shots on either side are steady; wipes the same, with every pixel showing one end or the
-     other instead of a blend (reported as kind ``dissolve``).
+     other instead of a blend (reported as kind ``dissolve``); not where the two ends leave a third of
+     the picture unchanged (items fading in over a still picture, ``_still_part``).
 """
 
 from __future__ import annotations
@@ -912,10 +915,11 @@ def _verify_cuts(
     weak: np.ndarray | None = None,
 ) -> list[Transition]:
     """Keep candidates whose before and after frames never meet again (see the module docstring);
-    candidates that are caption changes (``_overlay_change``) or lights switched on or off (``_relit``) go
-    to ``overlays``, and the kept ones that only the jump-cut test (``_jump_cut``) let through also go to
-    ``jumps``. A ``weak`` candidate (``_cut_candidates``) must stand _WEAK_CUT_DISTANCE apart, with no
-    insert or jump-cut allowance, outside footage that moves in steps."""
+    candidates that are caption changes (``_overlay_change``), panels over a screen capture
+    (``_panel_over``) or lights switched on or off (``_relit``) go to ``overlays``, and the kept ones that
+    only the jump-cut test (``_jump_cut``) let through also go to ``jumps``. A ``weak`` candidate
+    (``_cut_candidates``) must stand _WEAK_CUT_DISTANCE apart, with no insert or jump-cut allowance,
+    outside footage that moves in steps."""
     n = len(luma)
     back = max(2, round(config.lookback_s * fps))
     ahead = max(2, round(config.lookahead_s * fps))
@@ -978,7 +982,7 @@ def _verify_cuts(
             or _panel_over(thumbs, pre[-2:], post[: 2 if j is None else min(2, j - i)], pre[-8:])
             or _relit(thumbs, int(i), last_cut)
         ):
-            # Not a cut; but the frames before it carry the old caption (or lighting), so later candidates
+            # Not a cut; but the frames before it carry the old caption (panel, lighting), so later candidates
             # look back no further than here (as after a cut), or its change would count for them too.
             last_cut = int(i)
             if overlays is not None:
@@ -1237,7 +1241,8 @@ def _fuse(
     - a network peak is a boundary when its probability reaches ``fused_threshold``, or reaches
       ``fused_support`` while the weight-free detector found a transition there, unless the picture from
       before it returns right after it (flash, strobe, fireworks, occlusion), or the change is a caption
-      (``_overlay_change``) or a light switched on or off (``_relit``) over a shot that goes on;
+      (``_overlay_change``), a panel over a screen capture (``_panel_over``) or a light switched on or off
+      (``_relit``) over a shot that goes on;
     - a stretch where the network's all-frames head stays above ``fused_gradual`` and whose ends show
       different pictures is a gradual transition (fades through white, slow dissolves);
     - the weight-free detector's dissolves and wipes stand on their own shape test, and so do its jump
