@@ -814,6 +814,13 @@ def _panel_over(thumbs: _Thumbs, before: np.ndarray, after: np.ndarray, motion: 
     return float(kept) >= _PANEL_KEPT
 
 
+def _over_the_picture(thumbs: _Thumbs, before: np.ndarray, after: np.ndarray, motion: np.ndarray) -> bool:
+    """Is the change from frames ``before`` to frames ``after`` something over a picture that goes on: a
+    caption or banner (``_overlay_change``) or a panel over a screen capture (``_panel_over``)?
+    ``motion``: the frames before, whose own changes both tests read."""
+    return _overlay_change(thumbs, before, after, motion) or _panel_over(thumbs, before, after, motion)
+
+
 def _still_part(thumbs: _Thumbs, a: int, b: int) -> float:
     """Share of the picture that frames ``a`` and ``b`` show unchanged and lit (_DISSOLVE_STILL_PART)."""
     x = thumbs.row(a).reshape(thumbs.shape)
@@ -978,8 +985,7 @@ def _verify_cuts(
         if not separate and not is_weak:
             separate = jump = _jump_cut(change, apart, int(i), ahead)
         if separate and (
-            _overlay_change(thumbs, pre[-2:], post[: 2 if j is None else min(2, j - i)], pre[-8:])
-            or _panel_over(thumbs, pre[-2:], post[: 2 if j is None else min(2, j - i)], pre[-8:])
+            _over_the_picture(thumbs, pre[-2:], post[: 2 if j is None else min(2, j - i)], pre[-8:])
             or _relit(thumbs, int(i), last_cut)
         ):
             # Not a cut; but the frames before it carry the old caption (panel, lighting), so later candidates
@@ -1287,14 +1293,11 @@ def _fuse(
         if not fast_cut_at[peak + 1] and (
             any(_flash(thumbs, signals.luma, k, None, ahead) for k in range(max(1, s - 1), peak + 2))
             or _returns(thumbs, s, e, floor, fps, config)
-            or any(
-                test(
-                    thumbs,
-                    np.arange(max(floor, peak - 1), peak + 1),
-                    np.arange(peak + 1, min(n, peak + 3)),
-                    np.arange(max(floor, peak - 7), peak + 1),
-                )
-                for test in (_overlay_change, _panel_over)
+            or _over_the_picture(
+                thumbs,
+                np.arange(max(floor, peak - 1), peak + 1),
+                np.arange(peak + 1, min(n, peak + 3)),
+                np.arange(max(floor, peak - 7), peak + 1),
             )
             or (e - s < 2 and _relit(thumbs, peak + 1, floor))  # a light switches in a frame or two
         ):
